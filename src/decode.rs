@@ -1,0 +1,170 @@
+//! Decoding: encoded bytes → packed RGB8 pixels (HWC).
+//!
+//! JPEG goes straight to `zune-jpeg` (the decoder the `image` crate itself
+//! uses), decoding into a caller-owned buffer so that a worker reuses one
+//! allocation for every image; `image` handles everything else (PNG, GIF,
+//! WebP, ...). Grayscale, CMYK and YCCK JPEGs come out as RGB.
+
+use zune_core::bytestream::ZCursor;
+use zune_core::colorspace::ColorSpace;
+use zune_core::options::DecoderOptions;
+
+/// The container format of an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    /// JPEG.
+    Jpeg,
+    /// Anything else `image` decodes (PNG, GIF, WebP, BMP, TIFF...).
+    Other,
+}
+
+/// The colour model of an input before conversion to RGB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceColor {
+    /// Three channels: RGB or YCbCr.
+    Rgb,
+    /// One channel.
+    Gray,
+    /// Four-channel CMYK or YCCK (Adobe JPEGs).
+    Cmyk,
+    /// Anything else (alpha, 16-bit, palette...).
+    Other,
+}
+
+/// What [`decode_rgb`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodedInfo {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Container format.
+    pub format: SourceFormat,
+    /// Colour model before conversion.
+    pub color: SourceColor,
+}
+
+/// Why an input could not be decoded.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Not a format `image` recognises.
+    #[error("not an image (unrecognised format)")]
+    UnknownFormat,
+    /// A JPEG without its end-of-image marker: cut off.
+    #[error("truncated JPEG (no end-of-image marker)")]
+    Truncated,
+    /// The decoder rejected the data.
+    #[error("corrupt {format} data: {detail}")]
+    Corrupt {
+        /// `JPEG`, `PNG`, ...
+        format: &'static str,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// The image has a zero or absurd dimension.
+    #[error("unsupported dimensions {width}x{height}")]
+    Dimensions {
+        /// Width.
+        width: u32,
+        /// Height.
+        height: u32,
+    },
+}
+
+/// Largest side accepted (JPEG's own limit).
+pub const MAX_SIDE: u32 = 65_535;
+
+/// Whether `bytes` start like a JPEG (SOI marker).
+pub fn is_jpeg(bytes: &[u8]) -> bool {
+    bytes.len() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF
+}
+
+/// Whether a JPEG's data contains an end-of-image marker (FF D9) after its
+/// start. Decoders are lenient with cut-off files (they fill the missing
+/// rows with grey), so the packer checks this to report them honestly.
+/// Trailing bytes after the marker, common in real files, are allowed.
+pub fn jpeg_has_eoi(bytes: &[u8]) -> bool {
+    bytes.len() >= 4 && bytes[2..].windows(2).rev().any(|w| w == [0xFF, 0xD9])
+}
+
+fn jpeg_options() -> DecoderOptions {
+    DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(MAX_SIDE as usize)
+        .set_max_height(MAX_SIDE as usize)
+        .jpeg_set_out_colorspace(ColorSpace::RGB)
+}
+
+/// Reads a JPEG's dimensions and colour model without decoding pixels.
+pub fn jpeg_info(bytes: &[u8]) -> Result<DecodedInfo, DecodeError> {
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), jpeg_options());
+    dec.decode_headers().map_err(jpeg_err)?;
+    jpeg_info_of(&dec)
+}
+
+fn jpeg_info_of<T: zune_core::bytestream::ZByteReaderTrait>(
+    dec: &zune_jpeg::JpegDecoder<T>,
+) -> Result<DecodedInfo, DecodeError> {
+    let (w, h) = dec.dimensions().ok_or_else(|| jpeg_err("no frame header"))?;
+    let color = match dec.input_colorspace() {
+        Some(ColorSpace::Luma) | Some(ColorSpace::LumaA) => SourceColor::Gray,
+        Some(ColorSpace::CMYK) | Some(ColorSpace::YCCK) => SourceColor::Cmyk,
+        Some(ColorSpace::YCbCr) | Some(ColorSpace::RGB) => SourceColor::Rgb,
+        _ => SourceColor::Other,
+    };
+    let (width, height) = (w as u32, h as u32);
+    if width == 0 || height == 0 {
+        return Err(DecodeError::Dimensions { width, height });
+    }
+    Ok(DecodedInfo {
+        width,
+        height,
+        format: SourceFormat::Jpeg,
+        color,
+    })
+}
+
+fn jpeg_err(e: impl std::fmt::Display) -> DecodeError {
+    DecodeError::Corrupt {
+        format: "JPEG",
+        detail: e.to_string(),
+    }
+}
+
+/// Decodes `bytes` into `out` as RGB8 (HWC, `width * height * 3` bytes;
+/// `out` is resized, its allocation reused).
+pub fn decode_rgb(bytes: &[u8], out: &mut Vec<u8>) -> Result<DecodedInfo, DecodeError> {
+    if is_jpeg(bytes) {
+        let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), jpeg_options());
+        dec.decode_headers().map_err(jpeg_err)?;
+        let info = jpeg_info_of(&dec)?;
+        let n = info.width as usize * info.height as usize * 3;
+        out.resize(n, 0);
+        dec.decode_into(out).map_err(jpeg_err)?;
+        return Ok(info);
+    }
+    let format = image::guess_format(bytes).map_err(|_| DecodeError::UnknownFormat)?;
+    let img = image::load_from_memory_with_format(bytes, format).map_err(|e| DecodeError::Corrupt {
+        format: format.extensions_str().first().copied().unwrap_or("image"),
+        detail: e.to_string(),
+    })?;
+    let color = match img.color() {
+        image::ColorType::Rgb8 => SourceColor::Rgb,
+        image::ColorType::L8 => SourceColor::Gray,
+        _ => SourceColor::Other,
+    };
+    let (width, height) = (img.width(), img.height());
+    if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
+        return Err(DecodeError::Dimensions { width, height });
+    }
+    let rgb = img.into_rgb8();
+    out.clear();
+    out.extend_from_slice(rgb.as_raw());
+    Ok(DecodedInfo {
+        width,
+        height,
+        format: SourceFormat::Other,
+        color,
+    })
+}

@@ -1,0 +1,159 @@
+//! Errors, one enum per stage, wrapped by the crate-level [`Error`].
+
+use std::path::PathBuf;
+
+/// What can be wrong with the bytes of a shard. Produced by the pure parser in
+/// [`crate::format`], so it never names a file: [`ReadError`] adds that.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// The file does not start with [`crate::format::MAGIC`].
+    #[error("bad magic: not a resnet-imagenet shard")]
+    BadMagic,
+    /// The shard was written by a format version this build does not read.
+    #[error("unsupported format version {found} (this build reads {expected})")]
+    UnsupportedVersion {
+        /// Version in the header.
+        found: u32,
+        /// Version this build reads.
+        expected: u32,
+    },
+    /// A section or record reaches past the end of the data.
+    #[error("truncated: {what} needs bytes {offset}..{end} but the shard has {len}")]
+    Truncated {
+        /// Which part was cut off.
+        what: &'static str,
+        /// Where it starts.
+        offset: u64,
+        /// Where it ends.
+        end: u64,
+        /// Bytes available.
+        len: u64,
+    },
+    /// A checksum did not match.
+    #[error("checksum mismatch in {what}: stored {stored:08x}, computed {computed:08x}")]
+    Checksum {
+        /// Which part (header, index, meta, stats, record).
+        what: &'static str,
+        /// CRC-32 stored in the file.
+        stored: u32,
+        /// CRC-32 of the bytes present.
+        computed: u32,
+    },
+    /// A field holds a value the format does not allow.
+    #[error("invalid {field}: {detail}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// Why it is invalid.
+        detail: String,
+    },
+}
+
+/// An error opening or reading a shard or a packed dataset folder.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The file could not be opened or mapped.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The shard's header, index or metadata is malformed.
+    #[error("{path}: {source}")]
+    Format {
+        /// The shard.
+        path: PathBuf,
+        /// What is wrong.
+        source: FormatError,
+    },
+    /// One record is malformed or fails its checksum.
+    #[error("{path}: record {index}: {source}")]
+    Record {
+        /// The shard.
+        path: PathBuf,
+        /// Record index inside the shard.
+        index: usize,
+        /// What is wrong.
+        source: FormatError,
+    },
+    /// A record index past the end of the shard or dataset.
+    #[error("record {index} out of range ({len} records)")]
+    OutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// How many records there are.
+        len: usize,
+    },
+    /// The dataset folder's manifest is missing, malformed, or disagrees with its shards.
+    #[error("{path}: {detail}")]
+    Manifest {
+        /// The manifest or shard concerned.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// An error while packing a folder of images into shards.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PackError {
+    /// Reading the input tree or writing the output failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The input tree is not a layout `pack-imagenet` understands.
+    #[error("{path}: {detail}")]
+    Layout {
+        /// The folder or file concerned.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// `--strict` was given and an input file could not be packed.
+    #[error("{path}: {reason} (--strict)")]
+    BadFile {
+        /// The input file.
+        path: PathBuf,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The output folder holds shards of a different pack (other inputs or settings).
+    #[error("{path}: holds shards of a different input or settings; pass --overwrite or choose another output")]
+    Mismatch {
+        /// The output folder.
+        path: PathBuf,
+    },
+    /// Existing output could not be read back (resume).
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The pack was interrupted (Ctrl-C); finished shards are kept.
+    #[error("interrupted; finished shards are kept and a rerun resumes")]
+    Interrupted,
+}
+
+/// The crate-level error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// See [`FormatError`].
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// See [`ReadError`].
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// See [`PackError`].
+    #[error(transparent)]
+    Pack(#[from] PackError),
+}
+
+/// `Result` with the crate-level [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,30 @@
+//! # resnet-imagenet
+//!
+//! Train residual networks (He et al. 2015) on ImageNet-style data, fast.
+//!
+//! ```text
+//! folder ─pack─▶ shards ─reader─▶ Record ─sampler─▶ indices ─augment─▶ sample ─loader─▶ Batch ─▶ model ─▶ train
+//! ```
+//!
+//! - [`pack`]: an ImageNet folder → memory-mapped shards ([`format`] documents the bytes).
+//! - [`reader`]: maps shards and hands out zero-copy [`reader::Record`]s.
+//! - [`decode`]: encoded bytes → RGB pixels.
+//!
+//! ```no_run
+//! use resnet_imagenet::{pack, reader::Dataset};
+//! let summaries = pack::pack("datasets/sample".as_ref(), "target/sample-packed".as_ref(), &Default::default())?;
+//! let train = Dataset::open("target/sample-packed/train")?;
+//! let r = train.record_checked(0)?;
+//! println!("{} records; record 0: {}x{} label {}", train.len(), r.width, r.height, r.label);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod decode;
+pub mod error;
+pub mod format;
+pub mod pack;
+pub mod progress;
+pub mod reader;
+
+pub use error::{Error, Result};

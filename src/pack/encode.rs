@@ -1,0 +1,183 @@
+//! One input file → one record: decode once, convert to RGB, cap the shorter
+//! side, re-encode only when needed, and measure pixel statistics.
+
+use crate::decode::{DecodeError, SourceColor, SourceFormat, decode_rgb, is_jpeg, jpeg_has_eoi};
+use crate::format::Origin;
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+
+/// How records are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// Images whose shorter side exceeds this are resized so that it equals this.
+    pub max_side: u32,
+    /// JPEG quality of re-encoded images (1..=100).
+    pub quality: u8,
+    /// Side of the square thumbnail the statistics are measured on.
+    pub mean_size: u32,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            max_side: 480,
+            quality: 95,
+            mean_size: 256,
+        }
+    }
+}
+
+/// Running sums over one image's thumbnail pixels: r, g, b, rr, rg, rb, gg, gb, bb, pixels.
+pub type PixelSums = [f64; 10];
+
+/// A record ready to be written.
+#[derive(Debug, Clone)]
+pub struct PackedImage {
+    /// Encoded JPEG bytes.
+    pub bytes: Vec<u8>,
+    /// Stored width.
+    pub width: u32,
+    /// Stored height.
+    pub height: u32,
+    /// What was done to the input.
+    pub origin: Origin,
+    /// The image squashed to `mean_size x mean_size`, RGB8 HWC.
+    pub thumb: Vec<u8>,
+    /// Pixel sums over `thumb`.
+    pub sums: PixelSums,
+}
+
+/// Per-worker state: decode buffer and resizer, reused across images.
+#[derive(Default)]
+pub struct Encoder {
+    rgb: Vec<u8>,
+    resizer: Resizer,
+}
+
+/// The reason an input was not packed (goes into the skip report).
+pub type SkipReason = String;
+
+impl Encoder {
+    /// Turns one input file's bytes into a record, or says why it can't.
+    pub fn encode(&mut self, input: &[u8], opts: &EncodeOptions) -> Result<PackedImage, SkipReason> {
+        if input.is_empty() {
+            return Err("empty file".into());
+        }
+        if is_jpeg(input) && !jpeg_has_eoi(input) {
+            return Err(DecodeError::Truncated.to_string());
+        }
+        let info = decode_rgb(input, &mut self.rgb).map_err(|e| e.to_string())?;
+        let mut origin = 0u8;
+        if info.format != SourceFormat::Jpeg {
+            origin |= Origin::FROM_OTHER_FORMAT;
+        }
+        match info.color {
+            SourceColor::Rgb => {}
+            SourceColor::Gray => origin |= Origin::FROM_GRAY,
+            SourceColor::Cmyk => origin |= Origin::FROM_CMYK,
+            SourceColor::Other => origin |= Origin::FROM_OTHER_COLOR,
+        }
+        let (w, h) = (info.width, info.height);
+        let short = w.min(h);
+        let resized = if short > opts.max_side {
+            origin |= Origin::RESIZED;
+            let (nw, nh) = scaled_to_short_side(w, h, opts.max_side);
+            Some(self.resize(w, h, nw, nh, ResizeAlg::Convolution(FilterType::Lanczos3))?)
+        } else {
+            None
+        };
+        let (pixels, pw, ph) = match &resized {
+            Some(img) => (img.buffer(), img.width(), img.height()),
+            None => (self.rgb.as_slice(), w, h),
+        };
+        let bytes = if origin == 0 {
+            input.to_vec()
+        } else {
+            encode_jpeg(pixels, pw, ph, opts.quality)?
+        };
+        let thumb_img = {
+            let src = ImageRef::new(pw, ph, pixels, PixelType::U8x3).map_err(|e| e.to_string())?;
+            let mut dst = Image::new(opts.mean_size, opts.mean_size, PixelType::U8x3);
+            self.resizer
+                .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)))
+                .map_err(|e| e.to_string())?;
+            dst.into_vec()
+        };
+        let sums = pixel_sums(&thumb_img);
+        Ok(PackedImage {
+            bytes,
+            width: pw,
+            height: ph,
+            origin: Origin(origin),
+            thumb: thumb_img,
+            sums,
+        })
+    }
+
+    fn resize(&mut self, w: u32, h: u32, nw: u32, nh: u32, alg: ResizeAlg) -> Result<Image<'static>, SkipReason> {
+        let src = ImageRef::new(w, h, &self.rgb, PixelType::U8x3).map_err(|e| e.to_string())?;
+        let mut dst = Image::new(nw, nh, PixelType::U8x3);
+        self.resizer
+            .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(alg))
+            .map_err(|e| e.to_string())?;
+        Ok(dst)
+    }
+}
+
+/// New size with the shorter side equal to `short` and the aspect ratio
+/// kept (the longer side rounded to the nearest pixel, at least 1).
+pub fn scaled_to_short_side(w: u32, h: u32, short: u32) -> (u32, u32) {
+    let scale = short as f64 / w.min(h) as f64;
+    let long = |x: u32| ((x as f64 * scale).round() as u32).max(1);
+    if w <= h { (short, long(h)) } else { (long(w), short) }
+}
+
+/// Encodes RGB8 pixels as a baseline JPEG.
+pub fn encode_jpeg(pixels: &[u8], w: u32, h: u32, quality: u8) -> Result<Vec<u8>, SkipReason> {
+    let mut out = Vec::with_capacity(pixels.len() / 8);
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .encode(pixels, w, h, image::ExtendedColorType::Rgb8)
+        .map_err(|e| format!("JPEG encoding failed: {e}"))?;
+    Ok(out)
+}
+
+fn pixel_sums(rgb: &[u8]) -> PixelSums {
+    let mut s = [0f64; 10];
+    // Integer accumulation per image is exact and fast; f64 only at the end.
+    let mut acc = [0u64; 9];
+    for p in rgb.chunks_exact(3) {
+        let (r, g, b) = (p[0] as u64, p[1] as u64, p[2] as u64);
+        acc[0] += r;
+        acc[1] += g;
+        acc[2] += b;
+        acc[3] += r * r;
+        acc[4] += r * g;
+        acc[5] += r * b;
+        acc[6] += g * g;
+        acc[7] += g * b;
+        acc[8] += b * b;
+    }
+    for i in 0..9 {
+        s[i] = acc[i] as f64;
+    }
+    s[9] = (rgb.len() / 3) as f64;
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_side_scaling_keeps_aspect() {
+        assert_eq!(scaled_to_short_side(2600, 1950, 480), (640, 480));
+        assert_eq!(scaled_to_short_side(500, 1000, 480), (480, 960));
+        assert_eq!(scaled_to_short_side(10000, 481, 480), (9979, 480));
+    }
+
+    #[test]
+    fn sums_are_exact() {
+        let s = pixel_sums(&[1, 2, 3, 4, 5, 6]);
+        assert_eq!(s, [5.0, 7.0, 9.0, 17.0, 22.0, 27.0, 29.0, 36.0, 45.0, 2.0]);
+    }
+}
