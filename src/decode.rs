@@ -106,7 +106,9 @@ pub fn jpeg_info(bytes: &[u8]) -> Result<DecodedInfo, DecodeError> {
 fn jpeg_info_of<T: zune_core::bytestream::ZByteReaderTrait>(
     dec: &zune_jpeg::JpegDecoder<T>,
 ) -> Result<DecodedInfo, DecodeError> {
-    let (w, h) = dec.dimensions().ok_or_else(|| jpeg_err("no frame header"))?;
+    let (w, h) = dec
+        .dimensions()
+        .ok_or_else(|| jpeg_err("no frame header"))?;
     let color = match dec.input_colorspace() {
         Some(ColorSpace::Luma) | Some(ColorSpace::LumaA) => SourceColor::Gray,
         Some(ColorSpace::CMYK) | Some(ColorSpace::YCCK) => SourceColor::Cmyk,
@@ -145,10 +147,11 @@ pub fn decode_rgb(bytes: &[u8], out: &mut Vec<u8>) -> Result<DecodedInfo, Decode
         return Ok(info);
     }
     let format = image::guess_format(bytes).map_err(|_| DecodeError::UnknownFormat)?;
-    let img = image::load_from_memory_with_format(bytes, format).map_err(|e| DecodeError::Corrupt {
-        format: format.extensions_str().first().copied().unwrap_or("image"),
-        detail: e.to_string(),
-    })?;
+    let img =
+        image::load_from_memory_with_format(bytes, format).map_err(|e| DecodeError::Corrupt {
+            format: format.extensions_str().first().copied().unwrap_or("image"),
+            detail: e.to_string(),
+        })?;
     let color = match img.color() {
         image::ColorType::Rgb8 => SourceColor::Rgb,
         image::ColorType::L8 => SourceColor::Gray,

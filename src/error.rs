@@ -127,7 +127,9 @@ pub enum PackError {
         reason: String,
     },
     /// The output folder holds shards of a different pack (other inputs or settings).
-    #[error("{path}: holds shards of a different input or settings; pass --overwrite or choose another output")]
+    #[error(
+        "{path}: holds shards of a different input or settings; pass --overwrite or choose another output"
+    )]
     Mismatch {
         /// The output folder.
         path: PathBuf,

@@ -1,1 +1,4 @@
+//! Integration tests, one binary (see Cargo.toml `autotests = false`).
 
+mod pack;
+mod util;

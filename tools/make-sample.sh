@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds datasets/sample/ from real photographs shipped in Debian's `opencv-doc`
 # and in the scikit-image wheel from PyPI. Run once by a maintainer; the result is
-# committed. Needs: apt-get install opencv-doc imagemagick libimage-exiftool-perl;
+# committed. Needs: apt-get install opencv-doc imagemagick libimage-exiftool-perl libjpeg-turbo-progs;
 # pip download --no-deps scikit-image==0.26.0 (unzipped into $SKIMAGE).
 set -euo pipefail
 CV=/usr/share/doc/opencv-doc/examples
@@ -50,7 +50,7 @@ cp "$SKIMAGE/chelsea.png" "$T/n02123045/n02123045_png.JPEG"                     
 convert "$CV/data/baboon.jpg" -colorspace Gray -quality 90 "$T/n02486410/n02486410_gray.JPEG"   # grayscale JPEG
 convert "$CV/data/orange.jpg" -colorspace CMYK -quality 90 "$T/n07747607/n07747607_cmyk.JPEG"   # CMYK JPEG
 convert "$CV/data/squirrel_cls.jpg" -interlace JPEG -quality 90 "$T/n02356798/n02356798_progressive.JPEG"
-convert "$CV/data/apple.jpg" -define jpeg:restart-interval=2 -quality 90 "$T/n07742313/n07742313_restart.JPEG"
+convert "$CV/data/apple.jpg" -resize 400x400 ppm:- | cjpeg -restart 1 -quality 90 > "$T/n07742313/n07742313_restart.JPEG"  # restart markers (cjpeg: libjpeg-turbo-progs)
 convert "$CV/data/messi5.jpg" -quality 88 "$T/n04254680/n04254680_exif.JPEG"
 exiftool -q -overwrite_original -Orientation=6 -n -Make=Sample -Model=resnet-imagenet "$T/n04254680/n04254680_exif.JPEG"
 convert "$CV/data/home.jpg" -resize 2600x1950 -quality 80 "$T/n03877845/n03877845_huge.JPEG"   # larger than the 480 limit

@@ -58,7 +58,7 @@ struct Cli {
     shard_mib: f64,
 
     /// Side of the per-pixel mean image computed at pack time.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 64)]
     mean_size: u32,
 
     /// Class list: `folders` (sorted folder names, as torchvision's ImageFolder),
@@ -112,7 +112,10 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("pack-imagenet: error: {err:#}");
-            if err.downcast_ref::<PackError>().is_some_and(|e| matches!(e, PackError::BadFile { .. })) {
+            if err
+                .downcast_ref::<PackError>()
+                .is_some_and(|e| matches!(e, PackError::BadFile { .. }))
+            {
                 ExitCode::from(1)
             } else {
                 ExitCode::from(2)
@@ -134,8 +137,10 @@ fn init_logger(quiet: bool, verbose: u8) {
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain()
-        .any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -184,7 +189,10 @@ fn options(cli: &Cli) -> anyhow::Result<PackOptions> {
         "imagenet" => ClassSource::Imagenet,
         path => {
             let p = PathBuf::from(path);
-            anyhow::ensure!(p.is_file(), "--classes: `{path}` is neither folders, imagenet, nor a file");
+            anyhow::ensure!(
+                p.is_file(),
+                "--classes: `{path}` is neither folders, imagenet, nor a file"
+            );
             ClassSource::File(p)
         }
     };
@@ -204,12 +212,20 @@ fn options(cli: &Cli) -> anyhow::Result<PackOptions> {
             val_labels: cli.val_labels.clone(),
             bare_split_name: Some(cli.split.clone()),
         },
-        progress: if cli.json { ProgressMode::Hidden } else { ProgressMode::Auto },
+        progress: if cli.json {
+            ProgressMode::Hidden
+        } else {
+            ProgressMode::Auto
+        },
         debug_delay: cli.debug_delay_ms.map(Duration::from_millis),
     })
 }
 
-fn decode_only(input: &std::path::Path, opts: &PackOptions, json: bool) -> anyhow::Result<ExitCode> {
+fn decode_only(
+    input: &std::path::Path,
+    opts: &PackOptions,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let splits = walk::discover(input, &opts.walk)?;
     let files: Vec<_> = splits.into_iter().flat_map(|s| s.files).collect();
     let r = pack::decode_floor(&files, opts.threads);
@@ -231,7 +247,8 @@ fn decode_only(input: &std::path::Path, opts: &PackOptions, json: bool) -> anyho
 }
 
 fn verify(dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
-    let report = reader::verify_dataset(dir).with_context(|| format!("verifying {}", dir.display()))?;
+    let report =
+        reader::verify_dataset(dir).with_context(|| format!("verifying {}", dir.display()))?;
     if json {
         let problems: Vec<_> = report
             .problems

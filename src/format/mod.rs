@@ -316,7 +316,10 @@ impl Header {
         }
         let header_size = u32_at(b, 12);
         if header_size as usize != HEADER_SIZE {
-            return Err(invalid("header_size", format!("{header_size}, expected {HEADER_SIZE}")));
+            return Err(invalid(
+                "header_size",
+                format!("{header_size}, expected {HEADER_SIZE}"),
+            ));
         }
         Ok(Header {
             record_count: u64_at(b, 16),
@@ -358,14 +361,23 @@ impl ShardLayout {
         let index = section(data, "index", header.index_offset, header.index_len)?;
         let meta_bytes = section(data, "meta", header.meta_offset, header.meta_len)?;
         let stats = section(data, "stats", header.stats_offset, header.stats_len)?;
-        if header.alignment == 0 || !header.alignment.is_power_of_two() || header.alignment > 1 << 20 {
-            return Err(invalid("alignment", format!("{} is not a power of two <= 1 MiB", header.alignment)));
+        if header.alignment == 0
+            || !header.alignment.is_power_of_two()
+            || header.alignment > 1 << 20
+        {
+            return Err(invalid(
+                "alignment",
+                format!("{} is not a power of two <= 1 MiB", header.alignment),
+            ));
         }
         let expected_index_len = header.record_count.checked_mul(INDEX_ENTRY_SIZE as u64);
         if expected_index_len != Some(header.index_len) {
             return Err(invalid(
                 "index_len",
-                format!("{} bytes for {} records", header.index_len, header.record_count),
+                format!(
+                    "{} bytes for {} records",
+                    header.index_len, header.record_count
+                ),
             ));
         }
         if header.index_offset < HEADER_SIZE as u64 || header.index_offset % 8 != 0 {
@@ -378,18 +390,24 @@ impl ShardLayout {
         if header.meta_offset < header.index_offset + header.index_len
             || header.stats_offset < header.meta_offset + header.meta_len
         {
-            return Err(invalid("layout", "sections overlap or are out of order".into()));
+            return Err(invalid(
+                "layout",
+                "sections overlap or are out of order".into(),
+            ));
         }
         check_crc("index", header.index_crc32, index)?;
         check_crc("meta", header.meta_crc32, meta_bytes)?;
         check_crc("stats", header.stats_crc32, stats)?;
-        let meta: ShardMeta = serde_json::from_slice(meta_bytes)
-            .map_err(|e| invalid("meta", e.to_string()))?;
+        let meta: ShardMeta =
+            serde_json::from_slice(meta_bytes).map_err(|e| invalid("meta", e.to_string()))?;
         let expected_stats = stats_len_for(meta.mean_size);
         if Some(header.stats_len) != expected_stats {
             return Err(invalid(
                 "stats_len",
-                format!("{} bytes for mean_size {}", header.stats_len, meta.mean_size),
+                format!(
+                    "{} bytes for mean_size {}",
+                    header.stats_len, meta.mean_size
+                ),
             ));
         }
         let mut entries = Vec::with_capacity(header.record_count as usize);
@@ -405,7 +423,10 @@ impl ShardLayout {
                 other => other,
             })?;
             let end = e.offset.checked_add(e.len as u64);
-            if e.offset < prev_end || e.offset % header.alignment as u64 != 0 || end.is_none_or(|end| end > records_end) {
+            if e.offset < prev_end
+                || e.offset % header.alignment as u64 != 0
+                || end.is_none_or(|end| end > records_end)
+            {
                 return Err(invalid(
                     "index entry",
                     format!(
@@ -415,13 +436,20 @@ impl ShardLayout {
                 ));
             }
             if e.width == 0 || e.height == 0 {
-                return Err(invalid("index entry", format!("record {i} has a zero dimension")));
+                return Err(invalid(
+                    "index entry",
+                    format!("record {i} has a zero dimension"),
+                ));
             }
             prev_end = e.offset + e.len as u64;
             entries.push(e);
         }
         debug_assert!(len as u64 >= records_end);
-        Ok(ShardLayout { header, entries, meta })
+        Ok(ShardLayout {
+            header,
+            entries,
+            meta,
+        })
     }
 
     /// The bytes of record `i` of the shard `data` this layout was parsed from.
@@ -432,7 +460,10 @@ impl ShardLayout {
 
     /// Checks record `i`'s CRC-32.
     pub fn verify_record(&self, data: &[u8], i: usize) -> Result<(), FormatError> {
-        let e = self.entries.get(i).ok_or_else(|| invalid("record", format!("no record {i}")))?;
+        let e = self
+            .entries
+            .get(i)
+            .ok_or_else(|| invalid("record", format!("no record {i}")))?;
         let bytes = self
             .record(data, i)
             .ok_or_else(|| truncated("record", e.offset, e.offset + e.len as u64, data.len()))?;
@@ -441,7 +472,8 @@ impl ShardLayout {
 
     /// The stats section decoded as f64 values.
     pub fn stats(&self, data: &[u8]) -> Vec<f64> {
-        let s = &data[self.header.stats_offset as usize..(self.header.stats_offset + self.header.stats_len) as usize];
+        let s = &data[self.header.stats_offset as usize
+            ..(self.header.stats_offset + self.header.stats_len) as usize];
         s.chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect()
@@ -450,7 +482,9 @@ impl ShardLayout {
 
 /// Length in bytes of the stats section for a mean image of side `mean_size`.
 pub fn stats_len_for(mean_size: u32) -> Option<u64> {
-    let n = (mean_size as u64).checked_mul(mean_size as u64)?.checked_mul(3)?;
+    let n = (mean_size as u64)
+        .checked_mul(mean_size as u64)?
+        .checked_mul(3)?;
     n.checked_add(STATS_SCALARS as u64)?.checked_mul(8)
 }
 
@@ -459,8 +493,15 @@ pub fn align_up(x: u64, align: u64) -> u64 {
     (x + align - 1) & !(align - 1)
 }
 
-fn section<'a>(data: &'a [u8], what: &'static str, offset: u64, len: u64) -> Result<&'a [u8], FormatError> {
-    let end = offset.checked_add(len).ok_or_else(|| invalid(what, "offset + length overflows".into()))?;
+fn section<'a>(
+    data: &'a [u8],
+    what: &'static str,
+    offset: u64,
+    len: u64,
+) -> Result<&'a [u8], FormatError> {
+    let end = offset
+        .checked_add(len)
+        .ok_or_else(|| invalid(what, "offset + length overflows".into()))?;
     if end > data.len() as u64 {
         return Err(truncated(what, offset, end, data.len()));
     }
@@ -472,7 +513,11 @@ fn check_crc(what: &'static str, stored: u32, bytes: &[u8]) -> Result<(), Format
     if stored == computed {
         Ok(())
     } else {
-        Err(FormatError::Checksum { what, stored, computed })
+        Err(FormatError::Checksum {
+            what,
+            stored,
+            computed,
+        })
     }
 }
 
@@ -500,7 +545,11 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// Serialises a complete shard (header, records, index, meta, stats) into
 /// bytes, for tests and small tools; the packer streams the same layout
 /// through [`crate::pack::ShardWriter`].
-pub fn serialize_shard(records: &[(IndexEntry, &[u8])], meta: &ShardMeta, stats: &[f64]) -> Vec<u8> {
+pub fn serialize_shard(
+    records: &[(IndexEntry, &[u8])],
+    meta: &ShardMeta,
+    stats: &[f64],
+) -> Vec<u8> {
     let mut out = vec![0u8; HEADER_SIZE];
     let align = DEFAULT_ALIGNMENT as u64;
     let mut entries = Vec::with_capacity(records.len());
@@ -522,7 +571,9 @@ pub fn serialize_shard(records: &[(IndexEntry, &[u8])], meta: &ShardMeta, stats:
 /// Appends index, meta and stats to `out` (which holds the header
 /// placeholder and the records) and writes the header in place.
 pub fn finish_shard(out: &mut Vec<u8>, entries: &[IndexEntry], meta: &ShardMeta, stats: &[f64]) {
-    let header = append_trailer(out.len() as u64, entries, meta, stats, |b| out.extend_from_slice(b));
+    let header = append_trailer(out.len() as u64, entries, meta, stats, |b| {
+        out.extend_from_slice(b)
+    });
     out[..HEADER_SIZE].copy_from_slice(&header.to_bytes());
 }
 

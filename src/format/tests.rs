@@ -75,7 +75,10 @@ fn record_corruption_is_detected_by_verify_only() {
 #[test]
 fn header_errors_are_named() {
     let data = sample_shard(&[vec![1u8; 10]], 1);
-    assert_eq!(ShardLayout::parse(b"nope").unwrap_err(), FormatError::BadMagic);
+    assert_eq!(
+        ShardLayout::parse(b"nope").unwrap_err(),
+        FormatError::BadMagic
+    );
     assert!(matches!(
         ShardLayout::parse(&data[..60]),
         Err(FormatError::Truncated { what: "header", .. })
@@ -84,7 +87,10 @@ fn header_errors_are_named() {
     v2[8] = 2;
     assert!(matches!(
         ShardLayout::parse(&v2),
-        Err(FormatError::UnsupportedVersion { found: 2, expected: 1 })
+        Err(FormatError::UnsupportedVersion {
+            found: 2,
+            expected: 1
+        })
     ));
     let mut h = data.clone();
     h[20] ^= 1;
@@ -101,7 +107,10 @@ fn header_errors_are_named() {
 #[test]
 fn origin_describe() {
     assert_eq!(Origin::ORIGINAL.describe(), "original");
-    assert_eq!(Origin(Origin::RESIZED | Origin::FROM_GRAY).describe(), "resized+from-gray");
+    assert_eq!(
+        Origin(Origin::RESIZED | Origin::FROM_GRAY).describe(),
+        "resized+from-gray"
+    );
 }
 
 proptest! {

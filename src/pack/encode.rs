@@ -22,7 +22,7 @@ impl Default for EncodeOptions {
         EncodeOptions {
             max_side: 480,
             quality: 95,
-            mean_size: 256,
+            mean_size: 64,
         }
     }
 }
@@ -59,7 +59,11 @@ pub type SkipReason = String;
 
 impl Encoder {
     /// Turns one input file's bytes into a record, or says why it can't.
-    pub fn encode(&mut self, input: &[u8], opts: &EncodeOptions) -> Result<PackedImage, SkipReason> {
+    pub fn encode(
+        &mut self,
+        input: &[u8],
+        opts: &EncodeOptions,
+    ) -> Result<PackedImage, SkipReason> {
         if input.is_empty() {
             return Err("empty file".into());
         }
@@ -82,7 +86,7 @@ impl Encoder {
         let resized = if short > opts.max_side {
             origin |= Origin::RESIZED;
             let (nw, nh) = scaled_to_short_side(w, h, opts.max_side);
-            Some(self.resize(w, h, nw, nh, ResizeAlg::Convolution(FilterType::Lanczos3))?)
+            Some(self.resize(w, h, nw, nh, ResizeAlg::Convolution(FilterType::Bilinear))?)
         } else {
             None
         };
@@ -99,7 +103,12 @@ impl Encoder {
             let src = ImageRef::new(pw, ph, pixels, PixelType::U8x3).map_err(|e| e.to_string())?;
             let mut dst = Image::new(opts.mean_size, opts.mean_size, PixelType::U8x3);
             self.resizer
-                .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)))
+                .resize(
+                    &src,
+                    &mut dst,
+                    &ResizeOptions::new()
+                        .resize_alg(ResizeAlg::Interpolation(FilterType::Bilinear)),
+                )
                 .map_err(|e| e.to_string())?;
             dst.into_vec()
         };
@@ -114,7 +123,14 @@ impl Encoder {
         })
     }
 
-    fn resize(&mut self, w: u32, h: u32, nw: u32, nh: u32, alg: ResizeAlg) -> Result<Image<'static>, SkipReason> {
+    fn resize(
+        &mut self,
+        w: u32,
+        h: u32,
+        nw: u32,
+        nh: u32,
+        alg: ResizeAlg,
+    ) -> Result<Image<'static>, SkipReason> {
         let src = ImageRef::new(w, h, &self.rgb, PixelType::U8x3).map_err(|e| e.to_string())?;
         let mut dst = Image::new(nw, nh, PixelType::U8x3);
         self.resizer
@@ -129,14 +145,26 @@ impl Encoder {
 pub fn scaled_to_short_side(w: u32, h: u32, short: u32) -> (u32, u32) {
     let scale = short as f64 / w.min(h) as f64;
     let long = |x: u32| ((x as f64 * scale).round() as u32).max(1);
-    if w <= h { (short, long(h)) } else { (long(w), short) }
+    if w <= h {
+        (short, long(h))
+    } else {
+        (long(w), short)
+    }
 }
 
-/// Encodes RGB8 pixels as a baseline JPEG.
+/// Encodes RGB8 pixels as a baseline 4:2:0 JPEG (the subsampling of most
+/// ILSVRC2012 files and of PIL's default), with `jpeg-encoder`'s AVX2 path:
+/// measured 6x faster than the `image` crate's encoder here, which made
+/// re-encoding the large images the packer's bottleneck.
 pub fn encode_jpeg(pixels: &[u8], w: u32, h: u32, quality: u8) -> Result<Vec<u8>, SkipReason> {
+    let (w16, h16) = match (u16::try_from(w), u16::try_from(h)) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => return Err(format!("{w}x{h} is too large for JPEG")),
+    };
     let mut out = Vec::with_capacity(pixels.len() / 8);
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
-        .encode(pixels, w, h, image::ExtendedColorType::Rgb8)
+    let mut enc = jpeg_encoder::Encoder::new(&mut out, quality);
+    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    enc.encode(pixels, w16, h16, jpeg_encoder::ColorType::Rgb)
         .map_err(|e| format!("JPEG encoding failed: {e}"))?;
     Ok(out)
 }

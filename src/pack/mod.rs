@@ -23,7 +23,9 @@ pub mod writer;
 
 use crate::error::{PackError, ReadError};
 use crate::format::manifest::{MANIFEST_FILE, MEAN_IMAGE_FILE, PackSettings};
-use crate::format::{self, DatasetStats, FORMAT_VERSION, Manifest, STATS_SCALARS, ShardEntry, ShardMeta, SkippedFile};
+use crate::format::{
+    self, DatasetStats, FORMAT_VERSION, Manifest, STATS_SCALARS, ShardEntry, ShardMeta, SkippedFile,
+};
 use crate::progress::{ProgressMode, progress_bar};
 use crate::reader::ShardReader;
 use encode::{EncodeOptions, Encoder, PackedImage, SkipReason};
@@ -50,7 +52,7 @@ pub struct PackOptions {
     pub quality: u8,
     /// Target shard size in bytes (default 256 MiB).
     pub shard_bytes: u64,
-    /// Side of the mean image (default 256).
+    /// Side of the mean image (default 64; the loader resizes it to the crop size).
     pub mean_size: u32,
     /// Fail on the first file that cannot be packed.
     pub strict: bool,
@@ -72,7 +74,7 @@ impl Default for PackOptions {
             val_max_side: 640,
             quality: 95,
             shard_bytes: 256 << 20,
-            mean_size: 256,
+            mean_size: 64,
             strict: false,
             overwrite: false,
             walk: WalkOptions::default(),
@@ -86,7 +88,11 @@ impl PackOptions {
     /// The encode options for `split`.
     pub fn encode_options(&self, split: &str) -> EncodeOptions {
         EncodeOptions {
-            max_side: if split == "val" { self.val_max_side } else { self.train_max_side },
+            max_side: if split == "val" {
+                self.val_max_side
+            } else {
+                self.train_max_side
+            },
             quality: self.quality,
             mean_size: self.mean_size,
         }
@@ -145,7 +151,11 @@ pub struct SplitSummary {
 }
 
 /// Packs every split found under `input` into `output/<split>`.
-pub fn pack(input: &Path, output: &Path, opts: &PackOptions) -> Result<Vec<SplitSummary>, PackError> {
+pub fn pack(
+    input: &Path,
+    output: &Path,
+    opts: &PackOptions,
+) -> Result<Vec<SplitSummary>, PackError> {
     opts.validate()?;
     let splits = walk::discover(input, &opts.walk)?;
     std::fs::create_dir_all(output).map_err(|source| PackError::Io {
@@ -169,7 +179,9 @@ fn fingerprint(split: &SplitInputs, enc: &EncodeOptions, shard_bytes: u64) -> St
         h.update(format!("class {}\t{}\n", c.wnid, c.name));
     }
     for f in &split.files {
-        let size = std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(u64::MAX);
+        let size = std::fs::metadata(&f.path)
+            .map(|m| m.len())
+            .unwrap_or(u64::MAX);
         h.update(format!("{}\t{}\t{size}\n", f.rel, f.label));
     }
     let digest = h.finalize();
@@ -200,7 +212,13 @@ impl Progress {
         }
     }
 
-    fn add_shard(&mut self, entry: ShardEntry, meta: &ShardMeta, stats: &[f64], labels: impl Iterator<Item = u32>) {
+    fn add_shard(
+        &mut self,
+        entry: ShardEntry,
+        meta: &ShardMeta,
+        stats: &[f64],
+        labels: impl Iterator<Item = u32>,
+    ) {
         for (s, v) in self.stats.iter_mut().zip(stats) {
             *s += v;
         }
@@ -225,7 +243,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PackError + '_ {
 
 /// Reads back the finished shards in `dir` that belong to this pack, in
 /// order, deleting temporary files and anything after the first gap.
-fn resume_state(dir: &Path, split: &SplitInputs, fp: &str, mean_size: u32) -> Result<Progress, PackError> {
+fn resume_state(
+    dir: &Path,
+    split: &SplitInputs,
+    fp: &str,
+    mean_size: u32,
+) -> Result<Progress, PackError> {
     let mut state = Progress::new(split.classes.len(), mean_size);
     let mut names = Vec::new();
     for e in std::fs::read_dir(dir).map_err(io(dir))? {
@@ -243,7 +266,10 @@ fn resume_state(dir: &Path, split: &SplitInputs, fp: &str, mean_size: u32) -> Re
     for name in names {
         let path = dir.join(&name);
         if broken || name != shard_name(k) {
-            log::warn!("{}: not part of the finished sequence; removing", path.display());
+            log::warn!(
+                "{}: not part of the finished sequence; removing",
+                path.display()
+            );
             std::fs::remove_file(&path).map_err(io(&path))?;
             broken = true;
             continue;
@@ -251,7 +277,10 @@ fn resume_state(dir: &Path, split: &SplitInputs, fp: &str, mean_size: u32) -> Re
         let shard = match ShardReader::open(&path) {
             Ok(s) => s,
             Err(ReadError::Format { source, .. }) => {
-                log::warn!("{}: unreadable ({source}); removing it and the shards after it", path.display());
+                log::warn!(
+                    "{}: unreadable ({source}); removing it and the shards after it",
+                    path.display()
+                );
                 std::fs::remove_file(&path).map_err(io(&path))?;
                 broken = true;
                 continue;
@@ -260,10 +289,18 @@ fn resume_state(dir: &Path, split: &SplitInputs, fp: &str, mean_size: u32) -> Re
         };
         let meta = shard.meta().clone();
         if meta.fingerprint != fp {
-            return Err(PackError::Mismatch { path: dir.to_path_buf() });
+            return Err(PackError::Mismatch {
+                path: dir.to_path_buf(),
+            });
         }
-        if meta.shard_index != k || meta.input_start as usize != state.next_input || meta.mean_size != mean_size {
-            log::warn!("{}: out of sequence; removing it and the shards after it", path.display());
+        if meta.shard_index != k
+            || meta.input_start as usize != state.next_input
+            || meta.mean_size != mean_size
+        {
+            log::warn!(
+                "{}: out of sequence; removing it and the shards after it",
+                path.display()
+            );
             drop(shard);
             std::fs::remove_file(&path).map_err(io(&path))?;
             broken = true;
@@ -276,14 +313,23 @@ fn resume_state(dir: &Path, split: &SplitInputs, fp: &str, mean_size: u32) -> Re
             crc32: crc32fast::hash(shard.bytes()),
         };
         let stats = shard.stats();
-        state.add_shard(entry, &meta, &stats, shard.entries().iter().map(|e| e.label));
+        state.add_shard(
+            entry,
+            &meta,
+            &stats,
+            shard.entries().iter().map(|e| e.label),
+        );
         k += 1;
     }
     Ok(state)
 }
 
 /// Packs one split into `dir`.
-pub fn pack_split(split: &SplitInputs, dir: &Path, opts: &PackOptions) -> Result<SplitSummary, PackError> {
+pub fn pack_split(
+    split: &SplitInputs,
+    dir: &Path,
+    opts: &PackOptions,
+) -> Result<SplitSummary, PackError> {
     opts.validate()?;
     let start_time = Instant::now();
     let enc = opts.encode_options(&split.name);
@@ -362,7 +408,8 @@ fn run_workers(
     bar.set_position(first as u64);
     let window = opts.threads * 4;
     let (job_tx, job_rx) = crossbeam::channel::unbounded::<usize>();
-    let (res_tx, res_rx) = crossbeam::channel::unbounded::<(usize, Result<PackedImage, SkipReason>, u64)>();
+    let (res_tx, res_rx) =
+        crossbeam::channel::unbounded::<(usize, Result<PackedImage, SkipReason>, u64)>();
     let mut bytes_in = 0u64;
     let result = crossbeam::thread::scope(|s| -> Result<(), PackError> {
         for _ in 0..opts.threads {
@@ -397,17 +444,32 @@ fn run_workers(
                 let file = &files[next];
                 match r {
                     Ok(img) => {
-                        let full = shard
-                            .as_ref()
-                            .is_some_and(|w| !w.is_empty() && w.len() + img.bytes.len() as u64 + 64 > opts.shard_bytes);
+                        let full = shard.as_ref().is_some_and(|w| {
+                            !w.is_empty()
+                                && w.len() + img.bytes.len() as u64 + 64 > opts.shard_bytes
+                        });
                         if full {
                             let w = shard.take().expect("checked");
-                            finish_shard(w, dir, split, fp, enc, state, shard_start, next, &mut shard_skipped)?;
+                            finish_shard(
+                                w,
+                                dir,
+                                split,
+                                fp,
+                                enc,
+                                state,
+                                shard_start,
+                                next,
+                                &mut shard_skipped,
+                            )?;
                             shard_start = next;
                         }
                         let w = match &mut shard {
                             Some(w) => w,
-                            None => shard.insert(ShardWriter::create(dir, state.shards.len() as u32, enc.mean_size)?),
+                            None => shard.insert(ShardWriter::create(
+                                dir,
+                                state.shards.len() as u32,
+                                enc.mean_size,
+                            )?),
                         };
                         w.push(&img, file.label)?;
                         if let Some(d) = opts.debug_delay {
@@ -444,7 +506,17 @@ fn run_workers(
                 Some(w) => w,
                 None => ShardWriter::create(dir, state.shards.len() as u32, enc.mean_size)?,
             };
-            finish_shard(w, dir, split, fp, enc, state, shard_start, end, &mut shard_skipped)?;
+            finish_shard(
+                w,
+                dir,
+                split,
+                fp,
+                enc,
+                state,
+                shard_start,
+                end,
+                &mut shard_skipped,
+            )?;
         }
         Ok(())
     });
@@ -483,7 +555,12 @@ fn finish_shard(
     // exactly as they would when a later run resumes after it.
     let shard = ShardReader::open(dir.join(&entry.name))?;
     let stats = shard.stats();
-    state.add_shard(entry, shard.meta(), &stats, shard.entries().iter().map(|e| e.label));
+    state.add_shard(
+        entry,
+        shard.meta(),
+        &stats,
+        shard.entries().iter().map(|e| e.label),
+    );
     Ok(())
 }
 
@@ -510,7 +587,11 @@ pub fn stats_from_sums(sums: &[f64], mean_size: u32) -> (DatasetStats, Vec<f32>)
             *c = second(i, j) - m[i] * m[j];
         }
     }
-    let std = [cov[0][0].max(0.0).sqrt(), cov[1][1].max(0.0).sqrt(), cov[2][2].max(0.0).sqrt()];
+    let std = [
+        cov[0][0].max(0.0).sqrt(),
+        cov[1][1].max(0.0).sqrt(),
+        cov[2][2].max(0.0).sqrt(),
+    ];
     let mean_image: Vec<f32> = sums[STATS_SCALARS..]
         .iter()
         .map(|&s| (s / images.max(1.0)) as f32)
@@ -568,7 +649,11 @@ fn write_outputs(
     writer::write_atomic(&dir.join(MANIFEST_FILE), &json)
 }
 
-fn pack_one(file: &InputFile, encoder: &mut Encoder, enc: &EncodeOptions) -> (Result<PackedImage, SkipReason>, u64) {
+fn pack_one(
+    file: &InputFile,
+    encoder: &mut Encoder,
+    enc: &EncodeOptions,
+) -> (Result<PackedImage, SkipReason>, u64) {
     let bytes = match std::fs::read(&file.path) {
         Ok(b) => b,
         Err(e) => return (Err(format!("unreadable: {e}")), 0),

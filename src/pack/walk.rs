@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 pub const IMAGENET_CLASSES_TSV: &str = include_str!("../../datasets/imagenet/classes.tsv");
 /// Labels (sorted-wnid index) of the 50,000 ILSVRC2012 val images, line i for
 /// `ILSVRC2012_val_{i+1:08}.JPEG`.
-pub const IMAGENET_VAL_LABELS: &str = include_str!("../../datasets/imagenet/ILSVRC2012_val_labels.txt");
+pub const IMAGENET_VAL_LABELS: &str =
+    include_str!("../../datasets/imagenet/ILSVRC2012_val_labels.txt");
 
 /// The ILSVRC2012 class list, in label order.
 pub fn imagenet_classes() -> Vec<ClassInfo> {
@@ -109,7 +110,11 @@ pub fn discover(root: &Path, opts: &WalkOptions) -> Result<Vec<SplitInputs>, Pac
     let val = root.join("val");
     let mut splits = Vec::new();
     if train.is_dir() || val.is_dir() {
-        let train_folders = if train.is_dir() { Some(class_folders(&train)?) } else { None };
+        let train_folders = if train.is_dir() {
+            Some(class_folders(&train)?)
+        } else {
+            None
+        };
         let classes = class_list(&opts.classes, train_folders.as_deref(), root)?;
         if let Some(folders) = &train_folders {
             splits.push(folder_split("train", root, &train, folders, &classes)?);
@@ -131,7 +136,10 @@ pub fn discover(root: &Path, opts: &WalkOptions) -> Result<Vec<SplitInputs>, Pac
             ));
         }
         let classes = class_list(&opts.classes, Some(&folders), root)?;
-        let name = opts.bare_split_name.clone().unwrap_or_else(|| "train".into());
+        let name = opts
+            .bare_split_name
+            .clone()
+            .unwrap_or_else(|| "train".into());
         splits.push(folder_split(&name, root, root, &folders, &classes)?);
     }
     Ok(splits)
@@ -165,8 +173,15 @@ fn class_folders(dir: &Path) -> Result<Vec<String>, PackError> {
     Ok(out)
 }
 
-fn class_list(source: &ClassSource, folders: Option<&[String]>, root: &Path) -> Result<Vec<ClassInfo>, PackError> {
-    let known: HashMap<String, String> = imagenet_classes().into_iter().map(|c| (c.wnid, c.name)).collect();
+fn class_list(
+    source: &ClassSource,
+    folders: Option<&[String]>,
+    root: &Path,
+) -> Result<Vec<ClassInfo>, PackError> {
+    let known: HashMap<String, String> = imagenet_classes()
+        .into_iter()
+        .map(|c| (c.wnid, c.name))
+        .collect();
     let named = |wnid: &str| ClassInfo {
         wnid: wnid.to_string(),
         name: known.get(wnid).cloned().unwrap_or_else(|| wnid.to_string()),
@@ -176,7 +191,11 @@ fn class_list(source: &ClassSource, folders: Option<&[String]>, root: &Path) -> 
         ClassSource::File(path) => {
             let text = std::fs::read_to_string(path).map_err(io(path))?;
             let mut classes = Vec::new();
-            for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            for line in text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            {
                 let (wnid, name) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
                 let mut c = named(wnid);
                 if !name.trim().is_empty() {
@@ -193,7 +212,10 @@ fn class_list(source: &ClassSource, folders: Option<&[String]>, root: &Path) -> 
             Some(f) if !f.is_empty() => Ok(f.iter().map(|w| named(w)).collect()),
             // No train folders to name the classes (a val-only input): the ILSVRC2012 list.
             _ => {
-                log::info!("{}: no train class folders; using the ILSVRC2012 class list", root.display());
+                log::info!(
+                    "{}: no train class folders; using the ILSVRC2012 class list",
+                    root.display()
+                );
                 Ok(imagenet_classes())
             }
         },
@@ -232,7 +254,11 @@ fn folder_split(
     folders: &[String],
     classes: &[ClassInfo],
 ) -> Result<SplitInputs, PackError> {
-    let label_of: HashMap<&str, u32> = classes.iter().enumerate().map(|(i, c)| (c.wnid.as_str(), i as u32)).collect();
+    let label_of: HashMap<&str, u32> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.wnid.as_str(), i as u32))
+        .collect();
     let mut files = Vec::new();
     let mut unlabeled = Vec::new();
     for folder in folders {
@@ -244,7 +270,11 @@ fn folder_split(
         };
         let mut found = Vec::new();
         files_under(&dir.join(folder), root, &mut found)?;
-        files.extend(found.into_iter().map(|(path, rel)| InputFile { path, rel, label }));
+        files.extend(
+            found
+                .into_iter()
+                .map(|(path, rel)| InputFile { path, rel, label }),
+        );
     }
     // Loose files beside the class folders have no label.
     for e in std::fs::read_dir(dir).map_err(io(dir))? {
@@ -270,7 +300,12 @@ fn folder_split(
 const LOC_CSV: &str = "LOC_val_solution.csv";
 const DEVKIT_GT: &str = "ILSVRC2012_validation_ground_truth.txt";
 
-fn flat_val_split(root: &Path, val: &Path, classes: &[ClassInfo], opts: &WalkOptions) -> Result<SplitInputs, PackError> {
+fn flat_val_split(
+    root: &Path,
+    val: &Path,
+    classes: &[ClassInfo],
+    opts: &WalkOptions,
+) -> Result<SplitInputs, PackError> {
     let mut found = Vec::new();
     files_under(val, root, &mut found)?;
     let candidates = |name: &str| {
@@ -296,11 +331,18 @@ fn flat_val_split(root: &Path, val: &Path, classes: &[ClassInfo], opts: &WalkOpt
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "the bundled ILSVRC2012 val labels".into());
-    let label_of: HashMap<&str, u32> = classes.iter().enumerate().map(|(i, c)| (c.wnid.as_str(), i as u32)).collect();
+    let label_of: HashMap<&str, u32> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.wnid.as_str(), i as u32))
+        .collect();
     let mut files = Vec::new();
     let mut unlabeled = Vec::new();
     for (path, rel) in found {
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match by_stem.get(&stem) {
             Some(wnid) => match label_of.get(wnid.as_str()) {
                 Some(&label) => files.push(InputFile { path, rel, label }),
@@ -330,7 +372,10 @@ fn bundled_val_labels() -> HashMap<String, String> {
         .enumerate()
         .filter_map(|(i, l)| {
             let label: usize = l.trim().parse().ok()?;
-            Some((format!("ILSVRC2012_val_{:08}", i + 1), classes.get(label)?.wnid.clone()))
+            Some((
+                format!("ILSVRC2012_val_{:08}", i + 1),
+                classes.get(label)?.wnid.clone(),
+            ))
         })
         .collect()
 }
@@ -338,7 +383,11 @@ fn bundled_val_labels() -> HashMap<String, String> {
 /// Reads a val ground-truth file in any of the supported forms into stem → wnid.
 pub fn read_val_labels(path: &Path) -> Result<HashMap<String, String>, PackError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let mut map = HashMap::new();
     if lines.iter().all(|l| l.parse::<u32>().is_ok()) {
         // The devkit form: one ILSVRC2012_ID per val image, in file order.
@@ -350,14 +399,20 @@ pub fn read_val_labels(path: &Path) -> Result<HashMap<String, String>, PackError
             let id: u32 = l.parse().expect("checked");
             let stem = format!("ILSVRC2012_val_{:08}", i + 1);
             let Some(wnid) = bundled.get(&stem) else {
-                return Err(layout(path, format!("line {}: more lines than ILSVRC2012 val images", i + 1)));
+                return Err(layout(
+                    path,
+                    format!("line {}: more lines than ILSVRC2012 val images", i + 1),
+                ));
             };
             if let Some(prev) = id_to_wnid.insert(id, wnid.clone())
                 && prev != *wnid
             {
                 return Err(layout(
                     path,
-                    format!("line {}: ILSVRC2012_ID {id} maps to both {prev} and {wnid}; not the ILSVRC2012 ground truth", i + 1),
+                    format!(
+                        "line {}: ILSVRC2012_ID {id} maps to both {prev} and {wnid}; not the ILSVRC2012 ground truth",
+                        i + 1
+                    ),
                 ));
             }
             map.insert(stem, wnid.clone());
@@ -368,11 +423,19 @@ pub fn read_val_labels(path: &Path) -> Result<HashMap<String, String>, PackError
         if i == 0 && line.starts_with("ImageId") {
             continue; // Kaggle CSV header
         }
-        let mut parts = line.split(|c: char| c == ',' || c == '\t' || c.is_whitespace()).filter(|s| !s.is_empty());
+        let mut parts = line
+            .split(|c: char| c == ',' || c == '\t' || c.is_whitespace())
+            .filter(|s| !s.is_empty());
         let (Some(file), Some(wnid)) = (parts.next(), parts.next()) else {
-            return Err(layout(path, format!("line {}: expected `file,wnid ...`", i + 1)));
+            return Err(layout(
+                path,
+                format!("line {}: expected `file,wnid ...`", i + 1),
+            ));
         };
-        let stem = Path::new(file).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = Path::new(file)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         map.insert(stem, wnid.to_string());
     }
     Ok(map)

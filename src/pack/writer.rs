@@ -4,7 +4,8 @@
 
 use crate::error::PackError;
 use crate::format::{
-    self, DEFAULT_ALIGNMENT, Encoding, HEADER_SIZE, IndexEntry, STATS_SCALARS, ShardEntry, ShardMeta,
+    self, DEFAULT_ALIGNMENT, Encoding, HEADER_SIZE, IndexEntry, STATS_SCALARS, ShardEntry,
+    ShardMeta,
 };
 use crate::pack::encode::PackedImage;
 use std::fs::File;
@@ -112,7 +113,9 @@ impl ShardWriter {
         let entries = std::mem::take(&mut self.entries);
         let stats = std::mem::take(&mut self.stats);
         let mut trailer = Vec::new();
-        let header = format::append_trailer(self.pos, &entries, meta, &stats, |b| trailer.extend_from_slice(b));
+        let header = format::append_trailer(self.pos, &entries, meta, &stats, |b| {
+            trailer.extend_from_slice(b)
+        });
         self.emit(&trailer)?;
         let header_bytes = header.to_bytes();
         let tmp = self.tmp.clone();
@@ -142,7 +145,9 @@ impl ShardWriter {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PackError> {
     let tmp = path.with_file_name(format!(
         "{}{TMP_SUFFIX}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
     let mut f = File::create(&tmp).map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;

@@ -104,14 +104,17 @@ impl ShardReader {
             len: self.len(),
         })?;
         // parse() checked that every entry lies inside the mapping.
-        let bytes = self.layout.record(&self.map, i).ok_or_else(|| ReadError::Record {
-            path: self.path.clone(),
-            index: i,
-            source: FormatError::Invalid {
-                field: "offset",
-                detail: "outside the file".into(),
-            },
-        })?;
+        let bytes = self
+            .layout
+            .record(&self.map, i)
+            .ok_or_else(|| ReadError::Record {
+                path: self.path.clone(),
+                index: i,
+                source: FormatError::Invalid {
+                    field: "offset",
+                    detail: "outside the file".into(),
+                },
+            })?;
         Ok(Record {
             bytes,
             label: e.label,
@@ -130,7 +133,10 @@ impl ShardReader {
     /// Checks record `i`'s CRC-32.
     pub fn verify_record(&self, i: usize) -> Result<(), ReadError> {
         if i >= self.len() {
-            return Err(ReadError::OutOfRange { index: i, len: self.len() });
+            return Err(ReadError::OutOfRange {
+                index: i,
+                len: self.len(),
+            });
         }
         self.layout
             .verify_record(&self.map, i)
@@ -187,7 +193,11 @@ impl Dataset {
         if *starts.last().unwrap_or(&0) as u64 != manifest.records {
             return Err(ReadError::Manifest {
                 path: dir.join(MANIFEST_FILE),
-                detail: format!("records {} != sum over shards {}", manifest.records, starts.last().unwrap_or(&0)),
+                detail: format!(
+                    "records {} != sum over shards {}",
+                    manifest.records,
+                    starts.last().unwrap_or(&0)
+                ),
             });
         }
         Ok(Dataset {
@@ -231,7 +241,10 @@ impl Dataset {
     /// Maps a global record index to (shard, index in shard).
     pub fn locate(&self, index: usize) -> Result<(usize, usize), ReadError> {
         if index >= self.len() {
-            return Err(ReadError::OutOfRange { index, len: self.len() });
+            return Err(ReadError::OutOfRange {
+                index,
+                len: self.len(),
+            });
         }
         let shard = self.starts.partition_point(|&s| s <= index) - 1;
         Ok((shard, index - self.starts[shard]))
