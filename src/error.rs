@@ -155,7 +155,43 @@ pub enum Error {
     /// See [`PackError`].
     #[error(transparent)]
     Pack(#[from] PackError),
+    /// See [`LoadError`].
+    #[error(transparent)]
+    Load(#[from] LoadError),
 }
 
 /// `Result` with the crate-level [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the loader could not produce a sample.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadErrorKind {
+    /// The record could not be read or failed its checksum.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The record's bytes did not decode (a bug: `pack-imagenet` decoded every record once).
+    #[error(transparent)]
+    Decode(#[from] crate::decode::DecodeError),
+    /// Resizing failed.
+    #[error("resize: {0}")]
+    Resize(String),
+    /// A worker panicked while processing the sample.
+    #[error("worker panicked: {0}")]
+    Panic(String),
+}
+
+/// A sample the loader could not produce, naming the shard and the record.
+#[derive(Debug, thiserror::Error)]
+#[error("{shard}: record {record} (dataset index {index}): {kind}")]
+pub struct LoadError {
+    /// The shard file.
+    pub shard: PathBuf,
+    /// Record index inside the shard.
+    pub record: usize,
+    /// Global index in the split.
+    pub index: usize,
+    /// What went wrong.
+    #[source]
+    pub kind: LoadErrorKind,
+}

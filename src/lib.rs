@@ -9,6 +9,9 @@
 //! - [`pack`]: an ImageNet folder → memory-mapped shards ([`format`] documents the bytes).
 //! - [`reader`]: maps shards and hands out zero-copy [`reader::Record`]s.
 //! - [`decode`]: encoded bytes → RGB pixels.
+//! - [`sampler`]: the order of each epoch, per rank.
+//! - [`augment`]: the paper's scale/crop/flip/mean augmentation and the evaluation crops.
+//! - [`loader`]: the crossbeam worker pool that yields augmented batches in order.
 //!
 //! ```no_run
 //! use resnet_imagenet::{pack, reader::Dataset};
@@ -20,11 +23,14 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod augment;
 pub mod decode;
 pub mod error;
 pub mod format;
+pub mod loader;
 pub mod pack;
 pub mod progress;
 pub mod reader;
+pub mod sampler;
 
 pub use error::{Error, Result};

@@ -1,4 +1,5 @@
 //! Integration tests, one binary (see Cargo.toml `autotests = false`).
 
+mod loader;
 mod pack;
 mod util;

@@ -57,3 +57,31 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The bundled sample packed once per test process (mean image 32x32).
+pub fn packed_sample() -> &'static Path {
+    use std::sync::OnceLock;
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = resnet_imagenet::pack::PackOptions {
+            threads: 2,
+            mean_size: 32,
+            progress: resnet_imagenet::progress::ProgressMode::Hidden,
+            ..Default::default()
+        };
+        resnet_imagenet::pack::pack(&sample(), dir.path(), &opts).unwrap();
+        dir
+    })
+    .path()
+}
+
+/// Runs `f` on another thread and fails if it takes longer than `secs` (a hang).
+pub fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .expect("did not finish in time: hang")
+}

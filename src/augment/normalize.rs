@@ -1,0 +1,206 @@
+//! Flip and normalise into the network's input in one pass:
+//! `out[c][y][x] = (in[y][x'][c] + light[c] - sub[c][y][x]) * mul[c]`,
+//! with `x' = x` or `size - 1 - x` when mirrored.
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use serde::{Deserialize, Serialize};
+
+/// How pixel values become network inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub enum Normalization {
+    /// The paper's per-pixel mean subtraction (mean image from `pack-imagenet`,
+    /// resized to the crop), divided by the dataset's per-channel std so the
+    /// inputs have unit scale: `(x - mean[y][x]) / std_c`.
+    #[default]
+    PerPixelMean,
+    /// torchvision's convention: `(x / 255 - mean_c) / std_c`.
+    PerChannel {
+        /// Channel means on the 0..1 scale (ImageNet: 0.485, 0.456, 0.406).
+        mean: [f32; 3],
+        /// Channel stds on the 0..1 scale (ImageNet: 0.229, 0.224, 0.225).
+        std: [f32; 3],
+    },
+    /// `x / 255`.
+    Unit,
+}
+
+/// Precomputed planes for one output size.
+#[derive(Debug, Clone)]
+pub struct Normalizer {
+    size: usize,
+    /// CHW plane subtracted (0..255 scale).
+    sub: Vec<f32>,
+    mul: [f32; 3],
+}
+
+impl Normalizer {
+    /// Builds the planes. `mean_image` is the pack's mean image (HWC f32,
+    /// `mean_size` square) and `channel_std` the pack's per-channel std; both
+    /// are used by [`Normalization::PerPixelMean`] only.
+    pub fn new(
+        norm: Normalization,
+        size: u32,
+        mean_image: &[f32],
+        mean_size: u32,
+        channel_std: [f64; 3],
+    ) -> Self {
+        let n = (size * size) as usize;
+        let (sub, mul) = match norm {
+            Normalization::PerPixelMean => {
+                let resized = resize_mean(mean_image, mean_size, size);
+                let mut sub = vec![0f32; 3 * n];
+                for i in 0..n {
+                    for c in 0..3 {
+                        sub[c * n + i] = resized[i * 3 + c];
+                    }
+                }
+                (sub, channel_std.map(|s| 1.0 / (s.max(1e-3) as f32)))
+            }
+            Normalization::PerChannel { mean, std } => {
+                let mut sub = vec![0f32; 3 * n];
+                for c in 0..3 {
+                    sub[c * n..(c + 1) * n].fill(mean[c] * 255.0);
+                }
+                (sub, std.map(|s| 1.0 / (255.0 * s)))
+            }
+            Normalization::Unit => (vec![0f32; 3 * n], [1.0 / 255.0; 3]),
+        };
+        Normalizer {
+            size: size as usize,
+            sub,
+            mul,
+        }
+    }
+
+    /// Output side.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Writes `hwc` (RGB8, `size x size`) into `out` (CHW f32, `3 * size * size`).
+    pub fn write_chw(&self, hwc: &[u8], flip: bool, light: [f32; 3], out: &mut [f32]) {
+        let s = self.size;
+        let n = s * s;
+        assert!(hwc.len() >= 3 * n && out.len() >= 3 * n);
+        for c in 0..3 {
+            let (mul, add) = (self.mul[c], light[c]);
+            let plane = &mut out[c * n..(c + 1) * n];
+            let sub = &self.sub[c * n..(c + 1) * n];
+            for y in 0..s {
+                let row = &hwc[y * s * 3..(y + 1) * s * 3];
+                let o = &mut plane[y * s..(y + 1) * s];
+                let m = &sub[y * s..(y + 1) * s];
+                if flip {
+                    for x in 0..s {
+                        o[x] = (row[(s - 1 - x) * 3 + c] as f32 + add - m[x]) * mul;
+                    }
+                } else {
+                    for x in 0..s {
+                        o[x] = (row[x * 3 + c] as f32 + add - m[x]) * mul;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Inverse of [`Normalizer::write_chw`] without lighting: CHW f32 back to
+    /// RGB8 HWC (for looking at what the network sees).
+    pub fn to_rgb8(&self, chw: &[f32]) -> Vec<u8> {
+        let n = self.size * self.size;
+        let mut out = vec![0u8; 3 * n];
+        for i in 0..n {
+            for c in 0..3 {
+                let v = chw[c * n + i] / self.mul[c] + self.sub[c * n + i];
+                out[i * 3 + c] = v.round().clamp(0.0, 255.0) as u8;
+            }
+        }
+        out
+    }
+}
+
+/// Writes `hwc` into `out` (HWC u8), mirrored if asked: the raw output mode,
+/// for normalising on the GPU.
+pub fn write_hwc_u8(hwc: &[u8], size: usize, flip: bool, out: &mut [u8]) {
+    if !flip {
+        out[..hwc.len()].copy_from_slice(hwc);
+        return;
+    }
+    for y in 0..size {
+        let row = &hwc[y * size * 3..(y + 1) * size * 3];
+        let o = &mut out[y * size * 3..(y + 1) * size * 3];
+        for x in 0..size {
+            o[x * 3..x * 3 + 3].copy_from_slice(&row[(size - 1 - x) * 3..(size - x) * 3]);
+        }
+    }
+}
+
+/// Resizes the HWC f32 mean image to `size` square.
+fn resize_mean(mean: &[f32], from: u32, size: u32) -> Vec<f32> {
+    if from == size {
+        return mean.to_vec();
+    }
+    let bytes: Vec<u8> = mean.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let src = ImageRef::new(from, from, &bytes, PixelType::F32x3).expect("mean image size");
+    let mut dst = Image::new(size, size, PixelType::F32x3);
+    Resizer::new()
+        .resize(
+            &src,
+            &mut dst,
+            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+        )
+        .expect("resize mean image");
+    dst.buffer()
+        .chunks_exact(4)
+        .map(|c| f32::from_ne_bytes(c.try_into().expect("4 bytes")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_pixel_mean_flip_and_round_trip() {
+        let size = 4u32;
+        let mean: Vec<f32> = (0..48).map(|i| i as f32).collect();
+        let norm = Normalizer::new(Normalization::PerPixelMean, size, &mean, 4, [2.0, 4.0, 8.0]);
+        let hwc: Vec<u8> = (0..48).map(|i| (i * 5) as u8).collect();
+        let mut out = vec![0f32; 48];
+        norm.write_chw(&hwc, false, [0.0; 3], &mut out);
+        // pixel (y=1, x=2), channel 1: hwc index (1*4+2)*3+1 = 19
+        assert_eq!(out[16 + 6], (95.0 - 19.0) / 4.0);
+        assert_eq!(norm.to_rgb8(&out), hwc);
+        let mut flipped = vec![0f32; 48];
+        norm.write_chw(&hwc, true, [0.0; 3], &mut flipped);
+        // x=2 mirrored reads x=1: hwc index (1*4+1)*3+1 = 16, mean at the output position.
+        assert_eq!(flipped[16 + 6], (80.0 - 19.0) / 4.0);
+        let mut raw = vec![0u8; 48];
+        write_hwc_u8(&hwc, 4, true, &mut raw);
+        assert_eq!(&raw[0..3], &hwc[9..12]);
+    }
+
+    #[test]
+    fn per_channel_is_torchvision() {
+        let norm = Normalizer::new(
+            Normalization::PerChannel {
+                mean: [0.485, 0.456, 0.406],
+                std: [0.229, 0.224, 0.225],
+            },
+            1,
+            &[],
+            0,
+            [1.0; 3],
+        );
+        let mut out = [0f32; 3];
+        norm.write_chw(&[255, 0, 128], false, [0.0; 3], &mut out);
+        let want = [
+            (1.0 - 0.485) / 0.229,
+            (0.0 - 0.456) / 0.224,
+            (128.0 / 255.0 - 0.406) / 0.225,
+        ];
+        for c in 0..3 {
+            assert!((out[c] - want[c]).abs() < 1e-5);
+        }
+    }
+}

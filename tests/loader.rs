@@ -1,0 +1,316 @@
+//! The streaming loader on the packed real-photo sample.
+
+use crate::util::{copy_tree, packed_sample, within};
+use resnet_imagenet::augment::{EvalCrop, TrainAugment};
+use resnet_imagenet::loader::{Loader, LoaderBuilder, OnError, OutputKind};
+use resnet_imagenet::reader::Dataset;
+use resnet_imagenet::sampler::{Distributed, Remainder};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+fn train_set() -> Arc<Dataset> {
+    Arc::new(Dataset::open(packed_sample().join("train")).unwrap())
+}
+
+fn loader(workers: usize, b: LoaderBuilder) -> Loader {
+    b.workers(workers).build(train_set()).unwrap()
+}
+
+/// Everything a batch holds, for comparisons.
+fn collect(l: &Loader, epoch: u64) -> Vec<(Vec<f32>, Vec<u32>, Vec<u32>)> {
+    l.epoch(epoch)
+        .map(|b| {
+            let b = b.unwrap();
+            (
+                b.images().to_vec(),
+                b.labels().to_vec(),
+                b.indices().to_vec(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn batches_are_bit_identical_whatever_the_workers() {
+    let base = || LoaderBuilder::new().batch_size(8).seed(5);
+    let one = loader(1, base().prefetch(1));
+    let three = loader(3, base().prefetch(4));
+    for epoch in [0, 1] {
+        let (a, b) = (collect(&one, epoch), collect(&three, epoch));
+        assert_eq!(a.len(), 7, "56 records / 8");
+        assert!(a == b, "epoch {epoch} differs between 1 and 3 workers");
+    }
+    assert!(collect(&one, 0) != collect(&one, 1), "epochs differ");
+}
+
+#[test]
+fn an_epoch_visits_every_record_once_with_its_label() {
+    let ds = train_set();
+    let l = loader(2, LoaderBuilder::new().batch_size(10).seed(1));
+    let mut seen = Vec::new();
+    for b in l.epoch(3) {
+        let b = b.unwrap();
+        assert_eq!(b.shape(), [b.len(), 3, 224, 224]);
+        assert!(b.images().iter().all(|v| v.is_finite()));
+        for (&i, &label) in b.indices().iter().zip(b.labels()) {
+            assert_eq!(ds.record(i as usize).unwrap().label, label);
+            seen.push(i);
+        }
+    }
+    assert_eq!(seen.len(), 56);
+    assert_eq!(seen.iter().copied().collect::<HashSet<_>>().len(), 56);
+    assert_ne!(seen, (0..56).collect::<Vec<u32>>(), "shuffled");
+}
+
+#[test]
+fn distributed_ranks_share_the_epoch() {
+    let mut all = Vec::new();
+    let mut lens = HashSet::new();
+    for rank in 0..3 {
+        let l = loader(
+            2,
+            LoaderBuilder::new()
+                .batch_size(4)
+                .seed(9)
+                .distributed(Distributed {
+                    rank,
+                    world_size: 3,
+                    remainder: Remainder::Pad,
+                }),
+        );
+        let idx: Vec<u32> = l
+            .epoch(0)
+            .flat_map(|b| b.unwrap().indices().to_vec())
+            .collect();
+        lens.insert(idx.len());
+        all.extend(idx);
+    }
+    assert_eq!(lens, HashSet::from([19]), "ceil(56 / 3) each");
+    assert_eq!(
+        all.iter().copied().collect::<HashSet<_>>().len(),
+        56,
+        "together they cover the epoch"
+    );
+}
+
+#[test]
+fn resume_mid_epoch_equals_an_uninterrupted_run() {
+    let build = || loader(2, LoaderBuilder::new().batch_size(6).seed(77));
+    let full = collect(&build(), 2);
+    let l = build();
+    let mut epoch = l.epoch(2);
+    let first: Vec<_> = (0..4)
+        .map(|_| epoch.next().unwrap().unwrap().indices().to_vec())
+        .collect();
+    let state = epoch.state();
+    assert_eq!(state.position, 4);
+    drop(epoch); // the process "stops" here
+    let saved = serde_json::to_string(&state).unwrap();
+    let restarted = build();
+    let rest: Vec<_> = restarted
+        .resume(serde_json::from_str(&saved).unwrap())
+        .unwrap()
+        .map(|b| {
+            let b = b.unwrap();
+            (
+                b.images().to_vec(),
+                b.labels().to_vec(),
+                b.indices().to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        first,
+        full[..4].iter().map(|x| x.2.clone()).collect::<Vec<_>>()
+    );
+    assert!(
+        rest == full[4..],
+        "resumed batches equal the uninterrupted ones"
+    );
+    assert!(
+        build()
+            .resume(resnet_imagenet::loader::LoaderState { seed: 1, ..state })
+            .is_err()
+    );
+}
+
+#[test]
+fn training_parameters_are_in_range_on_real_records() {
+    let l = loader(1, LoaderBuilder::new().batch_size(8).seed(3));
+    for i in 0..l.dataset().len() {
+        let p = l.sample_params(0, i).unwrap().unwrap();
+        let r = l.dataset().record(i).unwrap();
+        assert!((256..=480).contains(&p.s));
+        let (rw, rh) = resnet_imagenet::augment::crop::resized_dims(r.width, r.height, p.s);
+        assert!(
+            p.crop_x + 224 <= rw && p.crop_y + 224 <= rh,
+            "{p:?} in {rw}x{rh}"
+        );
+    }
+}
+
+#[test]
+fn ten_crop_views_and_their_mirrors() {
+    let val = Arc::new(Dataset::open(packed_sample().join("val")).unwrap());
+    let l = LoaderBuilder::new()
+        .batch_size(5)
+        .workers(2)
+        .eval(EvalCrop::TenCrop {
+            resize: 256,
+            crop: 224,
+        })
+        .build(val)
+        .unwrap();
+    let b = l.epoch(0).next().unwrap().unwrap();
+    assert_eq!(b.shape(), [50, 3, 224, 224]);
+    assert_eq!(b.indices(), &[0, 1, 2, 3, 4], "evaluation is sequential");
+    let n = 224 * 224;
+    let view = |r: usize, v: usize| &b.images()[(r * 10 + v) * 3 * n..(r * 10 + v + 1) * 3 * n];
+    // View 5 is view 0 mirrored: with the per-pixel mean the mean image is not
+    // mirrored, so compare the de-normalised pictures.
+    let norm = l.normalizer();
+    let (a, m) = (norm.to_rgb8(view(2, 0)), norm.to_rgb8(view(2, 5)));
+    for y in 0..224 {
+        for x in 0..224 {
+            for c in 0..3 {
+                assert_eq!(a[(y * 224 + x) * 3 + c], m[(y * 224 + 223 - x) * 3 + c]);
+            }
+        }
+    }
+    assert!(view(2, 1) != view(2, 4), "corners differ");
+}
+
+#[test]
+fn u8_output_is_the_same_picture() {
+    let b = || LoaderBuilder::new().batch_size(4).seed(2);
+    let f = loader(2, b());
+    let u = loader(2, b().output(OutputKind::U8Hwc));
+    let bf = f.epoch(0).next().unwrap().unwrap();
+    let bu = u.epoch(0).next().unwrap().unwrap();
+    assert_eq!(bu.shape(), [4, 224, 224, 3]);
+    assert!(bu.images().is_empty() && bf.images_u8().is_empty());
+    let n = 3 * 224 * 224;
+    for i in 0..4 {
+        let pic = f.normalizer().to_rgb8(&bf.images()[i * n..(i + 1) * n]);
+        let raw = &bu.images_u8()[i * n..(i + 1) * n];
+        let max = pic
+            .iter()
+            .zip(raw)
+            .map(|(a, b)| (*a as i32 - *b as i32).abs())
+            .max()
+            .unwrap();
+        assert!(max <= 1, "rounding only");
+    }
+}
+
+#[test]
+fn dropping_an_epoch_mid_way_stops_promptly() {
+    within(30, || {
+        let l = loader(2, LoaderBuilder::new().batch_size(2).prefetch(8).seed(1));
+        for _ in 0..5 {
+            let mut e = l.epoch(0);
+            let _ = e.next().unwrap().unwrap();
+            drop(e); // joins the workers
+        }
+        // A batch may outlive its epoch.
+        let mut e = l.epoch(1);
+        let kept = e.next().unwrap().unwrap();
+        drop(e);
+        assert_eq!(kept.len(), 2);
+    });
+}
+
+fn corrupt_copy(dir: &Path, record: usize) -> Arc<Dataset> {
+    copy_tree(&packed_sample().join("train"), dir);
+    let shard = dir.join("shard-00000.rnim");
+    let s = resnet_imagenet::reader::ShardReader::open(&shard).unwrap();
+    let e = s.entries()[record];
+    drop(s);
+    let mut bytes = std::fs::read(&shard).unwrap();
+    // Destroy the image: overwrite its middle with garbage and its end marker.
+    let start = e.offset as usize + 4;
+    for b in &mut bytes[start..start + e.len as usize - 4] {
+        *b = 0xFF;
+    }
+    std::fs::write(&shard, bytes).unwrap();
+    Arc::new(Dataset::open(dir).unwrap())
+}
+
+#[test]
+fn a_bad_record_is_an_error_naming_it_or_is_skipped_and_counted() {
+    within(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = corrupt_copy(dir.path(), 5);
+        let strict = LoaderBuilder::new()
+            .batch_size(8)
+            .workers(2)
+            .verify_checksums(true)
+            .build(Arc::clone(&ds))
+            .unwrap();
+        let results: Vec<_> = strict.epoch(0).collect();
+        let err = results
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .expect("an error")
+            .to_string();
+        assert!(
+            err.contains("shard-00000.rnim") && err.contains("record 5"),
+            "{err}"
+        );
+        assert!(
+            results.last().unwrap().is_err(),
+            "the epoch ends at the error"
+        );
+
+        // Without checksum verification the decoder itself must refuse the garbage.
+        let unchecked = LoaderBuilder::new()
+            .batch_size(8)
+            .workers(2)
+            .build(Arc::clone(&ds))
+            .unwrap();
+        assert!(unchecked.epoch(0).any(|r| r.is_err()));
+
+        let lenient = LoaderBuilder::new()
+            .batch_size(8)
+            .workers(2)
+            .verify_checksums(true)
+            .on_error(OnError::Skip)
+            .build(ds)
+            .unwrap();
+        let mut epoch = lenient.epoch(0);
+        let n: usize = epoch.by_ref().map(|b| b.unwrap().len()).sum();
+        assert_eq!(n, 56, "every slot filled");
+        assert_eq!(epoch.stage_times().skipped, 1);
+    });
+}
+
+#[test]
+fn profiling_counts_every_sample_and_stage_times_fit_in_wall_time() {
+    let l = loader(2, LoaderBuilder::new().batch_size(8).seed(4).profile(true));
+    let t0 = std::time::Instant::now();
+    let mut e = l.epoch(0);
+    let n: usize = e.by_ref().map(|b| b.unwrap().len()).sum();
+    let wall = t0.elapsed().as_secs_f64();
+    let t = e.stage_times();
+    assert_eq!(t.samples as usize, n);
+    let busy = t.read + t.decode + t.resize + t.normalize;
+    assert!(busy > 0.0 && t.decode > 0.0 && t.resize > 0.0);
+    assert!(
+        busy <= wall * 2.0 * 1.05,
+        "stage times {busy} exceed wall {wall} x 2 workers"
+    );
+}
+
+#[test]
+fn train_augmentation_options_apply() {
+    let t = TrainAugment {
+        scale: (40, 64),
+        crop: 32,
+        flip: false,
+        lighting_std: 0.1,
+    };
+    let l = loader(2, LoaderBuilder::new().batch_size(16).train(t));
+    let b = l.epoch(0).next().unwrap().unwrap();
+    assert_eq!(b.shape(), [16, 3, 32, 32]);
+}
