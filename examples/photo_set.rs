@@ -4,7 +4,7 @@
 //! Every output is a random crop (35-100% of the area, aspect 3:4 to 4:3) of a
 //! real photo found under the source folders, resized so that its longer side
 //! is 500 px (ILSVRC2012's most common size: 500x375 / 500x333) or, for one in
-//! ten, 300..1200 px, and saved as a quality-90 JPEG in `OUT/train/c<k>/`
+//! ten, 300..1200 px, and saved as a quality-90 4:2:0 JPEG in `OUT/train/c<k>/`
 //! (100 classes). Deterministic for a given source list.
 
 use image::imageops::FilterType;
@@ -81,10 +81,8 @@ fn main() {
         let img = image::imageops::resize(&crop, nw, nh, FilterType::Triangle);
         let dir = out.join("train").join(format!("c{:03}", i % 100));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut enc = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut enc, 90)
-            .encode(img.as_raw(), nw, nh, image::ExtendedColorType::Rgb8)
-            .unwrap();
+        // 4:2:0, as libjpeg's default and most ILSVRC2012 files.
+        let enc = resnet_imagenet::pack::encode::encode_jpeg(img.as_raw(), nw, nh, 90).unwrap();
         bytes += enc.len() as u64;
         std::fs::write(dir.join(format!("img_{i:06}.JPEG")), enc).unwrap();
     }

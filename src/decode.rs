@@ -4,6 +4,11 @@
 //! uses), decoding into a caller-owned buffer so that a worker reuses one
 //! allocation for every image; `image` handles everything else (PNG, GIF,
 //! WebP, ...). Grayscale, CMYK and YCCK JPEGs come out as RGB.
+//!
+//! With the cargo feature `turbojpeg`, RGB and grayscale JPEGs are decoded by
+//! the system's libjpeg-turbo instead (one decompressor per thread); CMYK/YCCK
+//! ones still go to zune-jpeg, which converts them to RGB. See the README's
+//! "Decoder choice" for the measurements behind the default.
 
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
@@ -137,6 +142,12 @@ fn jpeg_err(e: impl std::fmt::Display) -> DecodeError {
 /// Decodes `bytes` into `out` as RGB8 (HWC, `width * height * 3` bytes;
 /// `out` is resized, its allocation reused).
 pub fn decode_rgb(bytes: &[u8], out: &mut Vec<u8>) -> Result<DecodedInfo, DecodeError> {
+    #[cfg(feature = "turbojpeg")]
+    if is_jpeg(bytes)
+        && let Some(r) = turbo::decode(bytes, out)
+    {
+        return r;
+    }
     if is_jpeg(bytes) {
         let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), jpeg_options());
         dec.decode_headers().map_err(jpeg_err)?;
@@ -170,4 +181,79 @@ pub fn decode_rgb(bytes: &[u8], out: &mut Vec<u8>) -> Result<DecodedInfo, Decode
         format: SourceFormat::Other,
         color,
     })
+}
+
+/// Name of the JPEG decoder this build uses.
+pub fn jpeg_decoder_name() -> &'static str {
+    if cfg!(feature = "turbojpeg") {
+        "libjpeg-turbo"
+    } else {
+        "zune-jpeg"
+    }
+}
+
+#[cfg(feature = "turbojpeg")]
+mod turbo {
+    use super::{DecodeError, DecodedInfo, SourceColor, SourceFormat};
+    use std::cell::RefCell;
+    use turbojpeg::{Colorspace, Decompressor, Image, PixelFormat};
+
+    thread_local! {
+        static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
+    }
+
+    fn err(e: turbojpeg::Error) -> DecodeError {
+        DecodeError::Corrupt {
+            format: "JPEG",
+            detail: e.to_string(),
+        }
+    }
+
+    /// Decodes RGB/YCbCr/grayscale JPEGs; `None` for those it leaves to zune-jpeg (CMYK/YCCK).
+    pub(super) fn decode(
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<Result<DecodedInfo, DecodeError>> {
+        DECOMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Decompressor::new().ok();
+            }
+            let dec = slot.as_mut()?;
+            let header = match dec.read_header(bytes) {
+                Ok(h) => h,
+                Err(e) => return Some(Err(err(e))),
+            };
+            let color = match header.colorspace {
+                Colorspace::Gray => SourceColor::Gray,
+                Colorspace::RGB | Colorspace::YCbCr => SourceColor::Rgb,
+                _ => return None,
+            };
+            let (w, h) = (header.width, header.height);
+            if w == 0 || h == 0 {
+                return Some(Err(DecodeError::Dimensions {
+                    width: w as u32,
+                    height: h as u32,
+                }));
+            }
+            out.resize(w * h * 3, 0);
+            let image = Image {
+                pixels: &mut out[..],
+                width: w,
+                pitch: w * 3,
+                height: h,
+                format: PixelFormat::RGB,
+            };
+            Some(
+                dec.decompress(bytes, image)
+                    .map_err(err)
+                    .map(|()| DecodedInfo {
+                        width: w as u32,
+                        height: h as u32,
+                        format: SourceFormat::Jpeg,
+                        color,
+                    }),
+            )
+        })
+    }
 }

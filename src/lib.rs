@@ -12,23 +12,32 @@
 //! - [`sampler`]: the order of each epoch, per rank.
 //! - [`augment`]: the paper's scale/crop/flip/mean augmentation and the evaluation crops.
 //! - [`loader`]: the crossbeam worker pool that yields augmented batches in order.
+//! - [`bench`]: measuring the loader against the decode-only ceiling; [`plot`]: charts.
 //!
 //! ```no_run
-//! use resnet_imagenet::{pack, reader::Dataset};
-//! let summaries = pack::pack("datasets/sample".as_ref(), "target/sample-packed".as_ref(), &Default::default())?;
-//! let train = Dataset::open("target/sample-packed/train")?;
+//! use resnet_imagenet::{augment::TrainAugment, loader::LoaderBuilder, pack, reader::Dataset};
+//! use std::sync::Arc;
+//! pack::pack("datasets/sample".as_ref(), "target/sample-packed".as_ref(), &Default::default())?;
+//! let train = Arc::new(Dataset::open("target/sample-packed/train")?);
 //! let r = train.record_checked(0)?;
 //! println!("{} records; record 0: {}x{} label {}", train.len(), r.width, r.height, r.label);
+//! let loader = LoaderBuilder::new().batch_size(32).workers(2).seed(0).train(TrainAugment::default()).build(train)?;
+//! for batch in loader.epoch(0) {
+//!     let batch = batch?; // [B, 3, 224, 224] f32 CHW and B labels
+//!     assert_eq!(batch.images().len(), batch.len() * 3 * 224 * 224);
+//! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
 
 pub mod augment;
+pub mod bench;
 pub mod decode;
 pub mod error;
 pub mod format;
 pub mod loader;
 pub mod pack;
+pub mod plot;
 pub mod progress;
 pub mod reader;
 pub mod sampler;

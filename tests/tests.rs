@@ -1,5 +1,6 @@
 //! Integration tests, one binary (see Cargo.toml `autotests = false`).
 
+mod bench;
 mod loader;
 mod pack;
 mod util;

@@ -292,6 +292,16 @@ impl Loader {
         &self.shared.normalizer
     }
 
+    /// Worker threads.
+    pub fn workers(&self) -> usize {
+        self.shared.cfg.workers
+    }
+
+    /// Records per batch.
+    pub fn batch_size(&self) -> usize {
+        self.shared.cfg.batch_size
+    }
+
     /// Records this rank sees per epoch.
     pub fn samples_per_epoch(&self) -> usize {
         epoch_indices(

@@ -1,0 +1,375 @@
+//! `bench-pipeline`: the loader's throughput beside the decode-only ceiling.
+//!
+//! Exit codes: 0 ok; 2 error.
+
+use anyhow::Context;
+use clap::Parser;
+use resnet_imagenet::augment::{EvalCrop, TrainAugment};
+use resnet_imagenet::bench::{self, CeilingRun, ConsumerReport, LoaderRun};
+use resnet_imagenet::loader::{LoaderBuilder, OutputKind, load_one};
+use resnet_imagenet::plot::Series;
+use resnet_imagenet::reader::Dataset;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Benchmark the streaming loader on packed shards, end to end, with the
+/// decode-only throughput of the same records and threads (the ceiling)
+/// beside every number.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// A packed split folder (DIR/train).
+    #[arg(long, short)]
+    data: PathBuf,
+
+    /// Worker threads; a list (1,2,4) sweeps and prints a scaling table [default: all cores].
+    #[arg(long, short, value_delimiter = ',')]
+    workers: Vec<usize>,
+
+    /// Records per batch.
+    #[arg(long, short, default_value_t = 64)]
+    batch_size: usize,
+
+    /// Timed batches per run [default: one epoch].
+    #[arg(long)]
+    batches: Option<usize>,
+
+    /// Warm-up batches before timing.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+
+    /// Runs per worker count; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+
+    /// Evaluation augmentation (shorter side 256, centre 224) instead of training.
+    #[arg(long)]
+    eval: bool,
+
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Output raw u8 HWC crops (for normalising on the GPU) instead of normalised f32 CHW.
+    #[arg(long)]
+    u8: bool,
+
+    /// Drop the shards from the page cache first (posix_fadvise DONTNEED), for a cold-read number.
+    #[arg(long)]
+    cold: bool,
+
+    /// Simulate a consumer (GPU step) taking this many ms per batch, and report how often it waited.
+    #[arg(long, value_name = "MS")]
+    consumer_ms: Option<f64>,
+
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+
+    /// Write the first N augmented samples (see --images) as PNG files into DIR and exit.
+    #[arg(long, value_name = "DIR")]
+    dump_png: Option<PathBuf>,
+
+    /// Draw throughput against workers, with the decode-only ceiling, to this PNG.
+    #[arg(long, value_name = "FILE.png")]
+    plot: Option<PathBuf>,
+
+    /// Samples written by --dump-png.
+    #[arg(long, default_value_t = 16)]
+    images: usize,
+}
+
+#[derive(Serialize)]
+struct Row {
+    workers: usize,
+    images_per_sec: f64,
+    decode_ceiling_images_per_sec: f64,
+    ratio: f64,
+    runs: Vec<LoaderRun>,
+    ceiling_runs: Vec<CeilingRun>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    data: PathBuf,
+    augment: &'static str,
+    batch_size: usize,
+    images: u64,
+    workers: usize,
+    images_per_sec: f64,
+    mb_per_sec: f64,
+    cpu_seconds_per_image: f64,
+    decode_ceiling_images_per_sec: f64,
+    ratio_to_ceiling: f64,
+    peak_rss_bytes: u64,
+    page_cache: PageCache,
+    stages_seconds_per_image: Stages,
+    consumer: Option<ConsumerReport>,
+    scaling: Vec<Row>,
+}
+
+#[derive(Serialize)]
+struct PageCache {
+    cached_fraction_before: f64,
+    dropped: bool,
+}
+
+#[derive(Serialize)]
+struct Stages {
+    read: f64,
+    decode: f64,
+    resize: f64,
+    normalize: f64,
+    consumer_wait: f64,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench-pipeline: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let shard_files: Vec<PathBuf> = resnet_imagenet::reader::read_manifest(&cli.data)
+        .with_context(|| format!("reading {}", cli.data.display()))?
+        .shards
+        .iter()
+        .map(|s| cli.data.join(&s.name))
+        .collect();
+    if cli.cold {
+        bench::drop_from_cache(&shard_files).context("dropping the shards from the page cache")?;
+    }
+    let cached = bench::cached_fraction(&shard_files).unwrap_or(f64::NAN);
+    let ds = Arc::new(
+        Dataset::open(&cli.data).with_context(|| format!("opening {}", cli.data.display()))?,
+    );
+    let builder = |workers: usize| {
+        let b = LoaderBuilder::new()
+            .batch_size(cli.batch_size)
+            .workers(workers)
+            .seed(cli.seed)
+            .output(if cli.u8 {
+                OutputKind::U8Hwc
+            } else {
+                OutputKind::F32Chw
+            })
+            .profile(true);
+        if cli.eval {
+            b.eval(EvalCrop::default())
+        } else {
+            b.train(TrainAugment::default())
+        }
+    };
+    if let Some(dir) = &cli.dump_png {
+        return dump_png(&builder(1).build(Arc::clone(&ds))?, dir, cli.images);
+    }
+    let workers = if cli.workers.is_empty() {
+        vec![std::thread::available_parallelism().map_or(1, |n| n.get())]
+    } else {
+        cli.workers.clone()
+    };
+    let consumer = cli.consumer_ms.map(|ms| Duration::from_secs_f64(ms / 1e3));
+    let mut rows = Vec::new();
+    let mut last_consumer = None;
+    for &w in &workers {
+        let loader = builder(w).build(Arc::clone(&ds))?;
+        let batches = cli.batches.unwrap_or(loader.batches_per_epoch()).max(1);
+        // The ceiling decodes as many records as the loader produced, from the same epoch order.
+        let order = loader.epoch_order(0);
+        let n = (batches * cli.batch_size).min(order.len().max(1));
+        let mut runs = Vec::new();
+        let mut ceilings = Vec::new();
+        for r in 0..cli.repeat.max(1) {
+            if !cli.json {
+                eprint!("\rworkers {w}: run {}/{}", r + 1, cli.repeat.max(1));
+            }
+            let (run, c) = bench::run_loader(&loader, 0, cli.warmup, batches, consumer);
+            runs.push(run);
+            last_consumer = consumer.map(|_| c);
+            let idx: Vec<u32> = (0..n).map(|i| order[i % order.len()]).collect();
+            ceilings.push(bench::decode_ceiling(&ds, &idx, w));
+        }
+        if !cli.json {
+            eprint!("\r");
+        }
+        let ips = median(runs.iter().map(|r| r.images_per_sec).collect());
+        let ceil = median(ceilings.iter().map(|r| r.images_per_sec).collect());
+        rows.push(Row {
+            workers: w,
+            images_per_sec: ips,
+            decode_ceiling_images_per_sec: ceil,
+            ratio: ips / ceil,
+            runs,
+            ceiling_runs: ceilings,
+        });
+    }
+    let top = rows.last().expect("at least one worker count");
+    let best = &top.runs[top.runs.len() / 2];
+    let per = |x: f64| x / best.stages.samples.max(1) as f64;
+    let report = Report {
+        data: cli.data.clone(),
+        augment: if cli.eval {
+            "eval-center-224"
+        } else {
+            "train-paper"
+        },
+        batch_size: cli.batch_size,
+        images: best.images,
+        workers: top.workers,
+        images_per_sec: top.images_per_sec,
+        mb_per_sec: median(top.runs.iter().map(|r| r.mb_per_sec).collect()),
+        cpu_seconds_per_image: median(top.runs.iter().map(|r| r.cpu_seconds_per_image).collect()),
+        decode_ceiling_images_per_sec: top.decode_ceiling_images_per_sec,
+        ratio_to_ceiling: top.ratio,
+        peak_rss_bytes: bench::peak_rss_bytes(),
+        page_cache: PageCache {
+            cached_fraction_before: cached,
+            dropped: cli.cold,
+        },
+        stages_seconds_per_image: Stages {
+            read: per(best.stages.read),
+            decode: per(best.stages.decode),
+            resize: per(best.stages.resize),
+            normalize: per(best.stages.normalize),
+            consumer_wait: best.stages.wait / best.images.max(1) as f64,
+        },
+        consumer: last_consumer,
+        scaling: rows,
+    };
+    if let Some(path) = &cli.plot {
+        let pts = |f: fn(&Row) -> f64| {
+            report
+                .scaling
+                .iter()
+                .map(|r| (r.workers as f64, f(r)))
+                .collect()
+        };
+        resnet_imagenet::plot::line_chart(
+            path,
+            &format!("loader vs decode-only ceiling ({})", report.augment),
+            "workers",
+            "images/s",
+            &[
+                Series {
+                    label: "loader".into(),
+                    points: pts(|r| r.images_per_sec),
+                    width: 3,
+                    dashed: false,
+                },
+                Series {
+                    label: "decode-only ceiling".into(),
+                    points: pts(|r| r.decode_ceiling_images_per_sec),
+                    width: 2,
+                    dashed: false,
+                },
+            ],
+        )
+        .map_err(|e| anyhow::anyhow!("plotting to {}: {e}", path.display()))?;
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    eprintln!(
+        "{} ({}, batch {}, page cache {:.0}% warm{}):",
+        report.data.display(),
+        report.augment,
+        report.batch_size,
+        cached * 100.0,
+        if cli.cold { ", dropped first" } else { "" }
+    );
+    eprintln!("workers  loader img/s  decode-only img/s  ratio");
+    for r in &report.scaling {
+        eprintln!(
+            "{:>7}  {:>12.1}  {:>17.1}  {:>5.2}",
+            r.workers, r.images_per_sec, r.decode_ceiling_images_per_sec, r.ratio
+        );
+    }
+    let s = &report.stages_seconds_per_image;
+    eprintln!(
+        "per image (worker ms): read {:.3}, decode {:.3}, resize {:.3}, flip+normalise {:.3}; consumer wait {:.3} ms; {:.2} CPU-ms/image; {:.1} MB/s; peak RSS {:.0} MiB",
+        s.read * 1e3,
+        s.decode * 1e3,
+        s.resize * 1e3,
+        s.normalize * 1e3,
+        s.consumer_wait * 1e3,
+        report.cpu_seconds_per_image * 1e3,
+        report.mb_per_sec,
+        report.peak_rss_bytes as f64 / (1 << 20) as f64
+    );
+    if let Some(c) = &report.consumer {
+        eprintln!(
+            "consumer at {:.1} ms/batch: waited on {} batches ({:.1}%), {:.1}% of the time idle",
+            c.step_ms,
+            c.batches_waited,
+            c.fraction_waited * 100.0,
+            c.wait_fraction * 100.0
+        );
+    }
+    Ok(())
+}
+
+fn dump_png(
+    loader: &resnet_imagenet::loader::Loader,
+    dir: &std::path::Path,
+    n: usize,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let order = loader.epoch_order(0);
+    let size = loader.normalizer().size() as u32;
+    for (k, &index) in order.iter().take(n).enumerate() {
+        let index = index as usize;
+        let (chw, label) = load_one(loader, 0, index)?;
+        let name = match loader.sample_params(0, index)? {
+            Some(p) => format!(
+                "{k:04}_rec{index}_label{label}_S{}_x{}_y{}_flip{}.png",
+                p.s, p.crop_x, p.crop_y, p.flip as u8
+            ),
+            None => format!("{k:04}_rec{index}_label{label}_eval.png"),
+        };
+        let rgb = loader
+            .normalizer()
+            .to_rgb8(&chw[..3 * (size * size) as usize]);
+        image::save_buffer(
+            dir.join(&name),
+            &rgb,
+            size,
+            size,
+            image::ExtendedColorType::Rgb8,
+        )
+        .with_context(|| format!("writing {name}"))?;
+    }
+    eprintln!("wrote {} samples to {}", n.min(order.len()), dir.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
