@@ -314,3 +314,62 @@ fn train_augmentation_options_apply() {
     let b = l.epoch(0).next().unwrap().unwrap();
     assert_eq!(b.shape(), [16, 3, 32, 32]);
 }
+
+#[test]
+fn cifar_augmentation_pads_crops_and_flips() {
+    use resnet_imagenet::augment::CifarAugment;
+    let l = loader(
+        2,
+        LoaderBuilder::new()
+            .batch_size(16)
+            .seed(11)
+            .cifar(CifarAugment::default()),
+    );
+    let b = l.epoch(0).next().unwrap().unwrap();
+    assert_eq!(b.shape(), [16, 3, 32, 32]);
+    let n = 32 * 32;
+    let mut flips = 0;
+    for (k, &index) in b.indices().iter().enumerate() {
+        let p = l.sample_params(0, index as usize).unwrap().unwrap();
+        assert!(p.crop_x <= 8 && p.crop_y <= 8);
+        flips += p.flip as u32;
+        let img = &b.images()[k * 3 * n..(k + 1) * 3 * n];
+        let (dx, dy) = (p.crop_x as i32 - 4, p.crop_y as i32 - 4);
+        for c in 0..3 {
+            for y in 0..32i32 {
+                for x in 0..32i32 {
+                    let cx = if p.flip { 31 - x } else { x };
+                    let outside = !(0..32).contains(&(cx + dx)) || !(0..32).contains(&(y + dy));
+                    let v = img[(c as usize) * n + (y * 32 + x) as usize];
+                    if outside {
+                        assert_eq!(v, 0.0, "padding is zero after normalisation");
+                    }
+                }
+            }
+        }
+        // Inside values are real pixels.
+        assert!(img.iter().filter(|v| **v != 0.0).count() > n);
+    }
+    assert!(flips > 0 && flips < 16);
+}
+
+#[test]
+fn whole_images_at_every_test_scale() {
+    let val = Arc::new(Dataset::open(packed_sample().join("val")).unwrap());
+    let l = LoaderBuilder::new()
+        .eval(EvalCrop::default())
+        .build(Arc::clone(&val))
+        .unwrap();
+    for short in [224, 256, 384, 480, 640] {
+        for i in 0..val.len() {
+            let r = val.record(i).unwrap();
+            let f = l.load_full(i, short).unwrap();
+            assert_eq!(f.width.min(f.height), short as usize);
+            assert_eq!(f.data.len(), 3 * f.width * f.height);
+            assert_eq!(f.label, r.label);
+            let aspect = r.width as f64 / r.height as f64;
+            assert!((f.width as f64 / f.height as f64 - aspect).abs() < 0.01);
+            assert!(f.data.iter().all(|v| v.is_finite()));
+        }
+    }
+}

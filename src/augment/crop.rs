@@ -5,7 +5,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 /// A region of the source image (pixels, fractional) and whether to mirror it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CropBox {
     /// Left edge.
     pub left: f64,
@@ -39,6 +39,43 @@ impl Default for TrainAugment {
             crop: 224,
             flip: true,
             lighting_std: 0.0,
+        }
+    }
+}
+
+/// The paper's CIFAR-10 augmentation (§4.2): pad 4 pixels on each side,
+/// take a random 32x32 crop of the padded image, flip with probability 1/2.
+/// The padding is zero after normalisation (the per-pixel mean is
+/// subtracted first, as in the paper's Torch/Caffe implementations).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CifarAugment {
+    /// Padding on each side (paper: 4).
+    pub pad: u32,
+    /// Output side (paper: 32); images of another size are resized to it first.
+    pub crop: u32,
+    /// Random horizontal flip.
+    pub flip: bool,
+}
+
+impl Default for CifarAugment {
+    fn default() -> Self {
+        CifarAugment {
+            pad: 4,
+            crop: 32,
+            flip: true,
+        }
+    }
+}
+
+impl CifarAugment {
+    /// Draws the crop offset in the padded image (`0..=2 * pad` each way) and the flip.
+    pub fn draw(&self, rng: &mut impl Rng) -> SampleParams {
+        SampleParams {
+            s: self.crop,
+            crop_x: rng.random_range(0..=2 * self.pad),
+            crop_y: rng.random_range(0..=2 * self.pad),
+            flip: self.flip && rng.random_bool(0.5),
+            alpha: [0.0; 3],
         }
     }
 }
@@ -160,6 +197,13 @@ impl EvalCrop {
         match *self {
             EvalCrop::Center { crop, .. } | EvalCrop::TenCrop { crop, .. } => crop,
         }
+    }
+
+    /// Writes the boxes into `out` and returns how many (1 or 10): no allocation.
+    pub fn boxes_into(&self, w: u32, h: u32, out: &mut [CropBox; 10]) -> usize {
+        let b = self.boxes(w, h);
+        out[..b.len()].copy_from_slice(&b);
+        b.len()
     }
 
     /// The boxes for a `w x h` image: 1 or 10 (in the order centre,

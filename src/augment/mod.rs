@@ -22,7 +22,7 @@ pub mod normalize;
 pub mod resize;
 
 use crate::sampler::mix_seed;
-pub use crop::{CropBox, EvalCrop, SampleParams, TrainAugment};
+pub use crop::{CifarAugment, CropBox, EvalCrop, SampleParams, TrainAugment};
 pub use lighting::Lighting;
 pub use normalize::{Normalization, Normalizer};
 use rand::SeedableRng;
@@ -40,6 +40,8 @@ pub enum Augment {
     Train(TrainAugment),
     /// Evaluation: deterministic crops.
     Eval(EvalCrop),
+    /// The paper's CIFAR augmentation: pad, random crop, flip.
+    Cifar(CifarAugment),
 }
 
 impl Augment {
@@ -48,6 +50,7 @@ impl Augment {
         match self {
             Augment::Train(t) => t.crop,
             Augment::Eval(e) => e.crop_size(),
+            Augment::Cifar(c) => c.crop,
         }
     }
 

@@ -104,6 +104,33 @@ impl Normalizer {
         }
     }
 
+    /// The CIFAR-style padded crop: output pixel `(y, x)` is source pixel
+    /// `(y + dy, x' + dx)` of the `size x size` image `hwc` (x' mirrored if
+    /// asked), normalised with the mean at the *source* position, and 0 where
+    /// that falls outside the image (zero padding after normalisation).
+    pub fn write_chw_shifted(&self, hwc: &[u8], dx: isize, dy: isize, flip: bool, out: &mut [f32]) {
+        let s = self.size;
+        let n = s * s;
+        assert!(hwc.len() >= 3 * n && out.len() >= 3 * n);
+        let si = s as isize;
+        for y in 0..s {
+            let sy = y as isize + dy;
+            for x in 0..s {
+                let cx = if flip { s - 1 - x } else { x } as isize;
+                let sx = cx + dx;
+                let inside = (0..si).contains(&sy) && (0..si).contains(&sx);
+                for c in 0..3 {
+                    out[c * n + y * s + x] = if inside {
+                        let at = sy as usize * s + sx as usize;
+                        (hwc[at * 3 + c] as f32 - self.sub[c * n + at]) * self.mul[c]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
+
     /// Inverse of [`Normalizer::write_chw`] without lighting: CHW f32 back to
     /// RGB8 HWC (for looking at what the network sees).
     pub fn to_rgb8(&self, chw: &[f32]) -> Vec<u8> {
@@ -135,14 +162,79 @@ pub fn write_hwc_u8(hwc: &[u8], size: usize, flip: bool, out: &mut [u8]) {
     }
 }
 
+/// Normalises a whole `w x h` image (any size: the paper's fully-convolutional
+/// multi-scale testing) into CHW f32, with the same conventions as
+/// [`Normalizer`]: for [`Normalization::PerPixelMean`] the mean image is
+/// resized to `w x h`.
+pub fn normalize_full(
+    norm: Normalization,
+    hwc: &[u8],
+    w: u32,
+    h: u32,
+    mean_image: &[f32],
+    mean_size: u32,
+    channel_std: [f64; 3],
+) -> Vec<f32> {
+    let n = (w * h) as usize;
+    let mut out = vec![0f32; 3 * n];
+    let (mean, mul): (Option<Vec<f32>>, [f32; 3]) = match norm {
+        Normalization::PerPixelMean => (
+            Some(resize_mean_to(mean_image, mean_size, w, h)),
+            channel_std.map(|s| 1.0 / (s.max(1e-3) as f32)),
+        ),
+        Normalization::PerChannel { mean, std } => {
+            let m: Vec<f32> = (0..n).flat_map(|_| mean.map(|v| v * 255.0)).collect();
+            (Some(m), std.map(|s| 1.0 / (255.0 * s)))
+        }
+        Normalization::Unit => (None, [1.0 / 255.0; 3]),
+    };
+    for i in 0..n {
+        for c in 0..3 {
+            let m = mean.as_ref().map_or(0.0, |m| m[i * 3 + c]);
+            out[c * n + i] = (hwc[i * 3 + c] as f32 - m) * mul[c];
+        }
+    }
+    out
+}
+
+/// The raw-output twin of [`Normalizer::write_chw_shifted`]: HWC u8, zero padding.
+pub fn write_hwc_u8_shifted(
+    hwc: &[u8],
+    size: usize,
+    dx: isize,
+    dy: isize,
+    flip: bool,
+    out: &mut [u8],
+) {
+    let s = size as isize;
+    for y in 0..size {
+        for x in 0..size {
+            let cx = if flip { size - 1 - x } else { x } as isize;
+            let (sx, sy) = (cx + dx, y as isize + dy);
+            let o = (y * size + x) * 3;
+            if (0..s).contains(&sx) && (0..s).contains(&sy) {
+                let at = (sy as usize * size + sx as usize) * 3;
+                out[o..o + 3].copy_from_slice(&hwc[at..at + 3]);
+            } else {
+                out[o..o + 3].fill(0);
+            }
+        }
+    }
+}
+
 /// Resizes the HWC f32 mean image to `size` square.
 fn resize_mean(mean: &[f32], from: u32, size: u32) -> Vec<f32> {
-    if from == size {
+    resize_mean_to(mean, from, size, size)
+}
+
+/// Resizes the HWC f32 mean image (`from` square) to `w x h`.
+pub fn resize_mean_to(mean: &[f32], from: u32, w: u32, h: u32) -> Vec<f32> {
+    if from == w && from == h {
         return mean.to_vec();
     }
     let bytes: Vec<u8> = mean.iter().flat_map(|v| v.to_ne_bytes()).collect();
     let src = ImageRef::new(from, from, &bytes, PixelType::F32x3).expect("mean image size");
-    let mut dst = Image::new(size, size, PixelType::F32x3);
+    let mut dst = Image::new(w, h, PixelType::F32x3);
     Resizer::new()
         .resize(
             &src,
@@ -178,6 +270,23 @@ mod tests {
         let mut raw = vec![0u8; 48];
         write_hwc_u8(&hwc, 4, true, &mut raw);
         assert_eq!(&raw[0..3], &hwc[9..12]);
+    }
+
+    #[test]
+    fn shifted_crop_pads_with_zero_and_uses_the_source_mean() {
+        let mean: Vec<f32> = (0..12).map(|i| i as f32).collect(); // 2x2
+        let norm = Normalizer::new(Normalization::PerPixelMean, 2, &mean, 2, [1.0; 3]);
+        let hwc: Vec<u8> = (0..12).map(|i| (i * 10) as u8).collect();
+        let mut out = vec![9f32; 12];
+        // Shift by (+1, 0): output x=0 reads source x=1, output x=1 is padding.
+        norm.write_chw_shifted(&hwc, 1, 0, false, &mut out);
+        // channel 0, y=0, x=0 <- source (0, 1): value 30, mean 3.
+        assert_eq!(out[0], 27.0);
+        assert_eq!(out[1], 0.0);
+        // No shift, mirrored: output x=0 reads source x=1.
+        norm.write_chw_shifted(&hwc, 0, 0, true, &mut out);
+        assert_eq!(out[0], 27.0);
+        assert_eq!(out[1], 0.0); // source (0, 0): value 0, mean 0
     }
 
     #[test]

@@ -54,6 +54,20 @@ impl CropResizer {
     }
 }
 
+/// Resizes a whole RGB8 image to `nw x nh` (antialiased bilinear).
+pub fn resize_rgb(rgb: &[u8], w: u32, h: u32, nw: u32, nh: u32) -> Result<Vec<u8>, String> {
+    let src = ImageRef::new(w, h, rgb, PixelType::U8x3).map_err(|e| e.to_string())?;
+    let mut dst = Image::new(nw, nh, PixelType::U8x3);
+    Resizer::new()
+        .resize(
+            &src,
+            &mut dst,
+            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(dst.into_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

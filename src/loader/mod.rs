@@ -29,6 +29,7 @@ use crate::augment::{
     Augment, CropResizer, EvalCrop, Lighting, Normalization, Normalizer, SampleParams,
     TrainAugment, normalize, sample_rng,
 };
+use crate::augment::{CifarAugment, CropBox};
 use crate::error::{LoadError, LoadErrorKind, ReadError};
 use crate::reader::Dataset;
 use crate::sampler::{Distributed, Order, epoch_indices};
@@ -180,6 +181,10 @@ impl LoaderBuilder {
     pub fn train(self, t: TrainAugment) -> Self {
         self.augment(Augment::Train(t))
     }
+    /// The paper's CIFAR augmentation (pad, random crop, flip).
+    pub fn cifar(self, c: CifarAugment) -> Self {
+        self.augment(Augment::Cifar(c))
+    }
     /// Evaluation crops (sequential order unless [`LoaderBuilder::order`] says otherwise).
     pub fn eval(self, e: EvalCrop) -> Self {
         self.augment(Augment::Eval(e))
@@ -246,13 +251,14 @@ impl LoaderBuilder {
             stats.channel_std,
         );
         let order = self.order.unwrap_or(match self.augment {
-            Augment::Train(_) => Order::Shuffled,
+            Augment::Train(_) | Augment::Cifar(_) => Order::Shuffled,
             Augment::Eval(_) => Order::Sequential,
         });
         Ok(Loader {
             shared: Arc::new(Shared {
                 dataset,
                 normalizer,
+                mean_image: mean,
                 cfg: self,
                 order,
             }),
@@ -263,6 +269,8 @@ impl LoaderBuilder {
 struct Shared {
     dataset: Arc<Dataset>,
     normalizer: Normalizer,
+    /// The pack's mean image (for whole-image evaluation at any size).
+    mean_image: Vec<f32>,
     cfg: LoaderBuilder,
     order: Order,
 }
@@ -338,18 +346,46 @@ impl Loader {
         epoch: u64,
         index: usize,
     ) -> Result<Option<SampleParams>, ReadError> {
-        let Augment::Train(t) = &self.shared.cfg.augment else {
-            return Ok(None);
-        };
-        let r = self.shared.dataset.record(index)?;
-        Ok(Some(
-            t.draw(
-                r.width,
-                r.height,
-                &mut sample_rng(self.shared.cfg.seed, epoch, index as u64),
-            )
-            .0,
-        ))
+        let mut rng = sample_rng(self.shared.cfg.seed, epoch, index as u64);
+        Ok(match &self.shared.cfg.augment {
+            Augment::Train(t) => {
+                let r = self.shared.dataset.record(index)?;
+                Some(t.draw(r.width, r.height, &mut rng).0)
+            }
+            Augment::Cifar(c) => Some(c.draw(&mut rng)),
+            Augment::Eval(_) => None,
+        })
+    }
+
+    /// Record `index` as a whole image whose shorter side is `short`, no crop:
+    /// the paper's fully-convolutional multi-scale testing (short in {224, 256,
+    /// 384, 480, 640}). Normalised like the loader's batches; sizes vary, so
+    /// this is per image, not batched.
+    pub fn load_full(&self, index: usize, short: u32) -> Result<FullImage, LoadError> {
+        let s = &self.shared;
+        let err = |kind| load_error(s, index, kind);
+        let record = s.dataset.record(index).map_err(|e| err(e.into()))?;
+        let mut rgb = Vec::new();
+        let info = crate::decode::decode_rgb(record.bytes, &mut rgb).map_err(|e| err(e.into()))?;
+        let (w, h) = crate::augment::crop::resized_dims(info.width, info.height, short);
+        let resized = crate::augment::resize::resize_rgb(&rgb, info.width, info.height, w, h)
+            .map_err(|e| err(LoadErrorKind::Resize(e)))?;
+        let stats = &s.dataset.manifest().stats;
+        let data = normalize::normalize_full(
+            s.cfg.normalization,
+            &resized,
+            w,
+            h,
+            &s.mean_image,
+            stats.mean_size,
+            stats.channel_std,
+        );
+        Ok(FullImage {
+            data,
+            width: w as usize,
+            height: h as usize,
+            label: record.label,
+        })
     }
 
     /// Iterates over `epoch` from its start.
@@ -417,6 +453,19 @@ impl Loader {
             wait: 0.0,
         }
     }
+}
+
+/// A whole image for fully-convolutional testing.
+#[derive(Debug, Clone)]
+pub struct FullImage {
+    /// CHW f32, `3 * height * width`.
+    pub data: Vec<f32>,
+    /// Width.
+    pub width: usize,
+    /// Height.
+    pub height: usize,
+    /// Class label.
+    pub label: u32,
 }
 
 struct Job {
@@ -637,44 +686,65 @@ fn process(
     clock(&mut t, counters.map(|c| &c.read));
     let info = crate::decode::decode_rgb(record.bytes, &mut w.rgb)?;
     clock(&mut t, counters.map(|c| &c.decode));
-    let (boxes, light) = match &shared.cfg.augment {
+    let size = shared.normalizer.size();
+    let view_len = 3 * size * size;
+    let mut out = out;
+    let rng = || sample_rng(shared.cfg.seed, epoch, index as u64);
+    // Up to 10 boxes, on the stack: no per-sample allocation.
+    let mut boxes = [CropBox::default(); 10];
+    let (n_boxes, light) = match &shared.cfg.augment {
         Augment::Train(aug) => {
-            let (p, b) = aug.draw(
-                info.width,
-                info.height,
-                &mut sample_rng(shared.cfg.seed, epoch, index as u64),
-            );
+            let (p, b) = aug.draw(info.width, info.height, &mut rng());
+            boxes[0] = b;
             let light = if aug.lighting_std > 0.0 {
                 shared.cfg.lighting.offset(p.alpha)
             } else {
                 [0.0; 3]
             };
-            (vec![b], light)
+            (1, light)
         }
-        Augment::Eval(e) => (e.boxes(info.width, info.height), [0.0; 3]),
+        Augment::Eval(e) => (e.boxes_into(info.width, info.height, &mut boxes), [0.0; 3]),
+        Augment::Cifar(c) => {
+            // Whole image to the crop size (a no-op copy for CIFAR-sized records), then pad-crop-flip.
+            let full = CropBox {
+                left: 0.0,
+                top: 0.0,
+                width: info.width as f64,
+                height: info.height as f64,
+                flip: false,
+            };
+            let pixels = w
+                .resizer
+                .crop_resize(&w.rgb, info.width, info.height, &full)
+                .map_err(LoadErrorKind::Resize)?;
+            clock(&mut t, counters.map(|c| &c.resize));
+            let p = c.draw(&mut rng());
+            let (dx, dy) = (
+                p.crop_x as isize - c.pad as isize,
+                p.crop_y as isize - c.pad as isize,
+            );
+            match &mut out {
+                Out::F32(o) => shared
+                    .normalizer
+                    .write_chw_shifted(pixels, dx, dy, p.flip, o),
+                Out::U8(o) => normalize::write_hwc_u8_shifted(pixels, size, dx, dy, p.flip, o),
+            }
+            clock(&mut t, counters.map(|c| &c.normalize));
+            (0, [0.0; 3])
+        }
     };
-    let size = shared.normalizer.size();
-    let view_len = 3 * size * size;
-    let mut out = out;
-    for (v, b) in boxes.iter().enumerate() {
+    for (v, b) in boxes[..n_boxes].iter().enumerate() {
         let pixels = w
             .resizer
             .crop_resize(&w.rgb, info.width, info.height, b)
             .map_err(LoadErrorKind::Resize)?;
         clock(&mut t, counters.map(|c| &c.resize));
+        let o = v * view_len..(v + 1) * view_len;
         match &mut out {
-            Out::F32(o) => shared.normalizer.write_chw(
-                pixels,
-                b.flip,
-                light,
-                &mut o[v * view_len..(v + 1) * view_len],
-            ),
-            Out::U8(o) => normalize::write_hwc_u8(
-                pixels,
-                size,
-                b.flip,
-                &mut o[v * view_len..(v + 1) * view_len],
-            ),
+            Out::F32(out) => shared
+                .normalizer
+                .write_chw(pixels, b.flip, light, &mut out[o]),
+            Out::U8(out) => normalize::write_hwc_u8(pixels, size, b.flip, &mut out[o]),
         }
         clock(&mut t, counters.map(|c| &c.normalize));
     }
