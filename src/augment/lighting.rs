@@ -34,6 +34,7 @@ impl Lighting {
     /// expects (computed on the 0..1 scale, the offset then scaled to 0..255).
     /// Cyclic Jacobi rotations: for a symmetric 3x3 this converges in a few
     /// sweeps, and a linear-algebra crate would be a large dependency for it.
+    #[allow(clippy::needless_range_loop)] // matrix code reads best with indices
     pub fn from_covariance(cov: [[f64; 3]; 3]) -> Self {
         let mut a = cov;
         let mut v = [[1.0f64, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
@@ -104,6 +105,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::needless_range_loop)]
     fn jacobi_recovers_the_decomposition() {
         let cov = [[4.0, 1.0, 0.5], [1.0, 3.0, 0.25], [0.5, 0.25, 2.0]];
         let l = Lighting::from_covariance(cov);
