@@ -551,3 +551,43 @@ fn a_bare_class_tree_is_one_split() {
             .any(|k| k.path == "n03991062/n03991062_notanimage.JPEG")
     );
 }
+
+/// Fashion-MNIST, when Debian's `dataset-fashion-mnist` is installed (real
+/// labeled data): convert 300 images per split, pack, and check the labels
+/// survive the round trip. The IDX parsing itself is unit-tested on
+/// synthetic files, so this adds the real data, not the only check.
+#[test]
+fn fashion_mnist_tree_packs_with_its_labels() {
+    let src = Path::new("/usr/share/datasets/fashion-mnist");
+    if !src.join("train-images-idx3-ubyte.gz").is_file() {
+        eprintln!("dataset-fashion-mnist not installed; real-data part skipped");
+        return;
+    }
+    let tree = tempfile::tempdir().unwrap();
+    let (train, val) =
+        resnet_imagenet::pack::import::fashion_mnist_to_tree(src, tree.path(), Some(300)).unwrap();
+    assert_eq!((train, val), (300, 300));
+    let out = tempfile::tempdir().unwrap();
+    let s = pack::pack(tree.path(), out.path(), &opts(2, 1 << 20)).unwrap();
+    assert_eq!(s.iter().map(|s| s.packed).sum::<u64>(), 600);
+    let ds = Dataset::open(out.path().join("train")).unwrap();
+    assert_eq!(ds.num_classes(), 10);
+    assert_eq!(ds.manifest().classes[9].wnid, "9-ankle-boot");
+    let labels = resnet_imagenet::pack::import::parse_idx_labels(
+        &resnet_imagenet::pack::import::read_maybe_gz(&src.join("train-labels-idx1-ubyte.gz"))
+            .unwrap(),
+    )
+    .unwrap();
+    // Records are sorted by path (class folder, then index): check every label.
+    let mut want: Vec<(u8, usize)> = labels[..300]
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (l, i))
+        .collect();
+    want.sort();
+    for (k, (label, _)) in want.iter().enumerate() {
+        let r = ds.record(k).unwrap();
+        assert_eq!(r.label, *label as u32);
+        assert_eq!((r.width, r.height), (32, 32));
+    }
+}

@@ -4,9 +4,9 @@
 
 use anyhow::Context;
 use clap::Parser;
-use resnet_imagenet::augment::{EvalCrop, TrainAugment};
+use resnet_imagenet::augment::{CifarAugment, EvalCrop, TrainAugment};
 use resnet_imagenet::bench::{self, CeilingRun, ConsumerReport, LoaderRun};
-use resnet_imagenet::loader::{LoaderBuilder, OutputKind, load_one};
+use resnet_imagenet::loader::{LoaderBuilder, OutputKind};
 use resnet_imagenet::plot::Series;
 use resnet_imagenet::reader::Dataset;
 use serde::Serialize;
@@ -48,6 +48,10 @@ struct Cli {
     /// Evaluation augmentation (shorter side 256, centre 224) instead of training.
     #[arg(long)]
     eval: bool,
+
+    /// The paper's CIFAR augmentation (pad 4, random 32x32 crop, flip) instead of the ImageNet one.
+    #[arg(long, conflicts_with = "eval")]
+    cifar: bool,
 
     /// Seed.
     #[arg(long, default_value_t = 0)]
@@ -176,12 +180,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .profile(true);
         if cli.eval {
             b.eval(EvalCrop::default())
+        } else if cli.cifar {
+            b.cifar(CifarAugment::default())
         } else {
             b.train(TrainAugment::default())
         }
     };
     if let Some(dir) = &cli.dump_png {
-        return dump_png(&builder(1).build(Arc::clone(&ds))?, dir, cli.images);
+        return dump_png(builder(1), Arc::clone(&ds), dir, cli.images);
     }
     let workers = if cli.workers.is_empty() {
         vec![std::thread::available_parallelism().map_or(1, |n| n.get())]
@@ -329,17 +335,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the first `n` samples of epoch 0 as the network sees them before
+/// normalisation (raw u8 crops: scale, crop, flip and padding applied; the
+/// mean subtraction and lighting noise are not pictures).
 fn dump_png(
-    loader: &resnet_imagenet::loader::Loader,
+    builder: LoaderBuilder,
+    ds: Arc<Dataset>,
     dir: &std::path::Path,
     n: usize,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let order = loader.epoch_order(0);
+    let loader = builder
+        .batch_size(n.max(1))
+        .output(OutputKind::U8Hwc)
+        .build(ds)?;
     let size = loader.normalizer().size() as u32;
-    for (k, &index) in order.iter().take(n).enumerate() {
+    let Some(batch) = loader.epoch(0).next() else {
+        anyhow::bail!("the dataset is empty");
+    };
+    let batch = batch?;
+    let per = (3 * size * size) as usize * batch.views();
+    for (k, (&index, &label)) in batch.indices().iter().zip(batch.labels()).enumerate() {
         let index = index as usize;
-        let (chw, label) = load_one(loader, 0, index)?;
         let name = match loader.sample_params(0, index)? {
             Some(p) => format!(
                 "{k:04}_rec{index}_label{label}_S{}_x{}_y{}_flip{}.png",
@@ -347,19 +364,17 @@ fn dump_png(
             ),
             None => format!("{k:04}_rec{index}_label{label}_eval.png"),
         };
-        let rgb = loader
-            .normalizer()
-            .to_rgb8(&chw[..3 * (size * size) as usize]);
+        let rgb = &batch.images_u8()[k * per..k * per + (3 * size * size) as usize];
         image::save_buffer(
             dir.join(&name),
-            &rgb,
+            rgb,
             size,
             size,
             image::ExtendedColorType::Rgb8,
         )
         .with_context(|| format!("writing {name}"))?;
     }
-    eprintln!("wrote {} samples to {}", n.min(order.len()), dir.display());
+    eprintln!("wrote {} samples to {}", batch.len(), dir.display());
     Ok(())
 }
 

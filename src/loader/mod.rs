@@ -846,15 +846,3 @@ fn worker(
         }
     }
 }
-
-/// Decodes record `index` of `dataset` and produces its views with the
-/// loader's settings, outside the worker pool (for inspection tools and tests).
-pub fn load_one(loader: &Loader, epoch: u64, index: usize) -> Result<(Vec<f32>, u32), LoadError> {
-    let s = &loader.shared;
-    let size = s.normalizer.size();
-    let mut out = vec![0f32; s.cfg.augment.views() * 3 * size * size];
-    let mut w = SampleWorker::new(size as u32);
-    let label = process(s, &mut w, epoch, index, Out::F32(&mut out), None)
-        .map_err(|k| load_error(s, index, k))?;
-    Ok((out, label))
-}

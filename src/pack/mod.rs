@@ -18,6 +18,7 @@
 //! - **Bounded memory**: at most `4 * threads` images are in flight.
 
 pub mod encode;
+pub mod import;
 pub mod walk;
 pub mod writer;
 
