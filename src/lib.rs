@@ -36,6 +36,7 @@ pub mod decode;
 pub mod error;
 pub mod format;
 pub mod loader;
+pub mod model;
 pub mod pack;
 pub mod plot;
 pub mod progress;
