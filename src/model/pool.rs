@@ -1,0 +1,117 @@
+//! Pooling on NHWC tensors from dfdx's public ops.
+//!
+//! Max pooling gathers each window's rows like the convolution does, adds
+//! `-inf` to the taps that fall in the padding, and takes the max over the
+//! window axis. (Gathering the nearest in-image row for a padded tap gives the
+//! right value but a duplicate, and dfdx's `max` routes the gradient to every
+//! element equal to the max, so the duplicate would double it.) The same
+//! rule means a window with tied maxima (all-zero windows after a ReLU)
+//! passes the gradient to each tied element, where PyTorch picks one.
+
+use super::conv::{conv_out, im2col_index};
+use dfdx::prelude::*;
+
+/// Max pooling with window `K`, stride `S`, padding `P` (ResNet's stem: 3, 2, 1).
+pub fn max_pool<
+    const K: usize,
+    const S: usize,
+    const P: usize,
+    B: Dim,
+    const C: usize,
+    E: Dtype,
+    D: Device<E>,
+    T: Tape<E, D>,
+>(
+    x: Tensor<(B, usize, usize, Const<C>), E, D, T>,
+) -> Tensor<(B, usize, usize, Const<C>), E, D, T> {
+    assert!(P < K, "padding must be smaller than the window");
+    let (b, h, w, _) = *x.shape();
+    let (idx, mask, oh, ow) = im2col_index(b.size(), h, w, K, S, P);
+    debug_assert_eq!((oh, ow), (conv_out(h, K, S, P), conv_out(w, K, S, P)));
+    let m = idx.len();
+    let dev = x.device().clone();
+    let idx = dev.tensor_from_vec(idx, (m,));
+    let rows = x.reshape_like(&(b.size() * h * w, Const::<C>));
+    let mut taps: Tensor<(usize, Const<C>), E, D, T> = rows.gather(idx);
+    if let Some(mask) = mask {
+        let neg = E::from_f64(f64::NEG_INFINITY).expect("-inf");
+        let pad: Vec<E> = mask
+            .into_iter()
+            .map(|v| if v > 0.0 { E::default() } else { neg })
+            .collect();
+        taps = taps
+            + dev
+                .tensor_from_vec(pad, (m,))
+                .broadcast_like(&(m, Const::<C>));
+    }
+    let windows = taps.reshape_like(&(b.size() * oh * ow, K * K, Const::<C>));
+    let pooled: Tensor<(usize, Const<C>), E, D, T> = windows.max::<_, Axis<1>>();
+    pooled.reshape_like(&(b, oh, ow, Const::<C>))
+}
+
+/// Global average pooling: `(B, H, W, C)` → `(B, C)`.
+pub fn global_avg_pool<B: Dim, const C: usize, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+    x: Tensor<(B, usize, usize, Const<C>), E, D, T>,
+) -> Tensor<(B, Const<C>), E, D, T> {
+    x.mean::<_, Axes2<1, 2>>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn max_pool_matches_a_naive_pool_and_routes_gradients_to_the_max() {
+        let dev: Cpu = Default::default();
+        let (b, h, w) = (2, 9, 8);
+        const C: usize = 3;
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(3);
+        let xv: Vec<f32> = (0..b * h * w * C)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let x = dev.tensor_from_vec(xv.clone(), (b, h, w, Const::<C>));
+        let y = max_pool::<3, 2, 1, _, C, _, _, _>(x.leaky_trace());
+        let (oh, ow) = (conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1));
+        assert_eq!((y.shape().1, y.shape().2), (oh, ow));
+        let got = y.as_vec();
+        let mut want_grad = vec![0f32; xv.len()];
+        for n in 0..b {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for c in 0..C {
+                        let mut best = (f32::NEG_INFINITY, 0);
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (yy, xx) =
+                                    ((oy * 2 + ky) as isize - 1, (ox * 2 + kx) as isize - 1);
+                                if yy < 0 || xx < 0 || yy as usize >= h || xx as usize >= w {
+                                    continue;
+                                }
+                                let i = ((n * h + yy as usize) * w + xx as usize) * C + c;
+                                if xv[i] > best.0 {
+                                    best = (xv[i], i);
+                                }
+                            }
+                        }
+                        assert_eq!(got[((n * oh + oy) * ow + ox) * C + c], best.0);
+                        want_grad[best.1] += 1.0;
+                    }
+                }
+            }
+        }
+        let g = y.sum().backward();
+        assert_eq!(g.get(&x).as_vec(), want_grad);
+    }
+
+    #[test]
+    fn global_average() {
+        let dev: Cpu = Default::default();
+        let x = dev.tensor_from_vec(
+            (0..2 * 2 * 3 * 2).map(|v| v as f32).collect(),
+            (2usize, 2usize, 3usize, Const::<2>),
+        );
+        let y = global_avg_pool(x);
+        assert_eq!(y.as_vec(), vec![5.0, 6.0, 17.0, 18.0]);
+    }
+}
