@@ -12,6 +12,7 @@
 
 pub mod conv;
 pub mod pool;
+pub mod resnet;
 
 pub use conv::{Conv2d, conv_out};
 pub use pool::{global_avg_pool, max_pool};
