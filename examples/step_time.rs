@@ -1,0 +1,58 @@
+//! Seconds per SGD training step (forward, backward, update) on the CPU:
+//! `cargo run --release --example step_time -- [resnet18|resnet50] BATCH SIZE STEPS`.
+//! Prints each step's time and the median (the first step, which builds the
+//! im2col indices, is reported but excluded).
+
+use dfdx::optim::{Momentum, Sgd, SgdConfig, WeightDecay};
+use dfdx::prelude::*;
+use resnet_imagenet::model::resnet::{ResNet18, ResNet50};
+use std::time::Instant;
+
+macro_rules! run {
+    ($model:ty, $b:expr, $s:expr, $steps:expr) => {{
+        let dev: Cpu = Cpu::seed_from_u64(0);
+        let mut model: $model = BuildModule::build(&dev);
+        let mut opt = Sgd::new(
+            &model,
+            SgdConfig {
+                lr: 0.1,
+                momentum: Some(Momentum::Classic(0.9)),
+                weight_decay: Some(WeightDecay::L2(1e-4)),
+            },
+        );
+        let x = dev.sample_normal_like(&($b, $s, $s, Const::<3>));
+        let labels: Vec<f32> = (0..$b * 1000).map(|i| if i % 1000 == (i / 1000) % 1000 { 1.0 } else { 0.0 }).collect();
+        let y = dev.tensor_from_vec(labels, ($b, Const::<1000>));
+        let mut grads = model.alloc_grads();
+        let mut times = Vec::new();
+        for step in 0..$steps {
+            let t0 = Instant::now();
+            let logits = model.forward(x.clone().traced(grads));
+            let loss = cross_entropy_with_logits_loss(logits, y.clone());
+            grads = loss.backward();
+            opt.update(&mut model, &grads).unwrap();
+            model.zero_grads(&mut grads);
+            let t = t0.elapsed().as_secs_f64();
+            println!("step {step}: {t:.3} s");
+            if step > 0 {
+                times.push(t);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        if !times.is_empty() {
+            println!("median {:.3} s/step over {} steps", times[times.len() / 2], times.len());
+        }
+    }};
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let b: usize = a.get(1).map_or(32, |s| s.parse().unwrap());
+    let s: usize = a.get(2).map_or(32, |s| s.parse().unwrap());
+    let steps: usize = a.get(3).map_or(6, |s| s.parse().unwrap());
+    match a.first().map(String::as_str).unwrap_or("resnet18") {
+        "resnet18" => run!(ResNet18<1000, f32, Cpu>, b, s, steps),
+        "resnet50" => run!(ResNet50<1000, f32, Cpu>, b, s, steps),
+        other => panic!("unknown model {other}"),
+    }
+}
