@@ -21,7 +21,15 @@ macro_rules! run {
             },
         );
         let x = dev.sample_normal_like(&($b, $s, $s, Const::<3>));
-        let labels: Vec<f32> = (0..$b * 1000).map(|i| if i % 1000 == (i / 1000) % 1000 { 1.0 } else { 0.0 }).collect();
+        let labels: Vec<f32> = (0..$b * 1000)
+            .map(|i| {
+                if i % 1000 == (i / 1000) % 1000 {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let y = dev.tensor_from_vec(labels, ($b, Const::<1000>));
         let mut grads = model.alloc_grads();
         let mut times = Vec::new();
@@ -40,7 +48,11 @@ macro_rules! run {
         }
         times.sort_by(f64::total_cmp);
         if !times.is_empty() {
-            println!("median {:.3} s/step over {} steps", times[times.len() / 2], times.len());
+            println!(
+                "median {:.3} s/step over {} steps",
+                times[times.len() / 2],
+                times.len()
+            );
         }
     }};
 }

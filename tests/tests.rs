@@ -2,5 +2,6 @@
 
 mod bench;
 mod loader;
+mod model;
 mod pack;
 mod util;

@@ -10,6 +10,7 @@
 //! wiring, the residual blocks and the ResNet-18..152 / CIFAR models (see
 //! the README's status table).
 
+pub mod cifar;
 pub mod conv;
 pub mod pool;
 pub mod resnet;
