@@ -137,9 +137,6 @@ pub enum PackError {
     /// Existing output could not be read back (resume).
     #[error(transparent)]
     Read(#[from] ReadError),
-    /// The pack was interrupted (Ctrl-C); finished shards are kept.
-    #[error("interrupted; finished shards are kept and a rerun resumes")]
-    Interrupted,
 }
 
 /// The crate-level error.

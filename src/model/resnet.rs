@@ -420,15 +420,20 @@ pub type BottleneckStage<
     D,
 > = Stage<I, O, BottleneckDown<I, M, O, S, E, D>, Bottleneck<O, M, E, D>, R, E, D>;
 
-/// ResNet-18 (Table 1: basic blocks 2, 2, 2, 2). The first stage keeps
-/// 64 channels at stride 1, so its first block is an identity block too; the
-/// projection there is a no-op we avoid by using a basic-down block only
-/// where dimensions change (see [`Stage1Basic`]).
-pub type ResNet18<const N: usize, E, D> = ResNet<
-    Stage1Basic<1, E, D>,
-    BasicStage<64, 128, 2, 1, E, D>,
-    BasicStage<128, 256, 2, 1, E, D>,
-    BasicStage<256, 512, 2, 1, E, D>,
+/// A basic-block ResNet with `1 + R1`, `1 + R2`, `1 + R3`, `1 + R4` blocks per stage.
+pub type BasicResNet<
+    const R1: usize,
+    const R2: usize,
+    const R3: usize,
+    const R4: usize,
+    const N: usize,
+    E,
+    D,
+> = ResNet<
+    Stage1Basic<R1, E, D>,
+    BasicStage<64, 128, 2, R2, E, D>,
+    BasicStage<128, 256, 2, R3, E, D>,
+    BasicStage<256, 512, 2, R4, E, D>,
     64,
     128,
     256,
@@ -437,62 +442,39 @@ pub type ResNet18<const N: usize, E, D> = ResNet<
     E,
     D,
 >;
+/// A bottleneck ResNet with `1 + R1` .. `1 + R4` blocks per stage.
+pub type BottleneckResNet<
+    const R1: usize,
+    const R2: usize,
+    const R3: usize,
+    const R4: usize,
+    const N: usize,
+    E,
+    D,
+> = ResNet<
+    BottleneckStage<64, 64, 256, 1, R1, E, D>,
+    BottleneckStage<256, 128, 512, 2, R2, E, D>,
+    BottleneckStage<512, 256, 1024, 2, R3, E, D>,
+    BottleneckStage<1024, 512, 2048, 2, R4, E, D>,
+    256,
+    512,
+    1024,
+    2048,
+    N,
+    E,
+    D,
+>;
+/// ResNet-18 (Table 1: basic blocks 2, 2, 2, 2; the first stage keeps 64
+/// channels at stride 1, so all its blocks are identity blocks).
+pub type ResNet18<const N: usize, E, D> = BasicResNet<1, 1, 1, 1, N, E, D>;
 /// ResNet-34 (basic blocks 3, 4, 6, 3).
-pub type ResNet34<const N: usize, E, D> = ResNet<
-    Stage1Basic<2, E, D>,
-    BasicStage<64, 128, 2, 3, E, D>,
-    BasicStage<128, 256, 2, 5, E, D>,
-    BasicStage<256, 512, 2, 2, E, D>,
-    64,
-    128,
-    256,
-    512,
-    N,
-    E,
-    D,
->;
+pub type ResNet34<const N: usize, E, D> = BasicResNet<2, 3, 5, 2, N, E, D>;
 /// ResNet-50 (bottlenecks 3, 4, 6, 3).
-pub type ResNet50<const N: usize, E, D> = ResNet<
-    BottleneckStage<64, 64, 256, 1, 2, E, D>,
-    BottleneckStage<256, 128, 512, 2, 3, E, D>,
-    BottleneckStage<512, 256, 1024, 2, 5, E, D>,
-    BottleneckStage<1024, 512, 2048, 2, 2, E, D>,
-    256,
-    512,
-    1024,
-    2048,
-    N,
-    E,
-    D,
->;
+pub type ResNet50<const N: usize, E, D> = BottleneckResNet<2, 3, 5, 2, N, E, D>;
 /// ResNet-101 (bottlenecks 3, 4, 23, 3).
-pub type ResNet101<const N: usize, E, D> = ResNet<
-    BottleneckStage<64, 64, 256, 1, 2, E, D>,
-    BottleneckStage<256, 128, 512, 2, 3, E, D>,
-    BottleneckStage<512, 256, 1024, 2, 22, E, D>,
-    BottleneckStage<1024, 512, 2048, 2, 2, E, D>,
-    256,
-    512,
-    1024,
-    2048,
-    N,
-    E,
-    D,
->;
+pub type ResNet101<const N: usize, E, D> = BottleneckResNet<2, 3, 22, 2, N, E, D>;
 /// ResNet-152 (bottlenecks 3, 8, 36, 3).
-pub type ResNet152<const N: usize, E, D> = ResNet<
-    BottleneckStage<64, 64, 256, 1, 2, E, D>,
-    BottleneckStage<256, 128, 512, 2, 7, E, D>,
-    BottleneckStage<512, 256, 1024, 2, 35, E, D>,
-    BottleneckStage<1024, 512, 2048, 2, 2, E, D>,
-    256,
-    512,
-    1024,
-    2048,
-    N,
-    E,
-    D,
->;
+pub type ResNet152<const N: usize, E, D> = BottleneckResNet<2, 7, 35, 2, N, E, D>;
 
 /// Stage 1 of the basic-block ResNets: `1 + R` identity blocks at 64 channels.
 pub type Stage1Basic<const R: usize, E, D> =
