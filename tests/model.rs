@@ -5,7 +5,7 @@ use crate::util::packed_sample;
 use dfdx::optim::{Momentum, Sgd, SgdConfig, WeightDecay};
 use dfdx::prelude::*;
 use resnet_imagenet::augment::CifarAugment;
-use resnet_imagenet::loader::LoaderBuilder;
+use resnet_imagenet::loader::{LoaderBuilder, OutputKind};
 use resnet_imagenet::model::cifar::ResNet20;
 use resnet_imagenet::reader::Dataset;
 use std::sync::Arc;
@@ -19,15 +19,18 @@ fn resnet20_learns_a_fixed_batch_of_real_photos_from_the_loader() {
         .workers(2)
         .seed(1)
         .cifar(CifarAugment::default())
+        .output(OutputKind::F32Hwc)
         .build(ds)
         .unwrap();
     let batch = loader.epoch(0).next().unwrap().unwrap();
     let b = batch.len();
     let dev: Cpu = Cpu::seed_from_u64(0);
-    // The loader gives CHW; the models are channels-last.
-    let x = dev
-        .tensor_from_vec(batch.images().to_vec(), (b, Const::<3>, 32usize, 32usize))
-        .permute::<(usize, usize, usize, Const<3>), Axes4<0, 2, 3, 1>>();
+    assert_eq!(
+        batch.shape(),
+        [b, 32, 32, 3],
+        "channels-last, as the models"
+    );
+    let x = dev.tensor_from_vec(batch.images().to_vec(), (b, 32usize, 32usize, Const::<3>));
     let mut onehot = vec![0f32; b * 12];
     for (i, &l) in batch.labels().iter().enumerate() {
         onehot[i * 12 + l as usize] = 1.0;

@@ -104,11 +104,47 @@ impl Normalizer {
         }
     }
 
+    /// As [`Normalizer::write_chw`], but the output is channels-last (HWC f32),
+    /// the layout of this crate's models.
+    pub fn write_hwc(&self, hwc: &[u8], flip: bool, light: [f32; 3], out: &mut [f32]) {
+        let s = self.size;
+        let n = s * s;
+        assert!(hwc.len() >= 3 * n && out.len() >= 3 * n);
+        for y in 0..s {
+            let row = &hwc[y * s * 3..(y + 1) * s * 3];
+            for x in 0..s {
+                let sx = if flip { s - 1 - x } else { x };
+                for c in 0..3 {
+                    out[(y * s + x) * 3 + c] = (row[sx * 3 + c] as f32 + light[c]
+                        - self.sub[c * n + y * s + x])
+                        * self.mul[c];
+                }
+            }
+        }
+    }
+
     /// The CIFAR-style padded crop: output pixel `(y, x)` is source pixel
     /// `(y + dy, x' + dx)` of the `size x size` image `hwc` (x' mirrored if
     /// asked), normalised with the mean at the *source* position, and 0 where
     /// that falls outside the image (zero padding after normalisation).
     pub fn write_chw_shifted(&self, hwc: &[u8], dx: isize, dy: isize, flip: bool, out: &mut [f32]) {
+        self.write_shifted(hwc, dx, dy, flip, false, out)
+    }
+
+    /// [`Normalizer::write_chw_shifted`] with channels-last output.
+    pub fn write_hwc_shifted(&self, hwc: &[u8], dx: isize, dy: isize, flip: bool, out: &mut [f32]) {
+        self.write_shifted(hwc, dx, dy, flip, true, out)
+    }
+
+    fn write_shifted(
+        &self,
+        hwc: &[u8],
+        dx: isize,
+        dy: isize,
+        flip: bool,
+        channels_last: bool,
+        out: &mut [f32],
+    ) {
         let s = self.size;
         let n = s * s;
         assert!(hwc.len() >= 3 * n && out.len() >= 3 * n);
@@ -120,7 +156,12 @@ impl Normalizer {
                 let sx = cx + dx;
                 let inside = (0..si).contains(&sy) && (0..si).contains(&sx);
                 for c in 0..3 {
-                    out[c * n + y * s + x] = if inside {
+                    let o = if channels_last {
+                        (y * s + x) * 3 + c
+                    } else {
+                        c * n + y * s + x
+                    };
+                    out[o] = if inside {
                         let at = sy as usize * s + sx as usize;
                         (hwc[at * 3 + c] as f32 - self.sub[c * n + at]) * self.mul[c]
                     } else {
@@ -287,6 +328,30 @@ mod tests {
         norm.write_chw_shifted(&hwc, 0, 0, true, &mut out);
         assert_eq!(out[0], 27.0);
         assert_eq!(out[1], 0.0); // source (0, 0): value 0, mean 0
+    }
+
+    #[test]
+    fn channels_last_is_the_transpose_of_chw() {
+        let mean: Vec<f32> = (0..27).map(|i| i as f32 * 2.0).collect();
+        let norm = Normalizer::new(Normalization::PerPixelMean, 3, &mean, 3, [2.0, 3.0, 4.0]);
+        let hwc: Vec<u8> = (0..27).map(|i| (i * 7 % 256) as u8).collect();
+        for flip in [false, true] {
+            let (mut chw, mut last) = (vec![0f32; 27], vec![0f32; 27]);
+            norm.write_chw(&hwc, flip, [1.0, 2.0, 3.0], &mut chw);
+            norm.write_hwc(&hwc, flip, [1.0, 2.0, 3.0], &mut last);
+            for i in 0..9 {
+                for c in 0..3 {
+                    assert_eq!(last[i * 3 + c], chw[c * 9 + i]);
+                }
+            }
+            norm.write_chw_shifted(&hwc, 1, -1, flip, &mut chw);
+            norm.write_hwc_shifted(&hwc, 1, -1, flip, &mut last);
+            for i in 0..9 {
+                for c in 0..3 {
+                    assert_eq!(last[i * 3 + c], chw[c * 9 + i]);
+                }
+            }
+        }
     }
 
     #[test]

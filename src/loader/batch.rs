@@ -12,9 +12,11 @@ use std::sync::atomic::AtomicUsize;
 /// What the batch holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputKind {
-    /// `[B, 3, S, S]` f32, CHW, normalised: ready for the network.
+    /// `[B, 3, S, S]` f32, CHW, normalised: PyTorch's layout.
     #[default]
     F32Chw,
+    /// `[B, S, S, 3]` f32, HWC, normalised: the layout of this crate's models.
+    F32Hwc,
     /// `[B, S, S, 3]` u8, HWC, not normalised (normalise on the GPU).
     U8Hwc,
 }
@@ -47,7 +49,7 @@ unsafe impl Sync for BatchMem {}
 impl BatchMem {
     pub(crate) fn new(batch: usize, views: usize, view_len: usize, kind: OutputKind) -> Self {
         let n = batch * views * view_len;
-        let mut f32_data = if kind == OutputKind::F32Chw {
+        let mut f32_data = if kind != OutputKind::U8Hwc {
             vec![0f32; n]
         } else {
             Vec::new()
@@ -165,20 +167,20 @@ impl Batch {
         let n = self.len * self.views();
         match self.kind {
             OutputKind::F32Chw => [n, 3, self.size, self.size],
-            OutputKind::U8Hwc => [n, self.size, self.size, 3],
+            OutputKind::F32Hwc | OutputKind::U8Hwc => [n, self.size, self.size, 3],
         }
     }
 
-    /// The images, CHW f32 (empty for [`OutputKind::U8Hwc`]).
+    /// The images as f32, CHW or HWC as configured (empty for [`OutputKind::U8Hwc`]).
     pub fn images(&self) -> &[f32] {
         let m = self.mem();
-        if self.kind != OutputKind::F32Chw {
+        if self.kind == OutputKind::U8Hwc {
             return &[];
         }
         &m.f32_data[..self.len * m.views * m.view_len]
     }
 
-    /// The images, HWC u8 (empty for [`OutputKind::F32Chw`]).
+    /// The images, HWC u8 (empty unless [`OutputKind::U8Hwc`]).
     pub fn images_u8(&self) -> &[u8] {
         let m = self.mem();
         if self.kind != OutputKind::U8Hwc {

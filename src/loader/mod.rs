@@ -209,7 +209,7 @@ impl LoaderBuilder {
         self.on_error = e;
         self
     }
-    /// f32 CHW normalised (default) or raw u8 HWC.
+    /// f32 CHW normalised (default), f32 HWC normalised (for this crate's models), or raw u8 HWC.
     pub fn output(mut self, k: OutputKind) -> Self {
         self.output = k;
         self
@@ -657,6 +657,7 @@ impl SampleWorker {
 /// Where one sample's output goes.
 enum Out<'a> {
     F32(&'a mut [f32]),
+    F32Hwc(&'a mut [f32]),
     U8(&'a mut [u8]),
 }
 
@@ -727,6 +728,9 @@ fn process(
                 Out::F32(o) => shared
                     .normalizer
                     .write_chw_shifted(pixels, dx, dy, p.flip, o),
+                Out::F32Hwc(o) => shared
+                    .normalizer
+                    .write_hwc_shifted(pixels, dx, dy, p.flip, o),
                 Out::U8(o) => normalize::write_hwc_u8_shifted(pixels, size, dx, dy, p.flip, o),
             }
             clock(&mut t, counters.map(|c| &c.normalize));
@@ -744,6 +748,9 @@ fn process(
             Out::F32(out) => shared
                 .normalizer
                 .write_chw(pixels, b.flip, light, &mut out[o]),
+            Out::F32Hwc(out) => shared
+                .normalizer
+                .write_hwc(pixels, b.flip, light, &mut out[o]),
             Out::U8(out) => normalize::write_hwc_u8(pixels, size, b.flip, &mut out[o]),
         }
         clock(&mut t, counters.map(|c| &c.normalize));
@@ -799,6 +806,7 @@ fn worker(
                 // consumer reads the batch only after every slot reported done.
                 let out = match shared.cfg.output {
                     OutputKind::F32Chw => Out::F32(unsafe { job.mem.slot_f32(job.slot) }),
+                    OutputKind::F32Hwc => Out::F32Hwc(unsafe { job.mem.slot_f32(job.slot) }),
                     OutputKind::U8Hwc => Out::U8(unsafe { job.mem.slot_u8(job.slot) }),
                 };
                 process(&shared, &mut w, epoch, used, out, profile)
