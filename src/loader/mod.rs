@@ -603,7 +603,16 @@ impl Iterator for Epoch {
                     // Reported when the consumer reaches that batch; the first error wins.
                     self.ready.entry(b).or_insert(Err(err));
                 }
-                Err(_) => unreachable!("the epoch holds a sender through its workers"),
+                Err(_) => {
+                    // Every worker has exited without reporting this batch
+                    // (a panic outside the per-sample guard): fail, don't hang.
+                    self.finished = true;
+                    self.shutdown();
+                    let first =
+                        self.records_in(self.position).first().copied().unwrap_or(0) as usize;
+                    let kind = LoadErrorKind::Panic("all loader workers exited".into());
+                    return Some(Err(load_error(&self.shared, first, kind)));
+                }
             }
         }
         self.wait += t0.elapsed().as_secs_f64();
