@@ -139,6 +139,25 @@ pub enum PackError {
     Read(#[from] ReadError),
 }
 
+impl PackError {
+    /// Maps an I/O error on `path`: `.map_err(PackError::io(path))`.
+    pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> PackError + '_ {
+        move |source| PackError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The message of a caught panic payload (`&str` or `String`), empty otherwise.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 /// The crate-level error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -824,11 +824,7 @@ fn worker(
                 Ok(r) => r,
                 Err(panic) => {
                     w = SampleWorker::new(shared.normalizer.size() as u32);
-                    let msg = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
+                    let msg = crate::error::panic_message(&*panic);
                     Err(LoadErrorKind::Panic(msg))
                 }
             };

@@ -7,7 +7,7 @@
 
 use super::conv::im2col_index;
 use super::pool::global_avg_pool;
-use super::resnet::{Act, Basic, BnTape, ConvBn, Layer, Stage};
+use super::resnet::{Act, Basic, BnTape, ConvBn, Layer, Stage, collection};
 use dfdx::nn::modules::Linear;
 use dfdx::prelude::*;
 
@@ -20,26 +20,7 @@ pub struct BasicA<const I: usize, const O: usize, const S: usize, E: Dtype, D: D
     pub b: ConvBn<O, O, 3, 1, 1, E, D>,
 }
 
-impl<const I: usize, const O: usize, const S: usize, E, D> TensorCollection<E, D>
-    for BasicA<I, O, S, E, D>
-where
-    E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
-    D: Device<E>,
-    rand_distr::StandardNormal: rand_distr::Distribution<E>,
-{
-    type To<E2: Dtype, D2: Device<E2>> = BasicA<I, O, S, E2, D2>;
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(
-            (
-                Self::module("a", |s| &s.a, |s| &mut s.a),
-                Self::module("b", |s| &s.b, |s| &mut s.b),
-            ),
-            |(a, b)| BasicA { a, b },
-        )
-    }
-}
+collection!(BasicA<I, O, S> { a, b }, const I: usize, const O: usize, const S: usize, E, D);
 
 /// Option A: `x[:, ::S, ::S, :]` followed by zero channels up to `O`.
 pub fn shortcut_a<

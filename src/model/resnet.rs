@@ -116,6 +116,7 @@ macro_rules! collection {
         }
     };
 }
+pub(crate) use collection;
 
 collection!(ConvBn<I, O, K, S, P> { conv, bn }, const I: usize, const O: usize, const K: usize, const S: usize, const P: usize, E, D);
 

@@ -235,13 +235,6 @@ impl Progress {
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PackError + '_ {
-    move |source| PackError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// Reads back the finished shards in `dir` that belong to this pack, in
 /// order, deleting temporary files and anything after the first gap.
 fn resume_state(
@@ -252,11 +245,11 @@ fn resume_state(
 ) -> Result<Progress, PackError> {
     let mut state = Progress::new(split.classes.len(), mean_size);
     let mut names = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io(dir))? {
-        let e = e.map_err(io(dir))?;
+    for e in std::fs::read_dir(dir).map_err(PackError::io(dir))? {
+        let e = e.map_err(PackError::io(dir))?;
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with(writer::TMP_SUFFIX) {
-            std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+            std::fs::remove_file(e.path()).map_err(PackError::io(&e.path()))?;
         } else if name.starts_with("shard-") && name.ends_with(".rnim") {
             names.push(name);
         }
@@ -271,7 +264,7 @@ fn resume_state(
                 "{}: not part of the finished sequence; removing",
                 path.display()
             );
-            std::fs::remove_file(&path).map_err(io(&path))?;
+            std::fs::remove_file(&path).map_err(PackError::io(&path))?;
             broken = true;
             continue;
         }
@@ -282,7 +275,7 @@ fn resume_state(
                     "{}: unreadable ({source}); removing it and the shards after it",
                     path.display()
                 );
-                std::fs::remove_file(&path).map_err(io(&path))?;
+                std::fs::remove_file(&path).map_err(PackError::io(&path))?;
                 broken = true;
                 continue;
             }
@@ -303,7 +296,7 @@ fn resume_state(
                 path.display()
             );
             drop(shard);
-            std::fs::remove_file(&path).map_err(io(&path))?;
+            std::fs::remove_file(&path).map_err(PackError::io(&path))?;
             broken = true;
             continue;
         }
@@ -346,10 +339,10 @@ pub fn pack_split(
     if opts.overwrite && dir.exists() {
         let existing = crate::reader::read_manifest(dir).ok();
         if existing.is_none_or(|m| m.fingerprint != fp) {
-            std::fs::remove_dir_all(dir).map_err(io(dir))?;
+            std::fs::remove_dir_all(dir).map_err(PackError::io(dir))?;
         }
     }
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::create_dir_all(dir).map_err(PackError::io(dir))?;
     let mut state = resume_state(dir, split, &fp, enc.mean_size)?;
     let resumed_shards = state.shards.len();
     let total = split.files.len();
@@ -667,11 +660,7 @@ fn pack_one(
         Ok(r) => (r, n),
         Err(panic) => {
             *encoder = Encoder::default();
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let msg = crate::error::panic_message(&*panic);
             (Err(format!("decoder panicked: {msg}")), n)
         }
     }

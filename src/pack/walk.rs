@@ -152,18 +152,11 @@ fn layout(path: &Path, detail: impl Into<String>) -> PackError {
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PackError + '_ {
-    move |source| PackError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// Sorted names of the sub-folders of `dir` (hidden ones excluded).
 fn class_folders(dir: &Path) -> Result<Vec<String>, PackError> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io(dir))? {
-        let e = e.map_err(io(dir))?;
+    for e in std::fs::read_dir(dir).map_err(PackError::io(dir))? {
+        let e = e.map_err(PackError::io(dir))?;
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.starts_with('.') && e.path().is_dir() {
             out.push(name);
@@ -189,7 +182,7 @@ fn class_list(
     match source {
         ClassSource::Imagenet => Ok(imagenet_classes()),
         ClassSource::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(io(path))?;
+            let text = std::fs::read_to_string(path).map_err(PackError::io(path))?;
             let mut classes = Vec::new();
             for line in text
                 .lines()
@@ -225,8 +218,8 @@ fn class_list(
 /// Every regular file under `dir`, recursively, as (full path, relative path), sorted.
 fn files_under(dir: &Path, root: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<(), PackError> {
     let mut entries = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io(dir))? {
-        entries.push(e.map_err(io(dir))?.path());
+    for e in std::fs::read_dir(dir).map_err(PackError::io(dir))? {
+        entries.push(e.map_err(PackError::io(dir))?.path());
     }
     entries.sort();
     for p in entries {
@@ -277,8 +270,8 @@ fn folder_split(
         );
     }
     // Loose files beside the class folders have no label.
-    for e in std::fs::read_dir(dir).map_err(io(dir))? {
-        let p = e.map_err(io(dir))?.path();
+    for e in std::fs::read_dir(dir).map_err(PackError::io(dir))? {
+        let p = e.map_err(PackError::io(dir))?.path();
         if p.is_file() {
             unlabeled.push(SkippedFile {
                 path: rel_path(&p, root),
@@ -382,7 +375,7 @@ fn bundled_val_labels() -> HashMap<String, String> {
 
 /// Reads a val ground-truth file in any of the supported forms into stem → wnid.
 pub fn read_val_labels(path: &Path) -> Result<HashMap<String, String>, PackError> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let text = std::fs::read_to_string(path).map_err(PackError::io(path))?;
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)

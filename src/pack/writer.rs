@@ -39,9 +39,10 @@ impl ShardWriter {
         let name = shard_name(k);
         let dest = dir.join(&name);
         let tmp = dir.join(format!("{name}{TMP_SUFFIX}"));
-        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let file = File::create(&tmp).map_err(PackError::io(&tmp))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&[0u8; HEADER_SIZE]).map_err(io(&tmp))?;
+        out.write_all(&[0u8; HEADER_SIZE])
+            .map_err(PackError::io(&tmp))?;
         let n = format::stats_len_for(mean_size).expect("mean_size is validated") as usize / 8;
         Ok(ShardWriter {
             tmp,
@@ -71,7 +72,9 @@ impl ShardWriter {
     }
 
     fn emit(&mut self, bytes: &[u8]) -> Result<(), PackError> {
-        self.out.write_all(bytes).map_err(io(&self.tmp))?;
+        self.out
+            .write_all(bytes)
+            .map_err(PackError::io(&self.tmp))?;
         self.body_crc.update(bytes);
         self.pos += bytes.len() as u64;
         Ok(())
@@ -123,11 +126,11 @@ impl ShardWriter {
             path: tmp.clone(),
             source: e.into_error(),
         })?;
-        file.seek(SeekFrom::Start(0)).map_err(io(&tmp))?;
-        file.write_all(&header_bytes).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
+        file.seek(SeekFrom::Start(0)).map_err(PackError::io(&tmp))?;
+        file.write_all(&header_bytes).map_err(PackError::io(&tmp))?;
+        file.sync_all().map_err(PackError::io(&tmp))?;
         drop(file);
-        std::fs::rename(&tmp, &self.dest).map_err(io(&self.dest))?;
+        std::fs::rename(&tmp, &self.dest).map_err(PackError::io(&self.dest))?;
         sync_dir(self.dest.parent().unwrap_or(Path::new(".")));
         let mut crc = crc32fast::Hasher::new();
         crc.update(&header_bytes);
@@ -149,11 +152,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PackError> {
             .map(|n| n.to_string_lossy())
             .unwrap_or_default()
     ));
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
+    let mut f = File::create(&tmp).map_err(PackError::io(&tmp))?;
+    f.write_all(bytes).map_err(PackError::io(&tmp))?;
+    f.sync_all().map_err(PackError::io(&tmp))?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
+    std::fs::rename(&tmp, path).map_err(PackError::io(path))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")));
     Ok(())
 }
@@ -162,12 +165,5 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PackError> {
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
-    }
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PackError + '_ {
-    move |source| PackError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }
