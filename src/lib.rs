@@ -42,5 +42,6 @@ pub mod plot;
 pub mod progress;
 pub mod reader;
 pub mod sampler;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -7,7 +7,7 @@
 
 use super::conv::im2col_index;
 use super::pool::global_avg_pool;
-use super::resnet::{Act, Basic, BnTape, ConvBn, Layer, Stage, collection};
+use super::resnet::{Act, Basic, BnTape, ConvBn, Layer, PlainBasic, Stage, collection};
 use dfdx::nn::modules::Linear;
 use dfdx::prelude::*;
 
@@ -59,28 +59,34 @@ impl<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>> Lay
     }
 }
 
-/// A CIFAR ResNet with `n` blocks per stage (`R = n - 1` after each stage's first) and `N` classes.
+/// A network of the paper's CIFAR family: 3x3 stem with 16 filters, three
+/// stages (`L1`: 16, `L2`: 32, `L3`: 64 filters), global average pooling,
+/// `N` classes. See [`CifarResNet`] and [`CifarPlain`].
 #[derive(Debug, Clone)]
-pub struct CifarResNet<const R: usize, const N: usize, E: Dtype, D: Device<E>> {
+pub struct CifarNet<L1, L2, L3, const N: usize, E: Dtype, D: Device<E>> {
     /// 3x3 conv, 16 filters, + BN.
     pub stem: ConvBn<3, 16, 3, 1, 1, E, D>,
     /// 32x32 maps, 16 filters.
-    pub layer1: Stage<16, 16, Basic<16, E, D>, Basic<16, E, D>, R, E, D>,
+    pub layer1: L1,
     /// 16x16 maps, 32 filters.
-    pub layer2: Stage<16, 32, BasicA<16, 32, 2, E, D>, Basic<32, E, D>, R, E, D>,
+    pub layer2: L2,
     /// 8x8 maps, 64 filters.
-    pub layer3: Stage<32, 64, BasicA<32, 64, 2, E, D>, Basic<64, E, D>, R, E, D>,
+    pub layer3: L3,
     /// Classifier.
     pub fc: Linear<64, N, E, D>,
 }
 
-impl<const R: usize, const N: usize, E, D> TensorCollection<E, D> for CifarResNet<R, N, E, D>
+impl<L1, L2, L3, const N: usize, E, D> TensorCollection<E, D> for CifarNet<L1, L2, L3, N, E, D>
 where
     E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
     D: Device<E>,
     rand_distr::StandardNormal: rand_distr::Distribution<E>,
+    L1: TensorCollection<E, D>,
+    L2: TensorCollection<E, D>,
+    L3: TensorCollection<E, D>,
 {
-    type To<E2: Dtype, D2: Device<E2>> = CifarResNet<R, N, E2, D2>;
+    type To<E2: Dtype, D2: Device<E2>> =
+        CifarNet<L1::To<E2, D2>, L2::To<E2, D2>, L3::To<E2, D2>, N, E2, D2>;
     fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
         visitor: &mut V,
     ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
@@ -92,7 +98,7 @@ where
                 Self::module("layer3", |s| &s.layer3, |s| &mut s.layer3),
                 Self::module("fc", |s| &s.fc, |s| &mut s.fc),
             ),
-            |(stem, layer1, layer2, layer3, fc)| CifarResNet {
+            |(stem, layer1, layer2, layer3, fc)| CifarNet {
                 stem,
                 layer1,
                 layer2,
@@ -103,7 +109,12 @@ where
     }
 }
 
-impl<const R: usize, const N: usize, E: Dtype, D: Device<E>> CifarResNet<R, N, E, D> {
+impl<L1, L2, L3, const N: usize, E: Dtype, D: Device<E>> CifarNet<L1, L2, L3, N, E, D>
+where
+    L1: Layer<16, 16, E, D>,
+    L2: Layer<16, 32, E, D>,
+    L3: Layer<32, 64, E, D>,
+{
     /// Logits for NHWC images `(B, H, W, 3)` (32x32 in the paper); traced trains, untraced evaluates.
     pub fn forward<B: Dim, T: BnTape<E, D>>(
         &mut self,
@@ -118,6 +129,38 @@ impl<const R: usize, const N: usize, E: Dtype, D: Device<E>> CifarResNet<R, N, E
         self.fc.forward(global_avg_pool(x))
     }
 }
+
+/// A CIFAR ResNet with `n` blocks per stage (`R = n - 1` after each stage's
+/// first), option-A shortcuts, and `N` classes.
+pub type CifarResNet<const R: usize, const N: usize, E, D> = CifarNet<
+    Stage<16, 16, Basic<16, E, D>, Basic<16, E, D>, R, E, D>,
+    Stage<16, 32, BasicA<16, 32, 2, E, D>, Basic<32, E, D>, R, E, D>,
+    Stage<32, 64, BasicA<32, 64, 2, E, D>, Basic<64, E, D>, R, E, D>,
+    N,
+    E,
+    D,
+>;
+
+/// The plain counterpart of [`CifarResNet`] (same layers, no shortcuts).
+pub type CifarPlain<const R: usize, const N: usize, E, D> = CifarNet<
+    Stage<16, 16, PlainBasic<16, 16, 1, E, D>, PlainBasic<16, 16, 1, E, D>, R, E, D>,
+    Stage<16, 32, PlainBasic<16, 32, 2, E, D>, PlainBasic<32, 32, 1, E, D>, R, E, D>,
+    Stage<32, 64, PlainBasic<32, 64, 2, E, D>, PlainBasic<64, 64, 1, E, D>, R, E, D>,
+    N,
+    E,
+    D,
+>;
+
+/// Plain-20.
+pub type Plain20<const N: usize, E, D> = CifarPlain<2, N, E, D>;
+/// Plain-32.
+pub type Plain32<const N: usize, E, D> = CifarPlain<4, N, E, D>;
+/// Plain-44.
+pub type Plain44<const N: usize, E, D> = CifarPlain<6, N, E, D>;
+/// Plain-56.
+pub type Plain56<const N: usize, E, D> = CifarPlain<8, N, E, D>;
+/// Plain-110.
+pub type Plain110<const N: usize, E, D> = CifarPlain<17, N, E, D>;
 
 /// ResNet-20 (n = 3).
 pub type ResNet20<const N: usize, E, D> = CifarResNet<2, N, E, D>;

@@ -14,6 +14,9 @@ pub mod cifar;
 pub mod conv;
 pub mod pool;
 pub mod resnet;
+pub mod state;
+pub mod summary;
+pub mod zoo;
 
 pub use conv::{Conv2d, conv_out};
 pub use pool::{global_avg_pool, max_pool};

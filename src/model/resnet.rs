@@ -12,6 +12,7 @@
 //! updated) or evaluation (running statistics) follows the tape: a traced
 //! input (`OwnedTape`) trains, an untraced one (`NoneTape`) evaluates.
 
+use super::cifar::BasicA;
 use super::conv::Conv2d;
 use super::pool::{global_avg_pool, max_pool};
 use dfdx::nn::modules::{BatchNorm1D, Linear, Repeated};
@@ -211,6 +212,57 @@ impl<const I: usize, const M: usize, const O: usize, const S: usize, E: Dtype, D
             .c
             .fwd(self.b.fwd(self.a.fwd(x.with_empty_tape()).relu()).relu());
         (y + self.down.fwd(x)).relu()
+    }
+}
+
+/// Bottleneck with a projected shortcut and the stride on the 3x3
+/// (torchvision's "v1.5"): `I -> M -> M -> O`.
+#[derive(Debug, Clone)]
+pub struct BottleneckDownV15<
+    const I: usize,
+    const M: usize,
+    const O: usize,
+    const S: usize,
+    E: Dtype,
+    D: Device<E>,
+> {
+    /// 1x1 reduce + BN.
+    pub a: ConvBn<I, M, 1, 1, 0, E, D>,
+    /// 3x3 strided + BN.
+    pub b: ConvBn<M, M, 3, S, 1, E, D>,
+    /// 1x1 expand + BN.
+    pub c: ConvBn<M, O, 1, 1, 0, E, D>,
+    /// 1x1 strided projection + BN.
+    pub down: ConvBn<I, O, 1, S, 0, E, D>,
+}
+collection!(BottleneckDownV15<I, M, O, S> { a, b, c, down }, const I: usize, const M: usize, const O: usize, const S: usize, E, D);
+
+impl<const I: usize, const M: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>>
+    Layer<I, O, E, D> for BottleneckDownV15<I, M, O, S, E, D>
+{
+    fn fwd<B: Dim, T: BnTape<E, D>>(&mut self, x: Act<B, I, E, D, T>) -> Act<B, O, E, D, T> {
+        let y = self
+            .c
+            .fwd(self.b.fwd(self.a.fwd(x.with_empty_tape()).relu()).relu());
+        (y + self.down.fwd(x)).relu()
+    }
+}
+
+/// The "plain" counterpart of a basic block (no shortcut): `I -> O`, stride `S`.
+#[derive(Debug, Clone)]
+pub struct PlainBasic<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>> {
+    /// 3x3 strided conv + BN.
+    pub a: ConvBn<I, O, 3, S, 1, E, D>,
+    /// 3x3 conv + BN.
+    pub b: ConvBn<O, O, 3, 1, 1, E, D>,
+}
+collection!(PlainBasic<I, O, S> { a, b }, const I: usize, const O: usize, const S: usize, E, D);
+
+impl<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>> Layer<I, O, E, D>
+    for PlainBasic<I, O, S, E, D>
+{
+    fn fwd<B: Dim, T: BnTape<E, D>>(&mut self, x: Act<B, I, E, D, T>) -> Act<B, O, E, D, T> {
+        self.b.fwd(self.a.fwd(x).relu()).relu()
     }
 }
 
@@ -465,6 +517,188 @@ pub type BottleneckResNet<
     E,
     D,
 >;
+/// A bottleneck ResNet with the stride on each stage's first 3x3 (v1.5).
+pub type BottleneckResNetV15<
+    const R1: usize,
+    const R2: usize,
+    const R3: usize,
+    const R4: usize,
+    const N: usize,
+    E,
+    D,
+> = ResNet<
+    Stage<64, 256, BottleneckDownV15<64, 64, 256, 1, E, D>, Bottleneck<256, 64, E, D>, R1, E, D>,
+    Stage<
+        256,
+        512,
+        BottleneckDownV15<256, 128, 512, 2, E, D>,
+        Bottleneck<512, 128, E, D>,
+        R2,
+        E,
+        D,
+    >,
+    Stage<
+        512,
+        1024,
+        BottleneckDownV15<512, 256, 1024, 2, E, D>,
+        Bottleneck<1024, 256, E, D>,
+        R3,
+        E,
+        D,
+    >,
+    Stage<
+        1024,
+        2048,
+        BottleneckDownV15<1024, 512, 2048, 2, E, D>,
+        Bottleneck<2048, 512, E, D>,
+        R4,
+        E,
+        D,
+    >,
+    256,
+    512,
+    1024,
+    2048,
+    N,
+    E,
+    D,
+>;
+/// A bottleneck ResNet with projection shortcuts everywhere (option C).
+pub type BottleneckResNetC<
+    const R1: usize,
+    const R2: usize,
+    const R3: usize,
+    const R4: usize,
+    const N: usize,
+    E,
+    D,
+> = ResNet<
+    Stage<
+        64,
+        256,
+        BottleneckDown<64, 64, 256, 1, E, D>,
+        BottleneckDown<256, 64, 256, 1, E, D>,
+        R1,
+        E,
+        D,
+    >,
+    Stage<
+        256,
+        512,
+        BottleneckDown<256, 128, 512, 2, E, D>,
+        BottleneckDown<512, 128, 512, 1, E, D>,
+        R2,
+        E,
+        D,
+    >,
+    Stage<
+        512,
+        1024,
+        BottleneckDown<512, 256, 1024, 2, E, D>,
+        BottleneckDown<1024, 256, 1024, 1, E, D>,
+        R3,
+        E,
+        D,
+    >,
+    Stage<
+        1024,
+        2048,
+        BottleneckDown<1024, 512, 2048, 2, E, D>,
+        BottleneckDown<2048, 512, 2048, 1, E, D>,
+        R4,
+        E,
+        D,
+    >,
+    256,
+    512,
+    1024,
+    2048,
+    N,
+    E,
+    D,
+>;
+/// A basic-block ResNet with option-A shortcuts (identity, zero-padded channels; no projection parameters).
+pub type BasicResNetA<
+    const R1: usize,
+    const R2: usize,
+    const R3: usize,
+    const R4: usize,
+    const N: usize,
+    E,
+    D,
+> = ResNet<
+    Stage1Basic<R1, E, D>,
+    Stage<64, 128, BasicA<64, 128, 2, E, D>, Basic<128, E, D>, R2, E, D>,
+    Stage<128, 256, BasicA<128, 256, 2, E, D>, Basic<256, E, D>, R3, E, D>,
+    Stage<256, 512, BasicA<256, 512, 2, E, D>, Basic<512, E, D>, R4, E, D>,
+    64,
+    128,
+    256,
+    512,
+    N,
+    E,
+    D,
+>;
+/// A basic-block ResNet with projection shortcuts everywhere (option C).
+pub type BasicResNetC<
+    const R1: usize,
+    const R2: usize,
+    const R3: usize,
+    const R4: usize,
+    const N: usize,
+    E,
+    D,
+> = ResNet<
+    Stage<64, 64, BasicDown<64, 64, 1, E, D>, BasicDown<64, 64, 1, E, D>, R1, E, D>,
+    Stage<64, 128, BasicDown<64, 128, 2, E, D>, BasicDown<128, 128, 1, E, D>, R2, E, D>,
+    Stage<128, 256, BasicDown<128, 256, 2, E, D>, BasicDown<256, 256, 1, E, D>, R3, E, D>,
+    Stage<256, 512, BasicDown<256, 512, 2, E, D>, BasicDown<512, 512, 1, E, D>, R4, E, D>,
+    64,
+    128,
+    256,
+    512,
+    N,
+    E,
+    D,
+>;
+/// The plain (no shortcut) counterpart of [`BasicResNet`], for the degradation experiment.
+pub type PlainNet<
+    const R1: usize,
+    const R2: usize,
+    const R3: usize,
+    const R4: usize,
+    const N: usize,
+    E,
+    D,
+> = ResNet<
+    Stage<64, 64, PlainBasic<64, 64, 1, E, D>, PlainBasic<64, 64, 1, E, D>, R1, E, D>,
+    Stage<64, 128, PlainBasic<64, 128, 2, E, D>, PlainBasic<128, 128, 1, E, D>, R2, E, D>,
+    Stage<128, 256, PlainBasic<128, 256, 2, E, D>, PlainBasic<256, 256, 1, E, D>, R3, E, D>,
+    Stage<256, 512, PlainBasic<256, 512, 2, E, D>, PlainBasic<512, 512, 1, E, D>, R4, E, D>,
+    64,
+    128,
+    256,
+    512,
+    N,
+    E,
+    D,
+>;
+/// Plain-18.
+pub type Plain18<const N: usize, E, D> = PlainNet<1, 1, 1, 1, N, E, D>;
+/// Plain-34 (Table 2 / Figure 4 of the paper).
+pub type Plain34<const N: usize, E, D> = PlainNet<2, 3, 5, 2, N, E, D>;
+/// ResNet-34 with option-A shortcuts (Table 3, "ResNet-34 A").
+pub type ResNet34A<const N: usize, E, D> = BasicResNetA<2, 3, 5, 2, N, E, D>;
+/// ResNet-34 with option-C shortcuts (Table 3, "ResNet-34 C").
+pub type ResNet34C<const N: usize, E, D> = BasicResNetC<2, 3, 5, 2, N, E, D>;
+/// ResNet-50 v1.5 (stride on the 3x3; torchvision's `resnet50`).
+pub type ResNet50V15<const N: usize, E, D> = BottleneckResNetV15<2, 3, 5, 2, N, E, D>;
+/// ResNet-101 v1.5.
+pub type ResNet101V15<const N: usize, E, D> = BottleneckResNetV15<2, 3, 22, 2, N, E, D>;
+/// ResNet-152 v1.5.
+pub type ResNet152V15<const N: usize, E, D> = BottleneckResNetV15<2, 7, 35, 2, N, E, D>;
+/// ResNet-50 with option-C shortcuts.
+pub type ResNet50C<const N: usize, E, D> = BottleneckResNetC<2, 3, 5, 2, N, E, D>;
 /// ResNet-18 (Table 1: basic blocks 2, 2, 2, 2; the first stage keeps 64
 /// channels at stride 1, so all its blocks are identity blocks).
 pub type ResNet18<const N: usize, E, D> = BasicResNet<1, 1, 1, 1, N, E, D>;

@@ -146,17 +146,29 @@ impl ShardWriter {
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PackError> {
+    write_file_atomic(path, bytes).map_err(PackError::io(path))
+}
+
+/// [`write_atomic`] with a plain I/O error: after a failure (a full disk,
+/// say) the previous file at `path`, if any, is intact.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_file_name(format!(
         "{}{TMP_SUFFIX}",
         path.file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default()
     ));
-    let mut f = File::create(&tmp).map_err(PackError::io(&tmp))?;
-    f.write_all(bytes).map_err(PackError::io(&tmp))?;
-    f.sync_all().map_err(PackError::io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(PackError::io(path))?;
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
     sync_dir(path.parent().unwrap_or(Path::new(".")));
     Ok(())
 }

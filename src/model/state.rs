@@ -1,0 +1,458 @@
+//! Model state as named tensors, with torchvision's names and layouts.
+//!
+//! dfdx names a tensor by its path through the module tree
+//! (`layer1.rest.0.a.bn.scale`); torchvision's ResNet state_dict uses
+//! `layer1.1.bn1.weight`. [`torchvision_name`] maps one to the other, so a
+//! checkpoint written by [`save_safetensors`] loads into
+//! `torchvision.models.resnet50()` with `load_state_dict` (strict), and a
+//! torchvision state_dict saved as safetensors loads with
+//! [`load_safetensors`]. Layouts already agree: convolution weights are
+//! `[O, C, K, K]`, the classifier `[N, C]`.
+//!
+//! The same named view serves the optimizer's momentum (saved beside the
+//! weights in a checkpoint) and the zero-init of each residual branch's last
+//! BatchNorm scale.
+
+use ::safetensors::tensor::{Dtype as SDtype, SafeTensors, TensorView};
+use dfdx::nn::tensor_collection::{
+    RecursiveWalker, ScalarOptions, TensorCollection, TensorOptions, TensorViewer, TensorVisitor,
+    ViewTensorMut, ViewTensorName, ViewTensorRef,
+};
+use dfdx::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Errors reading or writing model state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Not a safetensors file, or a damaged one.
+    #[error("{path}: not a valid safetensors file: {msg}")]
+    Format {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the parser said.
+        msg: String,
+    },
+    /// Tensors the model needs are not in the file.
+    #[error("missing tensors: {}", .0.join(", "))]
+    Missing(Vec<String>),
+    /// Tensors in the file that the model does not have.
+    #[error("unexpected tensors (a different architecture?): {}", .0.join(", "))]
+    Unexpected(Vec<String>),
+    /// A tensor with the wrong shape (e.g. another number of classes).
+    #[error("{name}: shape {file:?} in the file, {model:?} in the model")]
+    Shape {
+        /// torchvision name.
+        name: String,
+        /// Shape found.
+        file: Vec<usize>,
+        /// Shape expected.
+        model: Vec<usize>,
+    },
+    /// A tensor stored as something other than f32.
+    #[error("{name}: dtype {dtype} (expected F32)")]
+    Dtype {
+        /// torchvision name.
+        name: String,
+        /// dtype found.
+        dtype: String,
+    },
+}
+
+/// One tensor of a model, by its dfdx path.
+#[derive(Debug, Clone)]
+pub struct NamedTensor {
+    /// dfdx path (`layer1.first.a.conv.weight`).
+    pub path: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<f32>,
+    /// Whether SGD updates it (false for BatchNorm running statistics).
+    pub trainable: bool,
+}
+
+struct Collect(Vec<NamedTensor>);
+
+impl<D: Device<f32>> TensorVisitor<f32, D> for Collect {
+    type Viewer = (ViewTensorRef, ViewTensorName);
+    type Err = D::Err;
+    type E2 = f32;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, f32, D>,
+        (t, path): <Self::Viewer as TensorViewer>::View<'_, Tensor<S, f32, D>>,
+    ) -> Result<Option<Tensor<S, f32, D>>, Self::Err> {
+        self.0.push(NamedTensor {
+            path,
+            shape: t.shape().concrete().into_iter().collect(),
+            data: t.as_vec(),
+            trainable: opts.do_gradient_update,
+        });
+        Ok(None)
+    }
+
+    fn visit_scalar<N: num_traits::NumCast>(
+        &mut self,
+        _: ScalarOptions<N>,
+        _: <Self::Viewer as TensorViewer>::View<'_, N>,
+    ) -> Result<Option<N>, Self::Err> {
+        Ok(None)
+    }
+}
+
+/// Every tensor of `model` (parameters and BatchNorm statistics), in module order.
+pub fn named_tensors<D: Device<f32>, M: TensorCollection<f32, D>>(model: &M) -> Vec<NamedTensor> {
+    let mut c = Collect(Vec::new());
+    M::iter_tensors(&mut RecursiveWalker {
+        m: (model, String::new()),
+        f: &mut c,
+    })
+    .expect("reading tensors does not fail");
+    c.0
+}
+
+type Source<'a> = dyn FnMut(&str, &[usize]) -> Result<Option<Vec<f32>>, StateError> + 'a;
+
+struct Assign<'a>(&'a mut Source<'a>);
+
+impl<D: Device<f32>> TensorVisitor<f32, D> for Assign<'_> {
+    type Viewer = (ViewTensorMut, ViewTensorName);
+    type Err = StateError;
+    type E2 = f32;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        _: TensorOptions<S, f32, D>,
+        (t, path): <Self::Viewer as TensorViewer>::View<'_, Tensor<S, f32, D>>,
+    ) -> Result<Option<Tensor<S, f32, D>>, Self::Err> {
+        let shape: Vec<usize> = t.shape().concrete().into_iter().collect();
+        if let Some(v) = (self.0)(&path, &shape)? {
+            assert_eq!(
+                v.len(),
+                t.shape().num_elements(),
+                "{path}: source gave a wrong length"
+            );
+            t.copy_from(&v);
+        }
+        Ok(None)
+    }
+
+    fn visit_scalar<N: num_traits::NumCast>(
+        &mut self,
+        _: ScalarOptions<N>,
+        _: <Self::Viewer as TensorViewer>::View<'_, N>,
+    ) -> Result<Option<N>, Self::Err> {
+        Ok(None)
+    }
+}
+
+/// Overwrites tensors of `model`: `source(path, shape)` returns the new values
+/// (exactly `shape`'s element count) or `None` to keep a tensor.
+pub fn assign_tensors<'a, D: Device<f32>, M: TensorCollection<f32, D>>(
+    model: &mut M,
+    source: &'a mut Source<'a>,
+) -> Result<(), StateError> {
+    M::iter_tensors(&mut RecursiveWalker {
+        m: (model, String::new()),
+        f: &mut Assign(source),
+    })?;
+    Ok(())
+}
+
+/// torchvision's name for a dfdx path of this crate's ResNets.
+///
+/// `stem.conv.weight` → `conv1.weight`, `stem.bn.scale` → `bn1.weight`,
+/// `layer2.first.down.conv.weight` → `layer2.0.downsample.0.weight`,
+/// `layer2.rest.0.b.bn.running_var` → `layer2.1.bn2.running_var`; `fc.*` unchanged.
+pub fn torchvision_name(path: &str) -> String {
+    let parts: Vec<&str> = path.split('.').collect();
+    let mut out: Vec<String> = Vec::with_capacity(parts.len());
+    let mut i = 0;
+    while i < parts.len() {
+        let p = parts[i];
+        match p {
+            "stem" => {
+                // stem.conv -> conv1, stem.bn -> bn1
+                let next = parts.get(i + 1).copied().unwrap_or("");
+                out.push(format!("{next}1"));
+                i += 2;
+                continue;
+            }
+            "first" => out.push("0".into()),
+            "rest" => {
+                let k: usize = parts[i + 1].parse().expect("Repeated index");
+                out.push((k + 1).to_string());
+                i += 2;
+                continue;
+            }
+            "a" | "b" | "c" => {
+                let n = (p.as_bytes()[0] - b'a' + 1) as usize;
+                let next = parts.get(i + 1).copied().unwrap_or("");
+                out.push(format!("{next}{n}"));
+                i += 2;
+                continue;
+            }
+            "down" => {
+                let idx = if parts.get(i + 1) == Some(&"conv") {
+                    0
+                } else {
+                    1
+                };
+                out.push(format!("downsample.{idx}"));
+                i += 2;
+                continue;
+            }
+            "scale" => out.push("weight".into()),
+            other => out.push(other.into()),
+        }
+        i += 1;
+    }
+    out.join(".")
+}
+
+/// The model's state with torchvision's names (BatchNorms without
+/// `num_batches_tracked`, which only [`save_safetensors`] adds).
+pub fn state_dict<D: Device<f32>, M: TensorCollection<f32, D>>(
+    model: &M,
+) -> BTreeMap<String, NamedTensor> {
+    named_tensors(model)
+        .into_iter()
+        .map(|t| (torchvision_name(&t.path), t))
+        .collect()
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Writes named f32 tensors (plus optional metadata) as safetensors, to a
+/// temporary file renamed into place.
+pub fn write_safetensors(
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    extra_i64: &[String],
+    metadata: Option<HashMap<String, String>>,
+    path: &Path,
+) -> Result<(), StateError> {
+    let io = |source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let bytes: Vec<(String, Vec<usize>, SDtype, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, (s, v))| (k.clone(), s.clone(), SDtype::F32, f32_bytes(v)))
+        .chain(
+            extra_i64
+                .iter()
+                .map(|k| (k.clone(), vec![], SDtype::I64, 0i64.to_le_bytes().to_vec())),
+        )
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, s, d, b)| {
+            (
+                k.clone(),
+                TensorView::new(*d, s.clone(), b).expect("sizes agree"),
+            )
+        })
+        .collect();
+    let data =
+        ::safetensors::tensor::serialize(views, &metadata).map_err(|e| StateError::Format {
+            path: path.to_owned(),
+            msg: e.to_string(),
+        })?;
+    crate::pack::writer::write_file_atomic(path, &data).map_err(io)
+}
+
+/// A safetensors file read into memory: f32 tensors by name, and its metadata.
+#[derive(Debug, Default)]
+pub struct TensorFile {
+    /// f32 tensors: name → (shape, values).
+    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Names of the tensors of other dtypes (torchvision's `num_batches_tracked`).
+    pub other: BTreeMap<String, String>,
+    /// The header's `__metadata__`.
+    pub metadata: HashMap<String, String>,
+}
+
+/// Reads a safetensors file.
+pub fn read_safetensors(path: &Path) -> Result<TensorFile, StateError> {
+    let buf = std::fs::read(path).map_err(|source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let fmt = |e: ::safetensors::SafeTensorError| StateError::Format {
+        path: path.to_owned(),
+        msg: format!("{e:?}"),
+    };
+    let (_, meta) = SafeTensors::read_metadata(&buf).map_err(fmt)?;
+    let st = SafeTensors::deserialize(&buf).map_err(fmt)?;
+    let mut out = TensorFile {
+        metadata: meta.metadata().clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    for (name, view) in st.tensors() {
+        if view.dtype() == SDtype::F32 {
+            let v = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            out.tensors.insert(name, (view.shape().to_vec(), v));
+        } else {
+            out.other.insert(name, format!("{:?}", view.dtype()));
+        }
+    }
+    Ok(out)
+}
+
+/// Saves `model` with torchvision's names (and a zero `num_batches_tracked`
+/// per BatchNorm, so `load_state_dict` is strict-clean).
+pub fn save_safetensors<D: Device<f32>, M: TensorCollection<f32, D>>(
+    model: &M,
+    path: &Path,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<(), StateError> {
+    let sd = state_dict(model);
+    let mut nbt: Vec<String> = sd
+        .keys()
+        .filter(|k| k.ends_with(".running_mean"))
+        .map(|k| k.replace(".running_mean", ".num_batches_tracked"))
+        .collect();
+    nbt.sort();
+    let tensors = sd
+        .into_iter()
+        .map(|(k, t)| (k, (t.shape, t.data)))
+        .collect();
+    write_safetensors(&tensors, &nbt, metadata, path)
+}
+
+/// Loads torchvision-named tensors into `model`. Strict: every model tensor
+/// must be present with the same shape and f32 dtype, and every f32 tensor
+/// of the file must belong to the model. Returns the file's metadata.
+pub fn load_safetensors<D: Device<f32>, M: TensorCollection<f32, D>>(
+    model: &mut M,
+    path: &Path,
+) -> Result<HashMap<String, String>, StateError> {
+    let mut file = read_safetensors(path)?;
+    load_tensors(model, &mut file.tensors, &file.other)?;
+    Ok(file.metadata)
+}
+
+/// Loads from tensors already in memory (see [`load_safetensors`]); the
+/// tensors used are removed from `tensors`.
+pub fn load_tensors<D: Device<f32>, M: TensorCollection<f32, D>>(
+    model: &mut M,
+    tensors: &mut BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    other: &BTreeMap<String, String>,
+) -> Result<(), StateError> {
+    // Check everything before touching the model.
+    let mut missing = Vec::new();
+    for t in named_tensors(model) {
+        let name = torchvision_name(&t.path);
+        match tensors.get(&name) {
+            Some((shape, _)) if *shape != t.shape => {
+                return Err(StateError::Shape {
+                    name,
+                    file: shape.clone(),
+                    model: t.shape,
+                });
+            }
+            Some(_) => {}
+            None => match other.get(&name) {
+                Some(dtype) => {
+                    return Err(StateError::Dtype {
+                        name,
+                        dtype: dtype.clone(),
+                    });
+                }
+                None => missing.push(name),
+            },
+        }
+    }
+    if !missing.is_empty() {
+        return Err(StateError::Missing(missing));
+    }
+    let mut source = |path: &str, _: &[usize]| {
+        let name = torchvision_name(path);
+        Ok(tensors.remove(&name).map(|(_, v)| v))
+    };
+    assign_tensors(model, &mut source)?;
+    let unexpected: Vec<String> = tensors.keys().cloned().collect();
+    if !unexpected.is_empty() {
+        return Err(StateError::Unexpected(unexpected));
+    }
+    Ok(())
+}
+
+/// Sets the scale of the last BatchNorm of every residual branch to zero
+/// (Goyal et al. 2017): each block then starts as the identity.
+pub fn zero_init_last_bn<D: Device<f32>, M: TensorCollection<f32, D>>(model: &mut M) {
+    // The last branch BN of a block is its highest-numbered bnK inside `layerX.Y.`.
+    let names: Vec<String> = named_tensors(model)
+        .iter()
+        .map(|t| torchvision_name(&t.path))
+        .collect();
+    let mut last: HashMap<String, String> = HashMap::new();
+    for n in &names {
+        if let Some(block) = n.strip_suffix(".weight").and_then(|s| s.rsplit_once(".bn")) {
+            if block.0.starts_with("layer") {
+                let e = last.entry(block.0.to_string()).or_default();
+                if block.1 > e.as_str() {
+                    *e = block.1.to_string();
+                }
+            }
+        }
+    }
+    let targets: Vec<String> = last
+        .into_iter()
+        .map(|(block, k)| format!("{block}.bn{k}.weight"))
+        .collect();
+    let mut source = |path: &str, shape: &[usize]| {
+        let name = torchvision_name(path);
+        Ok(targets
+            .contains(&name)
+            .then(|| vec![0.0; shape.iter().product()]))
+    };
+    assign_tensors(model, &mut source).expect("zeroing does not fail");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_torchvision() {
+        for (ours, tv) in [
+            ("stem.conv.weight", "conv1.weight"),
+            ("stem.bn.scale", "bn1.weight"),
+            ("stem.bn.running_mean", "bn1.running_mean"),
+            ("layer1.first.a.conv.weight", "layer1.0.conv1.weight"),
+            ("layer1.rest.0.b.bn.bias", "layer1.1.bn2.bias"),
+            (
+                "layer3.rest.21.c.bn.running_var",
+                "layer3.22.bn3.running_var",
+            ),
+            (
+                "layer2.first.down.conv.weight",
+                "layer2.0.downsample.0.weight",
+            ),
+            ("layer2.first.down.bn.scale", "layer2.0.downsample.1.weight"),
+            ("fc.weight", "fc.weight"),
+            ("fc.bias", "fc.bias"),
+        ] {
+            assert_eq!(torchvision_name(ours), tv, "{ours}");
+        }
+    }
+}
