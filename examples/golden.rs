@@ -9,8 +9,9 @@
 //!    torchvision to load and compare.
 
 use dfdx::prelude::*;
+use resnet_imagenet::model::resnet::{ResNet18, ResNet34, ResNet50V15, ResNet101V15, ResNet152V15};
 use resnet_imagenet::model::state::{self, assign_tensors, read_safetensors, write_safetensors};
-use resnet_imagenet::model::zoo::{Input, Network, NetworkUser, with_network};
+use resnet_imagenet::model::zoo::{Input, Network, NetworkUser};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -89,15 +90,21 @@ fn main() {
             std::process::exit(2)
         }
     };
-    match with_network(&model, 1000, Golden(dir)) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            eprintln!("FAIL: {e}");
-            std::process::exit(1)
-        }
-        Err(e) => {
-            eprintln!("{e}");
+    // torchvision's names for these: resnet18, resnet34, resnet50/101/152 (stride on the 3x3).
+    let g = Golden(dir);
+    let result = match model.as_str() {
+        "resnet18" => g.run::<ResNet18<1000, f32, Cpu>>(),
+        "resnet34" => g.run::<ResNet34<1000, f32, Cpu>>(),
+        "resnet50-v1.5" => g.run::<ResNet50V15<1000, f32, Cpu>>(),
+        "resnet101-v1.5" => g.run::<ResNet101V15<1000, f32, Cpu>>(),
+        "resnet152-v1.5" => g.run::<ResNet152V15<1000, f32, Cpu>>(),
+        other => {
+            eprintln!("golden: no torchvision counterpart for {other}");
             std::process::exit(2)
         }
+    };
+    if let Err(e) = result {
+        eprintln!("FAIL: {e}");
+        std::process::exit(1)
     }
 }

@@ -4,4 +4,5 @@ mod bench;
 mod loader;
 mod model;
 mod pack;
+mod train;
 mod util;

@@ -7,7 +7,9 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use resnet_imagenet::model::zoo::{self, CLASS_COUNTS, Family, MODELS};
+use dfdx::prelude::*;
+use resnet_imagenet::model::summary;
+use resnet_imagenet::model::zoo::{self, CLASS_COUNTS, Family, MODELS, Network, NetworkUser};
 use resnet_imagenet::pack::{self, PackOptions};
 use resnet_imagenet::progress::ProgressMode;
 use resnet_imagenet::train::schedule::Schedule;
@@ -149,6 +151,45 @@ struct TrainArgs {
     debug_nan_at_step: Option<usize>,
 }
 
+/// Trains with the model type the dispatch picked.
+struct TrainWith<D>(train::Job, D);
+
+impl<D: Device<f32>> NetworkUser<D> for TrainWith<D> {
+    type Output = Result<train::TrainReport, TrainError>;
+    fn run<M: Network<D>>(self) -> Self::Output {
+        train::run::<M, D>(self.0, self.1)
+    }
+}
+
+/// Evaluates with the model type the dispatch picked.
+struct EvalWith(train::EvalJob);
+
+impl NetworkUser<Cpu> for EvalWith {
+    type Output = Result<train::EvalReport, TrainError>;
+    fn run<M: Network<Cpu>>(self) -> Self::Output {
+        train::evaluate_job::<M>(self.0)
+    }
+}
+
+/// Prints the per-layer table of the picked model type.
+struct SummaryOf(usize);
+
+impl NetworkUser<Cpu> for SummaryOf {
+    type Output = String;
+    fn run<M: Network<Cpu>>(self) -> String {
+        summary::table(&M::build(&Cpu::default()), self.0, self.0)
+    }
+}
+
+fn train_job(job: train::Job) -> Result<train::TrainReport, TrainError> {
+    let (model, classes, seed) = (job.model().to_string(), job.classes(), job.config().seed);
+    match job.config().device.as_str() {
+        #[cfg(feature = "cuda")]
+        "cuda" => zoo::with_network(&model, classes, TrainWith(job, Cuda::seed_from_u64(seed)))?,
+        _ => zoo::with_network(&model, classes, TrainWith(job, Cpu::seed_from_u64(seed)))?,
+    }
+}
+
 /// The bundled sample, packed once into target/sample-packed.
 fn packed_sample() -> anyhow::Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -280,7 +321,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => {
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let r = train::evaluate_checkpoint(&checkpoint, data.as_deref(), scales, workers)?;
+            let job = train::prepare_eval(&checkpoint, data.as_deref(), scales, workers)?;
+            let (model, classes) = (job.model().to_string(), job.classes());
+            let r = zoo::with_network(&model, classes, EvalWith(job))??;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -319,7 +362,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Some(Family::Cifar) => 32,
             _ => 224,
         });
-        print!("{}", zoo::summary_table(model, a.classes, size, size)?);
+        print!("{}", zoo::with_network(model, a.classes, SummaryOf(size))?);
         return Ok(ExitCode::SUCCESS);
     }
     let cfg = config(&a)?;
@@ -338,7 +381,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cfg.crop,
         cfg.out.display()
     );
-    match train::train(cfg, a.resume.as_deref(), progress) {
+    match train::prepare(cfg, a.resume.as_deref(), progress).and_then(train_job) {
         Ok(r) => {
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

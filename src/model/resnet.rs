@@ -736,6 +736,32 @@ mod tests {
     }
 
     #[test]
+    fn variants_have_the_expected_parameter_counts() {
+        let dev: Cpu = Default::default();
+        // v1.5 moves the stride, not the weights.
+        let m: ResNet50V15<1000, f32, Cpu> = BuildModule::build(&dev);
+        assert_eq!(m.num_trainable_params(), 25_557_032);
+        // Option A drops the three projections of ResNet-34 (conv + BN).
+        let proj = |i: usize, o: usize| i * o + 2 * o;
+        let b = 21_797_672;
+        let m: ResNet34A<1000, f32, Cpu> = BuildModule::build(&dev);
+        assert_eq!(
+            m.num_trainable_params(),
+            b - proj(64, 128) - proj(128, 256) - proj(256, 512)
+        );
+        // Option C adds a projection to every other block (3+4+6+3 = 16 blocks, 3 had one).
+        let extra = 3 * proj(64, 64) + 3 * proj(128, 128) + 5 * proj(256, 256) + 2 * proj(512, 512);
+        let m: ResNet34C<1000, f32, Cpu> = BuildModule::build(&dev);
+        assert_eq!(m.num_trainable_params(), b + extra);
+        // Plain-34 is ResNet-34 without the projections.
+        let m: Plain34<1000, f32, Cpu> = BuildModule::build(&dev);
+        assert_eq!(
+            m.num_trainable_params(),
+            b - proj(64, 128) - proj(128, 256) - proj(256, 512)
+        );
+    }
+
+    #[test]
     fn a_few_sgd_steps_reduce_the_loss_on_a_fixed_batch() {
         let dev: Cpu = Cpu::seed_from_u64(0);
         let mut model: ResNet18<4, f32, Cpu> = BuildModule::build(&dev);

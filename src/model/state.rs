@@ -455,4 +455,70 @@ mod tests {
             assert_eq!(torchvision_name(ours), tv, "{ours}");
         }
     }
+
+    #[test]
+    fn save_then_load_gives_identical_outputs_and_strictness_holds() {
+        use crate::model::resnet::{ResNet18, ResNet34};
+        use crate::model::zoo::{Input, Network};
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Cpu::seed_from_u64(3);
+        let mut a: ResNet18<10, f32, Cpu> = BuildModule::build(&dev);
+        // Non-trivial BatchNorm statistics, so eval mode depends on them.
+        let mut k = 0u32;
+        let mut stats = |path: &str, shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            Ok(path.contains("running_").then(|| {
+                (0..n)
+                    .map(|i| {
+                        k = k.wrapping_add(1);
+                        0.5 + ((i as u32 ^ k) % 7) as f32 * 0.1
+                    })
+                    .collect()
+            }))
+        };
+        assign_tensors(&mut a, &mut stats).unwrap();
+        let x =
+            || -> Input<Cpu> { dev.sample_normal_like(&(2usize, 40usize, 48usize, Const::<3>)) };
+        let x1 = x();
+        let ya = a.forward_eval(x1.clone()).as_vec();
+        let path = dir.path().join("m.safetensors");
+        save_safetensors(&a, &path, None).unwrap();
+        let mut b: ResNet18<10, f32, Cpu> = BuildModule::build(&Cpu::seed_from_u64(99));
+        assert_ne!(b.forward_eval(x1.clone()).as_vec(), ya);
+        load_safetensors(&mut b, &path).unwrap();
+        assert_eq!(b.forward_eval(x1).as_vec(), ya);
+
+        // Another architecture or class count is refused with a clear error.
+        let mut c: ResNet34<10, f32, Cpu> = BuildModule::build(&dev);
+        assert!(matches!(
+            load_safetensors(&mut c, &path),
+            Err(StateError::Missing(_))
+        ));
+        let mut d: ResNet18<12, f32, Cpu> = BuildModule::build(&dev);
+        let e = load_safetensors(&mut d, &path).unwrap_err();
+        assert!(
+            matches!(e, StateError::Shape { ref name, .. } if name == "fc.weight"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn zero_init_zeroes_exactly_the_last_bn_of_each_branch() {
+        use crate::model::resnet::ResNet50;
+        let dev: Cpu = Default::default();
+        let mut m: ResNet50<10, f32, Cpu> = BuildModule::build(&dev);
+        zero_init_last_bn(&mut m);
+        let sd = state_dict(&m);
+        let zero = |k: &str| sd[k].data.iter().all(|&v| v == 0.0);
+        assert!(zero("layer1.0.bn3.weight"));
+        assert!(zero("layer4.2.bn3.weight"));
+        assert!(!zero("layer1.0.bn2.weight"));
+        assert!(!zero("layer1.0.downsample.1.weight"));
+        assert!(!zero("bn1.weight"));
+        let zeroed = sd
+            .keys()
+            .filter(|k| k.ends_with("weight") && zero(k))
+            .count();
+        assert_eq!(zeroed, 16, "one per bottleneck block");
+    }
 }

@@ -246,23 +246,3 @@ pub fn with_network<D: Device<f32>, U: NetworkUser<D>>(
         }),
     }
 }
-
-struct SummaryOf(usize, usize);
-
-impl NetworkUser<Cpu> for SummaryOf {
-    type Output = String;
-    fn run<M: Network<Cpu>>(self) -> String {
-        let dev: Cpu = Default::default();
-        super::summary::table(&M::build(&dev), self.0, self.1)
-    }
-}
-
-/// The per-layer table of a model by name ([`super::summary::table`]).
-pub fn summary_table(
-    name: &str,
-    classes: usize,
-    height: usize,
-    width: usize,
-) -> Result<String, ZooError> {
-    with_network(name, classes, SummaryOf(height, width))
-}

@@ -20,7 +20,7 @@ use crate::augment::{CifarAugment, EvalCrop, TrainAugment};
 use crate::error::{LoadError, ReadError};
 use crate::loader::{Loader, LoaderBuilder, LoaderState, OutputKind};
 use crate::model::state::{self, StateError};
-use crate::model::zoo::{self, Family, Input, Network, NetworkUser, ZooError};
+use crate::model::zoo::{self, Family, Input, Network, ZooError};
 use crate::progress::{ProgressMode, progress_bar};
 use crate::reader::Dataset;
 use dfdx::prelude::*;
@@ -229,26 +229,23 @@ fn class_ids(ds: &Dataset) -> Vec<String> {
         .collect()
 }
 
-/// Trains from scratch (`resume: None`) or continues a checkpoint (its
-/// config wins, except `epochs`, `max_steps`, `workers` and `out` given in `overrides`).
-pub fn train(
+/// Opens the data (and the checkpoint to resume, if any) and checks that
+/// they agree: everything before the model type is known. Then call
+/// [`run`] with the model type for [`Job::model`] and [`Job::classes`]
+/// (the binary dispatches with [`zoo::with_network`]), or [`train_cpu`].
+///
+/// When resuming, the checkpoint's config wins, except `epochs`,
+/// `max_steps`, `workers` and `out`, which come from `config`.
+pub fn prepare(
     config: TrainConfig,
     resume: Option<&Path>,
     progress: ProgressMode,
-) -> Result<TrainReport, TrainError> {
+) -> Result<Job, TrainError> {
     let (config, start) = match resume {
         None => (config, None),
         Some(p) => {
             let dir = checkpoint::locate(p)?;
-            let text =
-                std::fs::read_to_string(dir.join(checkpoint::STATE_FILE)).map_err(|source| {
-                    TrainError::Io {
-                        path: dir.join(checkpoint::STATE_FILE),
-                        source,
-                    }
-                })?;
-            let mut st: TrainState = serde_json::from_str(&text)
-                .map_err(|e| TrainError::Config(format!("{}: {e}", dir.display())))?;
+            let mut st = read_state(&dir)?;
             st.config.epochs = config.epochs;
             st.config.max_steps = config.max_steps;
             st.config.workers = config.workers;
@@ -257,6 +254,24 @@ pub fn train(
             (st.config.clone(), Some((dir, st)))
         }
     };
+    let cuda = cfg!(feature = "cuda");
+    if !(config.device == "cpu" || config.device == "cuda" && cuda) {
+        return Err(TrainError::Config(format!(
+            "device {:?}: this build has {}",
+            config.device,
+            if cuda {
+                "cpu and cuda"
+            } else {
+                "cpu only (build with --features cuda for cuda)"
+            }
+        )));
+    }
+    if zoo::family(&config.model).is_none() {
+        return Err(ZooError::UnknownModel {
+            name: config.model.clone(),
+        }
+        .into());
+    }
     let train = open_split(&config.data, "train")?;
     let val = open_split(&config.data, "val")?;
     let classes = class_ids(&train);
@@ -283,36 +298,39 @@ pub fn train(
         path: config.out.clone(),
         source,
     })?;
-    let job = Job {
-        config: config.clone(),
-        classes: classes.clone(),
+    Ok(Job {
+        config,
+        classes,
         train,
         val,
         start,
         progress,
-    };
-    match config.device.as_str() {
-        "cpu" => {
-            let dev = Cpu::seed_from_u64(config.seed);
-            zoo::with_network(&config.model, classes.len(), Run { job, dev })?
-        }
-        #[cfg(feature = "cuda")]
-        "cuda" => {
-            let dev = Cuda::seed_from_u64(config.seed);
-            zoo::with_network(&config.model, classes.len(), Run { job, dev })?
-        }
-        other => Err(TrainError::Config(format!(
-            "device {other:?}: this build has {}",
-            if cfg!(feature = "cuda") {
-                "cpu and cuda"
-            } else {
-                "cpu only (build with --features cuda for cuda)"
-            }
-        ))),
-    }
+    })
 }
 
-struct Job {
+fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
+    let path = dir.join(checkpoint::STATE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+}
+
+/// [`prepare`] and [`run`] on the CPU with model type `M`, which must have
+/// as many classes as the data.
+pub fn train_cpu<M: Network<Cpu>>(
+    config: TrainConfig,
+    resume: Option<&Path>,
+    progress: ProgressMode,
+) -> Result<TrainReport, TrainError> {
+    let job = prepare(config, resume, progress)?;
+    let dev = Cpu::seed_from_u64(job.config.seed);
+    run::<M, Cpu>(job, dev)
+}
+
+/// A run ready to start: data opened and checked, checkpoint read.
+pub struct Job {
     config: TrainConfig,
     classes: Vec<String>,
     train: Arc<Dataset>,
@@ -321,15 +339,18 @@ struct Job {
     progress: ProgressMode,
 }
 
-struct Run<D> {
-    job: Job,
-    dev: D,
-}
-
-impl<D: Device<f32>> NetworkUser<D> for Run<D> {
-    type Output = Result<TrainReport, TrainError>;
-    fn run<M: Network<D>>(self) -> Self::Output {
-        run::<M, D>(self.job, self.dev)
+impl Job {
+    /// The model name.
+    pub fn model(&self) -> &str {
+        &self.config.model
+    }
+    /// Number of classes of the data.
+    pub fn classes(&self) -> usize {
+        self.classes.len()
+    }
+    /// The effective configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
     }
 }
 
@@ -472,7 +493,15 @@ fn metadata(cfg: &TrainConfig, classes: &[String]) -> HashMap<String, String> {
     ])
 }
 
-fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainReport, TrainError> {
+/// Trains model type `M` on device `dev` (see [`prepare`]).
+pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainReport, TrainError> {
+    if M::CLASSES != job.classes.len() {
+        return Err(TrainError::Classes(format!(
+            "the model has {} classes, the data {}",
+            M::CLASSES,
+            job.classes.len()
+        )));
+    }
     let Job {
         config: cfg,
         classes,
@@ -708,84 +737,88 @@ pub struct EvalReport {
     pub scales: Vec<u32>,
 }
 
-struct EvalRun<D> {
+/// A checkpoint evaluation ready to run (see [`prepare_eval`]).
+pub struct EvalJob {
     dir: PathBuf,
     cfg: TrainConfig,
+    classes: usize,
     val: Arc<Dataset>,
-    dev: D,
     scales: Vec<u32>,
 }
 
-impl<D: Device<f32>> NetworkUser<D> for EvalRun<D> {
-    type Output = Result<EvalReport, TrainError>;
-    fn run<M: Network<D>>(self) -> Self::Output {
-        let mut model = M::build(&self.dev);
-        state::load_safetensors(&mut model, &self.dir.join(checkpoint::MODEL_FILE)).map_err(
-            |source| TrainError::Checkpoint {
-                path: self.dir.clone(),
-                source,
-            },
-        )?;
-        let (cfg, val, dev) = (&self.cfg, &self.val, &self.dev);
-        let center_loader = eval_loader(
+impl EvalJob {
+    /// The model name.
+    pub fn model(&self) -> &str {
+        &self.cfg.model
+    }
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+}
+
+/// Evaluates a checkpoint with model type `M` on the CPU: centre crop, and
+/// for ImageNet models ten-crop and multi-scale.
+pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainError> {
+    let dev = Cpu::seed_from_u64(job.cfg.seed);
+    let mut model = M::build(&dev);
+    state::load_safetensors(&mut model, &job.dir.join(checkpoint::MODEL_FILE)).map_err(
+        |source| TrainError::Checkpoint {
+            path: job.dir.clone(),
+            source,
+        },
+    )?;
+    let (cfg, val) = (&job.cfg, &job.val);
+    let center_loader = eval_loader(
+        cfg,
+        Arc::clone(val),
+        EvalCrop::Center {
+            resize: cfg.eval_resize,
+            crop: cfg.crop,
+        },
+    )?;
+    let center = evaluate(&mut model, &dev, &center_loader)?;
+    let imagenet = zoo::family(&cfg.model) == Some(Family::ImageNet);
+    let (ten_crop, multiscale) = if imagenet {
+        let ten = eval_loader(
             cfg,
             Arc::clone(val),
-            EvalCrop::Center {
+            EvalCrop::TenCrop {
                 resize: cfg.eval_resize,
                 crop: cfg.crop,
             },
         )?;
-        let center = evaluate(&mut model, dev, &center_loader)?;
-        let imagenet = zoo::family(&cfg.model) == Some(Family::ImageNet);
-        let (ten_crop, multiscale) = if imagenet {
-            let ten = eval_loader(
-                cfg,
-                Arc::clone(val),
-                EvalCrop::TenCrop {
-                    resize: cfg.eval_resize,
-                    crop: cfg.crop,
-                },
-            )?;
-            (
-                Some(evaluate(&mut model, dev, &ten)?),
-                Some(evaluate_multiscale(
-                    &mut model,
-                    dev,
-                    &center_loader,
-                    &self.scales,
-                )?),
-            )
-        } else {
-            (None, None)
-        };
-        Ok(EvalReport {
-            center,
-            ten_crop,
-            multiscale,
-            scales: self.scales,
-        })
-    }
+        (
+            Some(evaluate(&mut model, &dev, &ten)?),
+            Some(evaluate_multiscale(
+                &mut model,
+                &dev,
+                &center_loader,
+                &job.scales,
+            )?),
+        )
+    } else {
+        (None, None)
+    };
+    Ok(EvalReport {
+        center,
+        ten_crop,
+        multiscale,
+        scales: job.scales,
+    })
 }
 
-/// Evaluates a checkpoint (a run folder or a checkpoint folder) on the val
-/// split of `data` (default: the data it was trained on): centre crop, and
-/// for ImageNet models ten-crop and multi-scale at `scales` (default: the
-/// paper's, scaled to the crop).
-pub fn evaluate_checkpoint(
+/// Reads a checkpoint (a run folder or a checkpoint folder) for evaluation
+/// on the val split of `data` (default: the data it was trained on), with
+/// multi-scale `scales` (default: the paper's, scaled to the crop).
+pub fn prepare_eval(
     path: &Path,
     data: Option<&Path>,
     scales: Option<Vec<u32>>,
     workers: usize,
-) -> Result<EvalReport, TrainError> {
+) -> Result<EvalJob, TrainError> {
     let dir = checkpoint::locate(path)?;
-    let text = std::fs::read_to_string(dir.join(checkpoint::STATE_FILE)).map_err(|source| {
-        TrainError::Io {
-            path: dir.join(checkpoint::STATE_FILE),
-            source,
-        }
-    })?;
-    let st: TrainState = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Config(format!("{}: {e}", dir.display())))?;
+    let st = read_state(&dir)?;
     let mut cfg = st.config.clone();
     cfg.workers = workers;
     if let Some(d) = data {
@@ -802,13 +835,11 @@ pub fn evaluate_checkpoint(
         )));
     }
     let scales = scales.unwrap_or_else(|| paper_scales(cfg.crop));
-    let dev = Cpu::seed_from_u64(cfg.seed);
-    let user = EvalRun {
+    Ok(EvalJob {
         dir,
-        cfg: cfg.clone(),
+        cfg,
+        classes: st.classes.len(),
         val,
-        dev,
         scales,
-    };
-    zoo::with_network(&cfg.model, st.classes.len(), user)?
+    })
 }

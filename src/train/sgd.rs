@@ -129,7 +129,7 @@ mod tests {
     #[test]
     fn matches_dfdx_sgd_with_classic_momentum_and_l2() {
         let dev: Cpu = Cpu::seed_from_u64(1);
-        let mut a: Linear<5, 3, f32, Cpu> = BuildModule::build(&dev);
+        let mut a: dfdx::nn::modules::Linear<5, 3, f32, Cpu> = BuildModule::build(&dev);
         let mut b = a.clone();
         let x: Tensor<Rank2<4, 5>, f32, Cpu> = dev.sample_normal();
         let mut ours = Sgd::new(0.9, 1e-2);

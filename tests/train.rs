@@ -1,0 +1,240 @@
+//! The trainer on the bundled sample: learning, exact resume, schedules in
+//! the log, checkpoints that load, and the bad situations' errors.
+
+use crate::util::{copy_tree, packed_sample, sample};
+use assert_cmd::Command;
+use dfdx::prelude::Cpu;
+use resnet_imagenet::model::cifar::ResNet20;
+use resnet_imagenet::progress::ProgressMode;
+use resnet_imagenet::train::log::{LogRecord, read};
+use resnet_imagenet::train::schedule::Schedule;
+use resnet_imagenet::train::{self, TrainConfig, TrainError};
+
+type Net = ResNet20<12, f32, Cpu>;
+
+fn eval(run: &Path) -> train::EvalReport {
+    train::evaluate_job::<Net>(train::prepare_eval(run, None, None, 2).unwrap()).unwrap()
+}
+use std::path::Path;
+
+/// ResNet-20 on 32x32 CIFAR-style crops of the sample: 3 steps per epoch of 16.
+fn small(out: &Path) -> TrainConfig {
+    let mut c = TrainConfig::paper(packed_sample(), "resnet20");
+    c.batch_size = 16;
+    c.epochs = 2;
+    c.lr = 0.05;
+    c.workers = 2;
+    c.out = out.to_owned();
+    c
+}
+
+fn step_losses(out: &Path) -> Vec<(usize, f64, f64)> {
+    read(&out.join("log.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            LogRecord::Step(s) => Some((s.step, s.loss, s.lr)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn training_reduces_the_loss_and_the_step_schedule_shows_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = small(dir.path());
+    c.epochs = 8;
+    c.schedule = Schedule::Step {
+        milestones: vec![6.0],
+        factor: 0.1,
+    };
+    let r = train::train_cpu::<Net>(c, None, ProgressMode::Hidden).unwrap();
+    assert_eq!(r.steps, 8 * 3);
+    let l = step_losses(dir.path());
+    let first: f64 = l[..3].iter().map(|s| s.1).sum::<f64>() / 3.0;
+    let last: f64 = l[l.len() - 3..].iter().map(|s| s.1).sum::<f64>() / 3.0;
+    assert!(last < 0.8 * first, "loss {first} -> {last}");
+    // lr 0.05 for steps of epochs 0..6 (steps 1..=18), then 0.005.
+    for &(step, _, lr) in &l {
+        let want = if step <= 18 { 0.05 } else { 0.005 };
+        assert!((lr - want).abs() < 1e-9, "step {step}: lr {lr}");
+    }
+    let e = r.last_epoch.unwrap();
+    assert_eq!((e.epoch, e.val_images), (8, 12));
+    assert!(r.plot.unwrap().is_file());
+    // The checkpoint's model has torchvision's names and loads back.
+    let ckpt = r.checkpoint.unwrap();
+    let f =
+        resnet_imagenet::model::state::read_safetensors(&ckpt.join("model.safetensors")).unwrap();
+    assert!(f.tensors.contains_key("layer1.0.conv1.weight"));
+    assert!(f.tensors.contains_key("fc.weight"));
+    assert!(f.other.contains_key("bn1.num_batches_tracked"));
+    let ev = eval(dir.path());
+    assert!(
+        (ev.center.top1_error() - e.val_top1_error).abs() < 1e-12,
+        "the saved model evaluates as the trained one did"
+    );
+}
+
+#[test]
+fn resuming_mid_epoch_gives_the_losses_of_an_uninterrupted_run() {
+    let a = tempfile::tempdir().unwrap();
+    train::train_cpu::<Net>(small(a.path()), None, ProgressMode::Hidden).unwrap();
+    let whole = step_losses(a.path());
+    assert_eq!(whole.len(), 6);
+
+    let b = tempfile::tempdir().unwrap();
+    let mut first = small(b.path());
+    first.max_steps = Some(4); // epoch 1, after its first batch
+    let r = train::train_cpu::<Net>(first, None, ProgressMode::Hidden).unwrap();
+    assert_eq!(r.steps, 4);
+    let resumed =
+        train::train_cpu::<Net>(small(b.path()), Some(b.path()), ProgressMode::Hidden).unwrap();
+    assert_eq!(resumed.steps, 6);
+    let again = step_losses(b.path());
+    assert_eq!(again.len(), 6);
+    for (x, y) in whole.iter().zip(&again) {
+        assert_eq!(x.0, y.0);
+        assert_eq!(
+            x.1.to_bits(),
+            y.1.to_bits(),
+            "step {}: {} vs {}",
+            x.0,
+            x.1,
+            y.1
+        );
+    }
+}
+
+#[test]
+fn bad_situations_give_clear_errors() {
+    // A missing split.
+    let empty = tempfile::tempdir().unwrap();
+    let mut c = small(&empty.path().join("run"));
+    c.data = empty.path().to_owned();
+    let e = train::train_cpu::<Net>(c, None, ProgressMode::Hidden).unwrap_err();
+    assert!(
+        matches!(e, TrainError::Split { ref split, .. } if split == "train"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("pack-imagenet"), "{e}");
+
+    // NaN loss: stops at that step and names the last good checkpoint, which loads.
+    let run = tempfile::tempdir().unwrap();
+    let mut c = small(run.path());
+    c.debug_nan_at_step = Some(5);
+    let e = train::train_cpu::<Net>(c, None, ProgressMode::Hidden).unwrap_err();
+    match &e {
+        TrainError::NonFinite {
+            step, checkpoint, ..
+        } => {
+            assert_eq!(*step, 5);
+            assert!(checkpoint.as_ref().unwrap().ends_with("checkpoints/last"));
+        }
+        other => panic!("{other}"),
+    }
+    assert!(e.to_string().contains("step 5"), "{e}");
+    let ev = eval(run.path());
+    assert_eq!(ev.center.n, 12);
+
+    // A dataset whose classes differ from the checkpoint's.
+    let tree = tempfile::tempdir().unwrap();
+    for split in ["train", "val"] {
+        for wnid in ["n02486410", "n07747607"] {
+            copy_tree(
+                &sample().join("train").join(wnid),
+                &tree.path().join(split).join(wnid),
+            );
+        }
+    }
+    let packed = tempfile::tempdir().unwrap();
+    let opts = resnet_imagenet::pack::PackOptions {
+        threads: 2,
+        progress: ProgressMode::Hidden,
+        ..Default::default()
+    };
+    resnet_imagenet::pack::pack(tree.path(), packed.path(), &opts).unwrap();
+    let mut c = small(run.path());
+    c.data = packed.path().to_owned();
+    let mut resumed = c.clone();
+    resumed.epochs = 3;
+    // The checkpoint's config names its data; point the resume at the other dataset.
+    let st = run.path().join("checkpoints/last/state.json");
+    let text = std::fs::read_to_string(&st).unwrap().replace(
+        &packed_sample().display().to_string(),
+        &packed.path().display().to_string(),
+    );
+    std::fs::write(&st, text).unwrap();
+    let e = train::train_cpu::<Net>(resumed, Some(run.path()), ProgressMode::Hidden).unwrap_err();
+    assert!(matches!(e, TrainError::Classes(_)), "{e}");
+    assert!(e.to_string().contains("12 classes"), "{e}");
+}
+
+#[test]
+fn a_failed_checkpoint_write_keeps_the_previous_checkpoint() {
+    let run = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_train-resnet");
+    let common = |extra: &str| {
+        format!(
+            "{bin} --data {} --model resnet20 -b 16 --lr 0.05 -w 2 --quiet --out {} {extra}",
+            packed_sample().display(),
+            run.path().display()
+        )
+    };
+    Command::new("bash")
+        .args(["-c", &common("--epochs 1")])
+        .assert()
+        .success();
+    let state = run.path().join("checkpoints/last/state.json");
+    let before = std::fs::read(&state).unwrap();
+    // Files over 600 KB fail to write (as on a full disk); the model file is ~1.1 MB.
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "ulimit -f 600; {}",
+                common(&format!("--epochs 2 --resume {}", run.path().display()))
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("previous checkpoint"), "{err}");
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        before,
+        "the old checkpoint is untouched"
+    );
+    assert!(!run.path().join("checkpoints/last.tmp").exists());
+    // It still resumes.
+    Command::new("bash")
+        .args([
+            "-c",
+            &common(&format!("--epochs 2 --resume {}", run.path().display())),
+        ])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("6 steps"));
+}
+
+#[test]
+fn cli_summary_and_model_list() {
+    let out = Command::cargo_bin("train-resnet")
+        .unwrap()
+        .args(["--summary", "--model", "resnet50"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("parameters: 25557032"), "{s}");
+    assert!(s.contains("layer4.0.downsample"), "{s}");
+    assert!(s.contains("(3.8"), "{s}");
+    let out = Command::cargo_bin("train-resnet")
+        .unwrap()
+        .args(["--model", "resnet51", "--data", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model"));
+}
