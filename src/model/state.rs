@@ -406,12 +406,12 @@ pub fn zero_init_last_bn<D: Device<f32>, M: TensorCollection<f32, D>>(model: &mu
         .collect();
     let mut last: HashMap<String, String> = HashMap::new();
     for n in &names {
-        if let Some(block) = n.strip_suffix(".weight").and_then(|s| s.rsplit_once(".bn")) {
-            if block.0.starts_with("layer") {
-                let e = last.entry(block.0.to_string()).or_default();
-                if block.1 > e.as_str() {
-                    *e = block.1.to_string();
-                }
+        if let Some(block) = n.strip_suffix(".weight").and_then(|s| s.rsplit_once(".bn"))
+            && block.0.starts_with("layer")
+        {
+            let e = last.entry(block.0.to_string()).or_default();
+            if block.1 > e.as_str() {
+                *e = block.1.to_string();
             }
         }
     }

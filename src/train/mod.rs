@@ -282,17 +282,17 @@ pub fn prepare(
             val.num_classes()
         )));
     }
-    if let Some((dir, st)) = &start {
-        if st.classes != classes {
-            return Err(TrainError::Classes(format!(
-                "checkpoint {} was trained on {} classes ({}...), the dataset has {} ({}...)",
-                dir.display(),
-                st.classes.len(),
-                st.classes.first().map_or("", String::as_str),
-                classes.len(),
-                classes.first().map_or("", String::as_str)
-            )));
-        }
+    if let Some((dir, st)) = &start
+        && st.classes != classes
+    {
+        return Err(TrainError::Classes(format!(
+            "checkpoint {} was trained on {} classes ({}...), the dataset has {} ({}...)",
+            dir.display(),
+            st.classes.len(),
+            st.classes.first().map_or("", String::as_str),
+            classes.len(),
+            classes.first().map_or("", String::as_str)
+        )));
     }
     std::fs::create_dir_all(&config.out).map_err(|source| TrainError::Io {
         path: config.out.clone(),
