@@ -1,16 +1,21 @@
 //! Seconds per SGD training step (forward, backward, update) on the CPU:
-//! `cargo run --release --example step_time -- [resnet18|resnet50] BATCH SIZE STEPS`.
+//! `cargo run --release --example step_time -- [resnet18|resnet50|resnet20] BATCH SIZE STEPS`
+//! (`NO_CACHE=1`: without dfdx's allocation cache).
 //! Prints each step's time and the median (the first step, which builds the
 //! im2col indices, is reported but excluded).
 
 use dfdx::optim::{Momentum, Sgd, SgdConfig, WeightDecay};
 use dfdx::prelude::*;
+use resnet_imagenet::model::cifar::ResNet20;
 use resnet_imagenet::model::resnet::{ResNet18, ResNet50};
 use std::time::Instant;
 
 macro_rules! run {
     ($model:ty, $b:expr, $s:expr, $steps:expr) => {{
         let dev: Cpu = Cpu::seed_from_u64(0);
+        if std::env::var_os("NO_CACHE").is_none() {
+            dev.enable_cache(); // reuse freed buffers instead of fresh (page-faulting) allocations
+        }
         let mut model: $model = BuildModule::build(&dev);
         let mut opt = Sgd::new(
             &model,
@@ -65,6 +70,7 @@ fn main() {
     match a.first().map(String::as_str).unwrap_or("resnet18") {
         "resnet18" => run!(ResNet18<1000, f32, Cpu>, b, s, steps),
         "resnet50" => run!(ResNet50<1000, f32, Cpu>, b, s, steps),
+        "resnet20" => run!(ResNet20<1000, f32, Cpu>, b, s, steps),
         other => panic!("unknown model {other}"),
     }
 }

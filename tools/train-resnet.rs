@@ -185,8 +185,12 @@ fn train_job(job: train::Job) -> Result<train::TrainReport, TrainError> {
     let (model, classes, seed) = (job.model().to_string(), job.classes(), job.config().seed);
     match job.config().device.as_str() {
         #[cfg(feature = "cuda")]
-        "cuda" => zoo::with_network(&model, classes, TrainWith(job, Cuda::seed_from_u64(seed)))?,
-        _ => zoo::with_network(&model, classes, TrainWith(job, Cpu::seed_from_u64(seed)))?,
+        "cuda" => {
+            let dev = Cuda::seed_from_u64(seed);
+            dev.enable_cache();
+            zoo::with_network(&model, classes, TrainWith(job, dev))?
+        }
+        _ => zoo::with_network(&model, classes, TrainWith(job, train::cpu_device(seed)))?,
     }
 }
 

@@ -325,8 +325,17 @@ pub fn train_cpu<M: Network<Cpu>>(
     progress: ProgressMode,
 ) -> Result<TrainReport, TrainError> {
     let job = prepare(config, resume, progress)?;
-    let dev = Cpu::seed_from_u64(job.config.seed);
+    let dev = cpu_device(job.config.seed);
     run::<M, Cpu>(job, dev)
+}
+
+/// The CPU device for a run: seeded, with dfdx's allocation cache on
+/// (without it every step page-faults in fresh buffers: ResNet-20, batch 128,
+/// 5.0 s/step without, 3.0 s with, on the 2-core machine of the README).
+pub fn cpu_device(seed: u64) -> Cpu {
+    let dev = Cpu::seed_from_u64(seed);
+    dev.enable_cache();
+    dev
 }
 
 /// A run ready to start: data opened and checked, checkpoint read.
@@ -760,7 +769,7 @@ impl EvalJob {
 /// Evaluates a checkpoint with model type `M` on the CPU: centre crop, and
 /// for ImageNet models ten-crop and multi-scale.
 pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainError> {
-    let dev = Cpu::seed_from_u64(job.cfg.seed);
+    let dev = cpu_device(job.cfg.seed);
     let mut model = M::build(&dev);
     state::load_safetensors(&mut model, &job.dir.join(checkpoint::MODEL_FILE)).map_err(
         |source| TrainError::Checkpoint {
