@@ -12,6 +12,8 @@
 //! - [`sampler`]: the order of each epoch, per rank.
 //! - [`augment`]: the paper's scale/crop/flip/mean augmentation and the evaluation crops.
 //! - [`loader`]: the crossbeam worker pool that yields augmented batches in order.
+//! - [`model`]: the ResNets on dfdx (stable Rust), torchvision-compatible checkpoints.
+//! - [`train`]: the trainer (SGD, schedules, evaluation, checkpoints, logs).
 //! - [`bench`]: measuring the loader against the decode-only ceiling; [`plot`]: charts.
 //!
 //! ```no_run

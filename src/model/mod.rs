@@ -5,10 +5,12 @@
 //! `max`, `mean`), and autodiff goes through dfdx's tape on any device.
 //! Activations are NHWC: `(B, H, W, Const<C>)`, spatial sizes `usize`.
 //!
-//! Done: [`Conv2d`] (checked against an f64 reference in value and both
-//! gradients), [`max_pool`], [`global_avg_pool`]. Not yet: BatchNorm
-//! wiring, the residual blocks and the ResNet-18..152 / CIFAR models (see
-//! the README's status table).
+//! - [`conv`], [`pool`]: the layers, checked against f64 references in value and gradients.
+//! - [`resnet`]: blocks, stages and the ImageNet ResNets of Table 1 (v1, v1.5, options A/B/C, plain).
+//! - [`cifar`]: the paper's CIFAR ResNets and plain nets (option A).
+//! - [`state`]: named tensors, torchvision names, safetensors in and out.
+//! - [`summary`]: per-layer output shapes, parameters and multiply-adds.
+//! - [`zoo`]: every model by name behind the [`zoo::Network`] trait the trainer uses.
 
 pub mod cifar;
 pub mod conv;
