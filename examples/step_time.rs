@@ -11,7 +11,7 @@ use resnet_imagenet::model::resnet::{ResNet18, ResNet50};
 use std::time::Instant;
 
 macro_rules! run {
-    ($model:ty, $b:expr, $s:expr, $steps:expr) => {{
+    ($model:ty, $n:expr, $b:expr, $s:expr, $steps:expr) => {{
         let dev: Cpu = Cpu::seed_from_u64(0);
         if std::env::var_os("NO_CACHE").is_none() {
             dev.enable_cache(); // reuse freed buffers instead of fresh (page-faulting) allocations
@@ -26,16 +26,10 @@ macro_rules! run {
             },
         );
         let x = dev.sample_normal_like(&($b, $s, $s, Const::<3>));
-        let labels: Vec<f32> = (0..$b * 1000)
-            .map(|i| {
-                if i % 1000 == (i / 1000) % 1000 {
-                    1.0
-                } else {
-                    0.0
-                }
-            })
+        let labels: Vec<f32> = (0..$b * $n)
+            .map(|i| if i % $n == (i / $n) % $n { 1.0 } else { 0.0 })
             .collect();
-        let y = dev.tensor_from_vec(labels, ($b, Const::<1000>));
+        let y = dev.tensor_from_vec(labels, ($b, Const::<$n>));
         let mut grads = model.alloc_grads();
         let mut times = Vec::new();
         for step in 0..$steps {
@@ -68,9 +62,9 @@ fn main() {
     let s: usize = a.get(2).map_or(32, |s| s.parse().unwrap());
     let steps: usize = a.get(3).map_or(6, |s| s.parse().unwrap());
     match a.first().map(String::as_str).unwrap_or("resnet18") {
-        "resnet18" => run!(ResNet18<1000, f32, Cpu>, b, s, steps),
-        "resnet50" => run!(ResNet50<1000, f32, Cpu>, b, s, steps),
-        "resnet20" => run!(ResNet20<1000, f32, Cpu>, b, s, steps),
+        "resnet18" => run!(ResNet18<1000, f32, Cpu>, 1000, b, s, steps),
+        "resnet50" => run!(ResNet50<1000, f32, Cpu>, 1000, b, s, steps),
+        "resnet20" => run!(ResNet20<10, f32, Cpu>, 10, b, s, steps),
         other => panic!("unknown model {other}"),
     }
 }
