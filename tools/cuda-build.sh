@@ -39,6 +39,10 @@ SRC
   so=$(find "$apt/x" -name 'libcuda.so.*' -type f | head -1)
   mkdir -p "$root/stubs" && ln -sfn "$so" "$root/stubs/libcuda.so" && ln -sfn "$so" "$root/stubs/libcuda.so.1"
 fi
+# The wheels ship only versioned libraries (libcublas.so.13); the linker wants libcublas.so.
+for l in nvrtc cublas cublasLt cudart; do
+  [ -e "$root/lib/lib$l.so.13" ] && ln -sfn "$root/lib/lib$l.so.13" "$root/stubs/lib$l.so"
+done
 export CUDA_ROOT=$root
 export PATH=$root/bin:$repo/tools/fake-nvidia-smi:$PATH
 export LIBRARY_PATH=$root/stubs:$root/lib${LIBRARY_PATH:+:$LIBRARY_PATH}

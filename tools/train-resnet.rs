@@ -186,7 +186,8 @@ fn train_job(job: train::Job) -> Result<train::TrainReport, TrainError> {
     match job.config().device.as_str() {
         #[cfg(feature = "cuda")]
         "cuda" => {
-            let dev = Cuda::seed_from_u64(seed);
+            let dev = Cuda::try_seed_from_u64(seed)
+                .map_err(|e| TrainError::Config(format!("cuda device 0: {e:?}")))?;
             dev.enable_cache();
             zoo::with_network(&model, classes, TrainWith(job, dev))?
         }
