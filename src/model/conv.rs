@@ -8,9 +8,10 @@
 //! `(B*OH*OW*K*K, C)` (one index tensor, computed once per input size and
 //! cached), viewed as `(B*OH*OW, K*K*C)` and multiplied by the weight
 //! permuted to `(K*K*C, O)`. The result is already the next layer's
-//! `(B, OH, OW, O)` input. Taps in the zero padding gather a clamped row and
-//! are multiplied by a 0/1 mask (no concatenation, which dfdx compiles at run
-//! time on CUDA). A 1x1 stride-1 convolution is a plain matmul.
+//! `(B, OH, OW, O)` input. Taps in the zero padding: on the CPU they gather
+//! a zero row appended to the input; on other devices they gather a clamped
+//! row and are multiplied by a 0/1 mask (no concatenation, which dfdx compiles
+//! at run time on CUDA). A 1x1 stride-1 convolution is a plain matmul.
 
 use dfdx::prelude::*;
 use std::collections::HashMap;
@@ -28,6 +29,9 @@ pub struct Im2Col<E: Dtype, D: Storage<usize> + Storage<E>> {
     pub idx: Tensor<(usize,), usize, D>,
     /// 1 where the tap is inside the image, 0 in the padding (None without padding).
     pub mask: Option<Tensor<(usize,), E, D>>,
+    /// On the CPU: the index with padding taps pointing at an appended zero
+    /// row (row `B*H*W`), which replaces the mask multiplication.
+    pub zero_idx: Option<Tensor<(usize,), usize, D>>,
     /// Output height.
     pub oh: usize,
     /// Output width.
@@ -111,6 +115,22 @@ impl<
         Arc::clone(cache.entry((b, h, w)).or_insert_with(|| {
             let (idx, mask, oh, ow) = im2col_index(b, h, w, K, S, P);
             let m = idx.len();
+            // The CPU concatenates a zero row (cheap there); other devices keep the
+            // mask, since dfdx compiles its CUDA concat kernel at run time.
+            let on_cpu = std::any::TypeId::of::<D>() == std::any::TypeId::of::<Cpu>();
+            let zero_idx = match (&mask, on_cpu) {
+                (Some(mk), true) => {
+                    let zero_row = b * h * w;
+                    let z: Vec<usize> = idx
+                        .iter()
+                        .zip(mk)
+                        .map(|(&i, &inside)| if inside > 0.0 { i } else { zero_row })
+                        .collect();
+                    Some(dev.tensor_from_vec(z, (m,)))
+                }
+                _ => None,
+            };
+            let mask = if zero_idx.is_some() { None } else { mask };
             let mask = mask.map(|v| {
                 let v: Vec<E> = v
                     .into_iter()
@@ -121,6 +141,7 @@ impl<
             Arc::new(Im2Col {
                 idx: dev.tensor_from_vec(idx, (m,)),
                 mask,
+                zero_idx,
                 oh,
                 ow,
             })
@@ -148,10 +169,17 @@ impl<
         }
         let ix = self.index(&dev, bn, h, w);
         let m = ix.idx.shape().0;
-        let mut taps: Tensor<(usize, Const<C>), E, D, T> = rows.gather(ix.idx.clone());
-        if let Some(mask) = &ix.mask {
-            taps = taps * mask.clone().broadcast_like(&(m, Const::<C>));
-        }
+        let taps: Tensor<(usize, Const<C>), E, D, T> = if let Some(zi) = &ix.zero_idx {
+            let zero: Tensor<(usize, Const<C>), E, D> = dev.zeros_like(&(1usize, Const::<C>));
+            let ext: Tensor<(usize, Const<C>), E, D, T> = (rows, zero).concat_along(Axis::<0>);
+            ext.gather(zi.clone())
+        } else {
+            let taps = rows.gather(ix.idx.clone());
+            match &ix.mask {
+                Some(mask) => taps * mask.clone().broadcast_like(&(m, Const::<C>)),
+                None => taps,
+            }
+        };
         let cols = taps.reshape_like(&(bn * ix.oh * ix.ow, K * K * C));
         cols.matmul(wmat)
             .reshape_like(&(b, ix.oh, ix.ow, Const::<O>))

@@ -331,7 +331,7 @@ pub fn train_cpu<M: Network<Cpu>>(
 
 /// The CPU device for a run: seeded, with dfdx's allocation cache on
 /// (without it every step page-faults in fresh buffers: ResNet-20, batch 128,
-/// 5.0 s/step without, 3.0 s with, on the 2-core machine of the README).
+/// 3.3 s/step without, 1.7 s with, on the 2-core machine of the README).
 pub fn cpu_device(seed: u64) -> Cpu {
     let dev = Cpu::seed_from_u64(seed);
     dev.enable_cache();
