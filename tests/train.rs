@@ -216,6 +216,24 @@ fn a_failed_checkpoint_write_keeps_the_previous_checkpoint() {
         .assert()
         .success()
         .stdout(predicates::str::contains("6 steps"));
+    // `--resume RUN` alone continues that run in its own folder, with its settings.
+    Command::new(bin)
+        .args([
+            "--resume",
+            &run.path().display().to_string(),
+            "--epochs",
+            "3",
+            "--quiet",
+        ])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("9 steps"));
+    let steps = read(&run.path().join("log.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| matches!(r, LogRecord::Step(_)))
+        .count();
+    assert_eq!(steps, 9);
 }
 
 #[test]

@@ -134,7 +134,8 @@ struct TrainArgs {
     /// Output folder (log.jsonl, curves.png, checkpoints/) [default: runs/<model>].
     #[arg(long, short)]
     out: Option<PathBuf>,
-    /// Continue a run: its folder, or a checkpoint folder.
+    /// Continue a run exactly (its folder, or a checkpoint folder), with its
+    /// saved settings; --epochs, --max-steps, --workers and --out may change.
     #[arg(long)]
     resume: Option<PathBuf>,
     /// `cpu`, or `cuda` (built with --features cuda).
@@ -208,6 +209,22 @@ fn packed_sample() -> anyhow::Result<PathBuf> {
 }
 
 fn config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    if let Some(r) = &a.resume {
+        // The checkpoint's run, continued in its own folder; only these may change.
+        let mut c = train::checkpoint_config(r)?;
+        if let Some(e) = a.epochs {
+            c.epochs = e;
+        }
+        if let Some(w) = a.workers {
+            c.workers = w;
+        }
+        if let Some(o) = &a.out {
+            c.out = o.clone();
+        }
+        c.max_steps = a.max_steps;
+        c.debug_nan_at_step = a.debug_nan_at_step;
+        return Ok(c);
+    }
     let sample = a.data.is_none();
     let data = match &a.data {
         Some(d) => d.clone(),

@@ -308,6 +308,11 @@ pub fn prepare(
     })
 }
 
+/// The configuration saved in a checkpoint (a run folder or a checkpoint folder).
+pub fn checkpoint_config(path: &Path) -> Result<TrainConfig, TrainError> {
+    Ok(read_state(&checkpoint::locate(path)?)?.config)
+}
+
 fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
     let path = dir.join(checkpoint::STATE_FILE);
     let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
