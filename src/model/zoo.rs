@@ -20,6 +20,14 @@ pub type Input<D, T = NoneTape> = Tensor<(usize, usize, usize, Const<3>), f32, D
 /// Logits `(batch, classes)`.
 pub type Logits<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
 
+/// `(B, Const<N>)` logits as `(B, N)`, the trait's class-count-free shape.
+fn flat<const N: usize, D: Device<f32>, T: Tape<f32, D>>(
+    y: Tensor<(usize, Const<N>), f32, D, T>,
+) -> Logits<D, T> {
+    let b = y.shape().0;
+    y.reshape_like(&(b, N))
+}
+
 /// What the trainer needs of a model.
 pub trait Network<D: Device<f32>>:
     TensorCollection<f32, D, To<f32, D> = Self> + Describe + Sized
@@ -54,14 +62,10 @@ where
 {
     const CLASSES: usize = N;
     fn forward_train(&mut self, x: Input<D, OwnedTape<f32, D>>) -> Logits<D, OwnedTape<f32, D>> {
-        let y = self.forward(x);
-        let b = y.shape().0;
-        y.reshape_like(&(b, N))
+        flat(self.forward(x))
     }
     fn forward_eval(&mut self, x: Input<D>) -> Logits<D> {
-        let y = self.forward(x);
-        let b = y.shape().0;
-        y.reshape_like(&(b, N))
+        flat(self.forward(x))
     }
 }
 
@@ -75,14 +79,10 @@ where
 {
     const CLASSES: usize = N;
     fn forward_train(&mut self, x: Input<D, OwnedTape<f32, D>>) -> Logits<D, OwnedTape<f32, D>> {
-        let y = self.forward(x);
-        let b = y.shape().0;
-        y.reshape_like(&(b, N))
+        flat(self.forward(x))
     }
     fn forward_eval(&mut self, x: Input<D>) -> Logits<D> {
-        let y = self.forward(x);
-        let b = y.shape().0;
-        y.reshape_like(&(b, N))
+        flat(self.forward(x))
     }
 }
 

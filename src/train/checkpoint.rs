@@ -31,11 +31,8 @@ pub fn write<D: Device<f32>, M: TensorCollection<f32, D>>(
     let io = |p: &Path| {
         let p = p.to_owned();
         move |source| TrainError::Checkpoint {
-            path: p,
-            source: StateError::Io {
-                path: PathBuf::new(),
-                source,
-            },
+            path: dir.to_owned(),
+            source: StateError::Io { path: p, source },
         }
     };
     let wrap = |source| TrainError::Checkpoint {

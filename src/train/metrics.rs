@@ -30,6 +30,14 @@ impl Accuracy {
         }
     }
 
+    /// Adds the totals of another accumulation.
+    pub fn merge(&mut self, other: &Accuracy) {
+        self.n += other.n;
+        self.loss_sum += other.loss_sum;
+        self.top1 += other.top1;
+        self.top5 += other.top5;
+    }
+
     /// Mean loss.
     pub fn loss(&self) -> f64 {
         self.loss_sum / self.n.max(1) as f64

@@ -488,6 +488,37 @@ pub fn evaluate_multiscale<M: Network<D>, D: Device<f32>>(
     Ok(acc)
 }
 
+/// The standard single-crop test of a config: shorter side `eval_resize`, centre `crop`.
+fn center_crop(cfg: &TrainConfig) -> EvalCrop {
+    EvalCrop::Center {
+        resize: cfg.eval_resize,
+        crop: cfg.crop,
+    }
+}
+
+/// Ten-crop, then multi-scale at `scales` (through `center_loader`'s
+/// normalisation): the end-of-run tests of ImageNet models.
+fn ten_crop_and_multiscale<M: Network<D>, D: Device<f32>>(
+    model: &mut M,
+    dev: &D,
+    cfg: &TrainConfig,
+    val: &Arc<Dataset>,
+    center_loader: &Loader,
+    scales: &[u32],
+) -> Result<(Accuracy, Accuracy), TrainError> {
+    let ten = eval_loader(
+        cfg,
+        Arc::clone(val),
+        EvalCrop::TenCrop {
+            resize: cfg.eval_resize,
+            crop: cfg.crop,
+        },
+    )?;
+    let ten = evaluate(model, dev, &ten)?;
+    let ms = evaluate_multiscale(model, dev, center_loader, scales)?;
+    Ok((ten, ms))
+}
+
 /// The paper's test scales {224, 256, 384, 480, 640}, scaled to a crop size.
 pub fn paper_scales(crop: u32) -> Vec<u32> {
     [224u32, 256, 384, 480, 640]
@@ -531,14 +562,7 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
     }
     let mut sgd: Sgd<D> = Sgd::new(cfg.momentum as f32, cfg.weight_decay as f32);
     let train_loader = train_loader(&cfg, Arc::clone(&train))?;
-    let val_loader = eval_loader(
-        &cfg,
-        Arc::clone(&val),
-        EvalCrop::Center {
-            resize: cfg.eval_resize,
-            crop: cfg.crop,
-        },
-    )?;
+    let val_loader = eval_loader(&cfg, Arc::clone(&val), center_crop(&cfg))?;
     let steps_per_epoch = train_loader.batches_per_epoch();
     let ckpt_dir = cfg.out.join("checkpoints").join("last");
     let mut st = match start {
@@ -625,10 +649,7 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
             sgd.update(&mut model, &grads, lr as f32);
             let mut acc = Accuracy::default();
             acc.add(&scores, n_classes, batch.labels());
-            st.epoch_train.n += acc.n;
-            st.epoch_train.loss_sum += acc.loss_sum;
-            st.epoch_train.top1 += acc.top1;
-            st.epoch_train.top5 += acc.top5;
+            st.epoch_train.merge(&acc);
             st.step += 1;
             st.loader = epoch.state();
             let dt = t0.elapsed().as_secs_f64();
@@ -700,17 +721,9 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
     let mut final_eval = None;
     if cfg.final_eval && st.epoch >= cfg.epochs && zoo::family(&cfg.model) == Some(Family::ImageNet)
     {
-        let ten = eval_loader(
-            &cfg,
-            Arc::clone(&val),
-            EvalCrop::TenCrop {
-                resize: cfg.eval_resize,
-                crop: cfg.crop,
-            },
-        )?;
-        let ten = evaluate(&mut model, &dev, &ten)?;
         let scales = paper_scales(cfg.crop);
-        let ms = evaluate_multiscale(&mut model, &dev, &val_loader, &scales)?;
+        let (ten, ms) =
+            ten_crop_and_multiscale(&mut model, &dev, &cfg, &val, &val_loader, &scales)?;
         let rec = FinalRecord {
             ten_crop_top1_error: ten.top1_error(),
             ten_crop_top5_error: ten.top5_error(),
@@ -783,34 +796,13 @@ pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainEr
         },
     )?;
     let (cfg, val) = (&job.cfg, &job.val);
-    let center_loader = eval_loader(
-        cfg,
-        Arc::clone(val),
-        EvalCrop::Center {
-            resize: cfg.eval_resize,
-            crop: cfg.crop,
-        },
-    )?;
+    let center_loader = eval_loader(cfg, Arc::clone(val), center_crop(cfg))?;
     let center = evaluate(&mut model, &dev, &center_loader)?;
     let imagenet = zoo::family(&cfg.model) == Some(Family::ImageNet);
     let (ten_crop, multiscale) = if imagenet {
-        let ten = eval_loader(
-            cfg,
-            Arc::clone(val),
-            EvalCrop::TenCrop {
-                resize: cfg.eval_resize,
-                crop: cfg.crop,
-            },
-        )?;
-        (
-            Some(evaluate(&mut model, &dev, &ten)?),
-            Some(evaluate_multiscale(
-                &mut model,
-                &dev,
-                &center_loader,
-                &job.scales,
-            )?),
-        )
+        let (ten, ms) =
+            ten_crop_and_multiscale(&mut model, &dev, cfg, val, &center_loader, &job.scales)?;
+        (Some(ten), Some(ms))
     } else {
         (None, None)
     };
