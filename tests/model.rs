@@ -58,3 +58,53 @@ fn resnet20_learns_a_fixed_batch_of_real_photos_from_the_loader() {
     assert!(losses.iter().all(|l| l.is_finite()));
     assert!(losses[11] < losses[0] * 0.5, "{losses:?}");
 }
+
+/// Type-level sides: every layer's output size is part of its type, so
+/// these annotations are checked by the compiler, and the values by the run.
+#[test]
+fn const_sized_inputs_carry_their_sizes_through_every_stage() {
+    use resnet_imagenet::model::cifar::ResNet20;
+    use resnet_imagenet::model::pool::max_pool;
+    use resnet_imagenet::model::resnet::{Layer, ResNet18, ResNet50};
+    type Img<const H: usize, const W: usize, const C: usize> =
+        Tensor<(Const<1>, Const<H>, Const<W>, Const<C>), f32, Cpu>;
+    let dev: Cpu = Cpu::seed_from_u64(0);
+
+    // ResNet-50 at 224x224: 112 (stem), 56 (pool), 56, 28, 14, 7 (stages).
+    let mut m: ResNet50<10, f32, Cpu> = BuildModule::build(&dev);
+    let x: Img<224, 224, 3> = dev.sample_normal();
+    let x: Img<112, 112, 64> = m.stem.fwd(x).relu();
+    let x: Img<56, 56, 64> = max_pool::<3, 2, 1, _, _, _, 64, _, _, _>(x);
+    let x: Img<56, 56, 256> = m.layer1.fwd(x);
+    let x: Img<28, 28, 512> = m.layer2.fwd(x);
+    let x: Img<14, 14, 1024> = m.layer3.fwd(x);
+    let x: Img<7, 7, 2048> = m.layer4.fwd(x);
+    assert!(x.as_vec().iter().all(|v| v.is_finite()));
+
+    // Odd sides round up at each stride-2 layer: 227 -> 114 -> 57 -> 57 -> 29 -> 15 -> 8.
+    let mut m: ResNet18<10, f32, Cpu> = BuildModule::build(&dev);
+    let x: Img<227, 161, 3> = dev.sample_normal();
+    let x: Img<114, 81, 64> = m.stem.fwd(x).relu();
+    let x: Img<57, 41, 64> = max_pool::<3, 2, 1, _, _, _, 64, _, _, _>(x);
+    let x: Img<57, 41, 64> = m.layer1.fwd(x);
+    let x: Img<29, 21, 128> = m.layer2.fwd(x);
+    let x: Img<15, 11, 256> = m.layer3.fwd(x);
+    let x: Img<8, 6, 512> = m.layer4.fwd(x);
+    assert_eq!(x.shape().1.size(), 8);
+
+    // The CIFAR nets: 32 -> 32, 16, 8; whole-network forwards give Const logits.
+    let mut m: ResNet20<10, f32, Cpu> = BuildModule::build(&dev);
+    let x: Img<32, 32, 3> = dev.sample_normal();
+    let y: Img<32, 32, 16> = m.stem.fwd(x.clone()).relu();
+    let y: Img<32, 32, 16> = m.layer1.fwd(y);
+    let y: Img<16, 16, 32> = m.layer2.fwd(y);
+    let y: Img<8, 8, 64> = m.layer3.fwd(y);
+    assert!(y.as_vec().iter().all(|v| v.is_finite()));
+    let logits: Tensor<Rank2<1, 10>, f32, Cpu> = m.forward(x.clone());
+
+    // The same image with runtime sizes gives the same logits.
+    let dynamic = x.reshape_like(&(1usize, 32usize, 32usize, Const::<3>));
+    let again = m.forward(dynamic);
+    assert_eq!(again.shape(), &(1usize, Const::<10>));
+    assert_eq!(logits.as_vec(), again.as_vec());
+}

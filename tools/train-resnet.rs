@@ -186,12 +186,7 @@ fn train_job(job: train::Job) -> Result<train::TrainReport, TrainError> {
     let (model, classes, seed) = (job.model().to_string(), job.classes(), job.config().seed);
     match job.config().device.as_str() {
         #[cfg(feature = "cuda")]
-        "cuda" => {
-            let dev = Cuda::try_seed_from_u64(seed)
-                .map_err(|e| TrainError::Config(format!("cuda device 0: {e:?}")))?;
-            dev.enable_cache();
-            zoo::with_network(&model, classes, TrainWith(job, dev))?
-        }
+        "cuda" => zoo::with_network(&model, classes, TrainWith(job, train::cuda_device(seed)?))?,
         _ => zoo::with_network(&model, classes, TrainWith(job, train::cpu_device(seed)))?,
     }
 }

@@ -5,9 +5,10 @@
 //! identities throughout; where dimensions increase they subsample with
 //! stride 2 and pad the new channels with zeros (option A, no parameters).
 
-use super::conv::im2col_index;
+use super::conv::{Out, im2col_index};
 use super::pool::global_avg_pool;
 use super::resnet::{Act, Basic, BnTape, ConvBn, Layer, PlainBasic, Stage, collection};
+use super::shape::{Halvable, Spatial, Stride, out_side};
 use dfdx::nn::modules::Linear;
 use dfdx::prelude::*;
 
@@ -28,14 +29,20 @@ pub fn shortcut_a<
     const O: usize,
     const S: usize,
     B: Dim,
+    H: Halvable,
+    W: Halvable,
     E: Dtype,
     D: Device<E>,
     T: Tape<E, D>,
 >(
-    x: Act<B, I, E, D, T>,
-) -> Act<B, O, E, D, T> {
+    x: Act<B, H, W, I, E, D, T>,
+) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T>
+where
+    Stride<S>: Spatial,
+{
     assert!(O >= I);
-    let (b, h, w, _) = *x.shape();
+    let (b, hd, wd, _) = *x.shape();
+    let (h, w) = (hd.size(), wd.size());
     let dev = x.device().clone();
     let (idx, _, oh, ow) = im2col_index(b.size(), h, w, 1, S, 0);
     let m = idx.len();
@@ -47,15 +54,26 @@ pub fn shortcut_a<
         pad[c * O + c] = E::ONE;
     }
     let pad = dev.tensor_from_vec(pad, (Const::<I>, Const::<O>));
-    sub.matmul(pad).reshape_like(&(b, oh, ow, Const::<O>))
+    let shape = (
+        b,
+        out_side::<Stride<S>, H>(oh),
+        out_side::<Stride<S>, W>(ow),
+        Const,
+    );
+    sub.matmul(pad).reshape_like(&shape)
 }
 
-impl<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>> Layer<I, O, E, D>
-    for BasicA<I, O, S, E, D>
+impl<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>>
+    Layer<I, O, Stride<S>, E, D> for BasicA<I, O, S, E, D>
+where
+    Stride<S>: Spatial,
 {
-    fn fwd<B: Dim, T: BnTape<E, D>>(&mut self, x: Act<B, I, E, D, T>) -> Act<B, O, E, D, T> {
+    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
+        &mut self,
+        x: Act<B, H, W, I, E, D, T>,
+    ) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T> {
         let y = self.b.fwd(self.a.fwd(x.with_empty_tape()).relu());
-        (y + shortcut_a::<I, O, S, B, E, D, T>(x)).relu()
+        (y + shortcut_a::<I, O, S, B, H, W, E, D, T>(x)).relu()
     }
 }
 
@@ -111,14 +129,14 @@ where
 
 impl<L1, L2, L3, const N: usize, E: Dtype, D: Device<E>> CifarNet<L1, L2, L3, N, E, D>
 where
-    L1: Layer<16, 16, E, D>,
-    L2: Layer<16, 32, E, D>,
-    L3: Layer<32, 64, E, D>,
+    L1: Layer<16, 16, Stride<1>, E, D>,
+    L2: Layer<16, 32, Stride<2>, E, D>,
+    L3: Layer<32, 64, Stride<2>, E, D>,
 {
     /// Logits for NHWC images `(B, H, W, 3)` (32x32 in the paper); traced trains, untraced evaluates.
-    pub fn forward<B: Dim, T: BnTape<E, D>>(
+    pub fn forward<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
         &mut self,
-        x: Act<B, 3, E, D, T>,
+        x: Act<B, H, W, 3, E, D, T>,
     ) -> Tensor<(B, Const<N>), E, D, T>
     where
         Linear<64, N, E, D>:
@@ -212,7 +230,7 @@ mod tests {
             (0..2 * 4 * 4 * 2).map(|v| v as f32).collect(),
             (2usize, 4usize, 4usize, Const::<2>),
         );
-        let y = shortcut_a::<2, 4, 2, usize, f32, Cpu, NoneTape>(x.clone());
+        let y = shortcut_a::<2, 4, 2, usize, usize, usize, f32, Cpu, NoneTape>(x.clone());
         assert_eq!(y.shape(), &(2, 2, 2, Const::<4>));
         let (xv, yv) = (x.as_vec(), y.as_vec());
         for n in 0..2 {

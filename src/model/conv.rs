@@ -3,26 +3,32 @@
 //!
 //! Activations are channels-last, `(B, H, W, C)`; the weight keeps PyTorch's
 //! `[O, C, K, K]` layout (so torchvision checkpoints map one to one).
-//! Forward is im2col by `gather`: the input viewed as `(B*H*W, C)` rows, the
-//! rows of every tap of every output position gathered into
-//! `(B*OH*OW*K*K, C)` (one index tensor, computed once per input size and
-//! cached), viewed as `(B*OH*OW, K*K*C)` and multiplied by the weight
-//! permuted to `(K*K*C, O)`. The result is already the next layer's
-//! `(B, OH, OW, O)` input. Taps in the zero padding: on the CPU they gather
-//! a zero row appended to the input; on other devices they gather a clamped
-//! row and are multiplied by a 0/1 mask (no concatenation, which dfdx compiles
-//! at run time on CUDA). A 1x1 stride-1 convolution is a plain matmul.
+//! Windows are centred (`K = 2P + 1`, checked at compile time), so the
+//! output sides follow from the stride alone, at the type level
+//! ([`super::shape`]).
 //!
-//! On the CPU the im2col and its adjoint (col2im, a scatter-add) are one
-//! custom tape op instead ([`cpu`]): both run on all cores (rayon), skip the
-//! padding taps, and need no index tensor. dfdx's gather and its backward
-//! are single-threaded and were a third of a ResNet-20 step.
+//! Forward is an im2col, `(B*OH*OW, K*K*C)`, multiplied by the weight
+//! permuted to `(K*K*C, O)`; the result is already the next layer's
+//! `(B, OH, OW, O)` input. A 1x1 stride-1 convolution is a plain matmul.
+//! - On the CPU (`f32`) the im2col and its adjoint (col2im, a scatter-add)
+//!   are one custom tape op ([`cpu`]): both run on all cores (rayon), skip
+//!   the padding taps and need no index. dfdx's gather and its backward are
+//!   single-threaded and were a third of a ResNet-20 step.
+//! - Elsewhere ([`Conv2d::forward_gather`]) the input viewed as `(B*H*W, C)`
+//!   rows is gathered by an index computed once per input size and cached;
+//!   padding taps gather a clamped row and are multiplied by a 0/1 mask (no
+//!   concatenation, which dfdx compiles at run time on CUDA; on the CPU,
+//!   where this path only serves the tests, they gather an appended zero row).
 
+use super::shape::{Act, Halvable, Spatial, Stride, out_side};
 use dfdx::prelude::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub mod cpu;
+
+/// The output side of stride `S` for input side `X`.
+pub type Out<const S: usize, X> = <Stride<S> as Spatial>::Out<X>;
 
 /// Output side of a convolution or pooling window.
 pub const fn conv_out(n: usize, k: usize, s: usize, p: usize) -> usize {
@@ -155,21 +161,32 @@ impl<
         }))
     }
 
-    /// Forward on NHWC input `(B, H, W, C)` → `(B, OH, OW, O)`.
-    pub fn forward<B: Dim, T: Tape<E, D>>(
+    /// Forward on NHWC input `(B, H, W, C)` → `(B, OH, OW, O)`; the sides
+    /// map by the stride at the type level (see [`super::shape`]).
+    pub fn forward<B: Dim, H: Halvable, W: Halvable, T: Tape<E, D>>(
         &self,
-        x: Tensor<(B, usize, usize, Const<C>), E, D, T>,
-    ) -> Tensor<(B, usize, usize, Const<O>), E, D, T> {
+        x: Tensor<(B, H, W, Const<C>), E, D, T>,
+    ) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T>
+    where
+        Stride<S>: Spatial,
+    {
+        const { assert!(K == 2 * P + 1, "ResNet windows are centred: K = 2P + 1") };
         let pointwise = K == 1 && S == 1 && P == 0;
         let cpu_f32 = std::any::TypeId::of::<(E, D)>() == std::any::TypeId::of::<(f32, Cpu)>();
         if pointwise || !cpu_f32 {
             return self.forward_gather(x);
         }
         let (b, h, w, _) = *x.shape();
-        let g = cpu::Geometry::new(b.size(), h, w, C, K, S, P);
+        let g = cpu::Geometry::new(b.size(), h.size(), w.size(), C, K, S, P);
+        let shape = (
+            b,
+            out_side::<Stride<S>, H>(g.oh),
+            out_side::<Stride<S>, W>(g.ow),
+            Const,
+        );
         cpu::im2col_op(x, g)
             .matmul(self.weight_matrix::<T>())
-            .reshape_like(&(b, g.oh, g.ow, Const::<O>))
+            .reshape_like(&shape)
     }
 
     /// The weight as `(K*K*C, O)`, rows in (ky, kx, c) order to match the im2col columns.
@@ -182,18 +199,28 @@ impl<
 
     /// The device-generic im2col by `gather` (used on CUDA; public so the
     /// tests can compare it with the CPU op).
-    pub fn forward_gather<B: Dim, T: Tape<E, D>>(
+    pub fn forward_gather<B: Dim, H: Halvable, W: Halvable, T: Tape<E, D>>(
         &self,
-        x: Tensor<(B, usize, usize, Const<C>), E, D, T>,
-    ) -> Tensor<(B, usize, usize, Const<O>), E, D, T> {
-        let (b, h, w, _) = *x.shape();
+        x: Tensor<(B, H, W, Const<C>), E, D, T>,
+    ) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T>
+    where
+        Stride<S>: Spatial,
+    {
+        let (b, hd, wd, _) = *x.shape();
+        let (h, w) = (hd.size(), wd.size());
         let dev = x.device().clone();
         let bn = b.size();
         let wmat = self.weight_matrix::<T>();
         let rows = x.reshape_like(&(bn * h * w, Const::<C>));
         if K == 1 && S == 1 && P == 0 {
             let wmat = wmat.reshape_like(&(Const::<C>, Const::<O>));
-            return rows.matmul(wmat).reshape_like(&(b, h, w, Const::<O>));
+            let shape = (
+                b,
+                out_side::<Stride<S>, H>(h),
+                out_side::<Stride<S>, W>(w),
+                Const,
+            );
+            return rows.matmul(wmat).reshape_like(&shape);
         }
         let ix = self.index(&dev, bn, h, w);
         let m = ix.idx.shape().0;
@@ -209,8 +236,13 @@ impl<
             }
         };
         let cols = taps.reshape_like(&(bn * ix.oh * ix.ow, K * K * C));
-        cols.matmul(wmat)
-            .reshape_like(&(b, ix.oh, ix.ow, Const::<O>))
+        let shape = (
+            b,
+            out_side::<Stride<S>, H>(ix.oh),
+            out_side::<Stride<S>, W>(ix.ow),
+            Const,
+        );
+        cols.matmul(wmat).reshape_like(&shape)
     }
 }
 
@@ -307,7 +339,9 @@ mod tests {
         b: usize,
         h: usize,
         w: usize,
-    ) {
+    ) where
+        Stride<S>: Spatial,
+    {
         let dev: Cpu = Default::default();
         let mut rng =
             rand_pcg::Pcg64::seed_from_u64((C * 131 + O * 17 + K * 7 + S * 3 + P + h) as u64);
@@ -364,7 +398,8 @@ mod tests {
             } else {
                 conv.forward(x.leaky_trace())
             };
-            assert_eq!((y.shape().1, y.shape().2), (oh, ow));
+            assert_eq!((y.shape().1.size(), y.shape().2.size()), (oh, ow));
+            let y = y.reshape_like(&(b, oh, ow, Const::<O>));
             let fwd = max_rel(&y.as_vec(), &want);
             let grads = (y * r.clone()).sum().backward();
             let ex = max_rel(&grads.get(&x).as_vec(), &gx);
@@ -384,7 +419,7 @@ mod tests {
         check::<6, 4, 3, 2, 1>(2, 9, 10);
         check::<5, 7, 1, 1, 0>(3, 6, 5); // the plain-matmul path
         check::<5, 7, 1, 2, 0>(2, 7, 6); // projection shortcut
-        check::<2, 3, 3, 1, 0>(1, 5, 5);
+        check::<2, 3, 5, 1, 2>(1, 5, 5);
         check::<3, 2, 5, 2, 2>(2, 11, 12);
         check::<16, 16, 3, 1, 1>(2, 8, 8);
     }

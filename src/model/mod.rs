@@ -3,7 +3,8 @@
 //! dfdx's own `Conv2D` and pooling need its `nightly` feature, so these
 //! layers are built from its public, stable tensor ops (`gather`, `matmul`,
 //! `max`, `mean`), and autodiff goes through dfdx's tape on any device.
-//! Activations are NHWC: `(B, H, W, Const<C>)`, spatial sizes `usize`.
+//! Activations are NHWC: `(B, H, W, Const<C>)`, spatial sizes `usize` or
+//! `Const` ([`shape`]: a size mismatch between `Const` layers is a compile error).
 //!
 //! - [`conv`], [`pool`]: the layers, checked against f64 references in value and gradients.
 //! - [`resnet`]: blocks, stages and the ImageNet ResNets of Table 1 (v1, v1.5, options A/B/C, plain).
@@ -16,6 +17,7 @@ pub mod cifar;
 pub mod conv;
 pub mod pool;
 pub mod resnet;
+pub mod shape;
 pub mod state;
 pub mod summary;
 pub mod zoo;

@@ -8,7 +8,8 @@
 //! rule means a window with tied maxima (all-zero windows after a ReLU)
 //! passes the gradient to each tied element, where PyTorch picks one.
 
-use super::conv::{conv_out, im2col_index};
+use super::conv::{Out, conv_out, im2col_index};
+use super::shape::{Act, Halvable, Spatial, Stride, out_side};
 use dfdx::prelude::*;
 
 /// Max pooling with window `K`, stride `S`, padding `P` (ResNet's stem: 3, 2, 1).
@@ -17,15 +18,21 @@ pub fn max_pool<
     const S: usize,
     const P: usize,
     B: Dim,
+    H: Halvable,
+    W: Halvable,
     const C: usize,
     E: Dtype,
     D: Device<E>,
     T: Tape<E, D>,
 >(
-    x: Tensor<(B, usize, usize, Const<C>), E, D, T>,
-) -> Tensor<(B, usize, usize, Const<C>), E, D, T> {
-    assert!(P < K, "padding must be smaller than the window");
-    let (b, h, w, _) = *x.shape();
+    x: Tensor<(B, H, W, Const<C>), E, D, T>,
+) -> Act<B, Out<S, H>, Out<S, W>, C, E, D, T>
+where
+    Stride<S>: Spatial,
+{
+    const { assert!(K == 2 * P + 1, "centred windows only: K = 2P + 1") };
+    let (b, hd, wd, _) = *x.shape();
+    let (h, w) = (hd.size(), wd.size());
     let (idx, mask, oh, ow) = im2col_index(b.size(), h, w, K, S, P);
     debug_assert_eq!((oh, ow), (conv_out(h, K, S, P), conv_out(w, K, S, P)));
     let m = idx.len();
@@ -46,12 +53,25 @@ pub fn max_pool<
     }
     let windows = taps.reshape_like(&(b.size() * oh * ow, K * K, Const::<C>));
     let pooled: Tensor<(usize, Const<C>), E, D, T> = windows.max::<_, Axis<1>>();
-    pooled.reshape_like(&(b, oh, ow, Const::<C>))
+    pooled.reshape_like(&(
+        b,
+        out_side::<Stride<S>, H>(oh),
+        out_side::<Stride<S>, W>(ow),
+        Const::<C>,
+    ))
 }
 
 /// Global average pooling: `(B, H, W, C)` → `(B, C)`.
-pub fn global_avg_pool<B: Dim, const C: usize, E: Dtype, D: Device<E>, T: Tape<E, D>>(
-    x: Tensor<(B, usize, usize, Const<C>), E, D, T>,
+pub fn global_avg_pool<
+    B: Dim,
+    H: Dim,
+    W: Dim,
+    const C: usize,
+    E: Dtype,
+    D: Device<E>,
+    T: Tape<E, D>,
+>(
+    x: Tensor<(B, H, W, Const<C>), E, D, T>,
 ) -> Tensor<(B, Const<C>), E, D, T> {
     x.mean::<_, Axes2<1, 2>>()
 }
@@ -71,7 +91,7 @@ mod tests {
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
         let x = dev.tensor_from_vec(xv.clone(), (b, h, w, Const::<C>));
-        let y = max_pool::<3, 2, 1, _, C, _, _, _>(x.leaky_trace());
+        let y = max_pool::<3, 2, 1, _, _, _, C, _, _, _>(x.leaky_trace());
         let (oh, ow) = (conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1));
         assert_eq!((y.shape().1, y.shape().2), (oh, ow));
         let got = y.as_vec();

@@ -1,6 +1,7 @@
 //! Residual blocks and the ImageNet ResNets of the paper's Table 1.
 //!
-//! Channels and strides are const generics, spatial sizes `usize`: a channel
+//! Channels and strides are const generics, spatial sizes `usize` or `Const`
+//! (mapped by each layer's stride, see [`super::shape`]): a channel or size
 //! mismatch between layers is a compile error. Blocks come in two kinds, as
 //! in the paper with shortcut option B: identity blocks (`Basic`,
 //! `Bottleneck`) and the first block of a stage, which projects the
@@ -13,8 +14,9 @@
 //! input (`OwnedTape`) trains, an untraced one (`NoneTape`) evaluates.
 
 use super::cifar::BasicA;
-use super::conv::Conv2d;
+use super::conv::{Conv2d, Out};
 use super::pool::{global_avg_pool, max_pool};
+use super::shape::{Halvable, Spatial, Stride};
 use dfdx::nn::modules::{BatchNorm1D, Linear, Repeated};
 use dfdx::prelude::*;
 use std::marker::PhantomData;
@@ -46,21 +48,24 @@ impl<E: Dtype, D: Device<E>> BnTape<E, D> for OwnedTape<E, D> {
     }
 }
 
-/// An NHWC activation with `C` channels.
-pub type Act<B, const C: usize, E, D, T> = Tensor<(B, usize, usize, Const<C>), E, D, T>;
+pub use super::shape::Act;
 
-/// A layer from `I` to `O` channels.
-pub trait Layer<const I: usize, const O: usize, E: Dtype, D: Device<E>> {
+/// A layer from `I` to `O` channels whose spatial sides map by `M`
+/// ([`Stride<1>`] keeps them, [`Stride<2>`] halves them).
+pub trait Layer<const I: usize, const O: usize, M: Spatial, E: Dtype, D: Device<E>> {
     /// Forward; trains or evaluates according to the tape (see the module docs).
-    fn fwd<B: Dim, T: BnTape<E, D>>(&mut self, x: Act<B, I, E, D, T>) -> Act<B, O, E, D, T>;
+    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
+        &mut self,
+        x: Act<B, H, W, I, E, D, T>,
+    ) -> Act<B, M::Out<H>, M::Out<W>, O, E, D, T>;
 }
 
-fn bn_nhwc<B: Dim, const C: usize, E: Dtype, D: Device<E>, T: BnTape<E, D>>(
+fn bn_nhwc<B: Dim, H: Dim, W: Dim, const C: usize, E: Dtype, D: Device<E>, T: BnTape<E, D>>(
     bn: &mut BatchNorm1D<C, E, D>,
-    x: Act<B, C, E, D, T>,
-) -> Act<B, C, E, D, T> {
+    x: Act<B, H, W, C, E, D, T>,
+) -> Act<B, H, W, C, E, D, T> {
     let (b, h, w, c) = *x.shape();
-    let rows = x.reshape_like(&(b.size() * h * w, c));
+    let rows = x.reshape_like(&(b.size() * h.size() * w.size(), c));
     T::batch_norm(bn, rows).reshape_like(&(b, h, w, c))
 }
 
@@ -89,9 +94,14 @@ impl<
     const P: usize,
     E: Dtype,
     D: Device<E>,
-> Layer<I, O, E, D> for ConvBn<I, O, K, S, P, E, D>
+> Layer<I, O, Stride<S>, E, D> for ConvBn<I, O, K, S, P, E, D>
+where
+    Stride<S>: Spatial,
 {
-    fn fwd<B: Dim, T: BnTape<E, D>>(&mut self, x: Act<B, I, E, D, T>) -> Act<B, O, E, D, T> {
+    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
+        &mut self,
+        x: Act<B, H, W, I, E, D, T>,
+    ) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T> {
         bn_nhwc(&mut self.bn, self.conv.forward(x))
     }
 }
@@ -131,8 +141,11 @@ pub struct Basic<const C: usize, E: Dtype, D: Device<E>> {
 }
 collection!(Basic<C> { a, b }, const C: usize, E, D);
 
-impl<const C: usize, E: Dtype, D: Device<E>> Layer<C, C, E, D> for Basic<C, E, D> {
-    fn fwd<B: Dim, T: BnTape<E, D>>(&mut self, x: Act<B, C, E, D, T>) -> Act<B, C, E, D, T> {
+impl<const C: usize, E: Dtype, D: Device<E>> Layer<C, C, Stride<1>, E, D> for Basic<C, E, D> {
+    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
+        &mut self,
+        x: Act<B, H, W, C, E, D, T>,
+    ) -> Act<B, H, W, C, E, D, T> {
         let y = self.b.fwd(self.a.fwd(x.with_empty_tape()).relu());
         (y + x).relu()
     }
@@ -150,10 +163,15 @@ pub struct BasicDown<const I: usize, const O: usize, const S: usize, E: Dtype, D
 }
 collection!(BasicDown<I, O, S> { a, b, down }, const I: usize, const O: usize, const S: usize, E, D);
 
-impl<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>> Layer<I, O, E, D>
-    for BasicDown<I, O, S, E, D>
+impl<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>>
+    Layer<I, O, Stride<S>, E, D> for BasicDown<I, O, S, E, D>
+where
+    Stride<S>: Spatial,
 {
-    fn fwd<B: Dim, T: BnTape<E, D>>(&mut self, x: Act<B, I, E, D, T>) -> Act<B, O, E, D, T> {
+    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
+        &mut self,
+        x: Act<B, H, W, I, E, D, T>,
+    ) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T> {
         let y = self.b.fwd(self.a.fwd(x.with_empty_tape()).relu());
         (y + self.down.fwd(x)).relu()
     }
@@ -171,10 +189,13 @@ pub struct Bottleneck<const C: usize, const M: usize, E: Dtype, D: Device<E>> {
 }
 collection!(Bottleneck<C, M> { a, b, c }, const C: usize, const M: usize, E, D);
 
-impl<const C: usize, const M: usize, E: Dtype, D: Device<E>> Layer<C, C, E, D>
+impl<const C: usize, const M: usize, E: Dtype, D: Device<E>> Layer<C, C, Stride<1>, E, D>
     for Bottleneck<C, M, E, D>
 {
-    fn fwd<B: Dim, T: BnTape<E, D>>(&mut self, x: Act<B, C, E, D, T>) -> Act<B, C, E, D, T> {
+    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
+        &mut self,
+        x: Act<B, H, W, C, E, D, T>,
+    ) -> Act<B, H, W, C, E, D, T> {
         let y = self
             .c
             .fwd(self.b.fwd(self.a.fwd(x.with_empty_tape()).relu()).relu());
@@ -205,9 +226,14 @@ pub struct BottleneckDown<
 collection!(BottleneckDown<I, M, O, S> { a, b, c, down }, const I: usize, const M: usize, const O: usize, const S: usize, E, D);
 
 impl<const I: usize, const M: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>>
-    Layer<I, O, E, D> for BottleneckDown<I, M, O, S, E, D>
+    Layer<I, O, Stride<S>, E, D> for BottleneckDown<I, M, O, S, E, D>
+where
+    Stride<S>: Spatial,
 {
-    fn fwd<B: Dim, T: BnTape<E, D>>(&mut self, x: Act<B, I, E, D, T>) -> Act<B, O, E, D, T> {
+    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
+        &mut self,
+        x: Act<B, H, W, I, E, D, T>,
+    ) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T> {
         let y = self
             .c
             .fwd(self.b.fwd(self.a.fwd(x.with_empty_tape()).relu()).relu());
@@ -238,9 +264,14 @@ pub struct BottleneckDownV15<
 collection!(BottleneckDownV15<I, M, O, S> { a, b, c, down }, const I: usize, const M: usize, const O: usize, const S: usize, E, D);
 
 impl<const I: usize, const M: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>>
-    Layer<I, O, E, D> for BottleneckDownV15<I, M, O, S, E, D>
+    Layer<I, O, Stride<S>, E, D> for BottleneckDownV15<I, M, O, S, E, D>
+where
+    Stride<S>: Spatial,
 {
-    fn fwd<B: Dim, T: BnTape<E, D>>(&mut self, x: Act<B, I, E, D, T>) -> Act<B, O, E, D, T> {
+    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
+        &mut self,
+        x: Act<B, H, W, I, E, D, T>,
+    ) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T> {
         let y = self
             .c
             .fwd(self.b.fwd(self.a.fwd(x.with_empty_tape()).relu()).relu());
@@ -258,10 +289,15 @@ pub struct PlainBasic<const I: usize, const O: usize, const S: usize, E: Dtype, 
 }
 collection!(PlainBasic<I, O, S> { a, b }, const I: usize, const O: usize, const S: usize, E, D);
 
-impl<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>> Layer<I, O, E, D>
-    for PlainBasic<I, O, S, E, D>
+impl<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>>
+    Layer<I, O, Stride<S>, E, D> for PlainBasic<I, O, S, E, D>
+where
+    Stride<S>: Spatial,
 {
-    fn fwd<B: Dim, T: BnTape<E, D>>(&mut self, x: Act<B, I, E, D, T>) -> Act<B, O, E, D, T> {
+    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
+        &mut self,
+        x: Act<B, H, W, I, E, D, T>,
+    ) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T> {
         self.b.fwd(self.a.fwd(x).relu()).relu()
     }
 }
@@ -312,15 +348,19 @@ where
     }
 }
 
-impl<const I: usize, const O: usize, First, Rest, const R: usize, E, D> Layer<I, O, E, D>
+impl<const I: usize, const O: usize, First, Rest, const R: usize, M, E, D> Layer<I, O, M, E, D>
     for Stage<I, O, First, Rest, R, E, D>
 where
     E: Dtype,
     D: Device<E>,
-    First: Layer<I, O, E, D>,
-    Rest: Layer<O, O, E, D>,
+    M: Spatial,
+    First: Layer<I, O, M, E, D>,
+    Rest: Layer<O, O, Stride<1>, E, D>,
 {
-    fn fwd<B: Dim, T: BnTape<E, D>>(&mut self, x: Act<B, I, E, D, T>) -> Act<B, O, E, D, T> {
+    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
+        &mut self,
+        x: Act<B, H, W, I, E, D, T>,
+    ) -> Act<B, M::Out<H>, M::Out<W>, O, E, D, T> {
         let mut y = self.first.fwd(x);
         for block in &mut self.rest.modules {
             y = block.fwd(y);
@@ -434,24 +474,24 @@ impl<
 where
     E: Dtype,
     D: Device<E>,
-    L1: Layer<64, C1, E, D>,
-    L2: Layer<C1, C2, E, D>,
-    L3: Layer<C2, C3, E, D>,
-    L4: Layer<C3, C4, E, D>,
+    L1: Layer<64, C1, Stride<1>, E, D>,
+    L2: Layer<C1, C2, Stride<2>, E, D>,
+    L3: Layer<C2, C3, Stride<2>, E, D>,
+    L4: Layer<C3, C4, Stride<2>, E, D>,
 {
     /// Logits for a batch of NHWC images `(B, H, W, 3)`. A traced input
     /// trains (BatchNorm uses and updates batch statistics); an untraced one
     /// evaluates. Any input size works (global average pooling).
-    pub fn forward<B: Dim, T: BnTape<E, D>>(
+    pub fn forward<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
         &mut self,
-        x: Act<B, 3, E, D, T>,
+        x: Act<B, H, W, 3, E, D, T>,
     ) -> Tensor<(B, Const<N>), E, D, T>
     where
         Linear<C4, N, E, D>:
             Module<Tensor<(B, Const<C4>), E, D, T>, Output = Tensor<(B, Const<N>), E, D, T>>,
     {
         let x = self.stem.fwd(x).relu();
-        let x = max_pool::<3, 2, 1, B, 64, E, D, T>(x);
+        let x = max_pool::<3, 2, 1, B, _, _, 64, E, D, T>(x);
         let x = self
             .layer4
             .fwd(self.layer3.fwd(self.layer2.fwd(self.layer1.fwd(x))));

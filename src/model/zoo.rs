@@ -8,6 +8,7 @@
 use super::cifar::{CifarNet, ResNet20, ResNet32, ResNet44, ResNet56, ResNet110};
 use super::cifar::{Plain20, Plain32, Plain44, Plain56, Plain110};
 use super::resnet::*;
+use super::shape::Stride;
 use super::summary::Describe;
 use dfdx::prelude::*;
 
@@ -55,10 +56,10 @@ impl<
 where
     D: Device<f32>,
     Self: TensorCollection<f32, D, To<f32, D> = Self> + Describe,
-    L1: Layer<64, C1, f32, D>,
-    L2: Layer<C1, C2, f32, D>,
-    L3: Layer<C2, C3, f32, D>,
-    L4: Layer<C3, C4, f32, D>,
+    L1: Layer<64, C1, Stride<1>, f32, D>,
+    L2: Layer<C1, C2, Stride<2>, f32, D>,
+    L3: Layer<C2, C3, Stride<2>, f32, D>,
+    L4: Layer<C3, C4, Stride<2>, f32, D>,
 {
     const CLASSES: usize = N;
     fn forward_train(&mut self, x: Input<D, OwnedTape<f32, D>>) -> Logits<D, OwnedTape<f32, D>> {
@@ -73,9 +74,9 @@ impl<L1, L2, L3, const N: usize, D> Network<D> for CifarNet<L1, L2, L3, N, f32, 
 where
     D: Device<f32>,
     Self: TensorCollection<f32, D, To<f32, D> = Self> + Describe,
-    L1: Layer<16, 16, f32, D>,
-    L2: Layer<16, 32, f32, D>,
-    L3: Layer<32, 64, f32, D>,
+    L1: Layer<16, 16, Stride<1>, f32, D>,
+    L2: Layer<16, 32, Stride<2>, f32, D>,
+    L3: Layer<32, 64, Stride<2>, f32, D>,
 {
     const CLASSES: usize = N;
     fn forward_train(&mut self, x: Input<D, OwnedTape<f32, D>>) -> Logits<D, OwnedTape<f32, D>> {

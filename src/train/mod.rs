@@ -343,6 +343,25 @@ pub fn cpu_device(seed: u64) -> Cpu {
     dev
 }
 
+/// The first CUDA device for a run, seeded, with the allocation cache on.
+///
+/// Asks the driver first: cudarc 0.9 (under dfdx) unwraps the driver's
+/// answer, so a machine without a GPU would otherwise panic, not fail.
+#[cfg(feature = "cuda")]
+pub fn cuda_device(seed: u64) -> Result<Cuda, TrainError> {
+    use cudarc::driver::result;
+    let no_gpu = |what: String| TrainError::Config(format!("--device cuda: {what}"));
+    result::init().map_err(|e| no_gpu(format!("no usable CUDA driver ({e:?})")))?;
+    match result::device::get_count() {
+        Ok(n) if n > 0 => {}
+        Ok(_) => return Err(no_gpu("the driver sees no GPU".into())),
+        Err(e) => return Err(no_gpu(format!("cannot count GPUs ({e:?})"))),
+    }
+    let dev = Cuda::try_seed_from_u64(seed).map_err(|e| no_gpu(format!("device 0: {e:?}")))?;
+    dev.enable_cache();
+    Ok(dev)
+}
+
 /// A run ready to start: data opened and checked, checkpoint read.
 pub struct Job {
     config: TrainConfig,

@@ -147,16 +147,17 @@ fn same<From: 'static, To: 'static>(value: From) -> To {
 /// allocation cache, which only a same-size request would take back).
 static SCRATCH: Mutex<(Vec<f32>, Vec<f32>)> = Mutex::new((Vec::new(), Vec::new()));
 
-/// im2col of NHWC `x` as a tape op: `(B, H, W, C)` → `(B*OH*OW, K*K*C)`.
+/// im2col of NHWC `x` as a tape op: `(B, H, W, C)` → `(B*OH*OW, K*K*C)`
+/// (`x`'s shape only has to hold `g`'s number of elements).
 ///
 /// # Panics
 /// If `D` is not [`Cpu`], `E` not `f32`, or the geometry does not match `x`.
-pub fn im2col_op<B: Dim, const C: usize, E: Dtype, D: Device<E>, T: Tape<E, D>>(
-    x: Tensor<(B, usize, usize, Const<C>), E, D, T>,
+pub fn im2col_op<Sh: Shape, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+    x: Tensor<Sh, E, D, T>,
     g: Geometry,
 ) -> Tensor<(usize, usize), E, D, T> {
     let (x, mut tape) = x.split_tape();
-    let x: Tensor<(B, usize, usize, Const<C>), f32, Cpu> = same(x);
+    let x: Tensor<Sh, f32, Cpu> = same(x);
     let shape = (g.b * g.oh * g.ow, g.row_len());
     // The output comes from dfdx's allocator (so it returns to its cache);
     // im2col runs into the scratch in parallel, then one copy fills it.
