@@ -13,6 +13,7 @@
 //! - [`summary`]: per-layer output shapes, parameters and multiply-adds.
 //! - [`zoo`]: every model by name behind the [`zoo::Network`] trait the trainer uses.
 
+pub mod batchnorm;
 pub mod cifar;
 pub mod conv;
 pub mod pool;

@@ -1,0 +1,318 @@
+//! Training-mode BatchNorm on the CPU as one tape op.
+//!
+//! dfdx's `BatchNorm1D::forward_mut` is built from about a dozen tensor ops
+//! (mean, subtract, square, mean, add, sqrt, divide, broadcasts, multiply,
+//! add), each a single-threaded pass over the activation, and as many in
+//! backward. This op does the same computation in three parallel passes
+//! forward (statistics, normalise, write) and two backward, with the same
+//! semantics: batch statistics normalise, running statistics are updated
+//! with `momentum` (unbiased variance, as dfdx and PyTorch do), and the
+//! gradient flows through the batch statistics.
+//!
+//! Reductions are summed in fixed-size chunks combined in order, so the
+//! result does not depend on the number of threads (bit-identical resumes).
+//! Like the im2col op it runs only for `f32` on the [`Cpu`] and is reached
+//! through dfdx's public API (see `conv::cpu`).
+
+use dfdx::nn::modules::BatchNorm1D;
+use dfdx::prelude::*;
+use rayon::prelude::*;
+use std::any::Any;
+use std::sync::Mutex;
+
+/// Rows per reduction chunk (a fixed split keeps sums deterministic).
+const CHUNK_ROWS: usize = 1024;
+
+/// Buffers kept between steps: a fresh buffer of activation size costs page
+/// faults on every call. `xhat` lives until backward, so there are several.
+static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+/// A buffer of `len` zeros-or-stale values from the pool, returned on drop.
+struct Pooled(Vec<f32>);
+
+impl Pooled {
+    fn take(len: usize) -> Self {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = match pool.iter().position(|v| v.capacity() == len) {
+            Some(i) => pool.swap_remove(i),
+            None => Vec::with_capacity(len),
+        };
+        v.resize(len, 0.0);
+        Pooled(v)
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < 256 {
+            pool.push(std::mem::take(&mut self.0));
+        }
+    }
+}
+
+/// Moves `value` to type `To`, which must be its own type (checked at run time).
+fn same<From: 'static, To: 'static>(value: From) -> To {
+    let mut slot = Some(value);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<To>>()
+        .and_then(Option::take)
+        .expect("the CPU BatchNorm runs only for f32 on the Cpu device")
+}
+
+/// Per-channel sums of `f(row)` over `rows` (length a multiple of `c`), in fixed chunks.
+fn channel_sums(rows: &[f32], c: usize, f: impl Fn(&mut [f64], &[f32]) + Sync) -> Vec<f64> {
+    let partial: Vec<Vec<f64>> = rows
+        .par_chunks(CHUNK_ROWS * c)
+        .map(|chunk| {
+            let mut acc = vec![0f64; c];
+            for row in chunk.chunks_exact(c) {
+                f(&mut acc, row);
+            }
+            acc
+        })
+        .collect();
+    partial.iter().fold(vec![0f64; c], |mut total, p| {
+        total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+        total
+    })
+}
+
+/// Batch statistics `(mean, biased variance)` per channel of `(n, c)` rows.
+pub fn batch_stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
+    let n = (x.len() / c) as f64;
+    let sum = channel_sums(x, c, |acc, row| {
+        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64)
+    });
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let sq = channel_sums(x, c, |acc, row| {
+        for ((a, &v), m) in acc.iter_mut().zip(row).zip(&mean) {
+            let d = v as f64 - m;
+            *a += d * d;
+        }
+    });
+    (mean, sq.iter().map(|s| s / n).collect())
+}
+
+/// `BatchNorm1D` in training mode on `(N, C)` rows (NHWC activations viewed
+/// as rows), updating `bn`'s running statistics.
+///
+/// # Panics
+/// If `E` is not `f32` or `D` not [`Cpu`].
+pub fn train_forward<const C: usize, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+    bn: &mut BatchNorm1D<C, E, D>,
+    x: Tensor<(usize, Const<C>), E, D, T>,
+) -> Tensor<(usize, Const<C>), E, D, T> {
+    let (x, mut tape) = x.split_tape();
+    let x: Tensor<(usize, Const<C>), f32, Cpu> = same(x);
+    let scale: Tensor<Rank1<C>, f32, Cpu> = same(bn.scale.clone());
+    let bias: Tensor<Rank1<C>, f32, Cpu> = same(bn.bias.clone());
+    let n = x.shape().0;
+    assert!(
+        n > 1,
+        "BatchNorm needs more than one value per channel in training"
+    );
+    let mut xhat = Pooled::take(n * C);
+    let xhat_buf = &mut xhat.0;
+    x.copy_into(xhat_buf);
+    let (mean, var) = batch_stats(xhat_buf, C);
+
+    // Running statistics, as dfdx's axpy: r = (1 - m) r + m s (variance unbiased).
+    let m = bn.momentum;
+    let unbias = n as f64 / (n as f64 - 1.0);
+    let mut running: Tensor<Rank1<C>, f32, Cpu> = same(bn.running_mean.clone());
+    let rm: Vec<f32> = running.as_vec();
+    let rm: Vec<f32> = rm
+        .iter()
+        .zip(&mean)
+        .map(|(&r, &s)| ((1.0 - m) * r as f64 + m * s) as f32)
+        .collect();
+    running.copy_from(&rm);
+    bn.running_mean = same(running);
+    let mut running: Tensor<Rank1<C>, f32, Cpu> = same(bn.running_var.clone());
+    let rv: Vec<f32> = running
+        .as_vec()
+        .iter()
+        .zip(&var)
+        .map(|(&r, &s)| ((1.0 - m) * r as f64 + m * unbias * s) as f32)
+        .collect();
+    running.copy_from(&rv);
+    bn.running_var = same(running);
+
+    // Normalise in place (xhat is kept for backward), then the affine output.
+    let rstd: Vec<f32> = var
+        .iter()
+        .map(|v| (1.0 / (v + bn.epsilon).sqrt()) as f32)
+        .collect();
+    let mean: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
+    let (gamma, beta) = (scale.as_vec(), bias.as_vec());
+    let mut y = Pooled::take(n * C);
+    xhat_buf
+        .par_chunks_mut(CHUNK_ROWS * C)
+        .zip(y.0.par_chunks_mut(CHUNK_ROWS * C))
+        .for_each(|(xs, ys)| {
+            for (xr, yr) in xs.chunks_exact_mut(C).zip(ys.chunks_exact_mut(C)) {
+                for c in 0..C {
+                    let h = (xr[c] - mean[c]) * rstd[c];
+                    xr[c] = h;
+                    yr[c] = gamma[c] * h + beta[c];
+                }
+            }
+        });
+    let mut out: Tensor<(usize, Const<C>), f32, Cpu> = x.device().zeros_like(x.shape());
+    out.copy_from(&y.0);
+    drop(y);
+
+    let handles = (x, out.clone(), scale, bias);
+    tape.add_backward_op(move |grads: &mut Gradients<E, D>| {
+        let grads: &mut Gradients<f32, Cpu> = (grads as &mut dyn Any)
+            .downcast_mut()
+            .expect("CPU f32 gradients");
+        let (x, out, scale, bias) = &handles;
+        let run = |grads: &mut Gradients<f32, Cpu>| -> Result<(), CpuError> {
+            let dy = std::mem::take(&mut **grads.get_or_alloc_mut(out)?);
+            // dbeta = sum dy, dgamma = sum dy * xhat.
+            let xhat = &xhat.0;
+            let sums = channel_sums_pairs(&dy, xhat, C);
+            let (dbeta, dgamma): (Vec<f64>, Vec<f64>) = sums.into_iter().unzip();
+            let k: Vec<f32> = gamma.iter().zip(&rstd).map(|(g, r)| g * r).collect();
+            let inv_n = 1.0 / n as f64;
+            let (mb, mg): (Vec<f32>, Vec<f32>) = dbeta
+                .iter()
+                .zip(&dgamma)
+                .map(|(b, g)| ((b * inv_n) as f32, (g * inv_n) as f32))
+                .unzip();
+            // dx += gamma * rstd * (dy - mean(dy) - xhat * mean(dy * xhat)).
+            let dx: &mut [f32] = grads.get_or_alloc_mut(x)?;
+            dx.par_chunks_mut(CHUNK_ROWS * C)
+                .zip(dy.par_chunks(CHUNK_ROWS * C))
+                .zip(xhat.par_chunks(CHUNK_ROWS * C))
+                .for_each(|((dxs, dys), hs)| {
+                    for ((dxr, dyr), hr) in dxs
+                        .chunks_exact_mut(C)
+                        .zip(dys.chunks_exact(C))
+                        .zip(hs.chunks_exact(C))
+                    {
+                        for c in 0..C {
+                            dxr[c] += k[c] * (dyr[c] - mb[c] - hr[c] * mg[c]);
+                        }
+                    }
+                });
+            **grads.get_or_alloc_mut(out)? = dy;
+            let g: &mut [f32] = grads.get_or_alloc_mut(scale)?;
+            g.iter_mut().zip(&dgamma).for_each(|(g, v)| *g += *v as f32);
+            let g: &mut [f32] = grads.get_or_alloc_mut(bias)?;
+            g.iter_mut().zip(&dbeta).for_each(|(g, v)| *g += *v as f32);
+            Ok(())
+        };
+        run(grads).map_err(same::<CpuError, D::Err>)
+    });
+    same::<Tensor<(usize, Const<C>), f32, Cpu>, Tensor<(usize, Const<C>), E, D>>(out).put_tape(tape)
+}
+
+/// Per-channel `(sum a, sum a * b)` over `(n, c)` rows, in fixed chunks.
+fn channel_sums_pairs(a: &[f32], b: &[f32], c: usize) -> Vec<(f64, f64)> {
+    let partial: Vec<Vec<(f64, f64)>> = a
+        .par_chunks(CHUNK_ROWS * c)
+        .zip(b.par_chunks(CHUNK_ROWS * c))
+        .map(|(ac, bc)| {
+            let mut acc = vec![(0f64, 0f64); c];
+            for (ar, br) in ac.chunks_exact(c).zip(bc.chunks_exact(c)) {
+                for ((s, &x), &y) in acc.iter_mut().zip(ar).zip(br) {
+                    s.0 += x as f64;
+                    s.1 += (x * y) as f64;
+                }
+            }
+            acc
+        })
+        .collect();
+    partial.iter().fold(vec![(0f64, 0f64); c], |mut total, p| {
+        for (t, v) in total.iter_mut().zip(p) {
+            t.0 += v.0;
+            t.1 += v.1;
+        }
+        total
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Output, running statistics and all three gradients against dfdx's own BatchNorm1D.
+    #[test]
+    fn matches_dfdx_batchnorm_in_values_statistics_and_gradients() {
+        const C: usize = 5;
+        let dev: Cpu = Cpu::seed_from_u64(7);
+        for n in [3usize, 1000, 2500] {
+            let mut ours: BatchNorm1D<C, f32, Cpu> = BuildModule::build(&dev);
+            ours.scale = dev.sample_normal();
+            ours.bias = dev.sample_normal();
+            let mut theirs = ours.clone();
+            let x: Tensor<(usize, Const<C>), f32, Cpu> = dev.sample_normal_like(&(n, Const));
+            let x = x * 3.0 + 1.5;
+            let r: Tensor<(usize, Const<C>), f32, Cpu> = dev.sample_normal_like(&(n, Const));
+            let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+                let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                let err = a
+                    .iter()
+                    .zip(&b)
+                    .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(err / scale < 2e-5, "n {n}, {what}: {err} of {scale}");
+            };
+            let mut grads_ours = ours.alloc_grads();
+            let mut grads_theirs = theirs.alloc_grads();
+            for _ in 0..2 {
+                let y1 = train_forward(&mut ours, x.clone().traced(grads_ours));
+                let y2 = theirs.forward_mut(x.clone().traced(grads_theirs));
+                close(y1.as_vec(), y2.as_vec(), "output");
+                grads_ours = (y1 * r.clone()).sum().backward();
+                grads_theirs = (y2 * r.clone()).sum().backward();
+                close(
+                    ours.running_mean.as_vec(),
+                    theirs.running_mean.as_vec(),
+                    "mean",
+                );
+                close(
+                    ours.running_var.as_vec(),
+                    theirs.running_var.as_vec(),
+                    "var",
+                );
+            }
+            // Two backward passes accumulated into the same leaf gradients.
+            let g = |gr: &Gradients<f32, Cpu>, t: &Tensor<Rank1<C>, f32, Cpu>| gr.get(t).as_vec();
+            close(
+                g(&grads_ours, &ours.scale),
+                g(&grads_theirs, &theirs.scale),
+                "dscale",
+            );
+            close(
+                g(&grads_ours, &ours.bias),
+                g(&grads_theirs, &theirs.bias),
+                "dbias",
+            );
+        }
+    }
+
+    #[test]
+    fn input_gradient_matches_dfdx() {
+        const C: usize = 3;
+        let dev: Cpu = Cpu::seed_from_u64(1);
+        let mut ours: BatchNorm1D<C, f32, Cpu> = BuildModule::build(&dev);
+        ours.scale = dev.sample_normal();
+        let mut theirs = ours.clone();
+        let x: Tensor<(usize, Const<C>), f32, Cpu> = dev.sample_normal_like(&(1500, Const));
+        let r: Tensor<(usize, Const<C>), f32, Cpu> = dev.sample_normal_like(&(1500, Const));
+        let g1 = (train_forward(&mut ours, x.leaky_trace()) * r.clone())
+            .sum()
+            .backward();
+        let g2 = (theirs.forward_mut(x.leaky_trace()) * r).sum().backward();
+        let (a, b) = (g1.get(&x).as_vec(), g2.get(&x).as_vec());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(err / scale < 2e-5, "dx: {err} of {scale}");
+    }
+}
