@@ -14,6 +14,7 @@
 //! Like the im2col op it runs only for `f32` on the [`Cpu`] and is reached
 //! through dfdx's public API (see `conv::cpu`).
 
+use super::conv::cpu::same;
 use dfdx::nn::modules::BatchNorm1D;
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -51,15 +52,6 @@ impl Drop for Pooled {
     }
 }
 
-/// Moves `value` to type `To`, which must be its own type (checked at run time).
-fn same<From: 'static, To: 'static>(value: From) -> To {
-    let mut slot = Some(value);
-    (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<To>>()
-        .and_then(Option::take)
-        .expect("the CPU BatchNorm runs only for f32 on the Cpu device")
-}
-
 /// Per-channel sums of `f(row)` over `rows` (length a multiple of `c`), in fixed chunks.
 fn channel_sums(rows: &[f32], c: usize, f: impl Fn(&mut [f64], &[f32]) + Sync) -> Vec<f64> {
     let partial: Vec<Vec<f64>> = rows
@@ -94,6 +86,25 @@ pub fn batch_stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, sq.iter().map(|s| s / n).collect())
 }
 
+/// `running = (1 - m) running + m * factor * stat`, per channel.
+fn update_running<const C: usize, E: Dtype, D: Device<E>>(
+    running: &mut Tensor<Rank1<C>, E, D>,
+    stat: &[f64],
+    m: f64,
+    factor: f64,
+) {
+    let new: Vec<E> = running
+        .as_vec()
+        .iter()
+        .zip(stat)
+        .map(|(r, s)| {
+            let r = r.to_f64().expect("finite running statistic");
+            E::from_f64((1.0 - m) * r + m * factor * s).expect("f64 to E")
+        })
+        .collect();
+    running.copy_from(&new);
+}
+
 /// `BatchNorm1D` in training mode on `(N, C)` rows (NHWC activations viewed
 /// as rows), updating `bn`'s running statistics.
 ///
@@ -118,26 +129,9 @@ pub fn train_forward<const C: usize, E: Dtype, D: Device<E>, T: Tape<E, D>>(
     let (mean, var) = batch_stats(xhat_buf, C);
 
     // Running statistics, as dfdx's axpy: r = (1 - m) r + m s (variance unbiased).
-    let m = bn.momentum;
     let unbias = n as f64 / (n as f64 - 1.0);
-    let mut running: Tensor<Rank1<C>, f32, Cpu> = same(bn.running_mean.clone());
-    let rm: Vec<f32> = running.as_vec();
-    let rm: Vec<f32> = rm
-        .iter()
-        .zip(&mean)
-        .map(|(&r, &s)| ((1.0 - m) * r as f64 + m * s) as f32)
-        .collect();
-    running.copy_from(&rm);
-    bn.running_mean = same(running);
-    let mut running: Tensor<Rank1<C>, f32, Cpu> = same(bn.running_var.clone());
-    let rv: Vec<f32> = running
-        .as_vec()
-        .iter()
-        .zip(&var)
-        .map(|(&r, &s)| ((1.0 - m) * r as f64 + m * unbias * s) as f32)
-        .collect();
-    running.copy_from(&rv);
-    bn.running_var = same(running);
+    update_running(&mut bn.running_mean, &mean, bn.momentum, 1.0);
+    update_running(&mut bn.running_var, &var, bn.momentum, unbias);
 
     // Normalise in place (xhat is kept for backward), then the affine output.
     let rstd: Vec<f32> = var

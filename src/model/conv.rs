@@ -172,8 +172,7 @@ impl<
     {
         const { assert!(K == 2 * P + 1, "ResNet windows are centred: K = 2P + 1") };
         let pointwise = K == 1 && S == 1 && P == 0;
-        let cpu_f32 = std::any::TypeId::of::<(E, D)>() == std::any::TypeId::of::<(f32, Cpu)>();
-        if pointwise || !cpu_f32 {
+        if pointwise || !cpu::is_cpu_f32::<E, D>() {
             return self.forward_gather(x);
         }
         let (b, h, w, _) = *x.shape();

@@ -44,7 +44,7 @@ impl<E: Dtype, D: Device<E>> BnTape<E, D> for OwnedTape<E, D> {
         bn: &mut BatchNorm1D<C, E, D>,
         x: Tensor<(usize, Const<C>), E, D, Self>,
     ) -> Tensor<(usize, Const<C>), E, D, Self> {
-        if std::any::TypeId::of::<(E, D)>() == std::any::TypeId::of::<(f32, Cpu)>() {
+        if super::conv::cpu::is_cpu_f32::<E, D>() {
             super::batchnorm::train_forward(bn, x) // fused and multi-threaded
         } else {
             bn.forward_mut(x)

@@ -133,13 +133,19 @@ pub fn col2im<E: Dtype + Send + Sync>(dcols: &[E], dx: &mut [E], g: Geometry) {
         });
 }
 
-/// Moves `value` to type `To`, which must be its own type (checked at run time).
-fn same<From: 'static, To: 'static>(value: From) -> To {
+/// Whether `(E, D)` is `(f32, Cpu)`, where the custom CPU ops run.
+pub fn is_cpu_f32<E: 'static, D: 'static>() -> bool {
+    std::any::TypeId::of::<(E, D)>() == std::any::TypeId::of::<(f32, Cpu)>()
+}
+
+/// Moves `value` to type `To`, which must be its own type (checked at run
+/// time): how the CPU ops reach the `f32`/[`Cpu`] types behind generic ones.
+pub(crate) fn same<From: 'static, To: 'static>(value: From) -> To {
     let mut slot = Some(value);
     (&mut slot as &mut dyn Any)
         .downcast_mut::<Option<To>>()
         .and_then(Option::take)
-        .expect("the CPU im2col runs only on the Cpu device")
+        .expect("the custom CPU ops run only for f32 on the Cpu device")
 }
 
 /// Reused buffers for the input copy and the columns: fresh buffers of this
