@@ -87,7 +87,47 @@ pub fn im2col_index(
     (idx, (p > 0).then_some(mask), oh, ow)
 }
 
-type Cache<E, D> = Arc<Mutex<HashMap<(usize, usize, usize), Arc<Im2Col<E, D>>>>>;
+/// Indices a convolution computes once: im2col per input size, and (off the
+/// CPU) the weight permutation.
+struct Indices<E: Dtype, D: Storage<usize> + Storage<E>> {
+    im2col: HashMap<(usize, usize, usize), Arc<Im2Col<E, D>>>,
+    weight: Option<Tensor<(usize,), usize, D>>,
+}
+
+impl<E: Dtype, D: Storage<usize> + Storage<E>> Default for Indices<E, D> {
+    fn default() -> Self {
+        Indices {
+            im2col: HashMap::new(),
+            weight: None,
+        }
+    }
+}
+
+impl<E: Dtype, D: Storage<usize> + Storage<E>> std::fmt::Debug for Indices<E, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Indices")
+            .field("im2col_sizes", &self.im2col.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+type Cache<E, D> = Arc<Mutex<Indices<E, D>>>;
+
+/// For each element of the `(K*K*C, O)` weight matrix (row `(ky*K + kx)*C + c`,
+/// column `o`), its position in the `[O, C, K, K]` weight.
+pub fn weight_permutation(o: usize, c: usize, k: usize) -> Vec<usize> {
+    let mut idx = Vec::with_capacity(o * c * k * k);
+    for ky in 0..k {
+        for kx in 0..k {
+            for ci in 0..c {
+                for oi in 0..o {
+                    idx.push(((oi * c + ci) * k + ky) * k + kx);
+                }
+            }
+        }
+    }
+    idx
+}
 
 /// A bias-free 2-D convolution (ResNets put BatchNorm after every conv).
 #[derive(Debug, Clone)]
@@ -125,7 +165,7 @@ impl<
 
     fn index(&self, dev: &D, b: usize, h: usize, w: usize) -> Arc<Im2Col<E, D>> {
         let mut cache = self.cache.lock().expect("im2col cache");
-        Arc::clone(cache.entry((b, h, w)).or_insert_with(|| {
+        Arc::clone(cache.im2col.entry((b, h, w)).or_insert_with(|| {
             let (idx, mask, oh, ow) = im2col_index(b, h, w, K, S, P);
             let m = idx.len();
             // The CPU concatenates a zero row (cheap there); other devices keep the
@@ -188,12 +228,39 @@ impl<
             .reshape_like(&shape)
     }
 
-    /// The weight as `(K*K*C, O)`, rows in (ky, kx, c) order to match the im2col columns.
+    /// The weight as `(K*K*C, O)`, rows in (ky, kx, c) order to match the
+    /// im2col columns: a permute and copy on the CPU, a gather elsewhere
+    /// (dfdx compiles the CUDA kernel that copies a permuted tensor at run
+    /// time, with headers from the build machine).
     fn weight_matrix<T: Tape<E, D>>(&self) -> Tensor<(usize, Const<O>), E, D, T> {
+        if std::any::TypeId::of::<D>() == std::any::TypeId::of::<Cpu>() {
+            self.weight_matrix_permuted()
+        } else {
+            self.weight_matrix_gathered()
+        }
+    }
+
+    /// [`Self::weight_matrix`] by dfdx's permute and reshape.
+    pub fn weight_matrix_permuted<T: Tape<E, D>>(&self) -> Tensor<(usize, Const<O>), E, D, T> {
         self.weight
             .retaped::<T>()
             .permute::<Rank4<K, K, C, O>, Axes4<2, 3, 1, 0>>()
             .reshape_like(&(K * K * C, Const::<O>))
+    }
+
+    /// [`Self::weight_matrix`] by a gather with a cached index.
+    pub fn weight_matrix_gathered<T: Tape<E, D>>(&self) -> Tensor<(usize, Const<O>), E, D, T> {
+        let n = O * C * K * K;
+        let idx = {
+            let mut cache = self.cache.lock().expect("conv index cache");
+            let dev = self.weight.device();
+            cache
+                .weight
+                .get_or_insert_with(|| dev.tensor_from_vec(weight_permutation(O, C, K), (n,)))
+                .clone()
+        };
+        let flat: Tensor<(usize,), E, D, T> = self.weight.retaped::<T>().reshape_like(&(n,));
+        flat.gather(idx).reshape_like(&(K * K * C, Const::<O>))
     }
 
     /// The device-generic im2col by `gather` (used on CUDA; public so the
@@ -421,5 +488,22 @@ mod tests {
         check::<2, 3, 5, 1, 2>(1, 5, 5);
         check::<3, 2, 5, 2, 2>(2, 11, 12);
         check::<16, 16, 3, 1, 1>(2, 8, 8);
+    }
+
+    #[test]
+    fn gathered_weight_matrix_equals_the_permuted_one_in_value_and_gradient() {
+        let dev: Cpu = Cpu::seed_from_u64(3);
+        let conv: Conv2d<3, 5, 3, 1, 1, f32, Cpu> =
+            Conv2d::from_weight(dev.sample_normal::<Rank4<5, 3, 3, 3>>());
+        let r: Tensor<(usize, Const<5>), f32, Cpu> = dev.sample_normal_like(&(27, Const));
+        let a = conv.weight_matrix_permuted::<OwnedTape<f32, Cpu>>();
+        let b = conv.weight_matrix_gathered::<OwnedTape<f32, Cpu>>();
+        assert_eq!(
+            a.retaped::<NoneTape>().as_vec(),
+            b.retaped::<NoneTape>().as_vec()
+        );
+        let ga = (a * r.clone()).sum().backward();
+        let gb = (b * r).sum().backward();
+        assert_eq!(ga.get(&conv.weight).as_vec(), gb.get(&conv.weight).as_vec());
     }
 }

@@ -7,10 +7,64 @@
 //! element equal to the max, so the duplicate would double it.) The same
 //! rule means a window with tied maxima (all-zero windows after a ReLU)
 //! passes the gradient to each tied element, where PyTorch picks one.
+//!
+//! The window index and padding row of the last few input sizes stay on the
+//! device (per thread), so a training step neither rebuilds nor uploads them.
 
 use super::conv::{Out, conv_out, im2col_index};
 use super::shape::{Act, Halvable, Spatial, Stride, out_side};
 use dfdx::prelude::*;
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Index, `-inf` padding row (None without padding), output sides.
+type PoolIndex<E, D> = (
+    Tensor<(usize,), usize, D>,
+    Option<Tensor<(usize,), E, D>>,
+    usize,
+    usize,
+);
+
+/// (device type, dtype, batch, h, w, k, s, p).
+type PoolKey = (TypeId, TypeId, [usize; 6]);
+
+/// Input sizes kept per thread (training, evaluation and a last partial batch
+/// fit; multi-scale testing of whole images of every size would not).
+const POOL_CACHE_SIZES: usize = 8;
+
+thread_local! {
+    static POOL_INDEX: RefCell<HashMap<PoolKey, Rc<dyn Any>>> = RefCell::new(HashMap::new());
+}
+
+fn pool_index<E: Dtype, D: Device<E>>(dev: &D, dims: [usize; 6]) -> Rc<PoolIndex<E, D>> {
+    let key = (TypeId::of::<D>(), TypeId::of::<E>(), dims);
+    let hit = POOL_INDEX.with(|c| c.borrow().get(&key).cloned());
+    if let Some(v) = hit.and_then(|v| v.downcast::<PoolIndex<E, D>>().ok()) {
+        return v;
+    }
+    let [b, h, w, k, s, p] = dims;
+    let (idx, mask, oh, ow) = im2col_index(b, h, w, k, s, p);
+    let m = idx.len();
+    let neg = E::from_f64(f64::NEG_INFINITY).expect("-inf");
+    let pad = mask.map(|mask| {
+        let pad: Vec<E> = mask
+            .into_iter()
+            .map(|v| if v > 0.0 { E::default() } else { neg })
+            .collect();
+        dev.tensor_from_vec(pad, (m,))
+    });
+    let v = Rc::new((dev.tensor_from_vec(idx, (m,)), pad, oh, ow));
+    POOL_INDEX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= POOL_CACHE_SIZES {
+            c.clear();
+        }
+        c.insert(key, v.clone() as Rc<dyn Any>);
+    });
+    v
+}
 
 /// Max pooling with window `K`, stride `S`, padding `P` (ResNet's stem: 3, 2, 1).
 pub fn max_pool<
@@ -33,23 +87,15 @@ where
     const { assert!(K == 2 * P + 1, "centred windows only: K = 2P + 1") };
     let (b, hd, wd, _) = *x.shape();
     let (h, w) = (hd.size(), wd.size());
-    let (idx, mask, oh, ow) = im2col_index(b.size(), h, w, K, S, P);
-    debug_assert_eq!((oh, ow), (conv_out(h, K, S, P), conv_out(w, K, S, P)));
-    let m = idx.len();
     let dev = x.device().clone();
-    let idx = dev.tensor_from_vec(idx, (m,));
+    let index = pool_index::<E, D>(&dev, [b.size(), h, w, K, S, P]);
+    let (idx, pad, oh, ow) = &*index;
+    let (oh, ow, m) = (*oh, *ow, idx.shape().0);
+    debug_assert_eq!((oh, ow), (conv_out(h, K, S, P), conv_out(w, K, S, P)));
     let rows = x.reshape_like(&(b.size() * h * w, Const::<C>));
-    let mut taps: Tensor<(usize, Const<C>), E, D, T> = rows.gather(idx);
-    if let Some(mask) = mask {
-        let neg = E::from_f64(f64::NEG_INFINITY).expect("-inf");
-        let pad: Vec<E> = mask
-            .into_iter()
-            .map(|v| if v > 0.0 { E::default() } else { neg })
-            .collect();
-        taps = taps
-            + dev
-                .tensor_from_vec(pad, (m,))
-                .broadcast_like(&(m, Const::<C>));
+    let mut taps: Tensor<(usize, Const<C>), E, D, T> = rows.gather(idx.clone());
+    if let Some(pad) = pad {
+        taps = taps + pad.clone().broadcast_like(&(m, Const::<C>));
     }
     let windows = taps.reshape_like(&(b.size() * oh * ow, K * K, Const::<C>));
     let pooled: Tensor<(usize, Const<C>), E, D, T> = windows.max::<_, Axis<1>>();

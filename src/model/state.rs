@@ -122,6 +122,49 @@ pub fn named_tensors<D: Device<f32>, M: TensorCollection<f32, D>>(model: &M) -> 
     c.0
 }
 
+struct CollectGrads<'a, D: Device<f32>>(&'a Gradients<f32, D>, Vec<(String, Vec<f32>)>);
+
+impl<D: Device<f32>> TensorVisitor<f32, D> for CollectGrads<'_, D> {
+    type Viewer = (ViewTensorRef, ViewTensorName);
+    type Err = D::Err;
+    type E2 = f32;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, f32, D>,
+        (t, path): <Self::Viewer as TensorViewer>::View<'_, Tensor<S, f32, D>>,
+    ) -> Result<Option<Tensor<S, f32, D>>, Self::Err> {
+        if opts.do_gradient_update {
+            self.1.push((path, self.0.get(t).as_vec()));
+        }
+        Ok(None)
+    }
+
+    fn visit_scalar<N: num_traits::NumCast>(
+        &mut self,
+        _: ScalarOptions<N>,
+        _: <Self::Viewer as TensorViewer>::View<'_, N>,
+    ) -> Result<Option<N>, Self::Err> {
+        Ok(None)
+    }
+}
+
+/// The gradient of every trainable tensor of `model` in `grads`, by dfdx
+/// path, in module order (panics for a tensor the tape did not reach).
+pub fn named_grads<D: Device<f32>, M: TensorCollection<f32, D>>(
+    model: &M,
+    grads: &Gradients<f32, D>,
+) -> Vec<(String, Vec<f32>)> {
+    let mut c = CollectGrads(grads, Vec::new());
+    M::iter_tensors(&mut RecursiveWalker {
+        m: (model, String::new()),
+        f: &mut c,
+    })
+    .expect("reading gradients does not fail");
+    c.1
+}
+
 type Source<'a> = dyn FnMut(&str, &[usize]) -> Result<Option<Vec<f32>>, StateError> + 'a;
 
 struct Assign<'a>(&'a mut Source<'a>);

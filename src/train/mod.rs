@@ -11,6 +11,7 @@
 //! ```
 
 pub mod checkpoint;
+pub mod device_check;
 pub mod log;
 pub mod metrics;
 pub mod schedule;
@@ -20,7 +21,7 @@ use crate::augment::{CifarAugment, EvalCrop, TrainAugment};
 use crate::error::{LoadError, ReadError};
 use crate::loader::{Loader, LoaderBuilder, LoaderState, OutputKind};
 use crate::model::state::{self, StateError};
-use crate::model::zoo::{self, Family, Input, Network, ZooError};
+use crate::model::zoo::{self, Family, Input, Logits, Network, ZooError};
 use crate::progress::{ProgressMode, progress_bar};
 use crate::reader::Dataset;
 use dfdx::prelude::*;
@@ -362,6 +363,14 @@ pub fn cuda_device(seed: u64) -> Result<Cuda, TrainError> {
     Ok(dev)
 }
 
+/// Device memory in use on the current CUDA context (total - free), bytes.
+#[cfg(feature = "cuda")]
+pub fn cuda_memory_used() -> Option<u64> {
+    cudarc::driver::result::mem_get_info()
+        .ok()
+        .map(|(free, total)| (total - free) as u64)
+}
+
 /// A run ready to start: data opened and checked, checkpoint read.
 pub struct Job {
     config: TrainConfig,
@@ -433,12 +442,50 @@ pub fn eval_loader(
         .map_err(|e| TrainError::Config(format!("evaluation loader: {e}")))
 }
 
-fn onehot(labels: &[u32], classes: usize) -> Vec<f32> {
+pub(crate) fn onehot(labels: &[u32], classes: usize) -> Vec<f32> {
     let mut v = vec![0f32; labels.len() * classes];
     for (i, &l) in labels.iter().enumerate() {
         v[i * classes + l as usize] = 1.0;
     }
     v
+}
+
+/// One training step on an NHWC batch `(n, h, w, 3)`: forward in training
+/// mode, cross-entropy, backward and an SGD update (skipped when the loss
+/// is not finite). Returns the loss and the logits, `n x classes` row-major.
+/// The logits and loss are read back before the backward pass, so on an
+/// asynchronous device the update may still be running on return.
+pub fn sgd_step<M: Network<D>, D: Device<f32>>(
+    model: &mut M,
+    sgd: &mut Sgd<D>,
+    dev: &D,
+    images: &[f32],
+    (n, h, w): (usize, usize, usize),
+    labels: &[u32],
+    lr: f32,
+) -> (f32, Vec<f32>) {
+    let x: Input<D> = dev.tensor_from_vec(images.to_vec(), (n, h, w, Const::<3>));
+    let y = dev.tensor_from_vec(onehot(labels, M::CLASSES), (n, M::CLASSES));
+    sgd_step_on_device(model, sgd, x, y, lr)
+}
+
+/// [`sgd_step`] with the batch already on the device: `x` NHWC, `y` one-hot.
+pub fn sgd_step_on_device<M: Network<D>, D: Device<f32>>(
+    model: &mut M,
+    sgd: &mut Sgd<D>,
+    x: Input<D>,
+    y: Logits<D>,
+    lr: f32,
+) -> (f32, Vec<f32>) {
+    let logits = model.forward_train(x.traced(Gradients::leaky()));
+    let scores = logits.retaped::<NoneTape>().as_vec();
+    let loss = cross_entropy_with_logits_loss(logits, y);
+    let value = loss.as_vec()[0];
+    if value.is_finite() {
+        let grads = loss.backward();
+        sgd.update(model, &grads, lr);
+    }
+    (value, scores)
 }
 
 /// Evaluates `model` over a loader's epoch: one row of logits per view,
@@ -645,14 +692,17 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
             let wait = epoch.stage_times().wait - last_wait;
             last_wait += wait;
             let [n, h, w, _] = batch.shape();
-            let x: Input<D> = dev.tensor_from_vec(batch.images().to_vec(), (n, h, w, Const::<3>));
-            let y = dev.tensor_from_vec(onehot(batch.labels(), n_classes), (n, n_classes));
             let t = st.step as f64 / steps_per_epoch as f64;
             let lr = st.schedule.lr(t);
-            let logits = model.forward_train(x.traced(Gradients::leaky()));
-            let scores = logits.retaped::<NoneTape>().as_vec();
-            let loss = cross_entropy_with_logits_loss(logits, y);
-            let mut loss_value = loss.as_vec()[0];
+            let (mut loss_value, scores) = sgd_step(
+                &mut model,
+                &mut sgd,
+                &dev,
+                batch.images(),
+                (n, h, w),
+                batch.labels(),
+                lr as f32,
+            );
             if cfg.debug_nan_at_step == Some(st.step + 1) {
                 loss_value = f32::NAN;
             }
@@ -664,8 +714,6 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
                     checkpoint: last_ckpt,
                 });
             }
-            let grads = loss.backward();
-            sgd.update(&mut model, &grads, lr as f32);
             let mut acc = Accuracy::default();
             acc.add(&scores, n_classes, batch.labels());
             st.epoch_train.merge(&acc);

@@ -2,13 +2,13 @@
 # Builds the `cuda` feature on a machine without a GPU or a CUDA install,
 # from CUDA 13.0 pip wheels and Debian's libcuda1 (only linked against):
 #
-#   bash tools/cuda-build.sh [cargo build args...]   # default: --lib --bin train-resnet
+#   bash tools/cuda/build.sh [cargo build args...]   # default: --bin gpu-check --bin train-resnet
 #
 # Toolkit goes to target/cuda-toolkit (CUDA_ROOT), the build to target/cuda.
 # dfdx's build script compiles its kernels with nvcc for the compute capability
-# nvidia-smi reports; tools/fake-nvidia-smi answers 9.0 (H100).
+# nvidia-smi reports; tools/cuda/fake-nvidia-smi answers 9.0 (H100).
 set -euo pipefail
-repo=$(cd "$(dirname "$0")/.." && pwd)
+repo=$(cd "$(dirname "$0")/../.." && pwd)
 root=$repo/target/cuda-toolkit
 wheels=$root/wheels
 if [ ! -x "$root/bin/nvcc" ]; then
@@ -44,10 +44,10 @@ for l in nvrtc cublas cublasLt cudart; do
   [ -e "$root/lib/lib$l.so.13" ] && ln -sfn "$root/lib/lib$l.so.13" "$root/stubs/lib$l.so"
 done
 export CUDA_ROOT=$root
-export PATH=$root/bin:$repo/tools/fake-nvidia-smi:$PATH
+export PATH=$root/bin:$repo/tools/cuda/fake-nvidia-smi:$PATH
 export LIBRARY_PATH=$root/stubs:$root/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$root/stubs -L native=$root/lib"
 args=("$@")
-[ ${#args[@]} -eq 0 ] && args=(--lib --bin train-resnet)
+[ ${#args[@]} -eq 0 ] && args=(--bin gpu-check --bin train-resnet)
 cd "$repo"
 cargo build --release --features cuda --target-dir target/cuda "${args[@]}"

@@ -1,0 +1,120 @@
+//! `train::device_check` and `gpu-check` on the CPU (the CUDA side runs on a
+//! lent GPU: see tools/cuda/device.sh and BENCHMARKS.md).
+
+use crate::util::packed_sample;
+use assert_cmd::Command;
+use dfdx::prelude::Cpu;
+use resnet_imagenet::model::cifar::ResNet20;
+use resnet_imagenet::model::resnet::ResNet18;
+use resnet_imagenet::model::state::named_tensors;
+use resnet_imagenet::reader::Dataset;
+use resnet_imagenet::train::device_check::{self, Timing, rel_err};
+use resnet_imagenet::train::{self, TrainConfig};
+use std::sync::Arc;
+
+#[test]
+fn relative_error_is_normwise_and_flags_non_finite_values() {
+    assert_eq!(rel_err(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
+    let e = rel_err(&[3.0, 4.0 + 0.05], &[3.0, 4.0]);
+    assert!((e - 0.01).abs() < 1e-6, "{e}");
+    assert_eq!(rel_err(&[f32::NAN, 1.0], &[1.0, 1.0]), f64::INFINITY);
+    assert_eq!(rel_err(&[1.0], &[1.0, 1.0]), f64::INFINITY);
+    assert_eq!(rel_err(&[0.5], &[0.0]), 0.5); // absolute where the reference is 0
+}
+
+#[test]
+fn comparing_two_cpus_copies_every_weight_and_finds_no_difference() {
+    let (a, b) = (train::cpu_device(1), train::cpu_device(2)); // different seeds: the copy matters
+    type M = ResNet20<10, f32, Cpu>;
+    let c = device_check::compare::<M, Cpu, Cpu>("resnet20", &a, &b, 2, 32, 2, 5);
+    let model: M = dfdx::nn::BuildModule::build(&a);
+    let tensors = named_tensors(&model);
+    let trainable = tensors.iter().filter(|t| t.trainable).count();
+    assert_eq!(c.gradients.len(), trainable);
+    assert_eq!(c.after_steps.len(), tensors.len()); // BatchNorm statistics too
+    assert!(c.gradients.iter().all(|g| g.norm > 0.0));
+    assert_eq!((c.logits, c.loss), (0.0, 0.0));
+    assert!(
+        c.gradients
+            .iter()
+            .chain(&c.after_steps)
+            .all(|e| e.rel == 0.0)
+    );
+    assert!(c.passed());
+}
+
+#[test]
+fn step_timing_respects_its_bounds() {
+    let dev = train::cpu_device(0);
+    let timing = Timing {
+        warmup: 1,
+        min_steps: 2,
+        max_steps: 3,
+        max_seconds: 0.0,
+    };
+    let t = device_check::time_steps::<ResNet18<10, f32, Cpu>, Cpu>(
+        "resnet18",
+        &dev,
+        2,
+        32,
+        timing,
+        &|| None,
+    );
+    assert_eq!(t.step_s.len(), 2); // min_steps, since max_seconds is 0
+    assert!(t.step_s.iter().all(|&s| s > 0.0));
+    assert!((t.images_per_sec - 2.0 / t.median_s).abs() < 1e-9);
+    assert_eq!(t.memory_bytes, None);
+}
+
+#[test]
+fn loader_fed_training_counts_its_steps_and_waits() {
+    let dev = train::cpu_device(0);
+    let mut cfg = TrainConfig::paper(packed_sample(), "resnet20");
+    cfg.batch_size = 8;
+    cfg.workers = 2;
+    let ds = Arc::new(Dataset::open(packed_sample().join("train")).unwrap());
+    let loader = train::train_loader(&cfg, ds).unwrap();
+    // More steps than an epoch has batches: epochs are chained.
+    let steps = loader.batches_per_epoch() + 2;
+    let r = device_check::time_loader_training::<ResNet20<12, f32, Cpu>, Cpu>(
+        "resnet20", &dev, &loader, 1, steps,
+    )
+    .unwrap();
+    assert_eq!((r.steps, r.batch, r.workers), (steps, 8, 2));
+    assert!(r.wait_s >= 0.0 && r.wait_s <= r.wall_s);
+    assert!((0.0..=1.0).contains(&r.wait_fraction));
+    assert!((r.images_per_sec - (steps * 8) as f64 / r.wall_s).abs() < 1e-6);
+    assert!(r.loader_alone_images_per_sec > 0.0);
+}
+
+#[test]
+fn gpu_check_dry_run_on_the_cpu_writes_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.jsonl");
+    #[rustfmt::skip]
+    let args = [
+        "--compare", "resnet18", "--compare-batch", "1", "--compare-side", "32", "--compare-steps", "1",
+        "--time", "resnet18", "--batch-sizes", "2", "--side", "32",
+        "--warmup", "0", "--min-steps", "1", "--max-steps", "1",
+    ];
+    Command::cargo_bin("gpu-check")
+        .unwrap()
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("PASS"));
+    let kinds: Vec<String> = std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].to_string())
+        .collect();
+    assert_eq!(kinds, ["\"compare\"", "\"time\""]);
+    Command::cargo_bin("gpu-check")
+        .unwrap()
+        .args(["--compare", "vgg16"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("resnet50"));
+}
