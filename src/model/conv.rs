@@ -170,7 +170,7 @@ impl<
             let m = idx.len();
             // The CPU concatenates a zero row (cheap there); other devices keep the
             // mask, since dfdx compiles its CUDA concat kernel at run time.
-            let on_cpu = std::any::TypeId::of::<D>() == std::any::TypeId::of::<Cpu>();
+            let on_cpu = cpu::is_cpu::<D>();
             let zero_idx = match (&mask, on_cpu) {
                 (Some(mk), true) => {
                     let zero_row = b * h * w;
@@ -233,7 +233,7 @@ impl<
     /// (dfdx compiles the CUDA kernel that copies a permuted tensor at run
     /// time, with headers from the build machine).
     fn weight_matrix<T: Tape<E, D>>(&self) -> Tensor<(usize, Const<O>), E, D, T> {
-        if std::any::TypeId::of::<D>() == std::any::TypeId::of::<Cpu>() {
+        if cpu::is_cpu::<D>() {
             self.weight_matrix_permuted()
         } else {
             self.weight_matrix_gathered()
@@ -456,13 +456,15 @@ mod tests {
             }
         }
         let r = dev.tensor_from_vec(rv, (b, oh, ow, Const::<O>));
-        // The CPU im2col op (forward) and the device-generic gather path.
-        for gather in [false, true] {
+        // The CPU im2col op, the gather path as the CPU runs it (an appended
+        // zero row) and as CUDA runs it (a padding mask, a gathered weight).
+        for path in ["cpu op", "gather, zero row", "gather, device-generic"] {
             let x = dev.tensor_from_vec(xv.clone(), (b, h, w, Const::<C>));
-            let y = if gather {
-                conv.forward_gather(x.leaky_trace())
-            } else {
-                conv.forward(x.leaky_trace())
+            let fresh: Conv2d<C, O, K, S, P, f32, Cpu> = Conv2d::from_weight(conv.weight.clone()); // own index cache
+            let y = match path {
+                "cpu op" => conv.forward(x.leaky_trace()),
+                "gather, zero row" => fresh.forward_gather(x.leaky_trace()),
+                _ => cpu::with_generic_ops(|| fresh.forward(x.leaky_trace())),
             };
             assert_eq!((y.shape().1.size(), y.shape().2.size()), (oh, ow));
             let y = y.reshape_like(&(b, oh, ow, Const::<O>));
@@ -473,7 +475,7 @@ mod tests {
             let tol = 2e-6;
             assert!(
                 fwd < tol && ex < tol && ew < tol,
-                "C{C} O{O} K{K} S{S} P{P} {h}x{w} gather={gather}: forward {fwd:e}, dx {ex:e}, dw {ew:e}"
+                "C{C} O{O} K{K} S{S} P{P} {h}x{w} {path}: forward {fwd:e}, dx {ex:e}, dw {ew:e}"
             );
         }
     }

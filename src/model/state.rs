@@ -442,6 +442,12 @@ pub fn load_tensors<D: Device<f32>, M: TensorCollection<f32, D>>(
 /// Sets the scale of the last BatchNorm of every residual branch to zero
 /// (Goyal et al. 2017): each block then starts as the identity.
 pub fn zero_init_last_bn<D: Device<f32>, M: TensorCollection<f32, D>>(model: &mut M) {
+    scale_last_bn(model, 0.0);
+}
+
+/// Sets the scale of the last BatchNorm of every residual branch to `value`
+/// ([`zero_init_last_bn`] is `value = 0`).
+pub fn scale_last_bn<D: Device<f32>, M: TensorCollection<f32, D>>(model: &mut M, value: f32) {
     // The last branch BN of a block is its highest-numbered bnK inside `layerX.Y.`.
     let names: Vec<String> = named_tensors(model)
         .iter()
@@ -466,9 +472,9 @@ pub fn zero_init_last_bn<D: Device<f32>, M: TensorCollection<f32, D>>(model: &mu
         let name = torchvision_name(path);
         Ok(targets
             .contains(&name)
-            .then(|| vec![0.0; shape.iter().product()]))
+            .then(|| vec![value; shape.iter().product()]))
     };
-    assign_tensors(model, &mut source).expect("zeroing does not fail");
+    assign_tensors(model, &mut source).expect("setting scales does not fail");
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 # 3. gpu-check: ResNet-50 trained from the packed photos, all cores loading
 # 4. PyTorch/torchvision, same networks and batches: fp32, TF32, bf16 autocast
 # then one table (tools/cuda/table.py). Each part has its own time limit.
+# BATCHES (default 32,64,128): batch sizes; BATCHES18 (64): PyTorch ResNet-18's.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/gpu-out}
@@ -28,15 +29,28 @@ export LD_LIBRARY_PATH=$(find "$sp/nvidia" -maxdepth 3 -type d -name lib | paste
 bin=/tmp/gpu-check
 gunzip -c "${BUNDLE:-.gpu}/gpu-check.gz" > "$bin" && chmod +x "$bin"
 if ldd "$bin" | grep 'not found'; then echo "missing libraries (above)"; fi
-gc() { local limit=$1; shift; stamp "gpu-check $*"; timeout "$limit" "$bin" "$@" 2>&1 | tee -a "$out/ours.log"; echo "exit ${PIPESTATUS[0]}"; }
-gc 90 --compare resnet18,resnet50 --time "" --json "$out/compare.jsonl"
-gc 100 --compare "" --time resnet50 --batch-sizes "$batches" --max-seconds 6 --ops-batch 64 --json "$out/time50.jsonl"
-gc 50 --compare "" --time resnet18 --batch-sizes "$batches" --max-seconds 4 --json "$out/time18.jsonl"
-gc 60 --compare "" --time "" --data "${BUNDLE:-.gpu}/photos/train" --workers "$(nproc)" --json "$out/loader.jsonl"
-stamp "pytorch"
-timeout 120 python3 tools/cuda/pytorch_bench.py --models resnet50,resnet18 --batch-sizes "$batches" --max-seconds 3 \
-  --json "$out/torch.jsonl" 2>&1 | tee "$out/torch.log"
+# Each part writes JSON lines to /tmp, appended to $out/ours.jsonl or
+# $out/torch.jsonl (the device tool returns at most 8 files).
+gc() {
+  local limit=$1; shift
+  stamp "gpu-check $*"
+  timeout "$limit" "$bin" "$@" --json /tmp/part.jsonl 2>&1 | tee -a "$out/ours.log"
+  echo "exit ${PIPESTATUS[0]}"
+  cat /tmp/part.jsonl >> "$out/ours.jsonl" 2>/dev/null; rm -f /tmp/part.jsonl
+}
+pt() {
+  local limit=$1; shift
+  stamp "pytorch $*"
+  timeout "$limit" python3 tools/cuda/pytorch_bench.py "$@" --json /tmp/part.jsonl 2>&1 | tee -a "$out/torch.log"
+  cat /tmp/part.jsonl >> "$out/torch.jsonl" 2>/dev/null; rm -f /tmp/part.jsonl
+}
+rm -f "$out/ours.jsonl" "$out/torch.jsonl"
+gc 120 --compare resnet18,resnet50 --compare-last-bn-scale 0.1 --time ""
+gc 100 --compare "" --time resnet50 --batch-sizes "$batches" --max-seconds 6 --ops-batch 64
+gc 50 --compare "" --time resnet18 --batch-sizes "$batches" --max-seconds 4
+gc 60 --compare "" --time "" --data "${BUNDLE:-.gpu}/photos/train" --workers "$(nproc)"
+pt 200 --models resnet50 --batch-sizes "$batches" --max-seconds 2
+pt 70 --models resnet18 --batch-sizes "${BATCHES18:-64}" --max-seconds 2
 stamp "table"
-python3 tools/cuda/table.py "$out"/compare.jsonl "$out"/time50.jsonl "$out"/time18.jsonl "$out"/loader.jsonl \
-  -- "$out"/torch.jsonl | tee "$out/table.md"
+python3 tools/cuda/table.py "$out/ours.jsonl" -- "$out/torch.jsonl" | tee "$out/table.md"
 stamp "done"
