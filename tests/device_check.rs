@@ -174,5 +174,6 @@ fn the_device_generic_path_agrees_with_the_cpu_ops() {
     );
     assert!(d.logits < 1e-5, "{}", d.logits);
     assert!(g.rel < 3e-3, "{}", g.rel);
+    assert!(d.gradients_all < 1e-3, "{}", d.gradients_all);
     assert!(a.rel < 3e-2, "{}", a.rel);
 }

@@ -9,7 +9,8 @@
 # 3. gpu-check: ResNet-50 trained from the packed photos, all cores loading
 # 4. PyTorch/torchvision, same networks and batches: fp32, TF32, bf16 autocast
 # then one table (tools/cuda/table.py). Each part has its own time limit.
-# BATCHES (default 32,64,128): batch sizes; BATCHES18 (64): PyTorch ResNet-18's.
+# BATCHES (default 32,64,128): batch sizes; BATCHES18 (64): PyTorch ResNet-18's;
+# PARTS: a subset of "compare time50 time18 loader torch50 torch18".
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/gpu-out}
@@ -45,12 +46,14 @@ pt() {
   cat /tmp/part.jsonl >> "$out/torch.jsonl" 2>/dev/null; rm -f /tmp/part.jsonl
 }
 rm -f "$out/ours.jsonl" "$out/torch.jsonl"
-gc 120 --compare resnet18,resnet50 --compare-last-bn-scale 0.1 --time ""
-gc 100 --compare "" --time resnet50 --batch-sizes "$batches" --max-seconds 6 --ops-batch 64
-gc 50 --compare "" --time resnet18 --batch-sizes "$batches" --max-seconds 4
-gc 60 --compare "" --time "" --data "${BUNDLE:-.gpu}/photos/train" --workers "$(nproc)"
-pt 200 --models resnet50 --batch-sizes "$batches" --max-seconds 2
-pt 70 --models resnet18 --batch-sizes "${BATCHES18:-64}" --max-seconds 2
+parts=" ${PARTS:-compare time50 time18 loader torch50 torch18} "
+has() { [[ $parts == *" $1 "* ]]; }
+has compare && gc 120 --compare resnet18,resnet50 --compare-last-bn-scale 0.1 --time ""
+has time50 && gc 100 --compare "" --time resnet50 --batch-sizes "$batches" --max-seconds 6 --ops-batch 64
+has time18 && gc 50 --compare "" --time resnet18 --batch-sizes "$batches" --max-seconds 4
+has loader && gc 60 --compare "" --time "" --data "${BUNDLE:-.gpu}/photos/train" --workers "$(nproc)"
+has torch50 && pt 200 --models resnet50 --batch-sizes "$batches" --max-seconds 2
+has torch18 && pt 70 --models resnet18 --batch-sizes "${BATCHES18:-64}" --max-seconds 2
 stamp "table"
 python3 tools/cuda/table.py "$out/ours.jsonl" -- "$out/torch.jsonl" | tee "$out/table.md"
 stamp "done"

@@ -55,8 +55,13 @@ def main():
             def summary(d):
                 g = max(d["gradients"], key=lambda e: e["rel"])
                 a = max(d["after_steps"], key=lambda e: e["rel"])
-                return (f"logits {d['logits']:.2e}, loss {d['loss']:.2e}, worst gradient {g['rel']:.2e} ({g['path']}), "
-                        f"worst tensor after {r['steps']} SGD steps {a['rel']:.2e} ({a['path']})")
+                glob = d.get("gradients_all")
+                aglob = d.get("after_steps_all")
+                return (f"logits {d['logits']:.2e}, loss {d['loss']:.2e}, "
+                        + (f"gradients {glob:.2e} " if glob is not None else "")
+                        + f"(worst {g['rel']:.2e}, {g['path']}), after {r['steps']} SGD steps "
+                        + (f"{aglob:.2e} " if aglob is not None else "")
+                        + f"(worst {a['rel']:.2e}, {a['path']})")
             print(f"\ncompare {r['model']} b{r['batch']} {r['side']}px, CPU vs CUDA: {summary(r['test'])}")
             print(f"  CPU vs CPU on input x (1 + 1e-6): {summary(r['sensitivity'])}")
         elif r.get("kind") == "loader":
