@@ -79,28 +79,52 @@ impl Normalizer {
     }
 
     /// Writes `hwc` (RGB8, `size x size`) into `out` (CHW f32, `3 * size * size`).
+    ///
+    /// One pass over each input row, writing the three output planes'
+    /// rows side by side (reading each pixel once, in order or mirrored).
     pub fn write_chw(&self, hwc: &[u8], flip: bool, light: [f32; 3], out: &mut [f32]) {
         let s = self.size;
         let n = s * s;
         assert!(hwc.len() >= 3 * n && out.len() >= 3 * n);
-        for c in 0..3 {
-            let (mul, add) = (self.mul[c], light[c]);
-            let plane = &mut out[c * n..(c + 1) * n];
-            let sub = &self.sub[c * n..(c + 1) * n];
-            for y in 0..s {
-                let row = &hwc[y * s * 3..(y + 1) * s * 3];
-                let o = &mut plane[y * s..(y + 1) * s];
-                let m = &sub[y * s..(y + 1) * s];
-                if flip {
-                    for x in 0..s {
-                        o[x] = (row[(s - 1 - x) * 3 + c] as f32 + add - m[x]) * mul;
-                    }
-                } else {
-                    for x in 0..s {
-                        o[x] = (row[x * 3 + c] as f32 + add - m[x]) * mul;
-                    }
-                }
+        let (r_plane, rest) = out[..3 * n].split_at_mut(n);
+        let (g_plane, b_plane) = rest.split_at_mut(n);
+        let (r_sub, rest) = self.sub[..3 * n].split_at(n);
+        let (g_sub, b_sub) = rest.split_at(n);
+        let rows = hwc[..3 * n].as_chunks::<3>().0.chunks_exact(s);
+        let planes = r_plane
+            .chunks_exact_mut(s)
+            .zip(g_plane.chunks_exact_mut(s))
+            .zip(b_plane.chunks_exact_mut(s));
+        let subs = r_sub
+            .chunks_exact(s)
+            .zip(g_sub.chunks_exact(s))
+            .zip(b_sub.chunks_exact(s));
+        for ((row, ((r, g), b)), ((rm, gm), bm)) in rows.zip(planes).zip(subs) {
+            let out = [r, g, b];
+            let sub = [rm, gm, bm];
+            if flip {
+                self.chw_row(row.iter().rev(), light, out, sub);
+            } else {
+                self.chw_row(row.iter(), light, out, sub);
             }
+        }
+    }
+
+    #[inline(always)]
+    fn chw_row<'a>(
+        &self,
+        pixels: impl Iterator<Item = &'a [u8; 3]>,
+        light: [f32; 3],
+        [r, g, b]: [&mut [f32]; 3],
+        [rm, gm, bm]: [&[f32]; 3],
+    ) {
+        let mul = self.mul;
+        let outs = r.iter_mut().zip(g.iter_mut()).zip(b.iter_mut());
+        let subs = rm.iter().zip(gm).zip(bm);
+        for ((p, ((r, g), b)), ((rm, gm), bm)) in pixels.zip(outs).zip(subs) {
+            *r = (p[0] as f32 + light[0] - rm) * mul[0];
+            *g = (p[1] as f32 + light[1] - gm) * mul[1];
+            *b = (p[2] as f32 + light[2] - bm) * mul[2];
         }
     }
 
@@ -110,15 +134,20 @@ impl Normalizer {
         let s = self.size;
         let n = s * s;
         assert!(hwc.len() >= 3 * n && out.len() >= 3 * n);
-        for y in 0..s {
-            let row = &hwc[y * s * 3..(y + 1) * s * 3];
-            for x in 0..s {
-                let sx = if flip { s - 1 - x } else { x };
-                for c in 0..3 {
-                    out[(y * s + x) * 3 + c] = (row[sx * 3 + c] as f32 + light[c]
-                        - self.sub[c * n + y * s + x])
-                        * self.mul[c];
-                }
+        let (r_sub, rest) = self.sub[..3 * n].split_at(n);
+        let (g_sub, b_sub) = rest.split_at(n);
+        let mul = self.mul;
+        let rows = hwc[..3 * n].as_chunks::<3>().0.chunks_exact(s);
+        let outs = out[..3 * n].as_chunks_mut::<3>().0.chunks_exact_mut(s);
+        let subs = r_sub
+            .chunks_exact(s)
+            .zip(g_sub.chunks_exact(s))
+            .zip(b_sub.chunks_exact(s));
+        for ((row, o), sub) in rows.zip(outs).zip(subs) {
+            if flip {
+                hwc_row(row.iter().rev(), light, mul, o, sub);
+            } else {
+                hwc_row(row.iter(), light, mul, o, sub);
             }
         }
     }
@@ -184,6 +213,25 @@ impl Normalizer {
             }
         }
         out
+    }
+}
+
+/// One row of [`Normalizer::write_hwc`].
+#[inline(always)]
+fn hwc_row<'a>(
+    pixels: impl Iterator<Item = &'a [u8; 3]>,
+    light: [f32; 3],
+    mul: [f32; 3],
+    out: &mut [[f32; 3]],
+    ((rm, gm), bm): ((&[f32], &[f32]), &[f32]),
+) {
+    let subs = rm.iter().zip(gm).zip(bm);
+    for (p, (o, ((rm, gm), bm))) in pixels.zip(out.iter_mut().zip(subs)) {
+        *o = [
+            (p[0] as f32 + light[0] - rm) * mul[0],
+            (p[1] as f32 + light[1] - gm) * mul[1],
+            (p[2] as f32 + light[2] - bm) * mul[2],
+        ];
     }
 }
 
