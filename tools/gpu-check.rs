@@ -185,29 +185,33 @@ fn run<D: Device<f32> + Synchronize + Cache>(
         .map_err(anyhow::Error::msg)?;
         match r {
             Ok(c) => {
-                let (d, e) = (&c.test, &c.sensitivity);
                 let w = |x: Option<&device_check::TensorError>| {
                     x.map_or("-".into(), |x| format!("{:.1e} ({})", x.rel, x.path))
                 };
-                println!(
-                    "compare {label} b{b} {s}x{s} cpu vs {device}: logits {:.1e}, loss {:.1e}, gradients {:.1e} (worst {}), after {k} steps {:.1e} (worst {}): {}",
-                    d.logits,
-                    d.loss,
-                    d.gradients_all,
-                    w(d.worst_gradient()),
-                    d.after_steps_all,
-                    w(d.worst_after_steps()),
-                    if c.passed() { "PASS" } else { "FAIL" }
-                );
-                println!(
-                    "  cpu vs cpu on input x (1 + 1e-6): logits {:.1e}, loss {:.1e}, gradients {:.1e} (worst {}), after {k} steps {:.1e} (worst {})",
-                    e.logits,
-                    e.loss,
-                    e.gradients_all,
-                    w(e.worst_gradient()),
-                    e.after_steps_all,
-                    w(e.worst_after_steps()),
-                );
+                let verdict = if c.passed() { ": PASS" } else { ": FAIL" };
+                let lines = [
+                    (
+                        &c.test,
+                        format!("compare {label} b{b} {s}x{s} cpu vs {device}"),
+                        verdict,
+                    ),
+                    (
+                        &c.sensitivity,
+                        "  cpu vs cpu on input x (1 + 1e-6)".into(),
+                        "",
+                    ),
+                ];
+                for (d, what, verdict) in lines {
+                    println!(
+                        "{what}: logits {:.1e}, loss {:.1e}, gradients {:.1e} (worst {}), after {k} steps {:.1e} (worst {}){verdict}",
+                        d.logits,
+                        d.loss,
+                        d.gradients_all,
+                        w(d.worst_gradient()),
+                        d.after_steps_all,
+                        w(d.worst_after_steps()),
+                    );
+                }
                 all_passed &= c.passed();
                 out.record(&Record::Compare(c));
             }

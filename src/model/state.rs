@@ -80,9 +80,14 @@ pub struct NamedTensor {
     pub trainable: bool,
 }
 
-struct Collect(Vec<NamedTensor>);
+/// Collects every tensor's values, or with gradients, every trainable
+/// tensor's gradient.
+struct Collect<'a, D: Device<f32>> {
+    grads: Option<&'a Gradients<f32, D>>,
+    out: Vec<NamedTensor>,
+}
 
-impl<D: Device<f32>> TensorVisitor<f32, D> for Collect {
+impl<D: Device<f32>> TensorVisitor<f32, D> for Collect<'_, D> {
     type Viewer = (ViewTensorRef, ViewTensorName);
     type Err = D::Err;
     type E2 = f32;
@@ -93,11 +98,17 @@ impl<D: Device<f32>> TensorVisitor<f32, D> for Collect {
         opts: TensorOptions<S, f32, D>,
         (t, path): <Self::Viewer as TensorViewer>::View<'_, Tensor<S, f32, D>>,
     ) -> Result<Option<Tensor<S, f32, D>>, Self::Err> {
-        self.0.push(NamedTensor {
+        let trainable = opts.do_gradient_update;
+        let data = match self.grads {
+            None => t.as_vec(),
+            Some(g) if trainable => g.get(t).as_vec(),
+            Some(_) => return Ok(None),
+        };
+        self.out.push(NamedTensor {
             path,
             shape: t.shape().concrete().into_iter().collect(),
-            data: t.as_vec(),
-            trainable: opts.do_gradient_update,
+            data,
+            trainable,
         });
         Ok(None)
     }
@@ -111,43 +122,25 @@ impl<D: Device<f32>> TensorVisitor<f32, D> for Collect {
     }
 }
 
-/// Every tensor of `model` (parameters and BatchNorm statistics), in module order.
-pub fn named_tensors<D: Device<f32>, M: TensorCollection<f32, D>>(model: &M) -> Vec<NamedTensor> {
-    let mut c = Collect(Vec::new());
+fn collect<D: Device<f32>, M: TensorCollection<f32, D>>(
+    model: &M,
+    grads: Option<&Gradients<f32, D>>,
+) -> Vec<NamedTensor> {
+    let mut c = Collect {
+        grads,
+        out: Vec::new(),
+    };
     M::iter_tensors(&mut RecursiveWalker {
         m: (model, String::new()),
         f: &mut c,
     })
     .expect("reading tensors does not fail");
-    c.0
+    c.out
 }
 
-struct CollectGrads<'a, D: Device<f32>>(&'a Gradients<f32, D>, Vec<(String, Vec<f32>)>);
-
-impl<D: Device<f32>> TensorVisitor<f32, D> for CollectGrads<'_, D> {
-    type Viewer = (ViewTensorRef, ViewTensorName);
-    type Err = D::Err;
-    type E2 = f32;
-    type D2 = D;
-
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, f32, D>,
-        (t, path): <Self::Viewer as TensorViewer>::View<'_, Tensor<S, f32, D>>,
-    ) -> Result<Option<Tensor<S, f32, D>>, Self::Err> {
-        if opts.do_gradient_update {
-            self.1.push((path, self.0.get(t).as_vec()));
-        }
-        Ok(None)
-    }
-
-    fn visit_scalar<N: num_traits::NumCast>(
-        &mut self,
-        _: ScalarOptions<N>,
-        _: <Self::Viewer as TensorViewer>::View<'_, N>,
-    ) -> Result<Option<N>, Self::Err> {
-        Ok(None)
-    }
+/// Every tensor of `model` (parameters and BatchNorm statistics), in module order.
+pub fn named_tensors<D: Device<f32>, M: TensorCollection<f32, D>>(model: &M) -> Vec<NamedTensor> {
+    collect(model, None)
 }
 
 /// The gradient of every trainable tensor of `model` in `grads`, by dfdx
@@ -156,13 +149,10 @@ pub fn named_grads<D: Device<f32>, M: TensorCollection<f32, D>>(
     model: &M,
     grads: &Gradients<f32, D>,
 ) -> Vec<(String, Vec<f32>)> {
-    let mut c = CollectGrads(grads, Vec::new());
-    M::iter_tensors(&mut RecursiveWalker {
-        m: (model, String::new()),
-        f: &mut c,
-    })
-    .expect("reading gradients does not fail");
-    c.1
+    collect(model, Some(grads))
+        .into_iter()
+        .map(|t| (t.path, t.data))
+        .collect()
 }
 
 type Source<'a> = dyn FnMut(&str, &[usize]) -> Result<Option<Vec<f32>>, StateError> + 'a;
