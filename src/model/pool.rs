@@ -27,7 +27,8 @@ type PoolIndex<E, D> = (
     usize,
 );
 
-/// (device type, dtype, batch, h, w, k, s, p).
+/// (device type, dtype, batch, h, w, k, s, p). Keyed by the device's type,
+/// not its instance: one GPU per thread (as the trainer runs).
 type PoolKey = (TypeId, TypeId, [usize; 6]);
 
 /// Input sizes kept per thread (training, evaluation and a last partial batch
