@@ -52,21 +52,35 @@ impl Drop for Pooled {
     }
 }
 
-/// Per-channel sums of `f(row)` over `rows` (length a multiple of `c`), in fixed chunks.
-fn channel_sums(rows: &[f32], c: usize, f: impl Fn(&mut [f64], &[f32]) + Sync) -> Vec<f64> {
-    let partial: Vec<Vec<f64>> = rows
-        .par_chunks(CHUNK_ROWS * c)
-        .map(|chunk| {
-            let mut acc = vec![0f64; c];
-            for row in chunk.chunks_exact(c) {
-                f(&mut acc, row);
-            }
+/// Per-channel sums over `n` rows of `c` channels: `f(rows, acc)` adds one
+/// chunk of rows (a range of row indices) into `acc` (`width * c` sums,
+/// zeroed); chunks of [`CHUNK_ROWS`] run in parallel and are combined in
+/// order, so the result does not depend on the number of threads.
+fn chunk_sums(
+    n: usize,
+    width: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [f64]) + Sync,
+) -> Vec<f64> {
+    let partial: Vec<Vec<f64>> = (0..n.div_ceil(CHUNK_ROWS))
+        .into_par_iter()
+        .map(|k| {
+            let mut acc = vec![0f64; width];
+            f(k * CHUNK_ROWS..((k + 1) * CHUNK_ROWS).min(n), &mut acc);
             acc
         })
         .collect();
-    partial.iter().fold(vec![0f64; c], |mut total, p| {
+    partial.iter().fold(vec![0f64; width], |mut total, p| {
         total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
         total
+    })
+}
+
+/// Per-channel sums of `f(acc, row)` over `rows` (length a multiple of `c`).
+fn channel_sums(rows: &[f32], c: usize, f: impl Fn(&mut [f64], &[f32]) + Sync) -> Vec<f64> {
+    chunk_sums(rows.len() / c, c, |r, acc| {
+        for row in rows[r.start * c..r.end * c].chunks_exact(c) {
+            f(acc, row);
+        }
     })
 }
 
@@ -206,27 +220,21 @@ pub fn train_forward<const C: usize, E: Dtype, D: Device<E>, T: Tape<E, D>>(
 
 /// Per-channel `(sum a, sum a * b)` over `(n, c)` rows, in fixed chunks.
 fn channel_sums_pairs(a: &[f32], b: &[f32], c: usize) -> Vec<(f64, f64)> {
-    let partial: Vec<Vec<(f64, f64)>> = a
-        .par_chunks(CHUNK_ROWS * c)
-        .zip(b.par_chunks(CHUNK_ROWS * c))
-        .map(|(ac, bc)| {
-            let mut acc = vec![(0f64, 0f64); c];
-            for (ar, br) in ac.chunks_exact(c).zip(bc.chunks_exact(c)) {
-                for ((s, &x), &y) in acc.iter_mut().zip(ar).zip(br) {
-                    s.0 += x as f64;
-                    s.1 += (x * y) as f64;
-                }
+    let sums = chunk_sums(a.len() / c, 2 * c, |r, acc| {
+        let (sa, sab) = acc.split_at_mut(c);
+        let rows = r.start * c..r.end * c;
+        for (ar, br) in a[rows.clone()].chunks_exact(c).zip(b[rows].chunks_exact(c)) {
+            for (((s, p), &x), &y) in sa.iter_mut().zip(sab.iter_mut()).zip(ar).zip(br) {
+                *s += x as f64;
+                *p += (x * y) as f64;
             }
-            acc
-        })
-        .collect();
-    partial.iter().fold(vec![(0f64, 0f64); c], |mut total, p| {
-        for (t, v) in total.iter_mut().zip(p) {
-            t.0 += v.0;
-            t.1 += v.1;
         }
-        total
-    })
+    });
+    sums[..c]
+        .iter()
+        .copied()
+        .zip(sums[c..].iter().copied())
+        .collect()
 }
 
 #[cfg(test)]
