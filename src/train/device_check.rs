@@ -6,7 +6,8 @@
 //! as the device; everything here is generic, so the tests run it CPU
 //! against CPU.
 //!
-//! Errors are norm-wise, `‖x − ref‖ / ‖ref‖`, per tensor.
+//! Errors are norm-wise, `‖x − ref‖ / ‖ref‖`, per tensor and over all
+//! tensors taken as one vector.
 
 use super::{Sgd, onehot, sgd_step};
 use crate::loader::Loader;
@@ -46,33 +47,32 @@ impl Default for Thresholds {
     }
 }
 
-/// [`rel_err`] over several named tensors taken as one vector.
-fn global_err(x: &[(String, Vec<f32>)], reference: &[(String, Vec<f32>)]) -> f64 {
-    let xs: HashMap<&str, &Vec<f32>> = x.iter().map(|(p, v)| (p.as_str(), v)).collect();
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for (p, r) in reference {
-        match xs.get(p.as_str()) {
-            Some(v) if v.len() == r.len() => a.extend_from_slice(v),
-            _ => return f64::INFINITY,
-        }
-        b.extend_from_slice(r);
-    }
-    rel_err(&a, &b)
-}
-
 /// `‖x − reference‖ / ‖reference‖` (in f64; infinite when `x` has a
 /// non-finite value or the lengths differ; the absolute error when the
 /// reference is zero).
 pub fn rel_err(x: &[f32], reference: &[f32]) -> f64 {
+    ratio(squares(x, reference))
+}
+
+/// `(‖x − reference‖², ‖reference‖²)`, or None where `rel_err` is infinite.
+fn squares(x: &[f32], reference: &[f32]) -> Option<(f64, f64)> {
     if x.len() != reference.len() || x.iter().any(|v| !v.is_finite()) {
-        return f64::INFINITY;
+        return None;
     }
     let (mut d, mut r) = (0f64, 0f64);
     for (&a, &b) in x.iter().zip(reference) {
         d += (a as f64 - b as f64).powi(2);
         r += (b as f64).powi(2);
     }
-    if r > 0.0 { (d / r).sqrt() } else { d.sqrt() }
+    Some((d, r))
+}
+
+fn ratio(squares: Option<(f64, f64)>) -> f64 {
+    match squares {
+        None => f64::INFINITY,
+        Some((d, r)) if r > 0.0 => (d / r).sqrt(),
+        Some((d, _)) => d.sqrt(),
+    }
 }
 
 /// One tensor's error.
@@ -171,16 +171,28 @@ fn synthetic(batch: usize, side: usize, classes: usize, seed: u64) -> (Vec<f32>,
     (x, y)
 }
 
-fn errors(test: Vec<(String, Vec<f32>)>, reference: Vec<(String, Vec<f32>)>) -> Vec<TensorError> {
-    let test: HashMap<String, Vec<f32>> = test.into_iter().collect();
-    reference
-        .into_iter()
+/// Each tensor's error, and the error of all of them taken as one vector
+/// (infinite if a tensor is missing, mis-sized or not finite).
+fn errors(
+    test: &[(String, Vec<f32>)],
+    reference: &[(String, Vec<f32>)],
+) -> (Vec<TensorError>, f64) {
+    let test: HashMap<&str, &Vec<f32>> = test.iter().map(|(p, v)| (p.as_str(), v)).collect();
+    let mut total = Some((0f64, 0f64));
+    let each = reference
+        .iter()
         .map(|(path, r)| {
-            let rel = test.get(&path).map_or(f64::INFINITY, |t| rel_err(t, &r));
+            let sq = test.get(path.as_str()).and_then(|t| squares(t, r));
+            total = total.zip(sq).map(|((d, n), (dt, nt))| (d + dt, n + nt));
             let norm = r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
-            TensorError { path, rel, norm }
+            TensorError {
+                path: path.clone(),
+                rel: ratio(sq),
+                norm,
+            }
         })
-        .collect()
+        .collect();
+    (each, ratio(total))
 }
 
 fn all_tensors<D: Device<f32>, M: Network<D>>(m: &M) -> Vec<(String, Vec<f32>)> {
@@ -319,13 +331,17 @@ where
     let ra = run_side(&mut a, reference, &x, &labels, bs, steps, &|f| f());
     let rb = run_side(&mut b, test, &x, &labels, bs, steps, wrap);
     let rc = run_side(&mut c, reference, &nudged, &labels, bs, steps, &|f| f());
-    let diff = |t: &Side| Differences {
-        logits: rel_err(&t.logits, &ra.logits),
-        loss: rel_err(&t.loss, &ra.loss),
-        gradients_all: global_err(&t.grads, &ra.grads),
-        after_steps_all: global_err(&t.after, &ra.after),
-        gradients: errors(t.grads.clone(), ra.grads.clone()),
-        after_steps: errors(t.after.clone(), ra.after.clone()),
+    let diff = |t: &Side| {
+        let (gradients, gradients_all) = errors(&t.grads, &ra.grads);
+        let (after_steps, after_steps_all) = errors(&t.after, &ra.after);
+        Differences {
+            logits: rel_err(&t.logits, &ra.logits),
+            loss: rel_err(&t.loss, &ra.loss),
+            gradients_all,
+            after_steps_all,
+            gradients,
+            after_steps,
+        }
     };
     Comparison {
         model: name.to_string(),
