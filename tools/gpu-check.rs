@@ -112,6 +112,12 @@ impl Out {
             writeln!(f, "{line}").expect("write --json");
         }
     }
+
+    /// Prints and records a part that panicked.
+    fn failed(&mut self, what: String, error: String) {
+        println!("{what}: FAILED: {error}");
+        self.record(&Record::Failed { what, error });
+    }
 }
 
 fn caught<T>(f: impl FnOnce() -> T) -> Result<T, String> {
@@ -216,12 +222,8 @@ fn run<D: Device<f32> + Synchronize + Cache>(
                 out.record(&Record::Compare(c));
             }
             Err(e) => {
-                println!("compare {label}: FAILED: {e}");
                 all_passed = false;
-                out.record(&Record::Failed {
-                    what: format!("compare {label}"),
-                    error: e,
-                });
+                out.failed(format!("compare {label}"), e);
             }
         }
     }
@@ -256,11 +258,8 @@ fn run<D: Device<f32> + Synchronize + Cache>(
                     out.record(&Record::Time(t));
                 }
                 Err(e) => {
-                    println!("time {name} b{b}: FAILED: {e}; skipping larger batches");
-                    out.record(&Record::Failed {
-                        what: format!("time {name} b{b}"),
-                        error: e,
-                    });
+                    out.failed(format!("time {name} b{b}"), e);
+                    println!("time {name}: skipping larger batches");
                     break;
                 }
             }
@@ -279,13 +278,7 @@ fn run<D: Device<f32> + Synchronize + Cache>(
                 }
                 out.record(&Record::Ops(t));
             }
-            Err(e) => {
-                println!("ops: FAILED: {e}");
-                out.record(&Record::Failed {
-                    what: "ops".into(),
-                    error: e,
-                });
-            }
+            Err(e) => out.failed("ops".into(), e),
         }
     }
     if let Some(data) = &cli.data {
@@ -323,13 +316,7 @@ fn run<D: Device<f32> + Synchronize + Cache>(
                 out.record(&Record::Loader(l));
             }
             Ok(Err(e)) => anyhow::bail!("loader: {e}"),
-            Err(e) => {
-                println!("loader+train {name}: FAILED: {e}");
-                out.record(&Record::Failed {
-                    what: format!("loader+train {name}"),
-                    error: e,
-                });
-            }
+            Err(e) => out.failed(format!("loader+train {name}"), e),
         }
     }
     Ok(all_passed)
