@@ -3,7 +3,7 @@
 //! time, report megapixels per second): `decode_speed SECONDS FILE...`.
 //! Prints `file megapixels_per_sec` lines and the harmonic aggregate.
 
-use resnet_imagenet::decode::decode_rgb;
+use resnet_imagenet::decode::{decode_rgb, jpeg_decoder_name};
 use std::time::Instant;
 
 fn main() {
@@ -27,8 +27,9 @@ fn main() {
         time += per;
     }
     println!(
-        "aggregate {:.1} Mpixels/s over {} files",
+        "aggregate {:.1} Mpixels/s over {} files ({})",
         pixels / time / 1e6,
-        args.len() - 1
+        args.len() - 1,
+        jpeg_decoder_name()
     );
 }

@@ -19,6 +19,17 @@ pub struct CropBox {
     pub flip: bool,
 }
 
+impl CropBox {
+    /// The same box in the coordinates of `region` of the image.
+    pub fn within(&self, region: &crate::decode::Region) -> CropBox {
+        CropBox {
+            left: self.left - region.x as f64,
+            top: self.top - region.y as f64,
+            ..*self
+        }
+    }
+}
+
 /// The paper's training augmentation settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TrainAugment {

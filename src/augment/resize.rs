@@ -3,6 +3,7 @@
 //! full-size intermediate image is ever made.
 
 use super::CropBox;
+use crate::decode::Region;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
@@ -51,6 +52,50 @@ impl CropResizer {
     /// Output side.
     pub fn size(&self) -> u32 {
         self.out.width()
+    }
+
+    /// The source pixels that resizing `boxes` of a `w x h` image reads:
+    /// each box widened by the filter's reach (its support, times the
+    /// downscale factor) and two more pixels, clamped to the image; their
+    /// union. (The margin keeps a decoder's cut edges, where its chroma
+    /// upsampling lacks a neighbour, out of the filter's reach.) The whole
+    /// image for no boxes.
+    pub fn source_region(&self, boxes: &[CropBox], w: u32, h: u32) -> Region {
+        if boxes.is_empty() {
+            return Region::full(w, h);
+        }
+        let support = match self.alg {
+            ResizeAlg::Nearest => 0.5,
+            ResizeAlg::Convolution(f) | ResizeAlg::SuperSampling(f, _) => match f {
+                FilterType::Box => 0.5,
+                FilterType::Bilinear | FilterType::Hamming => 1.0,
+                FilterType::CatmullRom | FilterType::Mitchell => 2.0,
+                _ => 3.0,
+            },
+            _ => 3.0,
+        };
+        let size = self.size() as f64;
+        let reach = |extent: f64| (support * (extent / size).max(1.0)).ceil() + 2.0;
+        let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, 0f64, 0f64);
+        for b in boxes {
+            let (rx, ry) = (reach(b.width), reach(b.height));
+            x0 = x0.min(b.left - rx);
+            y0 = y0.min(b.top - ry);
+            x1 = x1.max(b.left + b.width + rx);
+            y1 = y1.max(b.top + b.height + ry);
+        }
+        let (x0, y0) = (x0.floor().max(0.0) as u32, y0.floor().max(0.0) as u32);
+        let (x1, y1) = (
+            x1.ceil().min(w as f64) as u32,
+            y1.ceil().min(h as f64) as u32,
+        );
+        Region {
+            x: x0,
+            y: y0,
+            width: x1.saturating_sub(x0),
+            height: y1.saturating_sub(y0),
+        }
+        .clamped(w, h)
     }
 }
 

@@ -694,62 +694,65 @@ fn process(
         ds.record(index)?
     };
     clock(&mut t, counters.map(|c| &c.read));
-    let info = crate::decode::decode_rgb(record.bytes, &mut w.rgb)?;
-    clock(&mut t, counters.map(|c| &c.decode));
     let size = shared.normalizer.size();
     let view_len = 3 * size * size;
     let mut out = out;
     let rng = || sample_rng(shared.cfg.seed, epoch, index as u64);
-    // Up to 10 boxes, on the stack: no per-sample allocation.
+    // Up to 10 boxes, on the stack: no per-sample allocation. They are drawn
+    // once the header gives the image's size, so that only the pixels they
+    // need are decoded (the whole image for CIFAR: no boxes).
     let mut boxes = [CropBox::default(); 10];
-    let (n_boxes, light) = match &shared.cfg.augment {
-        Augment::Train(aug) => {
-            let (p, b) = aug.draw(info.width, info.height, &mut rng());
-            boxes[0] = b;
-            let light = if aug.lighting_std > 0.0 {
-                shared.cfg.lighting.offset(p.alpha)
-            } else {
-                [0.0; 3]
-            };
-            (1, light)
-        }
-        Augment::Eval(e) => (e.boxes_into(info.width, info.height, &mut boxes), [0.0; 3]),
-        Augment::Cifar(c) => {
-            // Whole image to the crop size (a no-op copy for CIFAR-sized records), then pad-crop-flip.
-            let full = CropBox {
-                left: 0.0,
-                top: 0.0,
-                width: info.width as f64,
-                height: info.height as f64,
-                flip: false,
-            };
-            let pixels = w
-                .resizer
-                .crop_resize(&w.rgb, info.width, info.height, &full)
-                .map_err(LoadErrorKind::Resize)?;
-            clock(&mut t, counters.map(|c| &c.resize));
-            let p = c.draw(&mut rng());
-            let (dx, dy) = (
-                p.crop_x as isize - c.pad as isize,
-                p.crop_y as isize - c.pad as isize,
-            );
-            match &mut out {
-                Out::F32(o) => shared
-                    .normalizer
-                    .write_chw_shifted(pixels, dx, dy, p.flip, o),
-                Out::F32Hwc(o) => shared
-                    .normalizer
-                    .write_hwc_shifted(pixels, dx, dy, p.flip, o),
-                Out::U8(o) => normalize::write_hwc_u8_shifted(pixels, size, dx, dy, p.flip, o),
+    let mut n_boxes = 0;
+    let mut alpha = None;
+    let (info, region) = crate::decode::decode_rgb_region(record.bytes, &mut w.rgb, |iw, ih| {
+        n_boxes = match &shared.cfg.augment {
+            Augment::Train(aug) => {
+                let (p, b) = aug.draw(iw, ih, &mut rng());
+                boxes[0] = b;
+                alpha = (aug.lighting_std > 0.0).then_some(p.alpha);
+                1
             }
-            clock(&mut t, counters.map(|c| &c.normalize));
-            (0, [0.0; 3])
+            Augment::Eval(e) => e.boxes_into(iw, ih, &mut boxes),
+            Augment::Cifar(_) => 0,
+        };
+        w.resizer.source_region(&boxes[..n_boxes], iw, ih)
+    })?;
+    clock(&mut t, counters.map(|c| &c.decode));
+    let light = alpha.map_or([0.0; 3], |a| shared.cfg.lighting.offset(a));
+    if let Augment::Cifar(c) = &shared.cfg.augment {
+        // Whole image to the crop size (a no-op copy for CIFAR-sized records), then pad-crop-flip.
+        let full = CropBox {
+            left: 0.0,
+            top: 0.0,
+            width: info.width as f64,
+            height: info.height as f64,
+            flip: false,
+        };
+        let pixels = w
+            .resizer
+            .crop_resize(&w.rgb, info.width, info.height, &full)
+            .map_err(LoadErrorKind::Resize)?;
+        clock(&mut t, counters.map(|c| &c.resize));
+        let p = c.draw(&mut rng());
+        let (dx, dy) = (
+            p.crop_x as isize - c.pad as isize,
+            p.crop_y as isize - c.pad as isize,
+        );
+        match &mut out {
+            Out::F32(o) => shared
+                .normalizer
+                .write_chw_shifted(pixels, dx, dy, p.flip, o),
+            Out::F32Hwc(o) => shared
+                .normalizer
+                .write_hwc_shifted(pixels, dx, dy, p.flip, o),
+            Out::U8(o) => normalize::write_hwc_u8_shifted(pixels, size, dx, dy, p.flip, o),
         }
-    };
+        clock(&mut t, counters.map(|c| &c.normalize));
+    }
     for (v, b) in boxes[..n_boxes].iter().enumerate() {
         let pixels = w
             .resizer
-            .crop_resize(&w.rgb, info.width, info.height, b)
+            .crop_resize(&w.rgb, region.width, region.height, &b.within(&region))
             .map_err(LoadErrorKind::Resize)?;
         clock(&mut t, counters.map(|c| &c.resize));
         let o = v * view_len..(v + 1) * view_len;

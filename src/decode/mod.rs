@@ -5,10 +5,11 @@
 //! allocation for every image; `image` handles everything else (PNG, GIF,
 //! WebP, ...). Grayscale, CMYK and YCCK JPEGs come out as RGB.
 //!
-//! With the cargo feature `turbojpeg`, RGB and grayscale JPEGs are decoded by
-//! the system's libjpeg-turbo instead (one decompressor per thread); CMYK/YCCK
-//! ones still go to zune-jpeg, which converts them to RGB. See the README's
-//! "Decoder choice" for the measurements behind the default.
+//! With the cargo feature `libjpeg-turbo`, RGB and grayscale JPEGs are
+//! decoded by libjpeg-turbo's code instead ([`decode_rgb_region`] then
+//! decodes only the rows and columns asked for); CMYK/YCCK ones still go to
+//! zune-jpeg, which converts them to RGB. See the README's "Decoder choice"
+//! for the measurements behind the default.
 
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
@@ -139,15 +140,74 @@ fn jpeg_err(e: impl std::fmt::Display) -> DecodeError {
     }
 }
 
+/// A rectangle of an image, in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    /// Left column.
+    pub x: u32,
+    /// Top row.
+    pub y: u32,
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+}
+
+impl Region {
+    /// The whole of a `width x height` image.
+    pub fn full(width: u32, height: u32) -> Self {
+        Region {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        }
+    }
+
+    /// This region cut to a `width x height` image (at least one pixel).
+    pub fn clamped(self, width: u32, height: u32) -> Self {
+        let x = self.x.min(width - 1);
+        let y = self.y.min(height - 1);
+        Region {
+            x,
+            y,
+            width: self.width.clamp(1, width - x),
+            height: self.height.clamp(1, height - y),
+        }
+    }
+}
+
 /// Decodes `bytes` into `out` as RGB8 (HWC, `width * height * 3` bytes;
 /// `out` is resized, its allocation reused).
 pub fn decode_rgb(bytes: &[u8], out: &mut Vec<u8>) -> Result<DecodedInfo, DecodeError> {
-    #[cfg(feature = "turbojpeg")]
+    decode_rgb_region(bytes, out, Region::full).map(|(info, _)| info)
+}
+
+/// Decodes at least the region that `region_for(width, height)` asks for
+/// (called once the header is read) into `out` as RGB8 and returns the
+/// image's info and the region that `out` holds, as rows of `region.width`
+/// pixels. With the `libjpeg-turbo` feature, a JPEG's rows above and below
+/// the region are not decoded to pixels and its columns are cut to the
+/// region (widened to the left to a block boundary); the pixels are a full
+/// decode's except in the cut columns themselves. Every other decoder
+/// returns the whole image.
+pub fn decode_rgb_region(
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+    mut region_for: impl FnMut(u32, u32) -> Region,
+) -> Result<(DecodedInfo, Region), DecodeError> {
+    #[cfg(feature = "libjpeg-turbo")]
     if is_jpeg(bytes)
-        && let Some(r) = turbo::decode(bytes, out)
+        && let Some(r) = libjpeg::decode(bytes, out, &mut region_for)
     {
         return r;
     }
+    let info = decode_full(bytes, out)?;
+    region_for(info.width, info.height);
+    Ok((info, Region::full(info.width, info.height)))
+}
+
+fn decode_full(bytes: &[u8], out: &mut Vec<u8>) -> Result<DecodedInfo, DecodeError> {
     if is_jpeg(bytes) {
         let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), jpeg_options());
         dec.decode_headers().map_err(jpeg_err)?;
@@ -185,75 +245,12 @@ pub fn decode_rgb(bytes: &[u8], out: &mut Vec<u8>) -> Result<DecodedInfo, Decode
 
 /// Name of the JPEG decoder this build uses.
 pub fn jpeg_decoder_name() -> &'static str {
-    if cfg!(feature = "turbojpeg") {
+    if cfg!(feature = "libjpeg-turbo") {
         "libjpeg-turbo"
     } else {
         "zune-jpeg"
     }
 }
 
-#[cfg(feature = "turbojpeg")]
-mod turbo {
-    use super::{DecodeError, DecodedInfo, SourceColor, SourceFormat};
-    use std::cell::RefCell;
-    use turbojpeg::{Colorspace, Decompressor, Image, PixelFormat};
-
-    thread_local! {
-        static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
-    }
-
-    fn err(e: turbojpeg::Error) -> DecodeError {
-        DecodeError::Corrupt {
-            format: "JPEG",
-            detail: e.to_string(),
-        }
-    }
-
-    /// Decodes RGB/YCbCr/grayscale JPEGs; `None` for those it leaves to zune-jpeg (CMYK/YCCK).
-    pub(super) fn decode(
-        bytes: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Option<Result<DecodedInfo, DecodeError>> {
-        DECOMPRESSOR.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = Decompressor::new().ok();
-            }
-            let dec = slot.as_mut()?;
-            let header = match dec.read_header(bytes) {
-                Ok(h) => h,
-                Err(e) => return Some(Err(err(e))),
-            };
-            let color = match header.colorspace {
-                Colorspace::Gray => SourceColor::Gray,
-                Colorspace::RGB | Colorspace::YCbCr => SourceColor::Rgb,
-                _ => return None,
-            };
-            let (w, h) = (header.width, header.height);
-            if w == 0 || h == 0 {
-                return Some(Err(DecodeError::Dimensions {
-                    width: w as u32,
-                    height: h as u32,
-                }));
-            }
-            out.resize(w * h * 3, 0);
-            let image = Image {
-                pixels: &mut out[..],
-                width: w,
-                pitch: w * 3,
-                height: h,
-                format: PixelFormat::RGB,
-            };
-            Some(
-                dec.decompress(bytes, image)
-                    .map_err(err)
-                    .map(|()| DecodedInfo {
-                        width: w as u32,
-                        height: h as u32,
-                        format: SourceFormat::Jpeg,
-                        color,
-                    }),
-            )
-        })
-    }
-}
+#[cfg(feature = "libjpeg-turbo")]
+mod libjpeg;

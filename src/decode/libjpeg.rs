@@ -1,0 +1,319 @@
+//! JPEG decoding through libjpeg-turbo's libjpeg API (as built by
+//! `mozjpeg-sys`), decoding only the region asked for: the rows above it are
+//! skipped (`jpeg_skip_scanlines`: entropy-decoded, never transformed to
+//! pixels), the columns cut (`jpeg_crop_scanline`), and decoding stops after
+//! the region's last row.
+//!
+//! libjpeg reports fatal errors through `error_exit`, which must not return;
+//! here it unwinds (mozjpeg-sys builds the C code with unwind tables) with a
+//! [`LibjpegError`] payload that [`decode`] catches and turns into a
+//! [`DecodeError`]. Warnings (a cut-off file, a bad restart marker) are not
+//! errors, as in zune-jpeg's lenient mode: the decoder fills what is missing.
+
+use super::{DecodeError, DecodedInfo, Region, SourceColor, SourceFormat};
+use mozjpeg_sys as j;
+use std::cell::RefCell;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+
+/// The unwind payload of a fatal libjpeg error: its message.
+struct LibjpegError(String);
+
+/// One libjpeg decompressor, reused for every image of a thread.
+struct Decompressor {
+    cinfo: Box<j::jpeg_decompress_struct>,
+    // Pointed to by `cinfo.common.err`; boxed so that it never moves.
+    _err: Box<j::jpeg_error_mgr>,
+}
+
+thread_local! {
+    static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
+}
+
+unsafe extern "C-unwind" fn error_exit(cinfo: &mut j::jpeg_common_struct) {
+    let mut buf = [0u8; 80];
+    // SAFETY: `err` is the manager installed in `Decompressor::new`, whose
+    // `format_message` (libjpeg's own) writes at most 80 bytes, NUL-terminated.
+    // mozjpeg-sys declares the buffer `&[u8; 80]`; the function writes it, so
+    // it is called through a pointer type that says so.
+    let message = unsafe {
+        let err = &*cinfo.err;
+        if let Some(format) = err.format_message {
+            let format: unsafe extern "C-unwind" fn(&mut j::jpeg_common_struct, *mut u8) =
+                std::mem::transmute(format);
+            format(cinfo, buf.as_mut_ptr());
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    };
+    // `resume_unwind` skips the panic hook: a corrupt file is an error value, not a crash report.
+    resume_unwind(Box::new(LibjpegError(message)));
+}
+
+unsafe extern "C-unwind" fn emit_message(_cinfo: &mut j::jpeg_common_struct, _level: i32) {}
+
+impl Decompressor {
+    fn new() -> Decompressor {
+        // SAFETY: both structs are plain C data for which all-zero is the
+        // state libjpeg expects before `jpeg_std_error`/`jpeg_create_decompress`;
+        // the error manager is boxed (it must not move) and set before creation.
+        unsafe {
+            let mut err: Box<j::jpeg_error_mgr> = Box::new(std::mem::zeroed());
+            j::jpeg_std_error(&mut err);
+            err.error_exit = Some(error_exit);
+            err.emit_message = Some(emit_message);
+            let mut cinfo: Box<j::jpeg_decompress_struct> = Box::new(std::mem::zeroed());
+            cinfo.common.err = &mut *err;
+            j::jpeg_create_decompress(&mut *cinfo);
+            Decompressor { cinfo, _err: err }
+        }
+    }
+
+    /// Decodes the region `region_for` asks for; `None` for colour models
+    /// left to zune-jpeg (CMYK, YCCK). Fatal errors unwind (see the module doc).
+    ///
+    /// # Safety
+    /// Call inside `catch_unwind`, then `jpeg_abort_decompress` whatever happens.
+    unsafe fn run(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        region_for: &mut dyn FnMut(u32, u32) -> Region,
+    ) -> Option<Result<(DecodedInfo, Region), DecodeError>> {
+        let c = &mut *self.cinfo;
+        // SAFETY: `bytes` outlives the decode (the source is dropped by
+        // `jpeg_abort_decompress` before `decode` returns); the row pointers
+        // passed to `jpeg_read_scanlines` point into `out`, sized to hold
+        // `region.height` rows of `output_width` pixels.
+        unsafe {
+            j::jpeg_mem_src(c, bytes.as_ptr(), bytes.len() as _);
+            j::jpeg_read_header(c, 1);
+            let color = match c.jpeg_color_space {
+                j::J_COLOR_SPACE::JCS_GRAYSCALE => SourceColor::Gray,
+                j::J_COLOR_SPACE::JCS_RGB | j::J_COLOR_SPACE::JCS_YCbCr => SourceColor::Rgb,
+                _ => return None,
+            };
+            let (width, height) = (c.image_width, c.image_height);
+            if width == 0 || height == 0 {
+                return Some(Err(DecodeError::Dimensions { width, height }));
+            }
+            let want = region_for(width, height).clamped(width, height);
+            c.out_color_space = j::J_COLOR_SPACE::JCS_RGB;
+            j::jpeg_start_decompress(c);
+            let (mut x, mut w) = (want.x, want.width);
+            if w < width {
+                j::jpeg_crop_scanline(c, &mut x, &mut w);
+            }
+            if want.y > 0 {
+                j::jpeg_skip_scanlines(c, want.y);
+            }
+            let stride = c.output_width as usize * 3;
+            out.resize(stride * want.height as usize, 0);
+            let mut rows = [std::ptr::null_mut::<u8>(); 16];
+            let mut done = 0usize;
+            while done < want.height as usize {
+                let n = (want.height as usize - done).min(rows.len());
+                for (i, r) in rows[..n].iter_mut().enumerate() {
+                    *r = out.as_mut_ptr().add((done + i) * stride);
+                }
+                let got = j::jpeg_read_scanlines(c, rows.as_mut_ptr(), n as _) as usize;
+                if got == 0 {
+                    break; // cannot happen with a memory source; never loop forever
+                }
+                done += got;
+            }
+            let info = DecodedInfo {
+                width,
+                height,
+                format: SourceFormat::Jpeg,
+                color,
+            };
+            let region = Region {
+                x,
+                y: want.y,
+                width: c.output_width,
+                height: want.height,
+            };
+            Some(Ok((info, region)))
+        }
+    }
+}
+
+impl Drop for Decompressor {
+    fn drop(&mut self) {
+        // SAFETY: created by `jpeg_create_decompress`, destroyed once.
+        unsafe { j::jpeg_destroy_decompress(&mut self.cinfo) };
+    }
+}
+
+/// Decodes an RGB/YCbCr/grayscale JPEG (see [`super::decode_rgb_region`]);
+/// `None` for those left to zune-jpeg (CMYK/YCCK).
+pub(super) fn decode(
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+    region_for: &mut dyn FnMut(u32, u32) -> Region,
+) -> Option<Result<(DecodedInfo, Region), DecodeError>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let d = slot.get_or_insert_with(Decompressor::new);
+        // SAFETY: inside `catch_unwind`, and aborted below whatever happened.
+        let result = catch_unwind(AssertUnwindSafe(|| unsafe {
+            d.run(bytes, out, region_for)
+        }));
+        // SAFETY: resets the decompressor for the next image (also after an error).
+        unsafe { j::jpeg_abort_decompress(&mut d.cinfo) };
+        match result {
+            Ok(r) => r,
+            Err(payload) => match payload.downcast::<LibjpegError>() {
+                Ok(e) => Some(Err(DecodeError::Corrupt {
+                    format: "JPEG",
+                    detail: e.0,
+                })),
+                Err(other) => resume_unwind(other),
+            },
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Region, SourceColor, decode_rgb, decode_rgb_region};
+    use crate::augment::{CropResizer, TrainAugment, sample_rng};
+    use std::path::PathBuf;
+
+    /// Every JPEG of the bundled sample (real photos, with the oddities).
+    fn sample_jpegs() -> Vec<(PathBuf, Vec<u8>)> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/sample");
+        let mut v = Vec::new();
+        for dir in ["train", "val"] {
+            let mut stack = vec![root.join(dir)];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(d).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else if p.extension().is_some_and(|x| x == "JPEG") {
+                        let bytes = std::fs::read(&p).unwrap();
+                        if super::super::is_jpeg(&bytes) && super::super::jpeg_has_eoi(&bytes) {
+                            v.push((p, bytes));
+                        }
+                    }
+                }
+            }
+        }
+        v.sort();
+        v
+    }
+
+    /// A region's pixels are a full decode's, except the region's cut left
+    /// and right columns (chroma upsampling there lacks its neighbour): on
+    /// the bundled photos, progressive, restart-marker, grayscale and huge
+    /// ones included.
+    #[test]
+    fn region_pixels_are_those_of_a_full_decode() {
+        let (mut full, mut part) = (Vec::new(), Vec::new());
+        let photos = sample_jpegs();
+        assert!(photos.len() > 50);
+        for (path, bytes) in photos {
+            let info = decode_rgb(&bytes, &mut full).unwrap();
+            let (w, h) = (info.width, info.height);
+            for want in [
+                Region {
+                    x: w / 3,
+                    y: h / 4,
+                    width: w / 2,
+                    height: h / 2,
+                },
+                Region {
+                    x: 7,
+                    y: 5,
+                    width: w / 3 + 1,
+                    height: h - 5,
+                },
+                Region {
+                    x: w / 2 + 3,
+                    y: 0,
+                    width: w,
+                    height: 9,
+                },
+                Region::full(w, h),
+            ] {
+                let want = want.clamped(w, h);
+                let (_, got) = decode_rgb_region(&bytes, &mut part, |_, _| want).unwrap();
+                if info.color == SourceColor::Cmyk {
+                    // Left to zune-jpeg, which decodes it whole.
+                    assert_eq!((got, &part), (Region::full(w, h), &full));
+                    continue;
+                }
+                assert!(got.x <= want.x && got.x + got.width >= want.x + want.width);
+                assert_eq!((got.y, got.height), (want.y, want.height));
+                assert_eq!(part.len(), (got.width * got.height * 3) as usize);
+                let cut_edges = [(got.x > 0, 0), (got.x + got.width < w, got.width - 1)];
+                for y in 0..got.height {
+                    for x in 0..got.width {
+                        if cut_edges.iter().any(|&(cut, at)| cut && x == at) {
+                            continue;
+                        }
+                        let a = ((got.y + y) * w + got.x + x) as usize * 3;
+                        let b = (y * got.width + x) as usize * 3;
+                        assert_eq!(
+                            full[a..a + 3],
+                            part[b..b + 3],
+                            "{path:?} {got:?} at {x},{y}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The loader's path (decode only `source_region`, resize the box within
+    /// it) gives exactly the output of a full decode, over many draws.
+    #[test]
+    fn training_crops_from_a_region_equal_those_from_the_full_image() {
+        let aug = TrainAugment::default();
+        let mut resizer = CropResizer::new(224);
+        let (mut full, mut part) = (Vec::new(), Vec::new());
+        let mut rows_decoded = 0.0;
+        let mut n = 0.0;
+        for (k, (path, bytes)) in sample_jpegs().into_iter().enumerate() {
+            let info = decode_rgb(&bytes, &mut full).unwrap();
+            for i in 0..8 {
+                let (_, b) = aug.draw(info.width, info.height, &mut sample_rng(3, k as u64, i));
+                let reference = resizer
+                    .crop_resize(&full, info.width, info.height, &b)
+                    .unwrap()
+                    .to_vec();
+                let (_, region) =
+                    decode_rgb_region(&bytes, &mut part, |w, h| resizer.source_region(&[b], w, h))
+                        .unwrap();
+                let got = resizer
+                    .crop_resize(&part, region.width, region.height, &b.within(&region))
+                    .unwrap();
+                assert!(got == reference, "{path:?} draw {i}: {b:?} in {region:?}");
+                rows_decoded += (region.y + region.height) as f64 / info.height as f64;
+                n += 1.0;
+            }
+        }
+        // The point of it: on average a good part of each image is never decoded.
+        assert!(rows_decoded / n < 0.95, "{}", rows_decoded / n);
+    }
+
+    /// Broken data is an error value (no abort, no panic message), and the
+    /// thread's decompressor works again for the next image.
+    #[test]
+    fn corrupt_data_is_an_error_and_the_decoder_recovers() {
+        let photos = sample_jpegs();
+        let good = &photos[0].1;
+        let mut out = Vec::new();
+        let mut bad = good.clone();
+        bad[2..40].fill(0xFF); // markers destroyed
+        assert!(matches!(
+            decode_rgb(&bad, &mut out),
+            Err(super::super::DecodeError::Corrupt { .. })
+        ));
+        let cut = &good[..good.len() / 2]; // a cut-off file decodes, grey-filled, as in zune-jpeg's lenient mode
+        assert!(decode_rgb(cut, &mut out).is_ok());
+        let info = decode_rgb(good, &mut out).unwrap();
+        assert_eq!(out.len(), (info.width * info.height * 3) as usize);
+    }
+}
