@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# This crate's JPEG decoder (zune-jpeg; with FEATURES=libjpeg-turbo, its
-# libjpeg-turbo build) against libjpeg-turbo's tjbench, one thread, the same
-# files, each repeated for SECONDS:
-#   [FEATURES=libjpeg-turbo] bash tools/bench-decoder.sh [PHOTO_SET] [N_FILES] [SECONDS]
+# This crate's JPEG decoder (libjpeg-turbo by default; zune-jpeg with
+# CARGO_FLAGS=--no-default-features) against libjpeg-turbo's tjbench, one
+# thread, the same files, each repeated for SECONDS:
+#   [CARGO_FLAGS=...] bash tools/bench-decoder.sh [PHOTO_SET] [N_FILES] [SECONDS]
 # Needs tjbench (Debian: libjpeg-turbo-progs).
 set -euo pipefail
 SET=${1:-target/photo-set}; N=${2:-40}; SECS=${3:-0.3}
 mapfile -t FILES < <(find "$SET" -name '*.JPEG' | sort | awk 'NR % 50 == 1' | head -n "$N")
-cargo build --release --quiet --example decode_speed ${FEATURES:+--features "$FEATURES"}
+cargo build --release --quiet --example decode_speed ${CARGO_FLAGS:-}
 last=$(target/release/examples/decode_speed "$SECS" "${FILES[@]}" | tail -1)
 ours=$(echo "$last" | awk '{print $2}'); name=$(echo "$last" | sed 's/.*(\(.*\))/\1/')
 # tjbench: decompression to RGB; aggregate as total pixels / total time, like decode_speed.

@@ -100,6 +100,7 @@ struct Row {
 struct Report {
     data: PathBuf,
     augment: &'static str,
+    decoder: &'static str,
     batch_size: usize,
     images: u64,
     workers: usize,
@@ -234,6 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let per = |x: f64| x / best.stages.samples.max(1) as f64;
     let report = Report {
         data: cli.data.clone(),
+        decoder: resnet_imagenet::decode::jpeg_decoder_name(),
         augment: if cli.eval {
             "eval-center-224"
         } else {
@@ -297,9 +299,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!(
-        "{} ({}, batch {}, page cache {:.0}% warm{}):",
+        "{} ({}, JPEG decoder {}, batch {}, page cache {:.0}% warm{}):",
         report.data.display(),
         report.augment,
+        report.decoder,
         report.batch_size,
         cached * 100.0,
         if cli.cold { ", dropped first" } else { "" }

@@ -198,6 +198,7 @@ pub fn decode_rgb_region(
 ) -> Result<(DecodedInfo, Region), DecodeError> {
     #[cfg(feature = "libjpeg-turbo")]
     if is_jpeg(bytes)
+        && libjpeg::has_simd()
         && let Some(r) = libjpeg::decode(bytes, out, &mut region_for)
     {
         return r;
@@ -243,13 +244,16 @@ fn decode_full(bytes: &[u8], out: &mut Vec<u8>) -> Result<DecodedInfo, DecodeErr
     })
 }
 
-/// Name of the JPEG decoder this build uses.
+/// Name of the JPEG decoder this build uses (for RGB and grayscale JPEGs).
 pub fn jpeg_decoder_name() -> &'static str {
-    if cfg!(feature = "libjpeg-turbo") {
-        "libjpeg-turbo"
+    #[cfg(feature = "libjpeg-turbo")]
+    if libjpeg::has_simd() {
+        return "libjpeg-turbo";
     } else {
-        "zune-jpeg"
+        return "zune-jpeg (libjpeg-turbo was built without SIMD: install nasm, then `cargo clean -p mozjpeg-sys` and rebuild)";
     }
+    #[allow(unreachable_code)]
+    "zune-jpeg"
 }
 
 #[cfg(feature = "libjpeg-turbo")]
