@@ -373,3 +373,34 @@ fn whole_images_at_every_test_scale() {
         }
     }
 }
+
+/// Each training sample is exactly the plain recipe done by hand: decode the
+/// whole record, draw its parameters from (seed, epoch, index), crop-resize,
+/// flip and normalise. (The loader itself decodes only the crop's region.)
+#[test]
+fn training_samples_equal_the_whole_image_recipe() {
+    use resnet_imagenet::augment::{CropResizer, sample_rng};
+    use resnet_imagenet::decode::decode_rgb;
+    let ds = train_set();
+    let l = loader(2, LoaderBuilder::new().batch_size(8).seed(9));
+    let aug = TrainAugment::default();
+    let mut resizer = CropResizer::new(224);
+    let (mut rgb, mut want) = (Vec::new(), vec![0f32; 3 * 224 * 224]);
+    let mut n = 0;
+    for b in l.epoch(2) {
+        let b = b.unwrap();
+        for (k, &i) in b.indices().iter().enumerate() {
+            let r = ds.record(i as usize).unwrap();
+            let info = decode_rgb(r.bytes, &mut rgb).unwrap();
+            let (_, bx) = aug.draw(info.width, info.height, &mut sample_rng(9, 2, i as u64));
+            let px = resizer
+                .crop_resize(&rgb, info.width, info.height, &bx)
+                .unwrap();
+            l.normalizer().write_chw(px, bx.flip, [0.0; 3], &mut want);
+            let got = &b.images()[k * want.len()..(k + 1) * want.len()];
+            assert!(got == &want[..], "record {i}");
+            n += 1;
+        }
+    }
+    assert_eq!(n, 56);
+}
