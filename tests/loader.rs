@@ -404,3 +404,21 @@ fn training_samples_equal_the_whole_image_recipe() {
     }
     assert_eq!(n, 56);
 }
+
+/// Batch buffers are reused, within an epoch and across epochs: memory
+/// stays bounded by the prefetch depth however many epochs run (and a new
+/// epoch's first batches do not write into freshly faulted pages).
+#[test]
+fn batch_buffers_are_reused_across_epochs() {
+    let l = loader(2, LoaderBuilder::new().batch_size(4).prefetch(2).seed(3));
+    assert_eq!(l.epoch(0).count(), 14);
+    let after_one = l.batch_buffers();
+    assert!(
+        (1..=3).contains(&after_one),
+        "{after_one} buffers for prefetch 2"
+    );
+    for epoch in 1..4 {
+        assert_eq!(l.epoch(epoch).count(), 14);
+    }
+    assert_eq!(l.batch_buffers(), after_one);
+}

@@ -1,7 +1,7 @@
 //! Preallocated batch buffers that workers fill slot by slot, in place.
 //!
-//! A [`BatchMem`] is allocated once and reused for every batch (a pool of
-//! `prefetch + 1` in a normal loop). Each worker writes only the slots of
+//! A [`BatchMem`] is allocated once and reused for every batch of every
+//! epoch of its loader (a pool of `prefetch + 1` in a normal loop). Each worker writes only the slots of
 //! the samples it was given: disjoint ranges, through raw pointers taken
 //! once at allocation. The consumer reads a batch only after every slot was
 //! reported done through a channel (which orders the writes before the read).

@@ -38,7 +38,7 @@ use crossbeam::channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -254,6 +254,7 @@ impl LoaderBuilder {
             Augment::Train(_) | Augment::Cifar(_) => Order::Shuffled,
             Augment::Eval(_) => Order::Sequential,
         });
+        let (pool_tx, pool_rx) = crossbeam::channel::unbounded();
         Ok(Loader {
             shared: Arc::new(Shared {
                 dataset,
@@ -261,6 +262,9 @@ impl LoaderBuilder {
                 mean_image: mean,
                 cfg: self,
                 order,
+                pool_tx,
+                pool_rx,
+                buffers: AtomicUsize::new(0),
             }),
         })
     }
@@ -273,6 +277,12 @@ struct Shared {
     mean_image: Vec<f32>,
     cfg: LoaderBuilder,
     order: Order,
+    /// Batch buffers not in use, kept across epochs (a new epoch's first
+    /// batches would otherwise fault in fresh pages).
+    pool_tx: Sender<Arc<BatchMem>>,
+    pool_rx: Receiver<Arc<BatchMem>>,
+    /// Batch buffers allocated so far.
+    buffers: AtomicUsize,
 }
 
 /// The loader: makes [`Epoch`] iterators.
@@ -320,6 +330,14 @@ impl Loader {
             self.shared.cfg.dist,
         )
         .len()
+    }
+
+    /// Batch buffers allocated so far, each holding a whole batch
+    /// (`batch_size` records of 3 x crop x crop values, times the views).
+    /// Buffers are reused within and across epochs: in a loop that drops
+    /// each batch before taking the next, this stays at most `prefetch + 1`.
+    pub fn batch_buffers(&self) -> usize {
+        self.shared.buffers.load(Ordering::Relaxed)
     }
 
     /// Batches per epoch.
@@ -419,7 +437,7 @@ impl Loader {
         let n_batches = self.batches_per_epoch();
         let (job_tx, job_rx) = crossbeam::channel::unbounded::<Job>();
         let (done_tx, done_rx) = crossbeam::channel::unbounded::<Done>();
-        let (pool_tx, pool_rx) = crossbeam::channel::unbounded::<Arc<BatchMem>>();
+        let (pool_tx, pool_rx) = (s.pool_tx.clone(), s.pool_rx.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(StageCounters::default());
         let workers = (0..s.cfg.workers)
@@ -542,6 +560,7 @@ impl Epoch {
         let prefetch = self.shared.cfg.prefetch;
         while self.dispatched < self.n_batches && self.dispatched < self.position + prefetch {
             let mem = self.pool_rx.try_recv().unwrap_or_else(|_| {
+                self.shared.buffers.fetch_add(1, Ordering::Relaxed);
                 let views = self.shared.cfg.augment.views();
                 let size = self.shared.normalizer.size();
                 Arc::new(BatchMem::new(
