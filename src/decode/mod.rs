@@ -1,15 +1,14 @@
 //! Decoding: encoded bytes → packed RGB8 pixels (HWC).
 //!
-//! JPEG goes straight to `zune-jpeg` (the decoder the `image` crate itself
-//! uses), decoding into a caller-owned buffer so that a worker reuses one
-//! allocation for every image; `image` handles everything else (PNG, GIF,
-//! WebP, ...). Grayscale, CMYK and YCCK JPEGs come out as RGB.
-//!
-//! With the cargo feature `libjpeg-turbo`, RGB and grayscale JPEGs are
-//! decoded by libjpeg-turbo's code instead ([`decode_rgb_region`] then
-//! decodes only the rows and columns asked for); CMYK/YCCK ones still go to
-//! zune-jpeg, which converts them to RGB. See the README's "Decoder choice"
-//! for the measurements behind the default.
+//! JPEGs are decoded into a caller-owned buffer, so that a worker reuses one
+//! allocation for every image. With the default cargo feature
+//! `libjpeg-turbo`, RGB and grayscale JPEGs go to libjpeg-turbo
+//! ([`decode_rgb_region`] then decodes only the rows and columns asked for);
+//! CMYK/YCCK ones, and all JPEGs in a build without the feature or where
+//! libjpeg-turbo lacks its SIMD code, go to `zune-jpeg` (the decoder the
+//! `image` crate itself uses), which converts them to RGB. `image` handles
+//! everything else (PNG, GIF, WebP, ...). See the README's "Decoder choice"
+//! for the measurements behind the choice.
 
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
@@ -164,7 +163,8 @@ impl Region {
         }
     }
 
-    /// This region cut to a `width x height` image (at least one pixel).
+    /// This region cut to a `width x height` image (both > 0), keeping at
+    /// least one pixel.
     pub fn clamped(self, width: u32, height: u32) -> Self {
         let x = self.x.min(width - 1);
         let y = self.y.min(height - 1);
@@ -189,8 +189,9 @@ pub fn decode_rgb(bytes: &[u8], out: &mut Vec<u8>) -> Result<DecodedInfo, Decode
 /// pixels. With the `libjpeg-turbo` feature, a JPEG's rows above and below
 /// the region are not decoded to pixels and its columns are cut to the
 /// region (widened to the left to a block boundary); the pixels are a full
-/// decode's except in the cut columns themselves. Every other decoder
-/// returns the whole image.
+/// decode's except in the cut columns themselves. Every other decoder (and
+/// zune-jpeg in libjpeg-turbo's place where the latter lacks its SIMD code:
+/// see [`jpeg_decoder_name`]) returns the whole image.
 pub fn decode_rgb_region(
     bytes: &[u8],
     out: &mut Vec<u8>,
