@@ -3,7 +3,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use resnet_imagenet::augment::{CropResizer, Normalization, Normalizer, TrainAugment, sample_rng};
-use resnet_imagenet::decode::decode_rgb;
+use resnet_imagenet::decode::{decode_rgb, decode_rgb_region};
 use std::hint::black_box;
 use std::path::Path;
 
@@ -53,6 +53,25 @@ fn stages(c: &mut Criterion) {
             }
         })
     });
+    // What the loader decodes: only the region of a training crop (the
+    // whole image where the decoder cannot cut, e.g. zune-jpeg).
+    g.bench_function("decode_train_region", |b| {
+        let mut buf = Vec::new();
+        let r = CropResizer::new(224);
+        let mut epoch = 0;
+        b.iter(|| {
+            epoch += 1;
+            for (i, j) in jpegs.iter().enumerate() {
+                black_box(
+                    decode_rgb_region(j, &mut buf, |w, h| {
+                        let (_, bx) = aug.draw(w, h, &mut sample_rng(0, epoch, i as u64));
+                        r.source_region(&[bx], w, h)
+                    })
+                    .unwrap(),
+                );
+            }
+        })
+    });
     g.bench_function("crop_resize", |b| {
         let mut r = CropResizer::new(224);
         let mut epoch = 0;
@@ -86,11 +105,17 @@ fn stages(c: &mut Criterion) {
         b.iter(|| {
             epoch += 1;
             for (i, j) in jpegs.iter().enumerate() {
-                let info = decode_rgb(j, &mut buf).unwrap();
-                let (p, bx) =
-                    aug.draw(info.width, info.height, &mut sample_rng(0, epoch, i as u64));
-                let px = r.crop_resize(&buf, info.width, info.height, &bx).unwrap();
-                norm.write_chw(px, p.flip, [0.0; 3], &mut out);
+                // As the loader does it: draw, decode the region, resize within it.
+                let mut bx = Default::default();
+                let (_, region) = decode_rgb_region(j, &mut buf, |w, h| {
+                    bx = aug.draw(w, h, &mut sample_rng(0, epoch, i as u64)).1;
+                    r.source_region(&[bx], w, h)
+                })
+                .unwrap();
+                let px = r
+                    .crop_resize(&buf, region.width, region.height, &bx.within(&region))
+                    .unwrap();
+                norm.write_chw(px, bx.flip, [0.0; 3], &mut out);
             }
             black_box(&out);
         })
