@@ -88,26 +88,28 @@ impl Normalizer {
         assert!(hwc.len() >= 3 * n && out.len() >= 3 * n);
         let (r_plane, rest) = out[..3 * n].split_at_mut(n);
         let (g_plane, b_plane) = rest.split_at_mut(n);
-        let (r_sub, rest) = self.sub[..3 * n].split_at(n);
-        let (g_sub, b_sub) = rest.split_at(n);
         let rows = hwc[..3 * n].as_chunks::<3>().0.chunks_exact(s);
         let planes = r_plane
             .chunks_exact_mut(s)
             .zip(g_plane.chunks_exact_mut(s))
             .zip(b_plane.chunks_exact_mut(s));
-        let subs = r_sub
-            .chunks_exact(s)
-            .zip(g_sub.chunks_exact(s))
-            .zip(b_sub.chunks_exact(s));
-        for ((row, ((r, g), b)), ((rm, gm), bm)) in rows.zip(planes).zip(subs) {
+        for ((row, ((r, g), b)), sub) in rows.zip(planes).zip(self.mean_rows()) {
             let out = [r, g, b];
-            let sub = [rm, gm, bm];
             if flip {
                 self.chw_row(row.iter().rev(), light, out, sub);
             } else {
                 self.chw_row(row.iter(), light, out, sub);
             }
         }
+    }
+
+    /// The rows of the subtracted mean, one slice per channel.
+    fn mean_rows(&self) -> impl Iterator<Item = [&[f32]; 3]> {
+        let s = self.size;
+        let (r, rest) = self.sub[..3 * s * s].split_at(s * s);
+        let (g, b) = rest.split_at(s * s);
+        let rows = r.chunks_exact(s).zip(g.chunks_exact(s));
+        rows.zip(b.chunks_exact(s)).map(|((r, g), b)| [r, g, b])
     }
 
     #[inline(always)]
@@ -134,16 +136,10 @@ impl Normalizer {
         let s = self.size;
         let n = s * s;
         assert!(hwc.len() >= 3 * n && out.len() >= 3 * n);
-        let (r_sub, rest) = self.sub[..3 * n].split_at(n);
-        let (g_sub, b_sub) = rest.split_at(n);
         let mul = self.mul;
         let rows = hwc[..3 * n].as_chunks::<3>().0.chunks_exact(s);
         let outs = out[..3 * n].as_chunks_mut::<3>().0.chunks_exact_mut(s);
-        let subs = r_sub
-            .chunks_exact(s)
-            .zip(g_sub.chunks_exact(s))
-            .zip(b_sub.chunks_exact(s));
-        for ((row, o), sub) in rows.zip(outs).zip(subs) {
+        for ((row, o), sub) in rows.zip(outs).zip(self.mean_rows()) {
             if flip {
                 hwc_row(row.iter().rev(), light, mul, o, sub);
             } else {
@@ -223,7 +219,7 @@ fn hwc_row<'a>(
     light: [f32; 3],
     mul: [f32; 3],
     out: &mut [[f32; 3]],
-    ((rm, gm), bm): ((&[f32], &[f32]), &[f32]),
+    [rm, gm, bm]: [&[f32]; 3],
 ) {
     let subs = rm.iter().zip(gm).zip(bm);
     for (p, (o, ((rm, gm), bm))) in pixels.zip(out.iter_mut().zip(subs)) {

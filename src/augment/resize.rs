@@ -70,7 +70,8 @@ impl CropResizer {
                 FilterType::Box => 0.5,
                 FilterType::Bilinear | FilterType::Hamming => 1.0,
                 FilterType::CatmullRom | FilterType::Mitchell => 2.0,
-                _ => 3.0,
+                FilterType::Custom(c) => c.support(),
+                _ => 3.0, // Gaussian, Lanczos3
             },
             _ => 3.0,
         };
