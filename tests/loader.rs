@@ -237,6 +237,63 @@ fn corrupt_copy(dir: &Path, record: usize) -> Arc<Dataset> {
     Arc::new(Dataset::open(dir).unwrap())
 }
 
+/// Regression (issue 15): one flipped byte inside a record's entropy-coded
+/// data still decodes (to a wrong picture), so only the record's checksum
+/// can tell; the loader checks it by default.
+#[test]
+fn a_flipped_byte_in_a_record_is_caught_by_default() {
+    within(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(&packed_sample().join("train"), dir.path());
+        let shard = dir.path().join("shard-00000.rnim");
+        let s = resnet_imagenet::reader::ShardReader::open(&shard).unwrap();
+        let e = s.entries()[7];
+        drop(s);
+        let mut bytes = std::fs::read(&shard).unwrap();
+        let at = e.offset as usize + e.len as usize * 2 / 3;
+        bytes[at] ^= 0x10;
+        std::fs::write(&shard, bytes).unwrap();
+        let ds = Arc::new(Dataset::open(dir.path()).unwrap());
+        // The corruption is silent to the decoder...
+        let mut rgb = Vec::new();
+        assert!(resnet_imagenet::decode::decode_rgb(ds.record(7).unwrap().bytes, &mut rgb).is_ok());
+        let unchecked = LoaderBuilder::new()
+            .batch_size(8)
+            .workers(2)
+            .verify_checksums(false)
+            .build(Arc::clone(&ds))
+            .unwrap();
+        assert!(unchecked.epoch(0).all(|r| r.is_ok()));
+        // ...but not to the default loader.
+        let default = LoaderBuilder::new()
+            .batch_size(8)
+            .workers(2)
+            .build(Arc::clone(&ds))
+            .unwrap();
+        let err = default
+            .epoch(0)
+            .find_map(|r| r.err())
+            .expect("the corrupt record is an error")
+            .to_string();
+        assert!(
+            err.contains("shard-00000.rnim")
+                && err.contains("record 7")
+                && err.contains("checksum"),
+            "{err}"
+        );
+        let lenient = LoaderBuilder::new()
+            .batch_size(8)
+            .workers(2)
+            .on_error(OnError::Skip)
+            .build(ds)
+            .unwrap();
+        let mut epoch = lenient.epoch(0);
+        let n: usize = epoch.by_ref().map(|b| b.unwrap().len()).sum();
+        assert_eq!(n, 56);
+        assert_eq!(epoch.stage_times().skipped, 1);
+    });
+}
+
 #[test]
 fn a_bad_record_is_an_error_naming_it_or_is_skipped_and_counted() {
     within(60, || {
@@ -267,6 +324,7 @@ fn a_bad_record_is_an_error_naming_it_or_is_skipped_and_counted() {
         let unchecked = LoaderBuilder::new()
             .batch_size(8)
             .workers(2)
+            .verify_checksums(false)
             .build(Arc::clone(&ds))
             .unwrap();
         assert!(unchecked.epoch(0).any(|r| r.is_err()));

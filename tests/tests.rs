@@ -4,6 +4,8 @@ mod bench;
 mod device_check;
 mod loader;
 mod model;
+mod odd_jpeg;
 mod pack;
+mod regression;
 mod train;
 mod util;

@@ -236,6 +236,40 @@ fn a_failed_checkpoint_write_keeps_the_previous_checkpoint() {
     assert_eq!(steps, 9);
 }
 
+/// Regression (issue 15): `--resume COPY` of a copied run folder wrote its
+/// checkpoints and log into the original run's folder.
+#[test]
+fn a_copied_run_resumes_in_the_copy_and_leaves_the_original_alone() {
+    let bin = env!("CARGO_BIN_EXE_train-resnet");
+    let original = tempfile::tempdir().unwrap();
+    Command::new(bin)
+        .args(["--data", &packed_sample().display().to_string()])
+        .args(["--model", "resnet20", "-b", "16", "--lr", "0.05", "-w", "2"])
+        .args(["--epochs", "1", "--no-final-eval", "--quiet", "--out"])
+        .arg(original.path())
+        .assert()
+        .success();
+    let before = crate::util::tree_bytes(original.path());
+    for copy in [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()] {
+        copy_tree(original.path(), copy.path());
+        Command::new(bin)
+            .arg("--resume")
+            .arg(copy.path())
+            .args(["--epochs", "2", "--quiet"])
+            .assert()
+            .success()
+            .stdout(predicates::str::contains("6 steps"));
+        assert_eq!(step_losses(copy.path()).len(), 6, "the copy's log goes on");
+        let state: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(copy.path().join("checkpoints/last/state.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(state["step"], 6, "the copy's checkpoint moved on");
+        let after = crate::util::tree_bytes(original.path());
+        assert!(before == after, "the original run folder changed");
+    }
+}
+
 #[test]
 fn cli_summary_and_model_list() {
     let out = Command::cargo_bin("train-resnet")

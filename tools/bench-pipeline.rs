@@ -61,6 +61,11 @@ struct Cli {
     #[arg(long)]
     u8: bool,
 
+    /// Do not check each record's CRC-32 (the loader's default does): run
+    /// once with and once without to see the check's cost.
+    #[arg(long)]
+    no_verify: bool,
+
     /// Drop the shards from the page cache first (posix_fadvise DONTNEED), for a cold-read number.
     #[arg(long)]
     cold: bool,
@@ -100,6 +105,7 @@ struct Row {
 struct Report {
     data: PathBuf,
     augment: &'static str,
+    verify_checksums: bool,
     decoder: &'static str,
     batch_size: usize,
     images: u64,
@@ -178,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 OutputKind::F32Chw
             })
+            .verify_checksums(!cli.no_verify)
             .profile(true);
         if cli.eval {
             b.eval(EvalCrop::default())
@@ -238,9 +245,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         decoder: resnet_imagenet::decode::jpeg_decoder_name(),
         augment: if cli.eval {
             "eval-center-224"
+        } else if cli.cifar {
+            "train-cifar"
         } else {
             "train-paper"
         },
+        verify_checksums: !cli.no_verify,
         batch_size: cli.batch_size,
         images: best.images,
         workers: top.workers,
@@ -315,6 +325,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     let s = &report.stages_seconds_per_image;
+    let busy = s.read + s.decode + s.resize + s.normalize;
+    eprintln!(
+        "read ({}): {:.1}% of the workers' time",
+        if report.verify_checksums {
+            "locate + CRC-32 check"
+        } else {
+            "locate only, --no-verify"
+        },
+        100.0 * s.read / busy
+    );
     eprintln!(
         "per image (worker ms): read {:.3}, decode {:.3}, resize {:.3}, flip+normalise {:.3}; consumer wait {:.3} ms; {:.2} CPU-ms/image; {:.1} MB/s; peak RSS {:.0} MiB",
         s.read * 1e3,

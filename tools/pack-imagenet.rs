@@ -18,6 +18,9 @@ use std::time::Duration;
 /// Pack an ImageNet folder (train/<wnid>/*.JPEG, val/ with its ground truth,
 /// or any class-per-folder tree) into memory-mapped shards: parallel,
 /// deterministic, resumable, and with every bad file reported.
+///
+/// Symbolic links are followed, each real folder at most once (a link loop
+/// adds nothing); the output folder is never read as input, even inside ROOT.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -33,32 +36,32 @@ struct Cli {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["input", "output"])]
     verify: Option<PathBuf>,
 
-    /// Worker threads [default: all cores].
-    #[arg(long, short = 'j')]
-    threads: Option<usize>,
+    /// Worker threads, at least 1 [default: all cores].
+    #[arg(long, short = 'j', value_parser = clap::value_parser!(u64).range(1..=4096))]
+    threads: Option<u64>,
 
     /// Print the summary as one JSON object on stdout (no progress bar).
     #[arg(long)]
     json: bool,
 
     /// Shorter-side limit for train images (larger ones are resized to it).
-    #[arg(long, default_value_t = 480)]
+    #[arg(long, default_value_t = 480, value_parser = clap::value_parser!(u32).range(1..))]
     train_max_side: u32,
 
     /// Shorter-side limit for val images.
-    #[arg(long, default_value_t = 640)]
+    #[arg(long, default_value_t = 640, value_parser = clap::value_parser!(u32).range(1..))]
     val_max_side: u32,
 
     /// JPEG quality for re-encoded images.
     #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
     quality: u8,
 
-    /// Target shard size, in MiB.
-    #[arg(long, default_value_t = 256.0)]
+    /// Target shard size, in MiB (more than 0).
+    #[arg(long, default_value_t = 256.0, value_parser = positive_f64)]
     shard_mib: f64,
 
-    /// Side of the per-pixel mean image computed at pack time.
-    #[arg(long, default_value_t = 64)]
+    /// Side of the per-pixel mean image computed at pack time (1..=1024).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     mean_size: u32,
 
     /// Class list: `folders` (sorted folder names, as torchvision's ImageFolder),
@@ -199,7 +202,7 @@ fn options(cli: &Cli) -> anyhow::Result<PackOptions> {
     anyhow::ensure!(cli.shard_mib > 0.0, "--shard-mib must be positive");
     let defaults = PackOptions::default();
     Ok(PackOptions {
-        threads: cli.threads.unwrap_or(defaults.threads).max(1),
+        threads: cli.threads.map_or(defaults.threads, |t| t as usize),
         train_max_side: cli.train_max_side,
         val_max_side: cli.val_max_side,
         quality: cli.quality,
@@ -211,6 +214,7 @@ fn options(cli: &Cli) -> anyhow::Result<PackOptions> {
             classes,
             val_labels: cli.val_labels.clone(),
             bare_split_name: Some(cli.split.clone()),
+            exclude: Vec::new(),
         },
         progress: if cli.json {
             ProgressMode::Hidden
@@ -219,6 +223,16 @@ fn options(cli: &Cli) -> anyhow::Result<PackOptions> {
         },
         debug_delay: cli.debug_delay_ms.map(Duration::from_millis),
     })
+}
+
+/// A finite number above 0.
+fn positive_f64(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be a number above 0, got {v}"))
+    }
 }
 
 fn decode_only(

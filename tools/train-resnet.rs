@@ -40,8 +40,8 @@ enum Command {
         /// Shorter sides for multi-scale testing [default: 224,256,384,480,640 scaled to the crop].
         #[arg(long, value_delimiter = ',')]
         scales: Option<Vec<u32>>,
-        /// Loader threads [default: all cores].
-        #[arg(long)]
+        /// Loader threads, at least 1 [default: all cores].
+        #[arg(long, value_parser = at_least_1)]
         workers: Option<usize>,
         /// Print the result as JSON.
         #[arg(long)]
@@ -77,23 +77,23 @@ struct TrainArgs {
     /// Input side for --summary [default: the model's crop].
     #[arg(long)]
     size: Option<usize>,
-    /// Images per step [default: 256; CIFAR models 128].
-    #[arg(long, short)]
+    /// Images per step, at least 1 [default: 256; CIFAR models 128].
+    #[arg(long, short, value_parser = at_least_1)]
     batch_size: Option<usize>,
-    /// Epochs.
-    #[arg(long, short)]
+    /// Epochs, at least 1.
+    #[arg(long, short, value_parser = at_least_1)]
     epochs: Option<usize>,
-    /// Stop after this many steps in all (checkpointing the position).
-    #[arg(long)]
+    /// Stop after this many steps in all (checkpointing the position), at least 1.
+    #[arg(long, value_parser = at_least_1)]
     max_steps: Option<usize>,
-    /// Learning rate [default: 0.1 x batch / 256; CIFAR models 0.1].
-    #[arg(long)]
+    /// Learning rate, above 0 [default: 0.1 x batch / 256; CIFAR models 0.1].
+    #[arg(long, value_parser = positive)]
     lr: Option<f64>,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    /// SGD momentum, in [0, 1).
+    #[arg(long, default_value_t = 0.9, value_parser = momentum)]
     momentum: f64,
-    /// Weight decay.
-    #[arg(long, default_value_t = 1e-4)]
+    /// Weight decay, at least 0.
+    #[arg(long, default_value_t = 1e-4, value_parser = non_negative)]
     weight_decay: f64,
     /// `plateau` (divide by 10 when the val error stalls; the paper's, the default) or `step` (at --milestones).
     #[arg(long)]
@@ -102,22 +102,22 @@ struct TrainArgs {
     #[arg(long, default_value_t = 5)]
     patience: usize,
     /// Plateau: smallest improvement of the val top-1 error that counts (0..1).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = non_negative)]
     threshold: f64,
     /// Step: epochs at which the lr falls; values below 1 are fractions of the run (0.5,0.75: the CIFAR recipe).
     #[arg(long, value_delimiter = ',')]
     milestones: Option<Vec<f64>>,
-    /// Linear warm-up, epochs.
-    #[arg(long, default_value_t = 0.0)]
+    /// Linear warm-up, epochs (at least 0).
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
     warmup: f64,
     /// Seed (initialisation and data order).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Loader threads [default: all cores].
-    #[arg(long, short)]
+    /// Loader threads, at least 1 [default: all cores].
+    #[arg(long, short, value_parser = at_least_1)]
     workers: Option<usize>,
-    /// Training crop side [default: 224; CIFAR models 32].
-    #[arg(long)]
+    /// Training crop side, at least 1 [default: 224; CIFAR models 32].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     crop: Option<u32>,
     /// Shorter-side range of the scale augmentation, MIN,MAX [default: 256,480 scaled to the crop].
     #[arg(long, value_delimiter = ',', num_args = 2)]
@@ -150,6 +150,36 @@ struct TrainArgs {
     /// Testing aid: pretend the loss is NaN at this step.
     #[arg(long, hide = true)]
     debug_nan_at_step: Option<usize>,
+}
+
+/// A count that must be at least 1.
+fn at_least_1(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn number(s: &str, ok: impl Fn(f64) -> bool, what: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && ok(v) {
+        Ok(v)
+    } else {
+        Err(format!("must be {what}, got {s}"))
+    }
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    number(s, |v| v > 0.0, "above 0")
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    number(s, |v| v >= 0.0, "at least 0")
+}
+
+fn momentum(s: &str) -> Result<f64, String> {
+    number(s, |v| (0.0..1.0).contains(&v), "in [0, 1)")
 }
 
 /// Trains with the model type the dispatch picked.
@@ -205,7 +235,9 @@ fn packed_sample() -> anyhow::Result<PathBuf> {
 
 fn config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if let Some(r) = &a.resume {
-        // The checkpoint's run, continued in its own folder; only these may change.
+        // The checkpoint's run, continued in the folder given (not the one
+        // it was written in: a copied run continues in the copy); only
+        // these may change.
         let mut c = train::checkpoint_config(r)?;
         if let Some(e) = a.epochs {
             c.epochs = e;
@@ -213,9 +245,10 @@ fn config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         if let Some(w) = a.workers {
             c.workers = w;
         }
-        if let Some(o) = &a.out {
-            c.out = o.clone();
-        }
+        c.out = match &a.out {
+            Some(o) => o.clone(),
+            None => train::checkpoint::run_folder(r)?,
+        };
         c.max_steps = a.max_steps;
         c.debug_nan_at_step = a.debug_nan_at_step;
         return Ok(c);

@@ -2,13 +2,16 @@
 //!
 //! JPEGs are decoded into a caller-owned buffer, so that a worker reuses one
 //! allocation for every image. With the default cargo feature
-//! `libjpeg-turbo`, RGB and grayscale JPEGs go to libjpeg-turbo
-//! ([`decode_rgb_region`] then decodes only the rows and columns asked for);
-//! CMYK/YCCK ones, and all JPEGs in a build without the feature or where
-//! libjpeg-turbo lacks its SIMD code, go to `zune-jpeg` (the decoder the
-//! `image` crate itself uses), which converts them to RGB. `image` handles
-//! everything else (PNG, GIF, WebP, ...). See the README's "Decoder choice"
-//! for the measurements behind the choice.
+//! `libjpeg-turbo`, every JPEG goes to libjpeg-turbo (RGB, YCbCr, grayscale,
+//! CMYK and YCCK; [`decode_rgb_region`] then decodes only the rows and
+//! columns asked for), with or without its SIMD code (without nasm it is
+//! slower, never different: [`jpeg_decoder_name`] says which). A build
+//! without the feature decodes JPEGs with `zune-jpeg` (the decoder the
+//! `image` crate itself uses), which decodes some valid files wrongly
+//! (non-interleaved scans, luma sampled less than chroma): those are refused
+//! with [`DecodeError::Unsupported`] before it sees them (see
+//! [`markers::JpegLayout`]). `image` handles everything else (PNG, GIF,
+//! WebP, ...). See the README's "Decoder choice".
 
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
@@ -66,6 +69,14 @@ pub enum DecodeError {
         format: &'static str,
         /// The decoder's message.
         detail: String,
+    },
+    /// A valid file that this build's decoder cannot decode correctly.
+    #[error(
+        "{detail} (zune-jpeg decodes such files wrongly; build with the default libjpeg-turbo feature)"
+    )]
+    Unsupported {
+        /// What the file has.
+        detail: &'static str,
     },
     /// The image has a zero or absurd dimension.
     #[error("unsupported dimensions {width}x{height}")]
@@ -189,20 +200,16 @@ pub fn decode_rgb(bytes: &[u8], out: &mut Vec<u8>) -> Result<DecodedInfo, Decode
 /// pixels. With the `libjpeg-turbo` feature, a JPEG's rows above and below
 /// the region are not decoded to pixels and its columns are cut to the
 /// region (widened to the left to a block boundary); the pixels are a full
-/// decode's except in the cut columns themselves. Every other decoder (and
-/// zune-jpeg in libjpeg-turbo's place where the latter lacks its SIMD code:
-/// see [`jpeg_decoder_name`]) returns the whole image.
+/// decode's except in the cut columns themselves. Every other decoder
+/// returns the whole image.
 pub fn decode_rgb_region(
     bytes: &[u8],
     out: &mut Vec<u8>,
     mut region_for: impl FnMut(u32, u32) -> Region,
 ) -> Result<(DecodedInfo, Region), DecodeError> {
     #[cfg(feature = "libjpeg-turbo")]
-    if is_jpeg(bytes)
-        && libjpeg::has_simd()
-        && let Some(r) = libjpeg::decode(bytes, out, &mut region_for)
-    {
-        return r;
+    if is_jpeg(bytes) {
+        return libjpeg::decode(bytes, out, &mut region_for);
     }
     let info = decode_full(bytes, out)?;
     region_for(info.width, info.height);
@@ -211,6 +218,7 @@ pub fn decode_rgb_region(
 
 fn decode_full(bytes: &[u8], out: &mut Vec<u8>) -> Result<DecodedInfo, DecodeError> {
     if is_jpeg(bytes) {
+        zune_can_decode(&markers::scan(bytes))?;
         let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), jpeg_options());
         dec.decode_headers().map_err(jpeg_err)?;
         let info = jpeg_info_of(&dec)?;
@@ -245,13 +253,29 @@ fn decode_full(bytes: &[u8], out: &mut Vec<u8>) -> Result<DecodedInfo, DecodeErr
     })
 }
 
-/// Name of the JPEG decoder this build uses (for RGB and grayscale JPEGs).
+/// Refuses the valid JPEGs that zune-jpeg decodes to wrong pixels without
+/// an error (found on libjxl's and Pillow's test files, `tests/odd_jpeg.rs`).
+fn zune_can_decode(layout: &markers::JpegLayout) -> Result<(), DecodeError> {
+    if layout.non_interleaved() {
+        return Err(DecodeError::Unsupported {
+            detail: "non-interleaved or partially interleaved scans",
+        });
+    }
+    if !layout.luma_samples_most() {
+        return Err(DecodeError::Unsupported {
+            detail: "a chroma component sampled more finely than luma",
+        });
+    }
+    Ok(())
+}
+
+/// Name of the JPEG decoder this build uses.
 pub fn jpeg_decoder_name() -> &'static str {
     #[cfg(feature = "libjpeg-turbo")]
     if libjpeg::has_simd() {
         return "libjpeg-turbo";
     } else {
-        return "zune-jpeg (libjpeg-turbo was built without SIMD: install nasm, then `cargo clean -p mozjpeg-sys` and rebuild)";
+        return "libjpeg-turbo without SIMD (2.5x slower: install nasm, then `cargo clean -p mozjpeg-sys` and rebuild)";
     }
     #[allow(unreachable_code)]
     "zune-jpeg"
@@ -259,3 +283,4 @@ pub fn jpeg_decoder_name() -> &'static str {
 
 #[cfg(feature = "libjpeg-turbo")]
 mod libjpeg;
+pub mod markers;

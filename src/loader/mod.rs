@@ -141,7 +141,7 @@ impl Default for LoaderBuilder {
             output: OutputKind::F32Chw,
             normalization: Normalization::PerPixelMean,
             lighting: Lighting::imagenet(),
-            verify_checksums: false,
+            verify_checksums: true,
             profile: false,
         }
     }
@@ -224,7 +224,9 @@ impl LoaderBuilder {
         self.lighting = l;
         self
     }
-    /// Check each record's CRC-32 before decoding.
+    /// Check each record's CRC-32 before decoding (default: yes; a corrupt
+    /// record is then an error, or skipped and counted, as
+    /// [`LoaderBuilder::on_error`] says).
     pub fn verify_checksums(mut self, yes: bool) -> Self {
         self.verify_checksums = yes;
         self
@@ -382,7 +384,12 @@ impl Loader {
     pub fn load_full(&self, index: usize, short: u32) -> Result<FullImage, LoadError> {
         let s = &self.shared;
         let err = |kind| load_error(s, index, kind);
-        let record = s.dataset.record(index).map_err(|e| err(e.into()))?;
+        let record = if s.cfg.verify_checksums {
+            s.dataset.record_checked(index)
+        } else {
+            s.dataset.record(index)
+        }
+        .map_err(|e| err(e.into()))?;
         let mut rgb = Vec::new();
         let info = crate::decode::decode_rgb(record.bytes, &mut rgb).map_err(|e| err(e.into()))?;
         let (w, h) = crate::augment::crop::resized_dims(info.width, info.height, short);

@@ -158,11 +158,14 @@ pub fn pack(
     opts: &PackOptions,
 ) -> Result<Vec<SplitSummary>, PackError> {
     opts.validate()?;
-    let splits = walk::discover(input, &opts.walk)?;
     std::fs::create_dir_all(output).map_err(|source| PackError::Io {
         path: output.to_path_buf(),
         source,
     })?;
+    // The output may lie inside the input tree: never pack it as input.
+    let mut walk_opts = opts.walk.clone();
+    walk_opts.exclude.push(output.to_path_buf());
+    let splits = walk::discover(input, &walk_opts)?;
     splits
         .iter()
         .map(|s| pack_split(s, &output.join(&s.name), opts))
@@ -616,9 +619,15 @@ fn write_outputs(
     writer::write_atomic(&dir.join(MEAN_IMAGE_FILE), &mean_bytes)?;
     let mut skipped = split.unlabeled.clone();
     skipped.extend(state.skipped.iter().cloned());
-    let mut report = String::from("# path\treason\n");
+    let mut report = String::from(
+        "# path\treason (tab, newline, CR and backslash escaped as \\t \\n \\r \\\\)\n",
+    );
     for s in &skipped {
-        report.push_str(&format!("{}\t{}\n", s.path, s.reason));
+        report.push_str(&format!(
+            "{}\t{}\n",
+            tsv_field(&s.path),
+            tsv_field(&s.reason)
+        ));
     }
     writer::write_atomic(&dir.join("skipped.tsv"), report.as_bytes())?;
     let manifest = Manifest {
@@ -641,6 +650,22 @@ fn write_outputs(
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     writer::write_atomic(&dir.join(MANIFEST_FILE), &json)
+}
+
+/// A TSV field: tab, newline, carriage return and backslash escaped, so
+/// that every row is one line of exactly two fields.
+pub fn tsv_field(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn pack_one(

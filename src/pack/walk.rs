@@ -15,10 +15,17 @@
 //!
 //! Files are sorted by relative path (bytewise), so the input order, and so
 //! the shards, do not depend on the file system's listing order.
+//!
+//! Symbolic links are followed, but each real folder is walked at most once
+//! per split (a link loop such as `ln -s . loop` adds nothing), and the
+//! folders in [`WalkOptions::exclude`] (the pack's own output) are never
+//! walked. Names that are not UTF-8 are kept exactly in reports, their
+//! invalid bytes written as `\xNN` (a literal backslash as `\\`); see
+//! [`display_name`].
 
 use crate::error::PackError;
 use crate::format::{ClassInfo, SkippedFile};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// The 1000 ILSVRC2012 classes, `label\twnid\tname` per line, label = index
@@ -99,6 +106,79 @@ pub struct WalkOptions {
     pub val_labels: Option<PathBuf>,
     /// Split name for a bare class-per-folder tree (default `train`).
     pub bare_split_name: Option<String>,
+    /// Folders never walked as input, whatever their name (the pack's
+    /// output, when it lies inside the input tree).
+    pub exclude: Vec<PathBuf>,
+}
+
+/// Folders already walked (by their real path) and those never to walk.
+struct Visit {
+    seen: HashSet<PathBuf>,
+    exclude: Vec<PathBuf>,
+}
+
+impl Visit {
+    fn new(opts: &WalkOptions) -> Visit {
+        Visit {
+            seen: HashSet::new(),
+            exclude: opts
+                .exclude
+                .iter()
+                .map(|p| p.canonicalize().unwrap_or_else(|_| p.clone()))
+                .collect(),
+        }
+    }
+
+    fn excluded(&self, dir: &Path) -> bool {
+        dir.canonicalize()
+            .is_ok_and(|real| self.exclude.iter().any(|e| real.starts_with(e)))
+    }
+
+    /// Whether `dir` should be walked now: not excluded, and its real
+    /// folder not walked before (marks it walked).
+    fn enter(&mut self, dir: &Path) -> bool {
+        let Ok(real) = dir.canonicalize() else {
+            return true; // read_dir will name the problem
+        };
+        if self.exclude.iter().any(|e| real.starts_with(e)) {
+            log::info!("{}: the pack's output, not walked as input", dir.display());
+            return false;
+        }
+        if !self.seen.insert(real.clone()) {
+            log::warn!(
+                "{}: links to {}, already walked; not walked again",
+                dir.display(),
+                real.display()
+            );
+            return false;
+        }
+        true
+    }
+}
+
+/// A file name as reports show it: its UTF-8 parts as they are, each byte
+/// that is not UTF-8 as `\xNN`, and each backslash doubled (so two different
+/// names never show the same).
+pub fn display_name(name: &std::ffi::OsStr) -> String {
+    if let Some(s) = name.to_str() {
+        return s.replace('\\', "\\\\");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = String::new();
+        for chunk in name.as_bytes().utf8_chunks() {
+            out.push_str(&chunk.valid().replace('\\', "\\\\"));
+            for b in chunk.invalid() {
+                out.push_str(&format!("\\x{b:02X}"));
+            }
+        }
+        out
+    }
+    #[cfg(not(unix))]
+    {
+        name.to_string_lossy().into_owned()
+    }
 }
 
 /// Finds the splits under `root` and lists their files with labels.
@@ -109,26 +189,29 @@ pub fn discover(root: &Path, opts: &WalkOptions) -> Result<Vec<SplitInputs>, Pac
     let train = root.join("train");
     let val = root.join("val");
     let mut splits = Vec::new();
+    let visit = Visit::new(opts);
     if train.is_dir() || val.is_dir() {
         let train_folders = if train.is_dir() {
-            Some(class_folders(&train)?)
+            Some(class_folders(&train, &visit)?)
         } else {
             None
         };
         let classes = class_list(&opts.classes, train_folders.as_deref(), root)?;
         if let Some(folders) = &train_folders {
-            splits.push(folder_split("train", root, &train, folders, &classes)?);
+            splits.push(folder_split(
+                "train", root, &train, folders, &classes, opts,
+            )?);
         }
         if val.is_dir() {
-            let folders = class_folders(&val)?;
+            let folders = class_folders(&val, &visit)?;
             if !folders.is_empty() {
-                splits.push(folder_split("val", root, &val, &folders, &classes)?);
+                splits.push(folder_split("val", root, &val, &folders, &classes, opts)?);
             } else {
                 splits.push(flat_val_split(root, &val, &classes, opts)?);
             }
         }
     } else {
-        let folders = class_folders(root)?;
+        let folders = class_folders(root, &visit)?;
         if folders.is_empty() {
             return Err(layout(
                 root,
@@ -140,7 +223,7 @@ pub fn discover(root: &Path, opts: &WalkOptions) -> Result<Vec<SplitInputs>, Pac
             .bare_split_name
             .clone()
             .unwrap_or_else(|| "train".into());
-        splits.push(folder_split(&name, root, root, &folders, &classes)?);
+        splits.push(folder_split(&name, root, root, &folders, &classes, opts)?);
     }
     Ok(splits)
 }
@@ -152,13 +235,16 @@ fn layout(path: &Path, detail: impl Into<String>) -> PackError {
     }
 }
 
-/// Sorted names of the sub-folders of `dir` (hidden ones excluded).
-fn class_folders(dir: &Path) -> Result<Vec<String>, PackError> {
+/// Sorted names of the sub-folders of `dir` (hidden and excluded ones left out).
+fn class_folders(dir: &Path, visit: &Visit) -> Result<Vec<String>, PackError> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(PackError::io(dir))? {
         let e = e.map_err(PackError::io(dir))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && e.path().is_dir() {
+        let name = display_name(&e.file_name());
+        if !name.starts_with('.') && e.path().is_dir() && !visit.excluded(&e.path()) {
+            if e.file_name().to_str().is_none() {
+                return Err(layout(&e.path(), "class folder name is not UTF-8"));
+            }
             out.push(name);
         }
     }
@@ -215,8 +301,17 @@ fn class_list(
     }
 }
 
-/// Every regular file under `dir`, recursively, as (full path, relative path), sorted.
-fn files_under(dir: &Path, root: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<(), PackError> {
+/// Every regular file under `dir`, recursively, as (full path, relative
+/// path), sorted; each real folder once (see [`Visit`]).
+fn files_under(
+    dir: &Path,
+    root: &Path,
+    visit: &mut Visit,
+    out: &mut Vec<(PathBuf, String)>,
+) -> Result<(), PackError> {
+    if !visit.enter(dir) {
+        return Ok(());
+    }
     let mut entries = Vec::new();
     for e in std::fs::read_dir(dir).map_err(PackError::io(dir))? {
         entries.push(e.map_err(PackError::io(dir))?.path());
@@ -224,7 +319,7 @@ fn files_under(dir: &Path, root: &Path, out: &mut Vec<(PathBuf, String)>) -> Res
     entries.sort();
     for p in entries {
         if p.is_dir() {
-            files_under(&p, root, out)?;
+            files_under(&p, root, visit, out)?;
         } else {
             out.push((p.clone(), rel_path(&p, root)));
         }
@@ -235,7 +330,7 @@ fn files_under(dir: &Path, root: &Path, out: &mut Vec<(PathBuf, String)>) -> Res
 fn rel_path(p: &Path, root: &Path) -> String {
     let rel = p.strip_prefix(root).unwrap_or(p);
     rel.components()
-        .map(|c| c.as_os_str().to_string_lossy())
+        .map(|c| display_name(c.as_os_str()))
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -246,7 +341,9 @@ fn folder_split(
     dir: &Path,
     folders: &[String],
     classes: &[ClassInfo],
+    opts: &WalkOptions,
 ) -> Result<SplitInputs, PackError> {
+    let mut visit = Visit::new(opts);
     let label_of: HashMap<&str, u32> = classes
         .iter()
         .enumerate()
@@ -262,7 +359,7 @@ fn folder_split(
             ));
         };
         let mut found = Vec::new();
-        files_under(&dir.join(folder), root, &mut found)?;
+        files_under(&dir.join(folder), root, &mut visit, &mut found)?;
         files.extend(
             found
                 .into_iter()
@@ -300,7 +397,7 @@ fn flat_val_split(
     opts: &WalkOptions,
 ) -> Result<SplitInputs, PackError> {
     let mut found = Vec::new();
-    files_under(val, root, &mut found)?;
+    files_under(val, root, &mut Visit::new(opts), &mut found)?;
     let candidates = |name: &str| {
         let mut v = vec![root.join(name), val.join(name)];
         if let Some(parent) = root.parent() {

@@ -190,14 +190,11 @@ impl Dataset {
             starts.push(starts.last().copied().unwrap_or(0) + shard.len());
             shards.push(shard);
         }
-        if *starts.last().unwrap_or(&0) as u64 != manifest.records {
+        let problems = manifest_problems(&manifest, &shards);
+        if let Some(detail) = problems.into_iter().next() {
             return Err(ReadError::Manifest {
                 path: dir.join(MANIFEST_FILE),
-                detail: format!(
-                    "records {} != sum over shards {}",
-                    manifest.records,
-                    starts.last().unwrap_or(&0)
-                ),
+                detail,
             });
         }
         Ok(Dataset {
@@ -283,6 +280,59 @@ impl Dataset {
     }
 }
 
+/// What is wrong between a manifest and its (opened) shards: the record
+/// count, the class list against every record's label, and the per-class
+/// counts. Empty when they agree.
+fn manifest_problems(manifest: &Manifest, shards: &[ShardReader]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let total: u64 = shards.iter().map(|s| s.len() as u64).sum();
+    if total != manifest.records {
+        problems.push(format!(
+            "says {} records, its shards hold {total}",
+            manifest.records
+        ));
+    }
+    let classes = manifest.classes.len();
+    if classes == 0 {
+        problems.push("has an empty class list".into());
+    }
+    let mut counts = vec![0u64; classes];
+    let mut out_of_range = 0u64;
+    let mut first_bad = None;
+    for (k, shard) in shards.iter().enumerate() {
+        for (i, e) in shard.entries().iter().enumerate() {
+            match counts.get_mut(e.label as usize) {
+                Some(c) => *c += 1,
+                None => {
+                    out_of_range += 1;
+                    first_bad.get_or_insert((k, i, e.label));
+                }
+            }
+        }
+    }
+    if let Some((k, i, label)) = first_bad {
+        problems.push(format!(
+            "lists {classes} classes, but {out_of_range} records have a label outside 0..{classes} (first: {} record {i}, label {label})",
+            shards[k].path().display()
+        ));
+    }
+    if manifest.class_counts.len() != classes {
+        problems.push(format!(
+            "has {} class counts for {classes} classes",
+            manifest.class_counts.len()
+        ));
+    } else if out_of_range == 0 && manifest.class_counts != counts {
+        let c = (0..classes)
+            .find(|&c| manifest.class_counts[c] != counts[c])
+            .unwrap_or(0);
+        problems.push(format!(
+            "class counts differ from the shards' labels (class {c} `{}`: manifest {}, shards {})",
+            manifest.classes[c].wnid, manifest.class_counts[c], counts[c]
+        ));
+    }
+    problems
+}
+
 /// Reads and checks `dir/manifest.json`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, ReadError> {
     let path = dir.join(MANIFEST_FILE);
@@ -330,8 +380,9 @@ pub struct VerifyReport {
 
 /// Checks every split under `root` (either a split folder holding
 /// `manifest.json`, or a folder of split folders): each shard's structure,
-/// whole-file checksum and size against the manifest, and every record's
-/// checksum. Collects all problems instead of stopping at the first.
+/// whole-file checksum and size against the manifest, every record's
+/// checksum, and the manifest against the shards (record count, class list
+/// against every label, per-class counts). Collects all problems instead of stopping at the first.
 pub fn verify_dataset(root: &Path) -> Result<VerifyReport, ReadError> {
     let mut splits = Vec::new();
     if root.join(MANIFEST_FILE).is_file() {
@@ -367,6 +418,7 @@ pub fn verify_dataset(root: &Path) -> Result<VerifyReport, ReadError> {
                 continue;
             }
         };
+        let mut opened = Vec::new();
         for entry in &manifest.shards {
             report.shards += 1;
             let path = dir.join(&entry.name);
@@ -403,6 +455,15 @@ pub fn verify_dataset(root: &Path) -> Result<VerifyReport, ReadError> {
                 if let Err(e) = shard.verify_record(i) {
                     problem(e.to_string());
                 }
+            }
+            opened.push(shard);
+        }
+        if opened.len() == manifest.shards.len() {
+            for detail in manifest_problems(&manifest, &opened) {
+                report.problems.push(Problem {
+                    path: dir.join(MANIFEST_FILE),
+                    detail,
+                });
             }
         }
     }

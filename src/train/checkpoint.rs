@@ -91,6 +91,28 @@ pub fn locate(path: &Path) -> Result<PathBuf, TrainError> {
         })
 }
 
+/// The run folder that `path` (given to `--resume`: a run folder or one of
+/// its checkpoint folders) belongs to, where the resumed run continues:
+/// wherever the folder now is and whatever it was called when written (a
+/// copied run continues in the copy, never in the original).
+pub fn run_folder(path: &Path) -> Result<PathBuf, TrainError> {
+    let dir = locate(path)?;
+    if dir == path.join("checkpoints").join("last")
+        || dir == path.join("checkpoints").join("last.old")
+    {
+        return Ok(path.to_owned());
+    }
+    // A checkpoint folder: RUN/checkpoints/<name>.
+    match dir.parent() {
+        Some(parent) if parent.file_name().is_some_and(|n| n == "checkpoints") => Ok(parent
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_owned)),
+        _ => Ok(dir
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_owned)),
+    }
+}
+
 /// Reads the momentum buffers of a checkpoint.
 pub fn read_momentum(dir: &Path) -> Result<BTreeMap<String, Vec<f32>>, TrainError> {
     let f = state::read_safetensors(&dir.join(OPTIM_FILE)).map_err(|source| {

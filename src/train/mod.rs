@@ -113,6 +113,56 @@ impl TrainConfig {
             debug_nan_at_step: None,
         }
     }
+
+    /// Checks the settings that would train to nothing or to garbage
+    /// without an error (a batch of 0 gives lr 0, a negative lr diverges).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |what: &str, value: String| {
+            Err(TrainError::Config(format!(
+                "{what} {value}: {}",
+                match what {
+                    "momentum" => "must be in [0, 1)",
+                    "weight decay" | "warm-up" => "must be at least 0",
+                    "lr" => "must be above 0",
+                    _ => "must be at least 1",
+                }
+            )))
+        };
+        if self.batch_size == 0 {
+            return bad("batch size", "0".into());
+        }
+        if self.epochs == 0 {
+            return bad("epochs", "0".into());
+        }
+        if self.workers == 0 {
+            return bad("workers", "0".into());
+        }
+        if self.crop == 0 {
+            return bad("crop", "0".into());
+        }
+        if self.max_steps == Some(0) {
+            return bad("max steps", "0".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("lr", self.lr.to_string());
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return bad("momentum", self.momentum.to_string());
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight decay", self.weight_decay.to_string());
+        }
+        if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0) {
+            return bad("warm-up", self.warmup_epochs.to_string());
+        }
+        if self.scale.0 == 0 || self.scale.0 > self.scale.1 {
+            return Err(TrainError::Config(format!(
+                "scale range {},{}: expected 1 <= MIN <= MAX",
+                self.scale.0, self.scale.1
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// What can stop a run.
@@ -255,6 +305,7 @@ pub fn prepare(
             (st.config.clone(), Some((dir, st)))
         }
     };
+    config.validate()?;
     let cuda = cfg!(feature = "cuda");
     if !(config.device == "cpu" || config.device == "cuda" && cuda) {
         return Err(TrainError::Config(format!(
