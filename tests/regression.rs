@@ -42,7 +42,8 @@ fn edit_manifest(split: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 /// list was wrong, and train-resnet then panicked on a label past the list.
 #[test]
 fn a_manifest_that_disagrees_with_its_shards_is_found_and_refused() {
-    let cases: [(&str, fn(&mut serde_json::Value)); 3] = [
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit); 3] = [
         ("says 57 records", |v| v["records"] = 57.into()),
         ("label outside 0..10", |v| {
             let c = v["classes"].as_array_mut().unwrap();

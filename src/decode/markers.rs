@@ -94,31 +94,27 @@ pub fn scan(bytes: &[u8]) -> JpegLayout {
         }
         let seg = &bytes[i + 4..i + 2 + seg_len];
         match m {
-            0xC0..=0xCF if m != 0xC4 && m != 0xC8 && m != 0xCC => {
-                if out.sof == 0 && seg.len() >= 6 {
-                    out.sof = m;
-                    let n = seg[5] as usize;
-                    out.components = seg[6..]
-                        .chunks_exact(3)
-                        .take(n)
-                        .map(|c| Component {
-                            id: c[0],
-                            h: c[1] >> 4,
-                            v: c[1] & 0x0F,
-                        })
-                        .collect();
-                }
+            0xC0..=0xCF
+                if m != 0xC4 && m != 0xC8 && m != 0xCC && out.sof == 0 && seg.len() >= 6 =>
+            {
+                out.sof = m;
+                let n = seg[5] as usize;
+                out.components = seg[6..]
+                    .chunks_exact(3)
+                    .take(n)
+                    .map(|c| Component {
+                        id: c[0],
+                        h: c[1] >> 4,
+                        v: c[1] & 0x0F,
+                    })
+                    .collect();
             }
             0xDA => {
                 if let Some(&n) = seg.first() {
                     out.scan_components.push(n);
                 }
             }
-            0xEE => {
-                if seg.starts_with(b"Adobe") {
-                    out.adobe = true;
-                }
-            }
+            0xEE if seg.starts_with(b"Adobe") => out.adobe = true,
             _ => {}
         }
         i += 2 + seg_len;
