@@ -7,7 +7,7 @@
 //! into green stripes (mean |diff| 137) and shifted the colours of a
 //! luma-subsampled one, and pack reported success.
 
-use resnet_imagenet::decode::{DecodeError, decode_rgb, jpeg_decoder_name};
+use resnet_imagenet::decode::{decode_rgb, jpeg_decoder_name};
 use resnet_imagenet::pack::{PackOptions, pack};
 use resnet_imagenet::progress::ProgressMode;
 use resnet_imagenet::reader::Dataset;
@@ -87,6 +87,7 @@ fn every_odd_jpeg_decodes_to_the_independent_decode_or_is_refused() {
     let dir = odd_dir();
     let mut out = Vec::new();
     let mut refused = Vec::new();
+    let mut wrong = Vec::new();
     for r in references(&dir) {
         let bytes = std::fs::read(dir.join(&r.name)).unwrap();
         match decode_rgb(&bytes, &mut out) {
@@ -96,23 +97,21 @@ fn every_odd_jpeg_decodes_to_the_independent_decode_or_is_refused() {
                 let (mean, max) = diff(&got, &r.cells);
                 // Two libjpeg builds agree to a fraction of a level; a wrong
                 // decode is off by tens (stripes: 137, colour shift: 60).
-                assert!(
-                    mean < 1.0 && max < 6.0,
-                    "{}: decoded by {} to a different picture than Pillow's: mean |diff| {mean:.2}, max {max:.2}",
-                    r.name,
-                    jpeg_decoder_name()
-                );
+                if !(mean < 1.0 && max < 6.0) {
+                    wrong.push(format!("{}: mean |diff| {mean:.2}, max {max:.2}", r.name));
+                }
             }
-            Err(e) => {
-                assert!(
-                    matches!(e, DecodeError::Unsupported { .. }),
-                    "{}: {e}",
-                    r.name
-                );
-                refused.push(r.name.clone());
-            }
+            // An error is allowed (the zune-jpeg build refuses what it
+            // cannot decode correctly, and rejects a truncated APP14).
+            Err(e) => refused.push(format!("{}: {e}", r.name)),
         }
     }
+    assert!(
+        wrong.is_empty(),
+        "decoded by {} to a different picture than Pillow's:\n{}",
+        jpeg_decoder_name(),
+        wrong.join("\n")
+    );
     if cfg!(feature = "libjpeg-turbo") {
         assert!(refused.is_empty(), "libjpeg-turbo refused {refused:?}");
     }
@@ -178,7 +177,6 @@ fn every_packed_odd_jpeg_is_the_independent_decode() {
         } else {
             (4.0, 80.0)
         };
-        eprintln!("{}: {:?} mean {mean:.2} max {max:.2}", r.name, rec.origin);
         assert!(
             mean < mean_limit && max < max_limit,
             "record {i} ({}, origin {:?}): mean |diff| {mean:.2}, max {max:.2} against Pillow's decode of the input",
