@@ -8,11 +8,20 @@ Cell (i, j) covers rows floor(i*h/GRID)..floor((i+1)*h/GRID) and the same
 for columns (images smaller than GRID get fewer, one-pixel cells). Pillow's
 CMYK is converted with Pillow's own `convert("RGB")`.
 
+It also writes DIR/reference-c.tsv: the lines of the files that
+libjpeg-turbo decodes differently when its SIMD code is switched off
+(JSIMD_FORCENONE=1, the C code path that a build without nasm runs), with
+that decode (of the 61 files: hopper_bad_exif.jpg, whose rows differ by up
+to ~60 levels from the middle of some MCU rows on). Pillow's own
+libjpeg-turbo does the same, so this is libjpeg-turbo's C path against its
+SIMD path, not this crate: each build is checked against its own path.
+
 Run once by a maintainer (pip install pillow numpy); the result is committed:
     python3 tools/odd-jpeg-reference.py datasets/odd-jpeg
 Line format: name <TAB> width <TAB> height <TAB> mode <TAB> grid <TAB> cells,
 cells = comma-separated means with one decimal, HWC order over the grid."""
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -33,8 +42,8 @@ def cells(a, n):
     return gh, gw, out
 
 
-def main(d):
-    lines = [f"# Pillow {pil_version} decodes, {GRID}x{GRID} cell means (tools/odd-jpeg-reference.py)"]
+def decode_all(d):
+    lines = []
     for name in sorted(os.listdir(d)):
         if not name.lower().endswith((".jpg", ".jpeg")):
             continue
@@ -50,8 +59,24 @@ def main(d):
         lines.append(
             f"{name}\t{im.width}\t{im.height}\t{mode}\t{gh}x{gw}\t" + ",".join(f"{v:.1f}" for v in out)
         )
+    return lines
+
+
+def main(d):
+    if os.environ.get("JSIMD_FORCENONE") == "1":
+        print("\n".join(decode_all(d)))  # the child run of the C path
+        return
+    simd = decode_all(d)
+    env = dict(os.environ, JSIMD_FORCENONE="1")
+    c_path = subprocess.run(
+        [sys.executable, __file__, d], env=env, check=True, capture_output=True, text=True
+    ).stdout.splitlines()
+    differs = [c for s, c in zip(simd, c_path, strict=True) if s != c]
+    head = f"# Pillow {pil_version} decodes, {GRID}x{GRID} cell means (tools/odd-jpeg-reference.py)"
     with open(os.path.join(d, "reference.tsv"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join([head] + simd) + "\n")
+    with open(os.path.join(d, "reference-c.tsv"), "w") as f:
+        f.write("\n".join([head + ", libjpeg-turbo's C path (JSIMD_FORCENONE=1), where it differs"] + differs) + "\n")
 
 
 if __name__ == "__main__":

@@ -199,7 +199,6 @@ fn options(cli: &Cli) -> anyhow::Result<PackOptions> {
             ClassSource::File(p)
         }
     };
-    anyhow::ensure!(cli.shard_mib > 0.0, "--shard-mib must be positive");
     let defaults = PackOptions::default();
     Ok(PackOptions {
         threads: cli.threads.map_or(defaults.threads, |t| t as usize),

@@ -269,6 +269,15 @@ fn zune_can_decode(layout: &markers::JpegLayout) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// Whether libjpeg-turbo runs its SIMD code (false in builds without nasm,
+/// under `JSIMD_FORCENONE=1`, and in builds without libjpeg-turbo).
+pub fn jpeg_simd() -> bool {
+    #[cfg(feature = "libjpeg-turbo")]
+    return libjpeg::has_simd();
+    #[allow(unreachable_code)]
+    false
+}
+
 /// Name of the JPEG decoder this build uses.
 pub fn jpeg_decoder_name() -> &'static str {
     #[cfg(feature = "libjpeg-turbo")]

@@ -287,6 +287,17 @@ struct Shared {
     buffers: AtomicUsize,
 }
 
+impl Shared {
+    /// Record `index`, its checksum checked unless the builder said not to.
+    fn record(&self, index: usize) -> Result<crate::reader::Record<'_>, ReadError> {
+        if self.cfg.verify_checksums {
+            self.dataset.record_checked(index)
+        } else {
+            self.dataset.record(index)
+        }
+    }
+}
+
 /// The loader: makes [`Epoch`] iterators.
 #[derive(Clone)]
 pub struct Loader {
@@ -384,12 +395,7 @@ impl Loader {
     pub fn load_full(&self, index: usize, short: u32) -> Result<FullImage, LoadError> {
         let s = &self.shared;
         let err = |kind| load_error(s, index, kind);
-        let record = if s.cfg.verify_checksums {
-            s.dataset.record_checked(index)
-        } else {
-            s.dataset.record(index)
-        }
-        .map_err(|e| err(e.into()))?;
+        let record = s.record(index).map_err(|e| err(e.into()))?;
         let mut rgb = Vec::new();
         let info = crate::decode::decode_rgb(record.bytes, &mut rgb).map_err(|e| err(e.into()))?;
         let (w, h) = crate::augment::crop::resized_dims(info.width, info.height, short);
@@ -713,12 +719,7 @@ fn process(
         }
     };
     let mut t = Instant::now();
-    let ds = &shared.dataset;
-    let record = if shared.cfg.verify_checksums {
-        ds.record_checked(index)?
-    } else {
-        ds.record(index)?
-    };
+    let record = shared.record(index)?;
     clock(&mut t, counters.map(|c| &c.read));
     let size = shared.normalizer.size();
     let view_len = 3 * size * size;

@@ -130,8 +130,12 @@ impl Visit {
     }
 
     fn excluded(&self, dir: &Path) -> bool {
-        dir.canonicalize()
-            .is_ok_and(|real| self.exclude.iter().any(|e| real.starts_with(e)))
+        dir.canonicalize().is_ok_and(|real| self.excludes(&real))
+    }
+
+    /// Whether the real path `real` lies in an excluded folder.
+    fn excludes(&self, real: &Path) -> bool {
+        self.exclude.iter().any(|e| real.starts_with(e))
     }
 
     /// Whether `dir` should be walked now: not excluded, and its real
@@ -140,7 +144,7 @@ impl Visit {
         let Ok(real) = dir.canonicalize() else {
             return true; // read_dir will name the problem
         };
-        if self.exclude.iter().any(|e| real.starts_with(e)) {
+        if self.excludes(&real) {
             log::info!("{}: the pack's output, not walked as input", dir.display());
             return false;
         }
@@ -160,9 +164,6 @@ impl Visit {
 /// that is not UTF-8 as `\xNN`, and each backslash doubled (so two different
 /// names never show the same).
 pub fn display_name(name: &std::ffi::OsStr) -> String {
-    if let Some(s) = name.to_str() {
-        return s.replace('\\', "\\\\");
-    }
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStrExt;
@@ -177,7 +178,7 @@ pub fn display_name(name: &std::ffi::OsStr) -> String {
     }
     #[cfg(not(unix))]
     {
-        name.to_string_lossy().into_owned()
+        name.to_string_lossy().replace('\\', "\\\\")
     }
 }
 

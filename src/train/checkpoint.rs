@@ -97,20 +97,14 @@ pub fn locate(path: &Path) -> Result<PathBuf, TrainError> {
 /// copied run continues in the copy, never in the original).
 pub fn run_folder(path: &Path) -> Result<PathBuf, TrainError> {
     let dir = locate(path)?;
-    if dir == path.join("checkpoints").join("last")
-        || dir == path.join("checkpoints").join("last.old")
-    {
-        return Ok(path.to_owned());
-    }
-    // A checkpoint folder: RUN/checkpoints/<name>.
-    match dir.parent() {
-        Some(parent) if parent.file_name().is_some_and(|n| n == "checkpoints") => Ok(parent
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_owned)),
-        _ => Ok(dir
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_owned)),
-    }
+    // RUN/checkpoints/<name> (also what `locate` finds in a run folder)
+    // belongs to RUN; a checkpoint folder anywhere else to its parent.
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let run = match parent.file_name() {
+        Some(n) if n == "checkpoints" => parent.parent().unwrap_or(Path::new(".")),
+        _ => parent,
+    };
+    Ok(run.to_owned())
 }
 
 /// Reads the momentum buffers of a checkpoint.
