@@ -12,18 +12,40 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Line width in pixels (the paper's figures: thin for training, bold for validation).
     pub width: u32,
-    /// Dashed look (drawn as points only).
-    pub dashed: bool,
+    /// A marker (filled circle) at each point, for measurements that are
+    /// points, not a curve.
+    pub markers: bool,
+}
+
+/// A chart's title and axes.
+#[derive(Debug, Clone, Copy)]
+pub struct Chart<'a> {
+    /// Caption above the chart.
+    pub title: &'a str,
+    /// Horizontal axis label.
+    pub x_label: &'a str,
+    /// Vertical axis label.
+    pub y_label: &'a str,
+    /// The x values are integers (worker counts): ticks only at integers,
+    /// and half a unit of room either side.
+    pub integer_x: bool,
+}
+
+/// The x range drawn and the most labels to ask plotters for. Integer x
+/// gets half a unit of room either side and at most one label per unit, so
+/// plotters' steps (1, 2, 5, 10, ...) fall on integers.
+fn x_axis(x0: f64, x1: f64, integer_x: bool) -> (f64, f64, usize) {
+    let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
+    if integer_x {
+        let labels = ((x1 - x0).round() as usize + 1).clamp(2, 12);
+        (x0 - 0.5, x1 + 0.5, labels)
+    } else {
+        (x0, x1, 10)
+    }
 }
 
 /// Draws `series` on one chart and writes it to `path` (PNG, 900x600).
-pub fn line_chart(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    series: &[Series],
-) -> Result<(), String> {
+pub fn line_chart(path: &Path, chart_spec: &Chart, series: &[Series]) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (x, y) in series.iter().flat_map(|s| s.points.iter()) {
@@ -37,11 +59,18 @@ pub fn line_chart(
     }
     let pad = ((y1 - y0) * 0.08).max(1e-6);
     let (y0, y1) = (if y0 >= 0.0 { 0.0 } else { y0 - pad }, y1 + pad);
-    let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
+    let (x0, x1, x_labels) = x_axis(x0, x1, chart_spec.integer_x);
+    let x_format = |v: &f64| {
+        if chart_spec.integer_x {
+            format!("{v:.0}")
+        } else {
+            format!("{v}")
+        }
+    };
     let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
+        .caption(chart_spec.title, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
@@ -49,8 +78,10 @@ pub fn line_chart(
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
-        .x_desc(x_label)
-        .y_desc(y_label)
+        .x_desc(chart_spec.x_label)
+        .y_desc(chart_spec.y_label)
+        .x_labels(x_labels)
+        .x_label_formatter(&x_format)
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(|e| err(&e))?;
@@ -61,16 +92,15 @@ pub fn line_chart(
             filled: true,
             stroke_width: s.width,
         };
-        let anno = if s.dashed {
+        if s.markers {
             chart
-                .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, style)))
-                .map_err(|e| err(&e))?
-        } else {
-            chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), style))
-                .map_err(|e| err(&e))?
-        };
-        anno.label(s.label.clone())
+                .draw_series(s.points.iter().map(|&p| Circle::new(p, 5, style)))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .draw_series(LineSeries::new(s.points.iter().copied(), style))
+            .map_err(|e| err(&e))?
+            .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
     chart
@@ -82,4 +112,55 @@ pub fn line_chart(
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plotters::coord::ranged1d::Ranged;
+    use plotters::coord::types::RangedCoordf64;
+
+    /// Regression: the bench-pipeline plot of 1 and 2 workers had ticks at
+    /// 1.1, 1.2, ... workers.
+    #[test]
+    fn integer_axes_tick_only_at_integers() {
+        for (lo, hi) in [(1.0, 2.0), (1.0, 1.0), (1.0, 4.0), (1.0, 16.0), (2.0, 64.0)] {
+            let (x0, x1, n) = x_axis(lo, hi, true);
+            let ticks = RangedCoordf64::from(x0..x1).key_points(n);
+            assert!(ticks.len() >= 2, "{lo}..{hi}: {ticks:?}");
+            assert!(
+                ticks.iter().all(|t| t.fract() == 0.0),
+                "{lo}..{hi}: {ticks:?}"
+            );
+            assert!(x0 < lo && x1 > hi);
+        }
+    }
+
+    #[test]
+    fn a_chart_is_written_and_an_empty_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("c.png");
+        let chart = Chart {
+            title: "t",
+            x_label: "workers",
+            y_label: "images/s",
+            integer_x: true,
+        };
+        let line = Series {
+            label: "loader".into(),
+            points: vec![(1.0, 900.0), (2.0, 1700.0)],
+            width: 3,
+            markers: true,
+        };
+        line_chart(&png, &chart, &[line]).unwrap();
+        let img = image::open(&png).unwrap();
+        assert_eq!((img.width(), img.height()), (900, 600));
+        let empty = Series {
+            label: "none".into(),
+            points: vec![],
+            width: 1,
+            markers: false,
+        };
+        assert!(line_chart(&png, &chart, &[empty]).is_err());
+    }
 }

@@ -7,7 +7,7 @@ use clap::Parser;
 use resnet_imagenet::augment::{CifarAugment, EvalCrop, TrainAugment};
 use resnet_imagenet::bench::{self, CeilingRun, ConsumerReport, LoaderRun};
 use resnet_imagenet::loader::{LoaderBuilder, OutputKind};
-use resnet_imagenet::plot::Series;
+use resnet_imagenet::plot::{Chart, Series};
 use resnet_imagenet::reader::Dataset;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -282,23 +282,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|r| (r.workers as f64, f(r)))
                 .collect()
         };
+        let title = format!("loader vs decode-only ceiling ({})", report.augment);
+        let chart = Chart {
+            title: &title,
+            x_label: "workers",
+            y_label: "images/s",
+            integer_x: true,
+        };
         resnet_imagenet::plot::line_chart(
             path,
-            &format!("loader vs decode-only ceiling ({})", report.augment),
-            "workers",
-            "images/s",
+            &chart,
             &[
                 Series {
                     label: "loader".into(),
                     points: pts(|r| r.images_per_sec),
                     width: 3,
-                    dashed: false,
+                    markers: true,
                 },
                 Series {
                     label: "decode-only ceiling".into(),
                     points: pts(|r| r.decode_ceiling_images_per_sec),
                     width: 2,
-                    dashed: false,
+                    markers: true,
                 },
             ],
         )

@@ -1,7 +1,7 @@
 //! The run's JSON Lines log and the curves drawn from it.
 
 use super::TrainError;
-use crate::plot::{Series, line_chart};
+use crate::plot::{Chart, Series, line_chart};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -202,16 +202,22 @@ pub fn plot(log: &Path, png: &Path, title: &str) -> Result<(), TrainError> {
             label: "training error (augmented batches)".into(),
             points: train,
             width: 1,
-            dashed: false,
+            markers: false,
         },
         Series {
             label: "validation error (centre crop)".into(),
             points: val,
             width: 4,
-            dashed: false,
+            markers: false,
         },
     ];
-    line_chart(png, title, "epoch", "top-1 error (%)", &series).map_err(|e| TrainError::Io {
+    let chart = Chart {
+        title,
+        x_label: "epoch",
+        y_label: "top-1 error (%)",
+        integer_x: false,
+    };
+    line_chart(png, &chart, &series).map_err(|e| TrainError::Io {
         path: png.to_owned(),
         source: std::io::Error::other(e),
     })
