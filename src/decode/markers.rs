@@ -29,6 +29,12 @@ pub struct JpegLayout {
     pub scan_components: Vec<u8>,
     /// An APP14 "Adobe" segment was present.
     pub adobe: bool,
+    /// The frame's width and height (0 if no frame header was found).
+    pub width: u16,
+    /// See `width`.
+    pub height: u16,
+    /// The restart interval in MCUs of the last DRI segment (0: none).
+    pub restart_interval: u16,
 }
 
 impl JpegLayout {
@@ -47,6 +53,18 @@ impl JpegLayout {
                 .scan_components
                 .iter()
                 .any(|&n| (n as usize) < self.components.len())
+    }
+
+    /// The MCU's width and height in pixels (8 times the largest sampling
+    /// factors; 8x8 for a single-component frame, whose scans are
+    /// non-interleaved).
+    pub fn mcu_size(&self) -> (u32, u32) {
+        if self.components.len() <= 1 {
+            return (8, 8);
+        }
+        let h = self.components.iter().map(|c| c.h).max().unwrap_or(1);
+        let v = self.components.iter().map(|c| c.v).max().unwrap_or(1);
+        (8 * h.max(1) as u32, 8 * v.max(1) as u32)
     }
 
     /// Whether the first component (luma) has the largest sampling factors,
@@ -98,6 +116,8 @@ pub fn scan(bytes: &[u8]) -> JpegLayout {
                 if m != 0xC4 && m != 0xC8 && m != 0xCC && out.sof == 0 && seg.len() >= 6 =>
             {
                 out.sof = m;
+                out.height = u16::from_be_bytes([seg[1], seg[2]]);
+                out.width = u16::from_be_bytes([seg[3], seg[4]]);
                 let n = seg[5] as usize;
                 out.components = seg[6..]
                     .chunks_exact(3)
@@ -115,6 +135,7 @@ pub fn scan(bytes: &[u8]) -> JpegLayout {
                 }
             }
             0xEE if seg.starts_with(b"Adobe") => out.adobe = true,
+            0xDD if seg.len() >= 2 => out.restart_interval = u16::from_be_bytes([seg[0], seg[1]]),
             _ => {}
         }
         i += 2 + seg_len;
@@ -171,6 +192,21 @@ mod tests {
         assert!(l.non_interleaved());
         let l = scan(&jpeg(&[0x11, 0x22, 0x22], &[3], false));
         assert!(!l.luma_samples_most());
+    }
+
+    #[test]
+    fn reads_size_and_restart_interval_of_real_files() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/odd-jpeg");
+        let read = |name: &str| scan(&std::fs::read(dir.join(name)).unwrap());
+        let l = read("app13.jpg");
+        assert_eq!((l.width, l.height, l.restart_interval), (4, 4, 1));
+        assert_eq!(l.mcu_size(), (16, 16));
+        let l = read("hopper_bad_exif.jpg");
+        assert_eq!((l.width, l.height, l.restart_interval), (500, 500, 63));
+        assert_eq!((l.components.len(), l.mcu_size()), (1, (8, 8)));
+        let l = read("pil_sample_rgb.jpg");
+        assert_eq!((l.width, l.height, l.restart_interval), (100, 100, 13));
+        assert_eq!(l.mcu_size(), (8, 8));
     }
 
     #[test]

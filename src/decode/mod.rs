@@ -266,6 +266,24 @@ fn zune_can_decode(layout: &markers::JpegLayout) -> Result<(), DecodeError> {
             detail: "a chroma component sampled more finely than luma",
         });
     }
+    // The next two are the conditions of the two test files zune-jpeg 0.5
+    // decodes wrongly (Pillow's hopper_bad_exif.jpg: mean |diff| 38;
+    // app13.jpg: 19), not an established cause inside zune-jpeg; refusing
+    // them keeps the fallback honest until that is found.
+    if layout.components.len() == 1 && layout.restart_interval != 0 {
+        return Err(DecodeError::Unsupported {
+            detail: "a grayscale image with restart markers",
+        });
+    }
+    let (mw, mh) = layout.mcu_size();
+    if layout.components.len() > 1
+        && (mw, mh) != (8, 8)
+        && (u32::from(layout.width) < mw || u32::from(layout.height) < mh)
+    {
+        return Err(DecodeError::Unsupported {
+            detail: "a subsampled image smaller than one MCU",
+        });
+    }
     Ok(())
 }
 

@@ -155,7 +155,9 @@ pub fn scaled_to_short_side(w: u32, h: u32, short: u32) -> (u32, u32) {
 /// Encodes RGB8 pixels as a baseline 4:2:0 JPEG (the subsampling of most
 /// ILSVRC2012 files and of PIL's default), with `jpeg-encoder`'s AVX2 path:
 /// measured 6x faster than the `image` crate's encoder here, which made
-/// re-encoding the large images the packer's bottleneck.
+/// re-encoding the large images the packer's bottleneck. An image smaller
+/// than one 4:2:0 MCU (16x16) is encoded 4:4:4: subsampling saves nothing
+/// there, and the zune-jpeg build refuses such files (`decode`).
 pub fn encode_jpeg(pixels: &[u8], w: u32, h: u32, quality: u8) -> Result<Vec<u8>, SkipReason> {
     let (w16, h16) = match (u16::try_from(w), u16::try_from(h)) {
         (Ok(a), Ok(b)) => (a, b),
@@ -163,7 +165,11 @@ pub fn encode_jpeg(pixels: &[u8], w: u32, h: u32, quality: u8) -> Result<Vec<u8>
     };
     let mut out = Vec::with_capacity(pixels.len() / 8);
     let mut enc = jpeg_encoder::Encoder::new(&mut out, quality);
-    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    enc.set_sampling_factor(if w < 16 || h < 16 {
+        jpeg_encoder::SamplingFactor::R_4_4_4
+    } else {
+        jpeg_encoder::SamplingFactor::R_4_2_0
+    });
     enc.encode(pixels, w16, h16, jpeg_encoder::ColorType::Rgb)
         .map_err(|e| format!("JPEG encoding failed: {e}"))?;
     Ok(out)
