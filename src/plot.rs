@@ -60,13 +60,7 @@ pub fn line_chart(path: &Path, chart_spec: &Chart, series: &[Series]) -> Result<
     let pad = ((y1 - y0) * 0.08).max(1e-6);
     let (y0, y1) = (if y0 >= 0.0 { 0.0 } else { y0 - pad }, y1 + pad);
     let (x0, x1, x_labels) = x_axis(x0, x1, chart_spec.integer_x);
-    let x_format = |v: &f64| {
-        if chart_spec.integer_x {
-            format!("{v:.0}")
-        } else {
-            format!("{v}")
-        }
-    };
+    let integer_label = |v: &f64| format!("{v:.0}");
     let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -76,15 +70,16 @@ pub fn line_chart(path: &Path, chart_spec: &Chart, series: &[Series]) -> Result<
         .y_label_area_size(64)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc(chart_spec.x_label)
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(chart_spec.x_label)
         .y_desc(chart_spec.y_label)
         .x_labels(x_labels)
-        .x_label_formatter(&x_format)
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(|e| err(&e))?;
+        .light_line_style(WHITE.mix(0.0));
+    if chart_spec.integer_x {
+        // Otherwise plotters' own number format (epochs: 0, 2.5, 5, ...).
+        mesh.x_label_formatter(&integer_label);
+    }
+    mesh.draw().map_err(|e| err(&e))?;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let style = ShapeStyle {
