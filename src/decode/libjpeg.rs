@@ -33,7 +33,7 @@ pub(super) fn has_simd() -> bool {
 }
 
 /// The unwind payload of a fatal libjpeg error: its message.
-struct LibjpegError(String);
+pub(crate) struct LibjpegError(pub(crate) String);
 
 /// One libjpeg decompressor, reused for every image of a thread.
 struct Decompressor {
@@ -46,7 +46,7 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
 }
 
-unsafe extern "C-unwind" fn error_exit(cinfo: &mut j::jpeg_common_struct) {
+pub(crate) unsafe extern "C-unwind" fn error_exit(cinfo: &mut j::jpeg_common_struct) {
     let mut buf = [0u8; 80];
     // SAFETY: `err` is the manager installed in `Decompressor::new`, whose
     // `format_message` (libjpeg's own) writes at most 80 bytes, NUL-terminated.
@@ -66,7 +66,11 @@ unsafe extern "C-unwind" fn error_exit(cinfo: &mut j::jpeg_common_struct) {
     resume_unwind(Box::new(LibjpegError(message)));
 }
 
-unsafe extern "C-unwind" fn emit_message(_cinfo: &mut j::jpeg_common_struct, _level: i32) {}
+pub(crate) unsafe extern "C-unwind" fn emit_message(
+    _cinfo: &mut j::jpeg_common_struct,
+    _level: i32,
+) {
+}
 
 impl Decompressor {
     fn new() -> Decompressor {
@@ -96,6 +100,7 @@ impl Decompressor {
         &mut self,
         bytes: &[u8],
         out: &mut Vec<u8>,
+        min_short: Option<u32>,
         region_for: &mut dyn FnMut(u32, u32) -> Region,
     ) -> Result<(DecodedInfo, Region), DecodeError> {
         let c = &mut *self.cinfo;
@@ -124,16 +129,22 @@ impl Decompressor {
             if width == 0 || height == 0 {
                 return Err(DecodeError::Dimensions { width, height });
             }
-            let want = region_for(width, height).clamped(width, height);
             let cmyk = color == SourceColor::Cmyk;
             c.out_color_space = if cmyk {
                 j::J_COLOR_SPACE::JCS_CMYK
             } else {
                 j::J_COLOR_SPACE::JCS_RGB
             };
+            if let Some(min) = min_short {
+                c.scale_num = dct_scale(width.min(height), min);
+                c.scale_denom = 8;
+            }
+            j::jpeg_calc_output_dimensions(c);
+            let (ow, oh) = (c.output_width, c.output_height);
+            let want = region_for(ow, oh).clamped(ow, oh);
             j::jpeg_start_decompress(c);
             let (mut x, mut w) = (want.x, want.width);
-            if w < width {
+            if w < ow {
                 j::jpeg_crop_scanline(c, &mut x, &mut w);
             }
             if want.y > 0 {
@@ -204,10 +215,24 @@ impl Drop for Decompressor {
     }
 }
 
-/// Decodes a JPEG (see [`super::decode_rgb_region`]).
+/// The numerator `n` of the smallest DCT scale `n/8` (1, 2, 4 or 8: the
+/// scales libjpeg-turbo's SIMD code reduces in the inverse DCT itself) at
+/// which a shorter side of `short` pixels still decodes to at least `min`
+/// (libjpeg rounds the scaled size up).
+pub(super) fn dct_scale(short: u32, min: u32) -> u32 {
+    [1u32, 2, 4]
+        .into_iter()
+        .find(|&n| (u64::from(short) * u64::from(n)).div_ceil(8) >= u64::from(min))
+        .unwrap_or(8)
+}
+
+/// Decodes a JPEG (see [`super::decode_rgb_region`]); with `min_short`, at
+/// the smallest DCT scale (see [`dct_scale`]) that keeps the shorter side at
+/// least that, `region_for` then getting the scaled size.
 pub(super) fn decode(
     bytes: &[u8],
     out: &mut Vec<u8>,
+    min_short: Option<u32>,
     region_for: &mut dyn FnMut(u32, u32) -> Region,
 ) -> Result<(DecodedInfo, Region), DecodeError> {
     DECOMPRESSOR.with(|cell| {
@@ -215,7 +240,7 @@ pub(super) fn decode(
         let d = slot.get_or_insert_with(Decompressor::new);
         // SAFETY: inside `catch_unwind`, and aborted below whatever happened.
         let result = catch_unwind(AssertUnwindSafe(|| unsafe {
-            d.run(bytes, out, region_for)
+            d.run(bytes, out, min_short, region_for)
         }));
         // SAFETY: resets the decompressor for the next image (also after an error).
         unsafe { j::jpeg_abort_decompress(&mut d.cinfo) };
@@ -244,7 +269,7 @@ mod tests {
         out: &mut Vec<u8>,
         mut want: impl FnMut(u32, u32) -> Region,
     ) -> Result<(DecodedInfo, Region), DecodeError> {
-        super::decode(bytes, out, &mut want)
+        super::decode(bytes, out, None, &mut want)
     }
 
     /// Every JPEG of the bundled sample (real photos, with the oddities).
@@ -357,6 +382,75 @@ mod tests {
         }
         // The point of it: on average a good part of each image is never decoded.
         assert!(rows_decoded / n < 0.95, "{}", rows_decoded / n);
+    }
+
+    #[test]
+    fn dct_scale_is_the_smallest_that_keeps_the_shorter_side() {
+        use super::dct_scale;
+        assert_eq!(dct_scale(480, 480), 8);
+        assert_eq!(dct_scale(958, 480), 8); // 958 / 2 = 479
+        assert_eq!(dct_scale(959, 480), 4); // rounds up to 480
+        assert_eq!(dct_scale(960, 480), 4);
+        assert_eq!(dct_scale(1916, 480), 4); // 1916 / 4 = 479
+        assert_eq!(dct_scale(1917, 480), 2); // 1917 / 4 rounds up to 480
+        assert_eq!(dct_scale(1920, 480), 2);
+        assert_eq!(dct_scale(3840, 480), 1);
+        assert_eq!(dct_scale(100_000, 480), 1);
+        assert_eq!(dct_scale(100, 480), 8);
+    }
+
+    /// A reduced decode is half (or a quarter...) the size, rounded up, and
+    /// its pixels those of the full decode averaged over 2x2 blocks, to
+    /// within the scaled inverse DCT's own rounding: on the bundled photos.
+    #[test]
+    fn reduced_decode_is_the_full_decode_at_half_size() {
+        let (mut full, mut half) = (Vec::new(), Vec::new());
+        let (mut worst, mut total, mut files) = (0f64, 0f64, 0f64);
+        for (path, bytes) in sample_jpegs() {
+            let (info, _) = lj(&bytes, &mut full, Region::full).unwrap();
+            let (w, h) = (info.width as usize, info.height as usize);
+            let min = (w.min(h) as u32).div_ceil(2);
+            let (info2, r) =
+                super::decode(&bytes, &mut half, Some(min), &mut Region::full).unwrap();
+            assert_eq!((info2.width, info2.height), (info.width, info.height));
+            let (hw, hh) = (w.div_ceil(2), h.div_ceil(2));
+            assert_eq!((r.width as usize, r.height as usize), (hw, hh), "{path:?}");
+            assert_eq!(half.len(), hw * hh * 3);
+            let (mut diff, mut n) = (0f64, 0f64);
+            for y in 0..h / 2 {
+                for x in 0..w / 2 {
+                    for c in 0..3 {
+                        let px = |yy: usize, xx: usize| f64::from(full[(yy * w + xx) * 3 + c]);
+                        let mean = (px(2 * y, 2 * x)
+                            + px(2 * y, 2 * x + 1)
+                            + px(2 * y + 1, 2 * x)
+                            + px(2 * y + 1, 2 * x + 1))
+                            / 4.0;
+                        diff += (f64::from(half[(y * hw + x) * 3 + c]) - mean).abs();
+                        n += 1.0;
+                    }
+                }
+            }
+            worst = worst.max(diff / n);
+            (total, files) = (total + diff / n, files + 1.0);
+            // Asked for more than the image has: the full decode.
+            let (_, r) = super::decode(
+                &bytes,
+                &mut half,
+                Some(w.min(h) as u32 + 1),
+                &mut Region::full,
+            )
+            .unwrap();
+            assert_eq!((r.width as usize, r.height as usize), (w, h));
+            assert!(half == full, "{path:?}");
+        }
+        // The scaled IDCT is not a box filter: textured photos (the
+        // mandrill, a 100-pixel one) differ most.
+        let mean = total / files;
+        assert!(
+            worst < 3.5 && mean < 1.0,
+            "mean |reduced - 2x2 mean of full|: {mean:.2} on average, up to {worst:.2}"
+        );
     }
 
     /// Broken data is an error value (no abort, no panic message), and the

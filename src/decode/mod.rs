@@ -209,11 +209,34 @@ pub fn decode_rgb_region(
 ) -> Result<(DecodedInfo, Region), DecodeError> {
     #[cfg(feature = "libjpeg-turbo")]
     if is_jpeg(bytes) {
-        return libjpeg::decode(bytes, out, &mut region_for);
+        return libjpeg::decode(bytes, out, None, &mut region_for);
     }
     let info = decode_full(bytes, out)?;
     region_for(info.width, info.height);
     Ok((info, Region::full(info.width, info.height)))
+}
+
+/// Decodes the whole of `bytes` into `out` as RGB8, a JPEG reduced in its
+/// inverse DCT (libjpeg-turbo's `scale_num/8` with `n` of 1, 2 or 4) to the
+/// smallest size whose shorter side is still at least `min_short`: a
+/// quarter of the work at half size, with the DCT's own block averaging as
+/// the low-pass filter. Returns the image's info (its own size) and the
+/// size of the pixels in `out`, which is the image's own when it is not a
+/// JPEG, its shorter side is at most `2 * min_short`, or the build has no
+/// libjpeg-turbo.
+pub fn decode_rgb_reduced(
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+    min_short: u32,
+) -> Result<(DecodedInfo, (u32, u32)), DecodeError> {
+    #[cfg(feature = "libjpeg-turbo")]
+    if is_jpeg(bytes) {
+        let (info, r) = libjpeg::decode(bytes, out, Some(min_short), &mut Region::full)?;
+        return Ok((info, (r.width, r.height)));
+    }
+    let _ = min_short;
+    let info = decode_full(bytes, out)?;
+    Ok((info, (info.width, info.height)))
 }
 
 fn decode_full(bytes: &[u8], out: &mut Vec<u8>) -> Result<DecodedInfo, DecodeError> {
@@ -309,5 +332,5 @@ pub fn jpeg_decoder_name() -> &'static str {
 }
 
 #[cfg(feature = "libjpeg-turbo")]
-mod libjpeg;
+pub(crate) mod libjpeg;
 pub mod markers;

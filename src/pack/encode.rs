@@ -1,7 +1,9 @@
 //! One input file → one record: decode once, convert to RGB, cap the shorter
 //! side, re-encode only when needed, and measure pixel statistics.
 
-use crate::decode::{DecodeError, SourceColor, SourceFormat, decode_rgb, is_jpeg, jpeg_has_eoi};
+use crate::decode::{
+    DecodeError, SourceColor, SourceFormat, decode_rgb_reduced, is_jpeg, jpeg_has_eoi,
+};
 use crate::format::Origin;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -70,7 +72,11 @@ impl Encoder {
         if is_jpeg(input) && !jpeg_has_eoi(input) {
             return Err(DecodeError::Truncated.to_string());
         }
-        let info = decode_rgb(input, &mut self.rgb).map_err(|e| e.to_string())?;
+        // A large JPEG is decoded at a reduced DCT scale (down to no less
+        // than the limit) and resized from there: most of the cost of the
+        // one image in ten that ImageNet has above the limit.
+        let (info, (dw, dh)) =
+            decode_rgb_reduced(input, &mut self.rgb, opts.max_side).map_err(|e| e.to_string())?;
         let mut origin = 0u8;
         if info.format != SourceFormat::Jpeg {
             origin |= Origin::FROM_OTHER_FORMAT;
@@ -83,16 +89,24 @@ impl Encoder {
         }
         let (w, h) = (info.width, info.height);
         let short = w.min(h);
+        let mut size = (dw, dh);
         let resized = if short > opts.max_side {
             origin |= Origin::RESIZED;
-            let (nw, nh) = scaled_to_short_side(w, h, opts.max_side);
-            Some(self.resize(w, h, nw, nh, ResizeAlg::Convolution(FilterType::Bilinear))?)
+            let target = scaled_to_short_side(w, h, opts.max_side);
+            if size == target {
+                None
+            } else {
+                size = target;
+                let alg = ResizeAlg::Convolution(FilterType::Bilinear);
+                Some(self.resize(dw, dh, target.0, target.1, alg)?)
+            }
         } else {
             None
         };
-        let (pixels, pw, ph) = match &resized {
-            Some(img) => (img.buffer(), img.width(), img.height()),
-            None => (self.rgb.as_slice(), w, h),
+        let (pw, ph) = size;
+        let pixels = match &resized {
+            Some(img) => img.buffer(),
+            None => self.rgb.as_slice(),
         };
         let bytes = if origin == 0 {
             input.to_vec()
@@ -153,26 +167,42 @@ pub fn scaled_to_short_side(w: u32, h: u32, short: u32) -> (u32, u32) {
 }
 
 /// Encodes RGB8 pixels as a baseline 4:2:0 JPEG (the subsampling of most
-/// ILSVRC2012 files and of PIL's default), with `jpeg-encoder`'s AVX2 path:
-/// measured 6x faster than the `image` crate's encoder here, which made
-/// re-encoding the large images the packer's bottleneck. An image smaller
-/// than one 4:2:0 MCU (16x16) is encoded 4:4:4: subsampling saves nothing
-/// there, and the zune-jpeg build refuses such files (`decode`).
+/// ILSVRC2012 files and of PIL's default): with libjpeg-turbo's compressor
+/// in the default build (3x faster than `jpeg-encoder`, `compress`), with
+/// `jpeg-encoder`'s AVX2 path otherwise (6x faster than the `image` crate's
+/// encoder). An image smaller than one 4:2:0 MCU (16x16) is encoded 4:4:4:
+/// subsampling saves nothing there, and the zune-jpeg build refuses such
+/// files (`decode`).
 pub fn encode_jpeg(pixels: &[u8], w: u32, h: u32, quality: u8) -> Result<Vec<u8>, SkipReason> {
     let (w16, h16) = match (u16::try_from(w), u16::try_from(h)) {
-        (Ok(a), Ok(b)) => (a, b),
+        (Ok(a), Ok(b)) if a <= 65_500 && b <= 65_500 => (a, b),
         _ => return Err(format!("{w}x{h} is too large for JPEG")),
     };
-    let mut out = Vec::with_capacity(pixels.len() / 8);
-    let mut enc = jpeg_encoder::Encoder::new(&mut out, quality);
-    enc.set_sampling_factor(if w < 16 || h < 16 {
-        jpeg_encoder::SamplingFactor::R_4_4_4
-    } else {
-        jpeg_encoder::SamplingFactor::R_4_2_0
-    });
-    enc.encode(pixels, w16, h16, jpeg_encoder::ColorType::Rgb)
-        .map_err(|e| format!("JPEG encoding failed: {e}"))?;
-    Ok(out)
+    if pixels.len() != w as usize * h as usize * 3 || w == 0 || h == 0 {
+        return Err(format!(
+            "{} bytes are not a {w}x{h} RGB image",
+            pixels.len()
+        ));
+    }
+    let full_chroma = w < 16 || h < 16;
+    #[cfg(feature = "libjpeg-turbo")]
+    {
+        let _ = (w16, h16);
+        super::compress::encode_rgb(pixels, w, h, quality, full_chroma)
+    }
+    #[cfg(not(feature = "libjpeg-turbo"))]
+    {
+        let mut out = Vec::with_capacity(pixels.len() / 8);
+        let mut enc = jpeg_encoder::Encoder::new(&mut out, quality);
+        enc.set_sampling_factor(if full_chroma {
+            jpeg_encoder::SamplingFactor::R_4_4_4
+        } else {
+            jpeg_encoder::SamplingFactor::R_4_2_0
+        });
+        enc.encode(pixels, w16, h16, jpeg_encoder::ColorType::Rgb)
+            .map_err(|e| format!("JPEG encoding failed: {e}"))?;
+        Ok(out)
+    }
 }
 
 fn pixel_sums(rgb: &[u8]) -> PixelSums {
@@ -213,5 +243,91 @@ mod tests {
     fn sums_are_exact() {
         let s = pixel_sums(&[1, 2, 3, 4, 5, 6]);
         assert_eq!(s, [5.0, 7.0, 9.0, 17.0, 22.0, 27.0, 29.0, 36.0, 45.0, 2.0]);
+    }
+
+    /// The encoder keeps a real photo's pixels at quality 95, writes 4:2:0
+    /// (4:4:4 under 16 pixels a side) and refuses sizes JPEG cannot hold.
+    #[test]
+    fn encoded_photos_decode_to_their_pixels() {
+        use crate::decode::{decode_rgb, markers};
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/sample/train");
+        let input = std::fs::read(root.join("n03785016/n03785016_1.JPEG")).unwrap();
+        let mut px = Vec::new();
+        let info = decode_rgb(&input, &mut px).unwrap();
+        for (w, h) in [(info.width, info.height), (15, 200), (200, 15), (1, 1)] {
+            let crop: Vec<u8> = px
+                .chunks_exact(info.width as usize * 3)
+                .take(h as usize)
+                .flat_map(|row| &row[..w as usize * 3])
+                .copied()
+                .collect();
+            let bytes = encode_jpeg(&crop, w, h, 95).unwrap();
+            let layout = markers::scan(&bytes);
+            assert_eq!(layout.sof, 0xC0, "baseline");
+            assert_eq!((u32::from(layout.width), u32::from(layout.height)), (w, h));
+            let luma = (layout.components[0].h, layout.components[0].v);
+            assert_eq!(
+                luma,
+                if w < 16 || h < 16 { (1, 1) } else { (2, 2) },
+                "{w}x{h}"
+            );
+            let mut back = Vec::new();
+            decode_rgb(&bytes, &mut back).unwrap();
+            let diff = back
+                .iter()
+                .zip(&crop)
+                .map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs())
+                .sum::<f64>()
+                / crop.len() as f64;
+            assert!(diff < 2.0, "{w}x{h}: mean |diff| {diff:.2}");
+        }
+        assert!(encode_jpeg(&[0; 3], 70_000, 1, 95).is_err());
+        assert!(encode_jpeg(&[0; 6], 1, 1, 95).is_err());
+    }
+
+    /// A large photo is decoded at a reduced DCT scale, then resized: the
+    /// record has the size a full decode would give and nearly its pixels
+    /// (the bundled 2600x1950 photo at 1/4 scale, then 650x488 → 640x480;
+    /// a 512x512 one at 1/2 scale, exactly the 256x256 asked for).
+    #[test]
+    fn large_photos_pack_like_a_full_decode_resized() {
+        use crate::decode::decode_rgb;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/sample/train");
+        for (file, max_side, want) in [
+            ("n03877845/n03877845_huge.JPEG", 480, (640, 480)),
+            ("n07747607/n07747607_1.JPEG", 256, (256, 256)),
+        ] {
+            let input = std::fs::read(root.join(file)).unwrap();
+            let opts = EncodeOptions {
+                max_side,
+                ..EncodeOptions::default()
+            };
+            let mut enc = Encoder::default();
+            let rec = enc.encode(&input, &opts).unwrap();
+            assert_eq!((rec.width, rec.height), want, "{file}");
+            assert!(rec.origin.0 & Origin::RESIZED != 0);
+            // The reference: the whole image decoded, then resized.
+            let mut full = Vec::new();
+            let info = decode_rgb(&input, &mut full).unwrap();
+            let src = ImageRef::new(info.width, info.height, &full, PixelType::U8x3).unwrap();
+            let mut reference = Image::new(want.0, want.1, PixelType::U8x3);
+            Resizer::new()
+                .resize(
+                    &src,
+                    &mut reference,
+                    &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+                )
+                .unwrap();
+            let mut got = Vec::new();
+            decode_rgb(&rec.bytes, &mut got).unwrap();
+            let diff = got
+                .iter()
+                .zip(reference.buffer())
+                .map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs())
+                .sum::<f64>()
+                / got.len() as f64;
+            assert!(diff < 2.5, "{file}: mean |diff| {diff:.2}");
+            eprintln!("{file}: mean |record - full decode resized| {diff:.3}");
+        }
     }
 }

@@ -17,6 +17,8 @@
 //!   its reason (`files_seen = packed + skipped`); `strict` makes a skip fatal.
 //! - **Bounded memory**: at most `4 * threads` images are in flight.
 
+#[cfg(feature = "libjpeg-turbo")]
+mod compress;
 pub mod encode;
 pub mod import;
 pub mod walk;

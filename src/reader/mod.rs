@@ -51,10 +51,6 @@ impl ShardReader {
         // once, atomically (temp file + rename), and never modified in place,
         // so this only happens if a user edits the files under a running job.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        #[cfg(unix)]
-        {
-            let _ = map.advise(memmap2::Advice::WillNeed);
-        }
         let layout = ShardLayout::parse(&map).map_err(|source| ReadError::Format {
             path: path.clone(),
             source,
@@ -122,6 +118,23 @@ impl ShardReader {
             height: e.height,
             origin: e.origin,
         })
+    }
+
+    /// Asks the kernel to start reading record `i`'s bytes into the page
+    /// cache and returns at once (`madvise(MADV_WILLNEED)` on its pages), so
+    /// that a later [`Self::record`] finds them there: the loader's
+    /// readahead of the records of the batches it will hand out next.
+    /// A hint: a record out of range, or a kernel that ignores it, changes
+    /// nothing but the speed.
+    pub fn prefetch_record(&self, i: usize) {
+        #[cfg(unix)]
+        if let Some(e) = self.layout.entries.get(i) {
+            let _ =
+                self.map
+                    .advise_range(memmap2::Advice::WillNeed, e.offset as usize, e.len as usize);
+        }
+        #[cfg(not(unix))]
+        let _ = i;
     }
 
     /// Record `i`, after checking its CRC-32.
@@ -251,6 +264,14 @@ impl Dataset {
     pub fn record(&self, index: usize) -> Result<Record<'_>, ReadError> {
         let (s, i) = self.locate(index)?;
         self.shards[s].record(i)
+    }
+
+    /// Starts reading record `index` (global) ahead of use
+    /// ([`ShardReader::prefetch_record`]).
+    pub fn prefetch_record(&self, index: usize) {
+        if let Ok((s, i)) = self.locate(index) {
+            self.shards[s].prefetch_record(i);
+        }
     }
 
     /// Record `index` (global), after checking its checksum.
