@@ -198,8 +198,30 @@ fn round_trip_every_record_and_every_oddity() {
 #[test]
 fn deterministic_across_thread_counts() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = tempfile::tempdir().unwrap();
     pack_sample(a.path(), &opts(1, 300 << 10));
     pack_sample(b.path(), &opts(3, 300 << 10));
+    let one_reader = PackOptions {
+        readers: 1,
+        ..opts(2, 300 << 10)
+    };
+    pack_sample(c.path(), &one_reader);
+    assert_same_tree(a.path(), c.path());
+    for (bad, what) in [
+        (opts(0, 300 << 10), "threads"),
+        (
+            PackOptions {
+                readers: 0,
+                ..opts(1, 300 << 10)
+            },
+            "readers",
+        ),
+    ] {
+        let e = pack::pack(&sample(), c.path(), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(what), "{e}");
+    }
     assert!(
         Dataset::open(a.path().join("train"))
             .unwrap()

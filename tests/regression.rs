@@ -189,6 +189,7 @@ fn nonsense_numbers_are_refused_by_the_command_line() {
     }
     for args in [
         &["--threads", "0"][..],
+        &["--readers", "0"],
         &["--shard-mib", "0"],
         &["--mean-size", "0"],
     ] {

@@ -66,6 +66,11 @@ struct Cli {
     #[arg(long)]
     no_verify: bool,
 
+    /// Do not read the next batches' records ahead (the loader's default
+    /// does): run `--cold` once with and once without to see what it saves.
+    #[arg(long)]
+    no_readahead: bool,
+
     /// Drop the shards from the page cache first (posix_fadvise DONTNEED), for a cold-read number.
     #[arg(long)]
     cold: bool,
@@ -106,6 +111,7 @@ struct Report {
     data: PathBuf,
     augment: &'static str,
     verify_checksums: bool,
+    read_ahead: bool,
     decoder: &'static str,
     batch_size: usize,
     images: u64,
@@ -167,13 +173,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .iter()
         .map(|s| cli.data.join(&s.name))
         .collect();
-    if cli.cold {
-        bench::drop_from_cache(&shard_files).context("dropping the shards from the page cache")?;
-    }
-    let cached = bench::cached_fraction(&shard_files).unwrap_or(f64::NAN);
-    let ds = Arc::new(
-        Dataset::open(&cli.data).with_context(|| format!("opening {}", cli.data.display()))?,
-    );
+    // With --cold, every run (loader and ceiling alike) starts on shards
+    // dropped from the page cache, through a fresh mapping (pages mapped by
+    // a live mapping would stay).
+    let open = || -> anyhow::Result<Arc<Dataset>> {
+        if cli.cold {
+            bench::drop_from_cache(&shard_files)
+                .context("dropping the shards from the page cache")?;
+        }
+        let ds =
+            Dataset::open(&cli.data).with_context(|| format!("opening {}", cli.data.display()))?;
+        Ok(Arc::new(ds))
+    };
+    let cached = {
+        let ds = open()?;
+        let cached = bench::cached_fraction(&shard_files).unwrap_or(f64::NAN);
+        drop(ds);
+        cached
+    };
     let builder = |workers: usize| {
         let b = LoaderBuilder::new()
             .batch_size(cli.batch_size)
@@ -185,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 OutputKind::F32Chw
             })
             .verify_checksums(!cli.no_verify)
+            .read_ahead(!cli.no_readahead)
             .profile(true);
         if cli.eval {
             b.eval(EvalCrop::default())
@@ -195,7 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     if let Some(dir) = &cli.dump_png {
-        return dump_png(builder(1), Arc::clone(&ds), dir, cli.images);
+        return dump_png(builder(1), open()?, dir, cli.images);
     }
     let workers = if cli.workers.is_empty() {
         vec![std::thread::available_parallelism().map_or(1, |n| n.get())]
@@ -206,22 +224,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut last_consumer = None;
     for &w in &workers {
-        let loader = builder(w).build(Arc::clone(&ds))?;
-        let batches = cli.batches.unwrap_or(loader.batches_per_epoch()).max(1);
-        // The ceiling decodes as many records as the loader produced, from the same epoch order.
-        let order = loader.epoch_order(0);
-        let n = (batches * cli.batch_size).min(order.len().max(1));
         let mut runs = Vec::new();
         let mut ceilings = Vec::new();
         for r in 0..cli.repeat.max(1) {
             if !cli.json {
                 eprint!("\rworkers {w}: run {}/{}", r + 1, cli.repeat.max(1));
             }
+            let loader = builder(w).build(open()?)?;
+            let batches = cli.batches.unwrap_or(loader.batches_per_epoch()).max(1);
+            // The ceiling decodes as many records as the loader produced, from the same epoch order.
+            let order = loader.epoch_order(0);
+            let n = (batches * cli.batch_size).min(order.len().max(1));
             let (run, c) = bench::run_loader(&loader, 0, cli.warmup, batches, consumer);
+            drop(loader);
             runs.push(run);
             last_consumer = consumer.map(|_| c);
             let idx: Vec<u32> = (0..n).map(|i| order[i % order.len()]).collect();
-            ceilings.push(bench::decode_ceiling(&ds, &idx, w));
+            ceilings.push(bench::decode_ceiling(&*open()?, &idx, w));
         }
         if !cli.json {
             eprint!("\r");
@@ -251,6 +270,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             "train-paper"
         },
         verify_checksums: !cli.no_verify,
+        read_ahead: !cli.no_readahead,
         batch_size: cli.batch_size,
         images: best.images,
         workers: top.workers,

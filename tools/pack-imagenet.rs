@@ -40,6 +40,16 @@ struct Cli {
     #[arg(long, short = 'j', value_parser = clap::value_parser!(u64).range(1..=4096))]
     threads: Option<u64>,
 
+    /// Threads reading input files ahead of the workers (many hide a slow
+    /// disk's or network storage's latency; they only wait).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    readers: u64,
+
+    /// Drop the input files from the page cache first (posix_fadvise
+    /// DONTNEED), for a cold-read number, as `bench-pipeline --cold` does.
+    #[arg(long)]
+    cold: bool,
+
     /// Print the summary as one JSON object on stdout (no progress bar).
     #[arg(long)]
     json: bool,
@@ -152,6 +162,14 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     let input = cli.input.as_ref().expect("clap requires --input");
     let opts = options(cli)?;
+    if cli.cold {
+        let files: Vec<_> = walk::discover(input, &opts.walk)?
+            .into_iter()
+            .flat_map(|s| s.files.into_iter().map(|f| f.path))
+            .collect();
+        resnet_imagenet::bench::drop_from_cache(&files)
+            .context("dropping the input files from the page cache")?;
+    }
     if cli.decode_only {
         return decode_only(input, &opts, cli.json);
     }
@@ -202,6 +220,7 @@ fn options(cli: &Cli) -> anyhow::Result<PackOptions> {
     let defaults = PackOptions::default();
     Ok(PackOptions {
         threads: cli.threads.map_or(defaults.threads, |t| t as usize),
+        readers: cli.readers as usize,
         train_max_side: cli.train_max_side,
         val_max_side: cli.val_max_side,
         quality: cli.quality,

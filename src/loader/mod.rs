@@ -123,6 +123,7 @@ pub struct LoaderBuilder {
     normalization: Normalization,
     lighting: Lighting,
     verify_checksums: bool,
+    read_ahead: bool,
     profile: bool,
 }
 
@@ -142,6 +143,7 @@ impl Default for LoaderBuilder {
             normalization: Normalization::PerPixelMean,
             lighting: Lighting::imagenet(),
             verify_checksums: true,
+            read_ahead: true,
             profile: false,
         }
     }
@@ -229,6 +231,13 @@ impl LoaderBuilder {
     /// [`LoaderBuilder::on_error`] says).
     pub fn verify_checksums(mut self, yes: bool) -> Self {
         self.verify_checksums = yes;
+        self
+    }
+    /// Start the disk reads of the records of the `prefetch` batches after
+    /// those being filled (default: yes; see [`Epoch`]): what keeps a cold
+    /// page cache from stalling the workers. Off only to measure it.
+    pub fn read_ahead(mut self, yes: bool) -> Self {
+        self.read_ahead = yes;
         self
     }
     /// Time each stage (costs two clock reads per stage per sample).
@@ -579,7 +588,8 @@ impl Epoch {
     /// records are asked for ahead of the consumer.
     fn dispatch(&mut self) {
         let prefetch = self.shared.cfg.prefetch;
-        let horizon = (self.position + 2 * prefetch).min(self.n_batches);
+        let ahead = if self.shared.cfg.read_ahead { 2 } else { 0 };
+        let horizon = (self.position + ahead * prefetch).min(self.n_batches);
         while self.read_ahead < horizon {
             for &index in self.records_in(self.read_ahead) {
                 self.shared.dataset.prefetch_record(index as usize);

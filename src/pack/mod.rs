@@ -1,7 +1,7 @@
 //! Packing: an ImageNet-style folder → memory-mapped shards.
 //!
 //! ```text
-//! walk (sorted inputs, labels) ─▶ N workers: read + decode + convert + encode ─▶ reorder ─▶ ShardWriter
+//! walk (sorted inputs, labels) ─▶ R readers ─▶ N workers: decode + convert + encode ─▶ reorder ─▶ ShardWriter
 //! ```
 //!
 //! - **Deterministic**: workers take files out of order, but records are
@@ -15,7 +15,11 @@
 //!   is identical to an uninterrupted run.
 //! - **Honest**: every file found is either packed or listed as skipped with
 //!   its reason (`files_seen = packed + skipped`); `strict` makes a skip fatal.
-//! - **Bounded memory**: at most `4 * threads` images are in flight.
+//! - **Reads ahead**: `readers` threads (default 16) read the files of the
+//!   window ahead of the workers, so that on a cold disk or network storage
+//!   many reads are in flight at once and the decoders wait on none.
+//! - **Bounded memory**: at most `WINDOW_PER_THREAD * threads` files are in
+//!   flight (read, being decoded, or waiting for their turn to be written).
 
 #[cfg(feature = "libjpeg-turbo")]
 mod compress;
@@ -47,6 +51,8 @@ pub use writer::{ShardWriter, shard_name};
 pub struct PackOptions {
     /// Worker threads (default: all cores).
     pub threads: usize,
+    /// Reader threads, reading input files ahead of the workers (default 16).
+    pub readers: usize,
     /// Shorter-side limit for the train split (default 480, the largest training scale).
     pub train_max_side: u32,
     /// Shorter-side limit for the val split (default 640, the largest test scale).
@@ -73,6 +79,7 @@ impl Default for PackOptions {
     fn default() -> Self {
         PackOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            readers: 16,
             train_max_side: 480,
             val_max_side: 640,
             quality: 95,
@@ -110,6 +117,9 @@ impl PackOptions {
         };
         if self.threads == 0 {
             return bad("threads must be at least 1");
+        }
+        if self.readers == 0 {
+            return bad("readers must be at least 1");
         }
         if !(1..=100).contains(&self.quality) {
             return bad("quality must be in 1..=100");
@@ -405,19 +415,31 @@ fn run_workers(
     let end = files.len();
     let bar = progress_bar(end as u64, &split.name, opts.progress);
     bar.set_position(first as u64);
-    let window = opts.threads * 4;
+    let window = opts.threads * WINDOW_PER_THREAD;
     let (job_tx, job_rx) = crossbeam::channel::unbounded::<usize>();
+    let (data_tx, data_rx) = crossbeam::channel::unbounded::<(usize, std::io::Result<Vec<u8>>)>();
     let (res_tx, res_rx) =
         crossbeam::channel::unbounded::<(usize, Result<PackedImage, SkipReason>, u64)>();
     let mut bytes_in = 0u64;
     let result = crossbeam::thread::scope(|s| -> Result<(), PackError> {
+        for _ in 0..opts.readers {
+            let (job_rx, data_tx) = (job_rx.clone(), data_tx.clone());
+            s.spawn(move |_| {
+                for i in job_rx {
+                    if data_tx.send((i, std::fs::read(&files[i].path))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(data_tx);
         for _ in 0..opts.threads {
-            let job_rx = job_rx.clone();
+            let data_rx = data_rx.clone();
             let res_tx = res_tx.clone();
             s.spawn(move |_| {
                 let mut encoder = Encoder::default();
-                for i in job_rx {
-                    let (r, n) = pack_one(&files[i], &mut encoder, enc);
+                for (i, data) in data_rx {
+                    let (r, n) = pack_one(data, &mut encoder, enc);
                     if res_tx.send((i, r, n)).is_err() {
                         break;
                     }
@@ -670,12 +692,17 @@ pub fn tsv_field(s: &str) -> String {
     out
 }
 
+/// Files in flight per worker thread: enough that one slow image (a large
+/// one re-encoded) does not leave the other workers idle while the records
+/// after it wait for their turn to be written.
+const WINDOW_PER_THREAD: usize = 32;
+
 fn pack_one(
-    file: &InputFile,
+    read: std::io::Result<Vec<u8>>,
     encoder: &mut Encoder,
     enc: &EncodeOptions,
 ) -> (Result<PackedImage, SkipReason>, u64) {
-    let bytes = match std::fs::read(&file.path) {
+    let bytes = match read {
         Ok(b) => b,
         Err(e) => return (Err(format!("unreadable: {e}")), 0),
     };
