@@ -15,6 +15,7 @@
 //! - [`model`]: the ResNets on dfdx (stable Rust), torchvision-compatible checkpoints.
 //! - [`train`]: the trainer (SGD, schedules, evaluation, checkpoints, logs).
 //! - [`bench`]: measuring the loader against the decode-only ceiling; [`plot`]: charts.
+//! - Shared by the stages: [`files`] (atomic writes), [`seed`] (seed mixing), [`error`].
 //!
 //! ```no_run
 //! use resnet_imagenet::{augment::TrainAugment, loader::LoaderBuilder, pack, reader::Dataset};
@@ -36,6 +37,7 @@ pub mod augment;
 pub mod bench;
 pub mod decode;
 pub mod error;
+pub mod files;
 pub mod format;
 pub mod loader;
 pub mod model;
@@ -44,6 +46,7 @@ pub mod plot;
 pub mod progress;
 pub mod reader;
 pub mod sampler;
+pub mod seed;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -5,7 +5,7 @@
 use anyhow::Context;
 use clap::Parser;
 use resnet_imagenet::augment::{CifarAugment, EvalCrop, TrainAugment};
-use resnet_imagenet::bench::{self, CeilingRun, ConsumerReport, LoaderRun};
+use resnet_imagenet::bench::{self, CeilingRun, ConsumerReport, LoaderRun, median};
 use resnet_imagenet::loader::{LoaderBuilder, OutputKind};
 use resnet_imagenet::plot::{Chart, Series};
 use resnet_imagenet::reader::Dataset;
@@ -154,18 +154,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     let shard_files: Vec<PathBuf> = resnet_imagenet::reader::read_manifest(&cli.data)
         .with_context(|| format!("reading {}", cli.data.display()))?
@@ -245,8 +233,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         if !cli.json {
             eprint!("\r");
         }
-        let ips = median(runs.iter().map(|r| r.images_per_sec).collect());
-        let ceil = median(ceilings.iter().map(|r| r.images_per_sec).collect());
+        let ips = median(&runs.iter().map(|r| r.images_per_sec).collect::<Vec<_>>());
+        let ceil = median(
+            &ceilings
+                .iter()
+                .map(|r| r.images_per_sec)
+                .collect::<Vec<_>>(),
+        );
         rows.push(Row {
             workers: w,
             images_per_sec: ips,
@@ -257,7 +250,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         });
     }
     let top = rows.last().expect("at least one worker count");
-    let best = &top.runs[top.runs.len() / 2];
+    let ips: Vec<f64> = top.runs.iter().map(|r| r.images_per_sec).collect();
+    let best = &top.runs[bench::median_index(&ips)];
     let per = |x: f64| x / best.stages.samples.max(1) as f64;
     let report = Report {
         data: cli.data.clone(),
@@ -275,8 +269,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         images: best.images,
         workers: top.workers,
         images_per_sec: top.images_per_sec,
-        mb_per_sec: median(top.runs.iter().map(|r| r.mb_per_sec).collect()),
-        cpu_seconds_per_image: median(top.runs.iter().map(|r| r.cpu_seconds_per_image).collect()),
+        mb_per_sec: median(&top.runs.iter().map(|r| r.mb_per_sec).collect::<Vec<_>>()),
+        cpu_seconds_per_image: median(
+            &top.runs
+                .iter()
+                .map(|r| r.cpu_seconds_per_image)
+                .collect::<Vec<_>>(),
+        ),
         decode_ceiling_images_per_sec: top.decode_ceiling_images_per_sec,
         ratio_to_ceiling: top.ratio,
         peak_rss_bytes: bench::peak_rss_bytes(),

@@ -21,7 +21,7 @@ pub mod lighting;
 pub mod normalize;
 pub mod resize;
 
-use crate::sampler::mix_seed;
+use crate::seed::mix_seed;
 pub use crop::{CifarAugment, CropBox, EvalCrop, SampleParams, TrainAugment};
 pub use lighting::Lighting;
 pub use normalize::{Normalization, Normalizer};

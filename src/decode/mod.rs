@@ -11,7 +11,7 @@
 //! (non-interleaved scans, luma sampled less than chroma): those are refused
 //! with [`DecodeError::Unsupported`] before it sees them (see
 //! [`markers::JpegLayout`]). `image` handles everything else (PNG, GIF,
-//! WebP, ...). See the README's "Decoder choice".
+//! WebP, ...). See BENCHMARKS.md, "Decoder choice".
 
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;

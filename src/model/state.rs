@@ -305,7 +305,7 @@ pub fn write_safetensors(
             path: path.to_owned(),
             msg: e.to_string(),
         })?;
-    crate::pack::writer::write_file_atomic(path, &data).map_err(io)
+    crate::files::write_file_atomic(path, &data).map_err(io)
 }
 
 /// A safetensors file read into memory: f32 tensors by name, and its metadata.

@@ -17,8 +17,8 @@ pub fn shard_name(k: u32) -> String {
     format!("shard-{k:05}.rnim")
 }
 
-/// Suffix of files being written.
-pub const TMP_SUFFIX: &str = ".tmp";
+pub use crate::files::TMP_SUFFIX;
+use crate::files::{sync_dir, write_file_atomic};
 
 /// Writes one shard.
 pub struct ShardWriter {
@@ -147,35 +147,4 @@ impl ShardWriter {
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PackError> {
     write_file_atomic(path, bytes).map_err(PackError::io(path))
-}
-
-/// [`write_atomic`] with a plain I/O error: after a failure (a full disk,
-/// say) the previous file at `path`, if any, is intact.
-pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_file_name(format!(
-        "{}{TMP_SUFFIX}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")));
-    Ok(())
-}
-
-/// Makes a rename durable (best effort: not every platform can open a folder).
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
 }

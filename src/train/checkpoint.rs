@@ -51,7 +51,7 @@ pub fn write<D: Device<f32>, M: TensorCollection<f32, D>>(
             })
             .collect();
         state::write_safetensors(&m, &[], None, &tmp.join(OPTIM_FILE)).map_err(wrap)?;
-        crate::pack::writer::write_file_atomic(&tmp.join(STATE_FILE), state_json.as_bytes())
+        crate::files::write_file_atomic(&tmp.join(STATE_FILE), state_json.as_bytes())
             .map_err(io(&tmp.join(STATE_FILE)))
     })();
     if let Err(e) = result {

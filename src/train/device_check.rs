@@ -395,12 +395,7 @@ pub struct StepTimes {
     pub memory_bytes: Option<u64>,
 }
 
-/// Median of a non-empty slice.
-pub fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
-}
+use crate::bench::median;
 
 /// Times SGD steps (forward, loss read back, backward, update: each timed) of a fresh
 /// `M` on a synthetic batch kept on the device, waiting for the device

@@ -59,14 +59,6 @@ fn log_sum_exp(row: &[f32]) -> f32 {
     m + row.iter().map(|v| (v - m).exp()).sum::<f32>().ln()
 }
 
-/// Log-softmax of each row, in place.
-pub fn log_softmax_rows(scores: &mut [f32], classes: usize) {
-    for row in scores.chunks_exact_mut(classes) {
-        let lse = log_sum_exp(row);
-        row.iter_mut().for_each(|v| *v -= lse);
-    }
-}
-
 /// Averages the softmax probabilities of `views` consecutive rows per record
 /// (ten-crop, multi-scale) and returns log-probabilities, one row per record.
 pub fn average_views(logits: &[f32], classes: usize, views: usize) -> Vec<f32> {
