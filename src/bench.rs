@@ -2,6 +2,7 @@
 //! the same records with the same threads, per-stage times, memory, the page
 //! cache, and whether a consumer at a fixed rate ever waits.
 
+use crate::error::ReadError;
 use crate::loader::{Loader, StageTimes};
 use crate::reader::Dataset;
 use serde::Serialize;
@@ -37,6 +38,8 @@ pub struct CeilingRun {
     pub threads: usize,
     /// Records decoded.
     pub images: u64,
+    /// Records that could not be read or decoded.
+    pub failed: u64,
     /// Wall time.
     pub seconds: f64,
     /// Images per second.
@@ -45,22 +48,35 @@ pub struct CeilingRun {
 
 /// Runs `batches` batches of `loader` after `warmup` batches (epochs roll
 /// over as needed, starting at `epoch`). Counts images from the batches
-/// themselves, so the number is what a consumer received.
+/// themselves, so the number is what a consumer received. A record the
+/// loader cannot load is the error it gives (naming shard and record), and
+/// so is a loader whose epochs have no batch.
 pub fn run_loader(
     loader: &Loader,
     epoch: u64,
     warmup: usize,
     batches: usize,
     consumer: Option<Duration>,
-) -> (LoaderRun, ConsumerReport) {
+) -> crate::Result<(LoaderRun, ConsumerReport)> {
     let ds = loader.dataset();
     let workers = loader.workers();
+    if loader.batches_per_epoch() == 0 {
+        return Err(ReadError::Settings {
+            what: "benchmark",
+            detail: format!(
+                "an epoch of this loader has no batch ({} records for this rank, batch size {})",
+                loader.samples_per_epoch(),
+                loader.batch_size()
+            ),
+        }
+        .into());
+    }
     let mut it = loader.epoch(epoch);
     let mut next_epoch = epoch + 1;
-    let mut next = |it: &mut crate::loader::Epoch| -> crate::loader::Batch {
+    let mut next = |it: &mut crate::loader::Epoch| -> crate::Result<crate::loader::Batch> {
         loop {
             match it.next() {
-                Some(b) => return b.expect("loader error during benchmark"),
+                Some(b) => return Ok(b?),
                 None => {
                     *it = loader.epoch(next_epoch);
                     next_epoch += 1;
@@ -69,7 +85,7 @@ pub fn run_loader(
         }
     };
     for _ in 0..warmup {
-        drop(next(&mut it));
+        drop(next(&mut it)?);
     }
     let stages0 = it.stage_times();
     let epoch0 = it.state().epoch;
@@ -79,7 +95,7 @@ pub fn run_loader(
     let mut consumer_report = ConsumerReport::default();
     for _ in 0..batches {
         let w0 = Instant::now();
-        let b = next(&mut it);
+        let b = next(&mut it)?;
         let waited = w0.elapsed();
         images += (b.len() * b.views()) as u64;
         bytes += b
@@ -104,7 +120,7 @@ pub fn run_loader(
         s1
     };
     consumer_report.finish(seconds, batches);
-    (
+    Ok((
         LoaderRun {
             workers,
             images,
@@ -116,7 +132,7 @@ pub fn run_loader(
             stages,
         },
         consumer_report,
-    )
+    ))
 }
 
 fn diff(a: &StageTimes, b: &StageTimes) -> StageTimes {
@@ -132,9 +148,11 @@ fn diff(a: &StageTimes, b: &StageTimes) -> StageTimes {
 }
 
 /// Decodes the records `indices` of `ds` with `threads` threads and nothing
-/// else: the same decoder the loader uses, on the same bytes.
+/// else: the same decoder the loader uses, on the same bytes. A record that
+/// cannot be read or decoded is counted in `failed`, not in `images`.
 pub fn decode_ceiling(ds: &Dataset, indices: &[u32], threads: usize) -> CeilingRun {
     let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
     let t0 = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
@@ -143,18 +161,28 @@ pub fn decode_ceiling(ds: &Dataset, indices: &[u32], threads: usize) -> CeilingR
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&idx) = indices.get(i) else { break };
-                    let r = ds.record(idx as usize).expect("record");
-                    crate::decode::decode_rgb(r.bytes, &mut buf).expect("decode");
+                    let ok = ds.record(idx as usize).is_ok_and(|r| {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            crate::decode::decode_rgb(r.bytes, &mut buf).is_ok()
+                        }))
+                        .unwrap_or(false)
+                    });
+                    if !ok {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             });
         }
     });
     let seconds = t0.elapsed().as_secs_f64();
+    let failed = failed.into_inner() as u64;
+    let images = indices.len() as u64 - failed;
     CeilingRun {
         threads: threads.max(1),
-        images: indices.len() as u64,
+        images,
+        failed,
         seconds,
-        images_per_sec: indices.len() as f64 / seconds.max(1e-9),
+        images_per_sec: images as f64 / seconds.max(1e-9),
     }
 }
 

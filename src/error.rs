@@ -88,6 +88,15 @@ pub enum ReadError {
         /// How many records there are.
         len: usize,
     },
+    /// A loader setting that cannot apply to this dataset (a rank outside
+    /// the world size, an epoch with no batch to give).
+    #[error("{what}: {detail}")]
+    Settings {
+        /// The setting.
+        what: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
     /// The dataset folder's manifest is missing, malformed, or disagrees with its shards.
     #[error("{path}: {detail}")]
     Manifest {

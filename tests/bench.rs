@@ -18,7 +18,8 @@ fn loader_counters_add_up() {
         .build(Arc::clone(&ds))
         .unwrap();
     // 7 batches per epoch: 2 warm-up + 4 timed stay inside epoch 0.
-    let (run, consumer) = bench::run_loader(&loader, 0, 2, 4, Some(Duration::from_millis(2)));
+    let (run, consumer) =
+        bench::run_loader(&loader, 0, 2, 4, Some(Duration::from_millis(2))).unwrap();
     assert_eq!(run.images, 32, "images counted = images produced");
     // Samples processed in the timed window differ from those handed out by at
     // most the prefetch (3 batches of 8) at either end.

@@ -294,6 +294,61 @@ fn a_flipped_byte_in_a_record_is_caught_by_default() {
     });
 }
 
+/// Regression (issue 14): a corrupt record panicked `bench-pipeline`, and a
+/// rank outside the world size asserted in the sampler; both are errors now.
+#[test]
+fn a_corrupt_record_or_a_bad_rank_is_an_error_not_a_panic() {
+    within(120, || {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = corrupt_copy(dir.path(), 5);
+        let loader = LoaderBuilder::new()
+            .batch_size(8)
+            .workers(2)
+            .build(Arc::clone(&ds))
+            .unwrap();
+        let err = resnet_imagenet::bench::run_loader(&loader, 0, 0, 8, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("record 5"), "{err}");
+        let idx: Vec<u32> = (0..ds.len() as u32).collect();
+        let c = resnet_imagenet::bench::decode_ceiling(&ds, &idx, 2);
+        assert_eq!((c.failed, c.images), (1, ds.len() as u64 - 1));
+        let out = assert_cmd::Command::cargo_bin("bench-pipeline")
+            .unwrap()
+            .args([
+                "--data",
+                dir.path().to_str().unwrap(),
+                "--workers",
+                "1",
+                "--repeat",
+                "1",
+            ])
+            .assert()
+            .code(2)
+            .get_output()
+            .stderr
+            .clone();
+        let stderr = String::from_utf8_lossy(&out);
+        assert!(
+            stderr.contains("record 5") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+        for (rank, world_size) in [(2, 2), (0, 0)] {
+            let dist = Distributed {
+                rank,
+                world_size,
+                ..Default::default()
+            };
+            let err = LoaderBuilder::new()
+                .distributed(dist)
+                .build(Arc::clone(&ds))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("rank") && err.contains("world size"), "{err}");
+        }
+    });
+}
+
 #[test]
 fn a_bad_record_is_an_error_naming_it_or_is_skipped_and_counted() {
     within(60, || {

@@ -223,12 +223,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // The ceiling decodes as many records as the loader produced, from the same epoch order.
             let order = loader.epoch_order(0);
             let n = (batches * cli.batch_size).min(order.len().max(1));
-            let (run, c) = bench::run_loader(&loader, 0, cli.warmup, batches, consumer);
+            let (run, c) = bench::run_loader(&loader, 0, cli.warmup, batches, consumer)?;
             drop(loader);
             runs.push(run);
             last_consumer = consumer.map(|_| c);
             let idx: Vec<u32> = (0..n).map(|i| order[i % order.len()]).collect();
-            ceilings.push(bench::decode_ceiling(&*open()?, &idx, w));
+            let ceiling = bench::decode_ceiling(&*open()?, &idx, w);
+            anyhow::ensure!(
+                ceiling.failed == 0,
+                "{} of {} records could not be read or decoded (pack-imagenet --verify {} names them)",
+                ceiling.failed,
+                idx.len(),
+                cli.data.display()
+            );
+            ceilings.push(ceiling);
         }
         if !cli.json {
             eprint!("\r");

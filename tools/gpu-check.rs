@@ -103,13 +103,21 @@ enum Record {
 
 struct Out {
     json: Option<std::fs::File>,
+    /// The first failed `--json` write (the run goes on; the exit code says so).
+    json_error: Option<String>,
 }
 
 impl Out {
     fn record(&mut self, r: &Record) {
         if let Some(f) = &mut self.json {
-            let line = serde_json::to_string(r).expect("records serialise");
-            writeln!(f, "{line}").expect("write --json");
+            let written = serde_json::to_string(r)
+                .map_err(|e| e.to_string())
+                .and_then(|line| writeln!(f, "{line}").map_err(|e| e.to_string()));
+            if let Err(e) = written {
+                eprintln!("gpu-check: writing --json: {e}; no more records are written there");
+                self.json = None;
+                self.json_error.get_or_insert(e);
+            }
         }
     }
 
@@ -325,7 +333,10 @@ fn run<D: Device<f32> + Synchronize + Cache>(
 fn main() -> ExitCode {
     env_logger::init();
     let cli = Cli::parse();
-    let mut out = Out { json: None };
+    let mut out = Out {
+        json: None,
+        json_error: None,
+    };
     let result = (|| -> anyhow::Result<bool> {
         if let Some(p) = &cli.json {
             out.json = Some(std::fs::File::create(p).with_context(|| format!("{}", p.display()))?);
@@ -342,6 +353,10 @@ fn main() -> ExitCode {
             run(&cli, &dev, "cpu", &|| None, &mut out)
         }
     })();
+    if let (Ok(_), Some(e)) = (&result, &out.json_error) {
+        eprintln!("gpu-check: the --json file is incomplete: {e}");
+        return ExitCode::from(2);
+    }
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {

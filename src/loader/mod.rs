@@ -248,6 +248,22 @@ impl LoaderBuilder {
 
     /// Builds the loader over `dataset`.
     pub fn build(self, dataset: Arc<Dataset>) -> Result<Loader, ReadError> {
+        let d = self.dist;
+        if d.world_size == 0 || d.rank >= d.world_size {
+            return Err(ReadError::Settings {
+                what: "distributed",
+                detail: format!(
+                    "rank {} of world size {}: needs world size at least 1 and rank below it",
+                    d.rank, d.world_size
+                ),
+            });
+        }
+        if dataset.len() > u32::MAX as usize {
+            return Err(ReadError::Settings {
+                what: "dataset",
+                detail: format!("{} records; the loader takes at most 2^32", dataset.len()),
+            });
+        }
         let size = self.augment.crop_size();
         let stats = &dataset.manifest().stats;
         let mean = match self.normalization {

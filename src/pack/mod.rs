@@ -757,9 +757,14 @@ pub fn decode_floor(files: &[InputFile], threads: usize) -> FloorReport {
                         match std::fs::read(&f.path) {
                             Ok(data) => {
                                 bytes += data.len() as u64;
-                                match crate::decode::decode_rgb(&data, &mut buf) {
-                                    Ok(_) => ok += 1,
-                                    Err(_) => failed += 1,
+                                // A decoder panic on a hostile file is a failure, as in packing.
+                                let decoded =
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                        crate::decode::decode_rgb(&data, &mut buf).is_ok()
+                                    }));
+                                match decoded {
+                                    Ok(true) => ok += 1,
+                                    _ => failed += 1,
                                 }
                             }
                             Err(_) => failed += 1,

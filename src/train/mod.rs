@@ -855,9 +855,14 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
     }
     drop(logger);
     let plot_path = cfg.out.join("curves.png");
-    let plot = log::plot(&log_path, &plot_path, &cfg.model)
-        .ok()
-        .map(|_| plot_path);
+    // The run is done and its log written: a plot that fails is a warning.
+    let plot = match log::plot(&log_path, &plot_path, &cfg.model) {
+        Ok(_) => Some(plot_path),
+        Err(e) => {
+            ::log::warn!("could not draw {}: {e}", plot_path.display());
+            None
+        }
+    };
     Ok(TrainReport {
         steps: st.step,
         last_epoch: st.history.last().cloned(),
