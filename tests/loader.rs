@@ -128,11 +128,21 @@ fn resume_mid_epoch_equals_an_uninterrupted_run() {
         rest == full[4..],
         "resumed batches equal the uninterrupted ones"
     );
-    assert!(
-        build()
-            .resume(resnet_imagenet::loader::LoaderState { seed: 1, ..state })
-            .is_err()
-    );
+    let err = build()
+        .resume(resnet_imagenet::loader::LoaderState { seed: 1, ..state })
+        .err()
+        .expect("another seed is refused")
+        .to_string();
+    assert!(err.contains("seed 1"), "{err}");
+    let err = build()
+        .resume(resnet_imagenet::loader::LoaderState {
+            position: 10_000,
+            ..state
+        })
+        .err()
+        .expect("a position past the epoch is refused")
+        .to_string();
+    assert!(err.contains("position 10000"), "{err}");
 }
 
 #[test]
@@ -423,9 +433,36 @@ fn train_augmentation_options_apply() {
         flip: false,
         lighting_std: 0.1,
     };
-    let l = loader(2, LoaderBuilder::new().batch_size(16).train(t));
-    let b = l.epoch(0).next().unwrap().unwrap();
-    assert_eq!(b.shape(), [16, 3, 32, 32]);
+    let first = |t: TrainAugment| {
+        let l = loader(2, LoaderBuilder::new().batch_size(16).train(t));
+        let b = l.epoch(0).next().unwrap().unwrap();
+        (b.shape(), b.images().to_vec(), b.indices().to_vec())
+    };
+    let (shape, lit, idx) = first(t);
+    assert_eq!(shape, [16, 3, 32, 32]);
+    // Same seed, same crops: lighting noise is the only difference, and it
+    // moves every pixel of an image by the same per-channel amount.
+    let (_, plain, idx0) = first(TrainAugment {
+        lighting_std: 0.0,
+        ..t
+    });
+    assert_eq!(idx, idx0);
+    let n = 32 * 32;
+    let mut moved = 0;
+    for img in 0..16 {
+        for c in 0..3 {
+            let at = (img * 3 + c) * n;
+            let d: Vec<f32> = (at..at + n).map(|i| lit[i] - plain[i]).collect();
+            assert!(
+                d.iter().all(|x| (x - d[0]).abs() < 1e-3),
+                "one shift per channel"
+            );
+            moved += usize::from(d[0].abs() > 1e-4);
+        }
+    }
+    assert!(moved > 40, "lighting moved {moved} of 48 image channels");
+    // No flip: the same crop twice over (flip: true would mirror about half).
+    assert_eq!(first(t).1, lit);
 }
 
 #[test]

@@ -451,19 +451,25 @@ impl Loader {
 
     /// Continues an epoch from a saved state (which must come from a loader
     /// with the same seed).
-    pub fn resume(&self, state: LoaderState) -> Result<Epoch, String> {
+    pub fn resume(&self, state: LoaderState) -> Result<Epoch, ReadError> {
         if state.seed != self.shared.cfg.seed {
-            return Err(format!(
-                "loader state has seed {}, the loader {}",
-                state.seed, self.shared.cfg.seed
-            ));
+            return Err(ReadError::Settings {
+                what: "resume",
+                detail: format!(
+                    "the saved loader state has seed {}, this loader {}",
+                    state.seed, self.shared.cfg.seed
+                ),
+            });
         }
         if state.position > self.batches_per_epoch() {
-            return Err(format!(
-                "position {} is past the epoch's {} batches",
-                state.position,
-                self.batches_per_epoch()
-            ));
+            return Err(ReadError::Settings {
+                what: "resume",
+                detail: format!(
+                    "position {} is past the epoch's {} batches",
+                    state.position,
+                    self.batches_per_epoch()
+                ),
+            });
         }
         Ok(self.start(state.epoch, state.position))
     }

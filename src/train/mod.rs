@@ -185,6 +185,15 @@ pub enum TrainError {
     /// The loader failed.
     #[error("loading data: {0}")]
     Load(#[from] LoadError),
+    /// A loader could not be built over a split, or resumed from the
+    /// checkpoint's position.
+    #[error("{what} loader: {source}")]
+    Loader {
+        /// `training` or `evaluation`.
+        what: &'static str,
+        /// Why.
+        source: ReadError,
+    },
     /// The loss became NaN or infinite.
     #[error("loss is {loss} at step {step}; stopped. The last good checkpoint is {}", checkpoint.as_ref().map_or("none (no checkpoint written yet)".to_string(), |p| p.display().to_string()))]
     NonFinite {
@@ -473,8 +482,10 @@ pub fn train_loader(cfg: &TrainConfig, ds: Arc<Dataset>) -> Result<Loader, Train
             ds.len()
         )));
     }
-    b.build(ds)
-        .map_err(|e| TrainError::Config(format!("training loader: {e}")))
+    b.build(ds).map_err(|source| TrainError::Loader {
+        what: "training",
+        source,
+    })
 }
 
 /// Builds an evaluation loader (sequential order, every record once).
@@ -490,7 +501,10 @@ pub fn eval_loader(
         .output(OutputKind::F32Hwc)
         .eval(crop)
         .build(ds)
-        .map_err(|e| TrainError::Config(format!("evaluation loader: {e}")))
+        .map_err(|source| TrainError::Loader {
+            what: "evaluation",
+            source,
+        })
 }
 
 pub(crate) fn onehot(labels: &[u32], classes: usize) -> Vec<f32> {
@@ -731,7 +745,12 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
     let bar = progress_bar((cfg.epochs * steps_per_epoch) as u64, "train", progress);
     bar.set_position(st.step as u64);
     'epochs: while st.epoch < cfg.epochs {
-        let mut epoch = train_loader.resume(st.loader).map_err(TrainError::Config)?;
+        let mut epoch = train_loader
+            .resume(st.loader)
+            .map_err(|source| TrainError::Loader {
+                what: "training",
+                source,
+            })?;
         let mut last_wait = 0.0;
         loop {
             if st.step >= max_steps {
