@@ -200,7 +200,7 @@ pub enum LoadErrorKind {
     Decode(#[from] crate::decode::DecodeError),
     /// Resizing failed.
     #[error("resize: {0}")]
-    Resize(String),
+    Resize(#[from] crate::augment::ResizeError),
     /// A worker panicked while processing the sample.
     #[error("worker panicked: {0}")]
     Panic(String),

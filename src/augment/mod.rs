@@ -26,7 +26,7 @@ pub use crop::{CifarAugment, CropBox, EvalCrop, SampleParams, TrainAugment};
 pub use lighting::Lighting;
 pub use normalize::{Normalization, Normalizer};
 use rand::SeedableRng;
-pub use resize::CropResizer;
+pub use resize::{CropResizer, ResizeError};
 
 /// The generator for one sample's random choices.
 pub fn sample_rng(seed: u64, epoch: u64, index: u64) -> rand_pcg::Pcg64 {

@@ -7,6 +7,30 @@ use crate::decode::Region;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
+/// Why a crop could not be resized.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResizeError {
+    /// The pixel buffer does not hold a `width x height` RGB8 image.
+    #[error("{width}x{height} RGB image: {source}")]
+    Image {
+        /// Width.
+        width: u32,
+        /// Height.
+        height: u32,
+        /// fast_image_resize's reason.
+        source: fast_image_resize::ImageBufferError,
+    },
+    /// fast_image_resize refused the crop.
+    #[error("crop {crop:?}: {source}")]
+    Crop {
+        /// The crop box.
+        crop: CropBox,
+        /// fast_image_resize's reason.
+        source: fast_image_resize::ResizeError,
+    },
+}
+
 /// A worker's resizer and output scratch, reused for every sample.
 pub struct CropResizer {
     resizer: Resizer,
@@ -38,14 +62,19 @@ impl CropResizer {
         w: u32,
         h: u32,
         b: &CropBox,
-    ) -> Result<&[u8], String> {
-        let src = ImageRef::new(w, h, rgb, PixelType::U8x3).map_err(|e| e.to_string())?;
+    ) -> Result<&[u8], ResizeError> {
+        let src =
+            ImageRef::new(w, h, rgb, PixelType::U8x3).map_err(|source| ResizeError::Image {
+                width: w,
+                height: h,
+                source,
+            })?;
         let opts = ResizeOptions::new()
             .resize_alg(self.alg)
             .crop(b.left, b.top, b.width, b.height);
         self.resizer
             .resize(&src, &mut self.out, &opts)
-            .map_err(|e| e.to_string())?;
+            .map_err(|source| ResizeError::Crop { crop: *b, source })?;
         Ok(self.out.buffer())
     }
 
@@ -101,8 +130,12 @@ impl CropResizer {
 }
 
 /// Resizes a whole RGB8 image to `nw x nh` (antialiased bilinear).
-pub fn resize_rgb(rgb: &[u8], w: u32, h: u32, nw: u32, nh: u32) -> Result<Vec<u8>, String> {
-    let src = ImageRef::new(w, h, rgb, PixelType::U8x3).map_err(|e| e.to_string())?;
+pub fn resize_rgb(rgb: &[u8], w: u32, h: u32, nw: u32, nh: u32) -> Result<Vec<u8>, ResizeError> {
+    let src = ImageRef::new(w, h, rgb, PixelType::U8x3).map_err(|source| ResizeError::Image {
+        width: w,
+        height: h,
+        source,
+    })?;
     let mut dst = Image::new(nw, nh, PixelType::U8x3);
     Resizer::new()
         .resize(
@@ -110,7 +143,16 @@ pub fn resize_rgb(rgb: &[u8], w: u32, h: u32, nw: u32, nh: u32) -> Result<Vec<u8
             &mut dst,
             &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| ResizeError::Crop {
+            crop: CropBox {
+                left: 0.0,
+                top: 0.0,
+                width: f64::from(w),
+                height: f64::from(h),
+                flip: false,
+            },
+            source,
+        })?;
     Ok(dst.into_vec())
 }
 
