@@ -234,8 +234,9 @@ impl LoaderBuilder {
         self
     }
     /// Start the disk reads of the records of the `prefetch` batches after
-    /// those being filled (default: yes; see [`Epoch`]): what keeps a cold
-    /// page cache from stalling the workers. Off only to measure it.
+    /// those being filled (default: yes; see [`Epoch`]), so that reads from
+    /// slow storage overlap the decoding. Off only to measure it (on the
+    /// disks measured so far it made no measurable difference: BENCHMARKS.md).
     pub fn read_ahead(mut self, yes: bool) -> Self {
         self.read_ahead = yes;
         self
