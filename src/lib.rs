@@ -15,7 +15,8 @@
 //! - [`model`]: the ResNets on dfdx (stable Rust), torchvision-compatible checkpoints.
 //! - [`train`]: the trainer (SGD, schedules, evaluation, checkpoints, logs).
 //! - [`bench`]: measuring the loader against the decode-only ceiling; [`plot`]: charts.
-//! - Shared by the stages: [`files`] (atomic writes), [`seed`] (seed mixing), [`error`].
+//! - Shared by the stages: [`files`] (atomic writes), [`seed`] (seed mixing), [`error`];
+//!   by the binaries: [`cli`].
 //!
 //! ```no_run
 //! use resnet_imagenet::{augment::TrainAugment, loader::LoaderBuilder, pack, reader::Dataset};
@@ -35,6 +36,7 @@
 
 pub mod augment;
 pub mod bench;
+pub mod cli;
 pub mod decode;
 pub mod error;
 pub mod files;

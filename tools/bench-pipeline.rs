@@ -21,6 +21,9 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Cli {
+    #[command(flatten)]
+    verbosity: resnet_imagenet::cli::Verbosity,
+
     /// A packed split folder (DIR/train).
     #[arg(long, short)]
     data: PathBuf,
@@ -144,9 +147,11 @@ struct Stages {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    cli.verbosity.init_logger();
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if resnet_imagenet::cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench-pipeline: error: {e:#}");
             ExitCode::from(2)

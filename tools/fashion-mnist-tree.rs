@@ -21,10 +21,13 @@ struct Cli {
     /// At most this many images per split.
     #[arg(long)]
     limit: Option<usize>,
+    #[command(flatten)]
+    verbosity: resnet_imagenet::cli::Verbosity,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli.verbosity.init_logger();
     let run = || -> anyhow::Result<()> {
         let (train, val) = resnet_imagenet::pack::import::fashion_mnist_to_tree(
             &cli.input,
@@ -32,14 +35,17 @@ fn main() -> ExitCode {
             cli.limit,
         )
         .with_context(|| format!("converting {}", cli.input.display()))?;
-        eprintln!(
-            "wrote {train} train and {val} val images under {}",
-            cli.output.display()
-        );
+        if !cli.verbosity.quiet {
+            eprintln!(
+                "wrote {train} train and {val} val images under {}",
+                cli.output.display()
+            );
+        }
         Ok(())
     };
     match run() {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if resnet_imagenet::cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fashion-mnist-tree: error: {e:#}");
             ExitCode::from(2)

@@ -30,6 +30,9 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Cli {
+    #[command(flatten)]
+    verbosity: resnet_imagenet::cli::Verbosity,
+
     /// Models to compare with the CPU ("" for none).
     #[arg(long, value_delimiter = ',', default_value = "resnet18,resnet50")]
     compare: Vec<String>,
@@ -331,8 +334,8 @@ fn run<D: Device<f32> + Synchronize + Cache>(
 }
 
 fn main() -> ExitCode {
-    env_logger::init();
     let cli = Cli::parse();
+    cli.verbosity.init_logger();
     let mut out = Out {
         json: None,
         json_error: None,

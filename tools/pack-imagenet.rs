@@ -5,6 +5,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use resnet_imagenet::cli::{Verbosity, is_broken_pipe};
 use resnet_imagenet::error::PackError;
 use resnet_imagenet::pack::walk::{self, ClassSource, WalkOptions};
 use resnet_imagenet::pack::{self, PackOptions};
@@ -102,13 +103,8 @@ struct Cli {
     #[arg(long)]
     decode_only: bool,
 
-    /// Less logging.
-    #[arg(long, short)]
-    quiet: bool,
-
-    /// More logging (-v, -vv).
-    #[arg(long, short, action = clap::ArgAction::Count)]
-    verbose: u8,
+    #[command(flatten)]
+    verbosity: Verbosity,
 
     /// Sleep this many ms per record written (for tests that interrupt a pack).
     #[arg(long, hide = true)]
@@ -117,7 +113,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logger(cli.quiet, cli.verbose);
+    cli.verbosity.init_logger();
     match run(&cli) {
         Ok(code) => code,
         Err(err) => {
@@ -135,25 +131,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-fn init_logger(quiet: bool, verbose: u8) {
-    let level = match (quiet, verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
-        _ => "debug",
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp(None)
-        .init();
-}
-
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        e.downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {

@@ -25,6 +25,9 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     train: TrainArgs,
+    /// -v/--verbose (the log level; `--quiet` also hides the progress bar).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,8 +144,8 @@ struct TrainArgs {
     /// `cpu`, or `cuda` (built with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// No progress bar.
-    #[arg(long)]
+    /// No progress bar, and only errors logged.
+    #[arg(long, short)]
     quiet: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
@@ -478,14 +481,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    resnet_imagenet::cli::Verbosity {
+        quiet: cli.train.quiet,
+        verbose: cli.verbose,
+    }
+    .init_logger();
     // A full disk or a file-size limit should be an error from write(), not a signal.
     #[cfg(unix)]
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(code) => code,
+        Err(e) if resnet_imagenet::cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
