@@ -33,7 +33,7 @@ pub(super) fn has_simd() -> bool {
 }
 
 /// The unwind payload of a fatal libjpeg error: its message.
-pub(crate) struct LibjpegError(pub(crate) String);
+struct LibjpegError(String);
 
 /// One libjpeg decompressor, reused for every image of a thread.
 struct Decompressor {
@@ -46,7 +46,7 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
 }
 
-pub(crate) unsafe extern "C-unwind" fn error_exit(cinfo: &mut j::jpeg_common_struct) {
+unsafe extern "C-unwind" fn error_exit(cinfo: &mut j::jpeg_common_struct) {
     let mut buf = [0u8; 80];
     // SAFETY: `err` is the manager installed in `Decompressor::new`, whose
     // `format_message` (libjpeg's own) writes at most 80 bytes, NUL-terminated.
@@ -66,22 +66,39 @@ pub(crate) unsafe extern "C-unwind" fn error_exit(cinfo: &mut j::jpeg_common_str
     resume_unwind(Box::new(LibjpegError(message)));
 }
 
-pub(crate) unsafe extern "C-unwind" fn emit_message(
-    _cinfo: &mut j::jpeg_common_struct,
-    _level: i32,
-) {
+unsafe extern "C-unwind" fn emit_message(_cinfo: &mut j::jpeg_common_struct, _level: i32) {}
+
+/// An error manager whose fatal errors unwind with their message (run the
+/// libjpeg calls inside [`catch_fatal`]) and whose warnings are ignored.
+/// Boxed: libjpeg keeps a pointer to it, so it must not move.
+pub(crate) fn error_manager() -> Box<j::jpeg_error_mgr> {
+    // SAFETY: plain C data for which all-zero is the state `jpeg_std_error`
+    // expects; it fills in libjpeg's defaults, two of which are replaced.
+    unsafe {
+        let mut err: Box<j::jpeg_error_mgr> = Box::new(std::mem::zeroed());
+        j::jpeg_std_error(&mut err);
+        err.error_exit = Some(error_exit);
+        err.emit_message = Some(emit_message);
+        err
+    }
+}
+
+/// Runs `f` (libjpeg calls with an [`error_manager`]), turning a fatal
+/// libjpeg error into its message; any other panic goes on unwinding.
+pub(crate) fn catch_fatal<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| match payload.downcast::<LibjpegError>() {
+        Ok(e) => e.0,
+        Err(other) => resume_unwind(other),
+    })
 }
 
 impl Decompressor {
     fn new() -> Decompressor {
-        // SAFETY: both structs are plain C data for which all-zero is the
-        // state libjpeg expects before `jpeg_std_error`/`jpeg_create_decompress`;
-        // the error manager is boxed (it must not move) and set before creation.
+        let mut err = error_manager();
+        // SAFETY: plain C data for which all-zero is the state libjpeg
+        // expects before `jpeg_create_decompress`; the error manager is
+        // boxed (it must not move) and set before creation.
         unsafe {
-            let mut err: Box<j::jpeg_error_mgr> = Box::new(std::mem::zeroed());
-            j::jpeg_std_error(&mut err);
-            err.error_exit = Some(error_exit);
-            err.emit_message = Some(emit_message);
             let mut cinfo: Box<j::jpeg_decompress_struct> = Box::new(std::mem::zeroed());
             cinfo.common.err = &mut *err;
             j::jpeg_create_decompress(&mut *cinfo);
@@ -95,7 +112,7 @@ impl Decompressor {
     /// Fatal errors unwind (see the module doc).
     ///
     /// # Safety
-    /// Call inside `catch_unwind`, then `jpeg_abort_decompress` whatever happens.
+    /// Call inside [`catch_fatal`], then `jpeg_abort_decompress` whatever happens.
     unsafe fn run(
         &mut self,
         bytes: &[u8],
@@ -238,22 +255,16 @@ pub(super) fn decode(
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         let d = slot.get_or_insert_with(Decompressor::new);
-        // SAFETY: inside `catch_unwind`, and aborted below whatever happened.
-        let result = catch_unwind(AssertUnwindSafe(|| unsafe {
-            d.run(bytes, out, min_short, region_for)
-        }));
+        // SAFETY: inside `catch_fatal`, and aborted below whatever happened.
+        let result = catch_fatal(|| unsafe { d.run(bytes, out, min_short, region_for) });
         // SAFETY: resets the decompressor for the next image (also after an error).
         unsafe { j::jpeg_abort_decompress(&mut d.cinfo) };
-        match result {
-            Ok(r) => r,
-            Err(payload) => match payload.downcast::<LibjpegError>() {
-                Ok(e) => Err(DecodeError::Corrupt {
-                    format: "JPEG",
-                    detail: e.0,
-                }),
-                Err(other) => resume_unwind(other),
-            },
-        }
+        result.unwrap_or_else(|detail| {
+            Err(DecodeError::Corrupt {
+                format: "JPEG",
+                detail,
+            })
+        })
     })
 }
 

@@ -222,8 +222,8 @@ pub fn decode_rgb_region(
 /// quarter of the work at half size, with the DCT's own block averaging as
 /// the low-pass filter. Returns the image's info (its own size) and the
 /// size of the pixels in `out`, which is the image's own when it is not a
-/// JPEG, its shorter side is at most `2 * min_short`, or the build has no
-/// libjpeg-turbo.
+/// JPEG, its shorter side is under about twice `min_short` (see
+/// `libjpeg::dct_scale`), or the build has no libjpeg-turbo.
 pub fn decode_rgb_reduced(
     bytes: &[u8],
     out: &mut Vec<u8>,

@@ -6,9 +6,8 @@
 //! the same size at the same quality. Fatal errors unwind as in the decoder
 //! (`decode::libjpeg`) and become an error value.
 
-use crate::decode::libjpeg::{LibjpegError, emit_message, error_exit};
+use crate::decode::libjpeg::{catch_fatal, error_manager};
 use mozjpeg_sys as j;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
 /// Encodes `pixels` (RGB8, HWC, `w * h * 3` bytes, checked by the caller,
 /// [`super::encode::encode_jpeg`]) as a baseline JPEG at `quality`, 4:2:0
@@ -22,23 +21,20 @@ pub(super) fn encode_rgb(
 ) -> Result<Vec<u8>, String> {
     let stride = w as usize * 3;
     assert_eq!(pixels.len(), stride * h as usize, "checked by encode_jpeg");
-    // SAFETY: both structs are plain C data for which all-zero is the state
-    // libjpeg expects before `jpeg_std_error`/`jpeg_create_compress`; they
-    // live on this frame until `jpeg_destroy_compress` below. Row pointers
+    let mut err = error_manager();
+    // SAFETY: plain C data for which all-zero is the state libjpeg expects
+    // before `jpeg_create_compress`; it and the (boxed) error manager live
+    // until `jpeg_destroy_compress` below. Row pointers
     // point into `pixels`, whose size was asserted above; libjpeg only reads
     // them. The output buffer is libjpeg's (`jpeg_mem_dest`), copied out and
     // freed with `free` whatever happened.
     unsafe {
-        let mut err: j::jpeg_error_mgr = std::mem::zeroed();
-        j::jpeg_std_error(&mut err);
-        err.error_exit = Some(error_exit);
-        err.emit_message = Some(emit_message);
         let mut c: j::jpeg_compress_struct = std::mem::zeroed();
-        c.common.err = &mut err;
+        c.common.err = &mut *err;
         j::jpeg_create_compress(&mut c);
         let mut buf: *mut u8 = std::ptr::null_mut();
         let mut size: std::ffi::c_ulong = 0;
-        let result = catch_unwind(AssertUnwindSafe(|| {
+        let result = catch_fatal(|| {
             j::jpeg_mem_dest(&mut c, &mut buf, &mut size);
             c.image_width = w;
             c.image_height = h;
@@ -69,22 +65,16 @@ pub(super) fn encode_rgb(
                 }
             }
             j::jpeg_finish_compress(&mut c);
-        }));
+        });
         let out = match &result {
             Ok(()) if !buf.is_null() => Ok(std::slice::from_raw_parts(buf, size as usize).to_vec()),
             Ok(()) => Err("libjpeg wrote nothing".to_string()),
-            Err(_) => Err(String::new()),
+            Err(message) => Err(format!("JPEG encoding failed: {message}")),
         };
         j::jpeg_destroy_compress(&mut c);
         if !buf.is_null() {
             libc::free(buf.cast());
         }
-        match result {
-            Ok(()) => out,
-            Err(payload) => match payload.downcast::<LibjpegError>() {
-                Ok(e) => Err(format!("JPEG encoding failed: {}", e.0)),
-                Err(other) => resume_unwind(other),
-            },
-        }
+        out
     }
 }

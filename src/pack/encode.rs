@@ -72,9 +72,9 @@ impl Encoder {
         if is_jpeg(input) && !jpeg_has_eoi(input) {
             return Err(DecodeError::Truncated.to_string());
         }
-        // A large JPEG is decoded at a reduced DCT scale (down to no less
-        // than the limit) and resized from there: most of the cost of the
-        // one image in ten that ImageNet has above the limit.
+        // A JPEG at least twice the limit is decoded at a reduced DCT scale
+        // (down to no less than the limit) and resized from there, which
+        // saves most of its decode.
         let (info, (dw, dh)) =
             decode_rgb_reduced(input, &mut self.rgb, opts.max_side).map_err(|e| e.to_string())?;
         let mut origin = 0u8;
@@ -89,24 +89,19 @@ impl Encoder {
         }
         let (w, h) = (info.width, info.height);
         let short = w.min(h);
-        let mut size = (dw, dh);
-        let resized = if short > opts.max_side {
+        let mut resized = None;
+        if short > opts.max_side {
             origin |= Origin::RESIZED;
             let target = scaled_to_short_side(w, h, opts.max_side);
-            if size == target {
-                None
-            } else {
-                size = target;
+            // A reduced decode may already have the target size.
+            if (dw, dh) != target {
                 let alg = ResizeAlg::Convolution(FilterType::Bilinear);
-                Some(self.resize(dw, dh, target.0, target.1, alg)?)
+                resized = Some(self.resize(dw, dh, target.0, target.1, alg)?);
             }
-        } else {
-            None
-        };
-        let (pw, ph) = size;
-        let pixels = match &resized {
-            Some(img) => img.buffer(),
-            None => self.rgb.as_slice(),
+        }
+        let (pixels, pw, ph) = match &resized {
+            Some(img) => (img.buffer(), img.width(), img.height()),
+            None => (self.rgb.as_slice(), dw, dh),
         };
         let bytes = if origin == 0 {
             input.to_vec()
@@ -174,10 +169,10 @@ pub fn scaled_to_short_side(w: u32, h: u32, short: u32) -> (u32, u32) {
 /// subsampling saves nothing there, and the zune-jpeg build refuses such
 /// files (`decode`).
 pub fn encode_jpeg(pixels: &[u8], w: u32, h: u32, quality: u8) -> Result<Vec<u8>, SkipReason> {
-    let (w16, h16) = match (u16::try_from(w), u16::try_from(h)) {
-        (Ok(a), Ok(b)) if a <= 65_500 && b <= 65_500 => (a, b),
-        _ => return Err(format!("{w}x{h} is too large for JPEG")),
-    };
+    // libjpeg's limit (JPEG's own is 65,535).
+    if w > 65_500 || h > 65_500 {
+        return Err(format!("{w}x{h} is too large for JPEG"));
+    }
     if pixels.len() != w as usize * h as usize * 3 || w == 0 || h == 0 {
         return Err(format!(
             "{} bytes are not a {w}x{h} RGB image",
@@ -187,7 +182,6 @@ pub fn encode_jpeg(pixels: &[u8], w: u32, h: u32, quality: u8) -> Result<Vec<u8>
     let full_chroma = w < 16 || h < 16;
     #[cfg(feature = "libjpeg-turbo")]
     {
-        let _ = (w16, h16);
         super::compress::encode_rgb(pixels, w, h, quality, full_chroma)
     }
     #[cfg(not(feature = "libjpeg-turbo"))]
@@ -199,7 +193,7 @@ pub fn encode_jpeg(pixels: &[u8], w: u32, h: u32, quality: u8) -> Result<Vec<u8>
         } else {
             jpeg_encoder::SamplingFactor::R_4_2_0
         });
-        enc.encode(pixels, w16, h16, jpeg_encoder::ColorType::Rgb)
+        enc.encode(pixels, w as u16, h as u16, jpeg_encoder::ColorType::Rgb)
             .map_err(|e| format!("JPEG encoding failed: {e}"))?;
         Ok(out)
     }
