@@ -14,7 +14,7 @@
 //! - [`loader`]: the crossbeam worker pool that yields augmented batches in order.
 //! - [`model`]: the ResNets on dfdx (stable Rust), torchvision-compatible checkpoints.
 //! - [`train`]: the trainer (SGD, schedules, evaluation, checkpoints, logs).
-//! - [`bench`]: measuring the loader against the decode-only ceiling; [`plot`]: charts.
+//! - [`measure`]: medians, the loader against its decode-only ceiling, the CPU-vs-device parity check, step timings; [`plot`]: charts.
 //! - Shared by the stages: [`files`] (atomic writes), [`seed`] (seed mixing), [`error`];
 //!   by the binaries: [`cli`].
 //!
@@ -35,13 +35,13 @@
 #![deny(missing_docs)]
 
 pub mod augment;
-pub mod bench;
 pub mod cli;
 pub mod decode;
 pub mod error;
 pub mod files;
 pub mod format;
 pub mod loader;
+pub mod measure;
 pub mod model;
 pub mod pack;
 pub mod plot;

@@ -2,8 +2,8 @@
 
 use crate::util::packed_sample;
 use assert_cmd::Command;
-use resnet_imagenet::bench;
 use resnet_imagenet::loader::LoaderBuilder;
+use resnet_imagenet::measure as bench;
 use resnet_imagenet::reader::Dataset;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,14 +1,15 @@
-//! `train::device_check` and `gpu-check` on the CPU (the CUDA side runs on a
+//! `measure::parity` and `gpu-check` on the CPU (the CUDA side runs on a
 //! lent GPU: see tools/cuda/device.sh and BENCHMARKS.md).
 
 use crate::util::packed_sample;
 use assert_cmd::Command;
 use dfdx::prelude::Cpu;
+use resnet_imagenet::measure::parity::{self, Setup, rel_err};
+use resnet_imagenet::measure::timing::{self, Timing};
 use resnet_imagenet::model::cifar::ResNet20;
 use resnet_imagenet::model::resnet::ResNet18;
 use resnet_imagenet::model::state::named_tensors;
 use resnet_imagenet::reader::Dataset;
-use resnet_imagenet::train::device_check::{self, Setup, Timing, rel_err};
 use resnet_imagenet::train::{self, TrainConfig};
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ fn comparing_two_cpus_copies_every_weight_and_finds_no_difference() {
         seed: 5,
         last_bn_scale: None,
     };
-    let c = device_check::compare::<M, Cpu, Cpu>("resnet20", &a, &b, setup);
+    let c = parity::compare::<M, Cpu, Cpu>("resnet20", &a, &b, setup);
     let model: M = dfdx::nn::BuildModule::build(&a);
     let tensors = named_tensors(&model);
     let trainable = tensors.iter().filter(|t| t.trainable).count();
@@ -66,14 +67,10 @@ fn step_timing_respects_its_bounds() {
         max_steps: 3,
         max_seconds: 0.0,
     };
-    let t = device_check::time_steps::<ResNet18<10, f32, Cpu>, Cpu>(
-        "resnet18",
-        &dev,
-        2,
-        32,
-        timing,
-        &|| None,
-    );
+    let t =
+        timing::time_steps::<ResNet18<10, f32, Cpu>, Cpu>("resnet18", &dev, 2, 32, timing, &|| {
+            None
+        });
     assert_eq!(t.step_s.len(), 2); // min_steps, since max_seconds is 0
     assert!(t.step_s.iter().all(|&s| s > 0.0));
     assert!((t.images_per_sec - 2.0 / t.median_s).abs() < 1e-9);
@@ -90,7 +87,7 @@ fn loader_fed_training_counts_its_steps_and_waits() {
     let loader = train::train_loader(&cfg, ds).unwrap();
     // More steps than an epoch has batches: epochs are chained.
     let steps = loader.batches_per_epoch() + 2;
-    let r = device_check::time_loader_training::<ResNet20<12, f32, Cpu>, Cpu>(
+    let r = timing::time_loader_training::<ResNet20<12, f32, Cpu>, Cpu>(
         "resnet20", &dev, &loader, 1, steps,
     )
     .unwrap();
@@ -144,7 +141,7 @@ fn gpu_check_dry_run_on_the_cpu_writes_its_records() {
 /// paths agree to the bit (see conv.rs's tests for each against float64).
 #[test]
 fn the_device_generic_path_agrees_with_the_cpu_ops() {
-    use resnet_imagenet::model::conv::cpu::with_generic_ops;
+    use resnet_imagenet::model::dispatch::with_generic_ops;
     use resnet_imagenet::model::resnet::ResNet50;
     let (a, b) = (train::cpu_device(1), train::cpu_device(2));
     let setup = Setup {
@@ -154,7 +151,7 @@ fn the_device_generic_path_agrees_with_the_cpu_ops() {
         seed: 5,
         last_bn_scale: Some(0.1),
     };
-    let c = device_check::compare_wrapped::<ResNet50<10, f32, Cpu>, Cpu, Cpu>(
+    let c = parity::compare_wrapped::<ResNet50<10, f32, Cpu>, Cpu, Cpu>(
         "resnet50",
         &a,
         &b,

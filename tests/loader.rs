@@ -316,12 +316,12 @@ fn a_corrupt_record_or_a_bad_rank_is_an_error_not_a_panic() {
             .workers(2)
             .build(Arc::clone(&ds))
             .unwrap();
-        let err = resnet_imagenet::bench::run_loader(&loader, 0, 0, 8, None)
+        let err = resnet_imagenet::measure::run_loader(&loader, 0, 0, 8, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("record 5"), "{err}");
         let idx: Vec<u32> = (0..ds.len() as u32).collect();
-        let c = resnet_imagenet::bench::decode_ceiling(&ds, &idx, 2);
+        let c = resnet_imagenet::measure::decode_ceiling(&ds, &idx, 2);
         assert_eq!((c.failed, c.images), (1, ds.len() as u64 - 1));
         let out = assert_cmd::Command::cargo_bin("bench-pipeline")
             .unwrap()

@@ -63,9 +63,10 @@ fn resnet20_learns_a_fixed_batch_of_real_photos_from_the_loader() {
 /// these annotations are checked by the compiler, and the values by the run.
 #[test]
 fn const_sized_inputs_carry_their_sizes_through_every_stage() {
+    use resnet_imagenet::model::blocks::Layer;
     use resnet_imagenet::model::cifar::ResNet20;
     use resnet_imagenet::model::pool::max_pool;
-    use resnet_imagenet::model::resnet::{Layer, ResNet18, ResNet50};
+    use resnet_imagenet::model::resnet::{ResNet18, ResNet50};
     type Img<const H: usize, const W: usize, const C: usize> =
         Tensor<(Const<1>, Const<H>, Const<W>, Const<C>), f32, Cpu>;
     let dev: Cpu = Cpu::seed_from_u64(0);

@@ -6,9 +6,9 @@ use assert_cmd::Command;
 use dfdx::prelude::Cpu;
 use resnet_imagenet::model::cifar::ResNet20;
 use resnet_imagenet::progress::ProgressMode;
-use resnet_imagenet::train::log::{LogRecord, read};
+use resnet_imagenet::train::runlog::{LogRecord, read};
 use resnet_imagenet::train::schedule::Schedule;
-use resnet_imagenet::train::{self, TrainConfig, TrainError};
+use resnet_imagenet::train::{self, Start, TrainConfig, TrainError};
 
 type Net = ResNet20<12, f32, Cpu>;
 
@@ -48,7 +48,7 @@ fn training_reduces_the_loss_and_the_step_schedule_shows_in_the_log() {
         milestones: vec![6.0],
         factor: 0.1,
     };
-    let r = train::train_cpu::<Net>(c, None, ProgressMode::Hidden).unwrap();
+    let r = train::train_cpu::<Net>(Start::New(c), ProgressMode::Hidden).unwrap();
     assert_eq!(r.steps, 8 * 3);
     let l = step_losses(dir.path());
     let first: f64 = l[..3].iter().map(|s| s.1).sum::<f64>() / 3.0;
@@ -79,17 +79,20 @@ fn training_reduces_the_loss_and_the_step_schedule_shows_in_the_log() {
 #[test]
 fn resuming_mid_epoch_gives_the_losses_of_an_uninterrupted_run() {
     let a = tempfile::tempdir().unwrap();
-    train::train_cpu::<Net>(small(a.path()), None, ProgressMode::Hidden).unwrap();
+    train::train_cpu::<Net>(Start::New(small(a.path())), ProgressMode::Hidden).unwrap();
     let whole = step_losses(a.path());
     assert_eq!(whole.len(), 6);
 
     let b = tempfile::tempdir().unwrap();
     let mut first = small(b.path());
     first.max_steps = Some(4); // epoch 1, after its first batch
-    let r = train::train_cpu::<Net>(first, None, ProgressMode::Hidden).unwrap();
+    let r = train::train_cpu::<Net>(Start::New(first), ProgressMode::Hidden).unwrap();
     assert_eq!(r.steps, 4);
-    let resumed =
-        train::train_cpu::<Net>(small(b.path()), Some(b.path()), ProgressMode::Hidden).unwrap();
+    let resume = Start::Resume(train::Resume {
+        from: b.path().to_owned(),
+        ..Default::default()
+    });
+    let resumed = train::train_cpu::<Net>(resume, ProgressMode::Hidden).unwrap();
     assert_eq!(resumed.steps, 6);
     let again = step_losses(b.path());
     assert_eq!(again.len(), 6);
@@ -112,7 +115,7 @@ fn bad_situations_give_clear_errors() {
     let empty = tempfile::tempdir().unwrap();
     let mut c = small(&empty.path().join("run"));
     c.data = empty.path().to_owned();
-    let e = train::train_cpu::<Net>(c, None, ProgressMode::Hidden).unwrap_err();
+    let e = train::train_cpu::<Net>(Start::New(c), ProgressMode::Hidden).unwrap_err();
     assert!(
         matches!(e, TrainError::Split { ref split, .. } if split == "train"),
         "{e}"
@@ -121,9 +124,9 @@ fn bad_situations_give_clear_errors() {
 
     // NaN loss: stops at that step and names the last good checkpoint, which loads.
     let run = tempfile::tempdir().unwrap();
-    let mut c = small(run.path());
-    c.debug_nan_at_step = Some(5);
-    let e = train::train_cpu::<Net>(c, None, ProgressMode::Hidden).unwrap_err();
+    let mut job = train::prepare(Start::New(small(run.path())), ProgressMode::Hidden).unwrap();
+    job.inject_nan_at_step(Some(5));
+    let e = train::run::<Net, Cpu>(job, train::cpu_device(0)).unwrap_err();
     match &e {
         TrainError::NonFinite {
             step, checkpoint, ..
@@ -154,10 +157,11 @@ fn bad_situations_give_clear_errors() {
         ..Default::default()
     };
     resnet_imagenet::pack::pack(tree.path(), packed.path(), &opts).unwrap();
-    let mut c = small(run.path());
-    c.data = packed.path().to_owned();
-    let mut resumed = c.clone();
-    resumed.epochs = 3;
+    let resumed = Start::Resume(train::Resume {
+        from: run.path().to_owned(),
+        epochs: Some(3),
+        ..Default::default()
+    });
     // The checkpoint's config names its data; point the resume at the other dataset.
     let st = run.path().join("checkpoints/last/state.json");
     let text = std::fs::read_to_string(&st).unwrap().replace(
@@ -165,7 +169,7 @@ fn bad_situations_give_clear_errors() {
         &packed.path().display().to_string(),
     );
     std::fs::write(&st, text).unwrap();
-    let e = train::train_cpu::<Net>(resumed, Some(run.path()), ProgressMode::Hidden).unwrap_err();
+    let e = train::train_cpu::<Net>(resumed, ProgressMode::Hidden).unwrap_err();
     assert!(matches!(e, TrainError::Classes(_)), "{e}");
     assert!(e.to_string().contains("12 classes"), "{e}");
 }

@@ -5,8 +5,8 @@
 use anyhow::Context;
 use clap::Parser;
 use resnet_imagenet::augment::{CifarAugment, EvalCrop, TrainAugment};
-use resnet_imagenet::bench::{self, CeilingRun, ConsumerReport, LoaderRun, median};
 use resnet_imagenet::loader::{LoaderBuilder, OutputKind};
+use resnet_imagenet::measure::{self as bench, CeilingRun, ConsumerReport, LoaderRun, median};
 use resnet_imagenet::plot::{Chart, Series};
 use resnet_imagenet::reader::Dataset;
 use serde::Serialize;

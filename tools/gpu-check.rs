@@ -2,7 +2,7 @@
 //!
 //! 1. `--compare`: the same weights and batch on the CPU and on the device:
 //!    logits, loss, every gradient, and every tensor after SGD steps (errors
-//!    norm-wise; thresholds in `train::device_check::Thresholds`).
+//!    norm-wise; thresholds in `train::parity::Thresholds`).
 //! 2. `--time`: training steps on a synthetic batch kept on the device, for
 //!    each model and batch size: median step, images/s, device memory.
 //! 3. `--data`: training fed by the real loader from packed shards, with
@@ -18,7 +18,8 @@ use anyhow::Context;
 use clap::Parser;
 use dfdx::prelude::*;
 use dfdx::tensor::{Cache, Synchronize};
-use resnet_imagenet::train::device_check::{self, Comparison, Timing};
+use resnet_imagenet::measure::parity::{self, Comparison};
+use resnet_imagenet::measure::timing::{self, Timing};
 use resnet_imagenet::train::{self, TrainConfig};
 use serde::Serialize;
 use std::io::Write;
@@ -98,9 +99,9 @@ struct Cli {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Record {
     Compare(Comparison),
-    Time(device_check::StepTimes),
-    Loader(device_check::LoaderTraining),
-    Ops(device_check::OpTimes),
+    Time(timing::StepTimes),
+    Loader(timing::LoaderTraining),
+    Ops(timing::OpTimes),
     Failed { what: String, error: String },
 }
 
@@ -185,7 +186,7 @@ fn run<D: Device<f32> + Synchronize + Cache>(
         .collect();
     for (name, last_bn_scale) in runs {
         let (b, s, k) = (cli.compare_batch, cli.compare_side, cli.compare_steps);
-        let setup = device_check::Setup {
+        let setup = parity::Setup {
             batch: b,
             side: s,
             steps: k,
@@ -197,12 +198,12 @@ fn run<D: Device<f32> + Synchronize + Cache>(
             None => name.clone(),
         };
         let r = with_model!(name.as_str(), |M| caught(|| {
-            device_check::compare::<M<1000, f32, Cpu>, Cpu, D>(&label, &cpu, dev, setup)
+            parity::compare::<M<1000, f32, Cpu>, Cpu, D>(&label, &cpu, dev, setup)
         }))
         .map_err(anyhow::Error::msg)?;
         match r {
             Ok(c) => {
-                let w = |x: Option<&device_check::TensorError>| {
+                let w = |x: Option<&parity::TensorError>| {
                     x.map_or("-".into(), |x| format!("{:.1e} ({})", x.rel, x.path))
                 };
                 let verdict = if c.passed() { ": PASS" } else { ": FAIL" };
@@ -248,9 +249,7 @@ fn run<D: Device<f32> + Synchronize + Cache>(
         for &b in &cli.batch_sizes {
             dev.empty_cache();
             let r = with_model!(name.as_str(), |M| caught(|| {
-                device_check::time_steps::<M<1000, f32, D>, D>(
-                    name, dev, b, cli.side, timing, memory,
-                )
+                timing::time_steps::<M<1000, f32, D>, D>(name, dev, b, cli.side, timing, memory)
             }))
             .map_err(anyhow::Error::msg)?;
             match r {
@@ -278,7 +277,7 @@ fn run<D: Device<f32> + Synchronize + Cache>(
     }
     if cli.ops_batch > 0 {
         dev.empty_cache();
-        match caught(|| device_check::time_ops(dev, cli.ops_batch, 10)) {
+        match caught(|| timing::time_ops(dev, cli.ops_batch, 10)) {
             Ok(t) => {
                 for (op, s) in &t.ops {
                     println!(
@@ -304,7 +303,7 @@ fn run<D: Device<f32> + Synchronize + Cache>(
         let loader = train::train_loader(&cfg, std::sync::Arc::new(ds))?;
         let name = cli.loader_model.as_str();
         let r = with_model!(name, |M| caught(|| {
-            device_check::time_loader_training::<M<1000, f32, D>, D>(
+            timing::time_loader_training::<M<1000, f32, D>, D>(
                 name,
                 dev,
                 &loader,

@@ -144,7 +144,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             .into_iter()
             .flat_map(|s| s.files.into_iter().map(|f| f.path))
             .collect();
-        resnet_imagenet::bench::drop_from_cache(&files)
+        resnet_imagenet::measure::drop_from_cache(&files)
             .context("dropping the input files from the page cache")?;
     }
     if cli.decode_only {

@@ -12,8 +12,7 @@ use resnet_imagenet::model::summary;
 use resnet_imagenet::model::zoo::{self, CLASS_COUNTS, Family, MODELS, Network, NetworkUser};
 use resnet_imagenet::pack::{self, PackOptions};
 use resnet_imagenet::progress::ProgressMode;
-use resnet_imagenet::train::schedule::Schedule;
-use resnet_imagenet::train::{self, TrainConfig, TrainError};
+use resnet_imagenet::train::{self, Choices, DeviceKind, ScheduleKind, Start, TrainError};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -92,30 +91,30 @@ struct TrainArgs {
     /// Learning rate, above 0 [default: 0.1 x batch / 256; CIFAR models 0.1].
     #[arg(long, value_parser = positive)]
     lr: Option<f64>,
-    /// SGD momentum, in [0, 1).
-    #[arg(long, default_value_t = 0.9, value_parser = momentum)]
-    momentum: f64,
-    /// Weight decay, at least 0.
-    #[arg(long, default_value_t = 1e-4, value_parser = non_negative)]
-    weight_decay: f64,
+    /// SGD momentum, in [0, 1) [default: 0.9].
+    #[arg(long, value_parser = momentum)]
+    momentum: Option<f64>,
+    /// Weight decay, at least 0 [default: 0.0001].
+    #[arg(long, value_parser = non_negative)]
+    weight_decay: Option<f64>,
     /// `plateau` (divide by 10 when the val error stalls; the paper's, the default) or `step` (at --milestones).
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleKind>,
+    /// Plateau: epochs without improvement before the lr falls [default: 5].
     #[arg(long)]
-    schedule: Option<String>,
-    /// Plateau: epochs without improvement before the lr falls.
-    #[arg(long, default_value_t = 5)]
-    patience: usize,
-    /// Plateau: smallest improvement of the val top-1 error that counts (0..1).
-    #[arg(long, default_value_t = 1e-3, value_parser = non_negative)]
-    threshold: f64,
+    patience: Option<usize>,
+    /// Plateau: smallest improvement of the val top-1 error that counts (0..1) [default: 0.001].
+    #[arg(long, value_parser = non_negative)]
+    threshold: Option<f64>,
     /// Step: epochs at which the lr falls; values below 1 are fractions of the run (0.5,0.75: the CIFAR recipe).
     #[arg(long, value_delimiter = ',')]
     milestones: Option<Vec<f64>>,
-    /// Linear warm-up, epochs (at least 0).
-    #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
-    warmup: f64,
-    /// Seed (initialisation and data order).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Linear warm-up, epochs (at least 0) [default: 0].
+    #[arg(long, value_parser = non_negative)]
+    warmup: Option<f64>,
+    /// Seed (initialisation and data order) [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
     /// Loader threads, at least 1 [default: all cores].
     #[arg(long, short, value_parser = at_least_1)]
     workers: Option<usize>,
@@ -142,8 +141,8 @@ struct TrainArgs {
     #[arg(long)]
     resume: Option<PathBuf>,
     /// `cpu`, or `cuda` (built with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
     /// No progress bar, and only errors logged.
     #[arg(long, short)]
     quiet: bool,
@@ -217,9 +216,11 @@ impl NetworkUser<Cpu> for SummaryOf {
 
 fn train_job(job: train::Job) -> Result<train::TrainReport, TrainError> {
     let (model, classes, seed) = (job.model().to_string(), job.classes(), job.config().seed);
-    match job.config().device.as_str() {
+    match job.config().device {
         #[cfg(feature = "cuda")]
-        "cuda" => zoo::with_network(&model, classes, TrainWith(job, train::cuda_device(seed)?))?,
+        DeviceKind::Cuda => {
+            zoo::with_network(&model, classes, TrainWith(job, train::cuda_device(seed)?))?
+        }
         _ => zoo::with_network(&model, classes, TrainWith(job, train::cpu_device(seed)))?,
     }
 }
@@ -236,132 +237,53 @@ fn packed_sample() -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-fn config(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
-    if let Some(r) = &a.resume {
-        // The checkpoint's run, continued in the folder given (not the one
-        // it was written in: a copied run continues in the copy); only
-        // these may change.
-        let mut c = train::checkpoint_config(r)?;
-        if let Some(e) = a.epochs {
-            c.epochs = e;
-        }
-        if let Some(w) = a.workers {
-            c.workers = w;
-        }
-        c.out = match &a.out {
-            Some(o) => o.clone(),
-            None => train::checkpoint::run_folder(r)?,
-        };
-        c.max_steps = a.max_steps;
-        c.debug_nan_at_step = a.debug_nan_at_step;
-        return Ok(c);
+/// How the run starts: resumed with what may change, or new from the choices.
+fn start(a: &TrainArgs) -> anyhow::Result<Start> {
+    if let Some(from) = &a.resume {
+        return Ok(Start::Resume(train::Resume {
+            from: from.clone(),
+            epochs: a.epochs,
+            max_steps: a.max_steps,
+            workers: a.workers,
+            out: a.out.clone(),
+        }));
     }
-    let sample = a.data.is_none();
-    let data = match &a.data {
-        Some(d) => d.clone(),
-        None => packed_sample()?,
-    };
-    // The sample job: ResNet-18 on 58 photos, 64x64 crops, a few minutes on a CPU.
-    let model = a.model.clone().unwrap_or_else(|| "resnet18".to_string());
-    let mut c = TrainConfig::paper(data, &model);
-    let cifar = zoo::family(&model) == Some(Family::Cifar);
-    if zoo::family(&model).is_none() {
-        anyhow::bail!(zoo::ZooError::UnknownModel { name: model });
-    }
-    if sample {
-        c.batch_size = 16;
-        c.epochs = 30;
-        c.crop = 64;
-        c.lr = 0.05;
-        c.schedule = Schedule::Step {
-            milestones: vec![20.0, 27.0],
-            factor: 0.1,
-        };
-        c.out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sample-run");
-    } else {
-        c.out = PathBuf::from("runs").join(&model);
-    }
-    if let Some(b) = a.batch_size {
-        c.batch_size = b;
-    }
-    if let Some(e) = a.epochs {
-        c.epochs = e;
-    }
-    if let Some(crop) = a.crop {
-        c.crop = crop;
-    }
-    c.lr = match a.lr {
-        Some(lr) => lr,
-        None if sample => c.lr,
-        None if cifar => 0.1,
-        None => 0.1 * c.batch_size as f64 / 256.0,
-    };
-    c.scale = match &a.scale {
-        Some(s) => (s[0], s[1]),
-        None => ((256 * c.crop).div_ceil(224), (480 * c.crop).div_ceil(224)),
-    };
-    c.eval_resize = if cifar {
-        c.crop
-    } else {
-        (256 * c.crop).div_ceil(224)
-    };
-    c.max_steps = a.max_steps;
-    c.momentum = a.momentum;
-    c.weight_decay = a.weight_decay;
-    let schedule = match (&a.schedule, &a.milestones) {
-        (Some(s), _) => s.as_str(),
-        (None, Some(_)) => "step",
-        (None, None) if sample => "sample",
-        (None, None) => "plateau",
-    };
-    c.schedule = match schedule {
-        "sample" => c.schedule,
-        "plateau" => Schedule::Plateau {
-            patience: a.patience,
-            threshold: a.threshold,
-            factor: 0.1,
+    let choices = Choices {
+        sample: a.data.is_none(),
+        data: match &a.data {
+            Some(d) => d.clone(),
+            None => packed_sample()?,
         },
-        "step" => {
-            let m = a
-                .milestones
-                .clone()
-                .context("--schedule step needs --milestones")?;
-            let epochs = c.epochs as f64;
-            Schedule::Step {
-                milestones: m
-                    .iter()
-                    .map(|&v| if v < 1.0 { v * epochs } else { v })
-                    .collect(),
-                factor: 0.1,
-            }
-        }
-        other => anyhow::bail!("--schedule {other:?}: expected plateau or step"),
+        model: a.model.clone(),
+        batch_size: a.batch_size,
+        epochs: a.epochs,
+        max_steps: a.max_steps,
+        lr: a.lr,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        schedule: a.schedule,
+        patience: a.patience,
+        threshold: a.threshold,
+        milestones: a.milestones.clone(),
+        warmup_epochs: a.warmup,
+        seed: a.seed,
+        workers: a.workers,
+        crop: a.crop,
+        scale: a.scale.as_ref().map(|s| (s[0], s[1])),
+        zero_init_last_bn: a.zero_init_residual,
+        checkpoint_every: a.checkpoint_every,
+        no_final_eval: a.no_final_eval,
+        out: a.out.clone(),
+        device: a.device,
     };
-    c.warmup_epochs = a.warmup;
-    c.seed = a.seed;
-    if let Some(w) = a.workers {
-        c.workers = w;
-    }
-    c.zero_init_last_bn = a.zero_init_residual;
-    c.checkpoint_every = a.checkpoint_every;
-    c.final_eval = !a.no_final_eval;
-    if let Some(o) = &a.out {
-        c.out = o.clone();
-    }
-    c.device = a.device.clone();
-    c.debug_nan_at_step = a.debug_nan_at_step;
-    Ok(c)
-}
-
-fn pct(x: f64) -> String {
-    format!("{:.1}%", 100.0 * x)
+    Ok(Start::New(choices.config()?))
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Plot { log, output }) => {
             let png = output.unwrap_or_else(|| log.with_file_name("curves.png"));
-            train::log::plot(&log, &png, "training curves")?;
+            train::runlog::plot(&log, &png, "training curves")?;
             println!("wrote {}", png.display());
             return Ok(ExitCode::SUCCESS);
         }
@@ -380,22 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                let line = |name: &str, a: &train::metrics::Accuracy| {
-                    println!(
-                        "{name:<12} top-1 error {}  top-5 error {}  loss {:.4}  ({} images)",
-                        pct(a.top1_error()),
-                        pct(a.top5_error()),
-                        a.loss(),
-                        a.n
-                    )
-                };
-                line("centre crop", &r.center);
-                if let Some(t) = &r.ten_crop {
-                    line("ten-crop", t);
-                }
-                if let Some(m) = &r.multiscale {
-                    line(&format!("scales {:?}", r.scales), m);
-                }
+                print!("{r}");
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -418,12 +325,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         print!("{}", zoo::with_network(model, a.classes, SummaryOf(size))?);
         return Ok(ExitCode::SUCCESS);
     }
-    let cfg = config(&a)?;
     let progress = if a.quiet || a.json {
         ProgressMode::Hidden
     } else {
         ProgressMode::Auto
     };
+    let mut job = train::prepare(start(&a)?, progress)?;
+    job.inject_nan_at_step(a.debug_nan_at_step);
+    let cfg = job.config();
     eprintln!(
         "training {} on {} ({} epochs, batch {}, lr {}, crop {}) -> {}",
         cfg.model,
@@ -434,50 +343,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cfg.crop,
         cfg.out.display()
     );
-    match train::prepare(cfg, a.resume.as_deref(), progress).and_then(train_job) {
-        Ok(r) => {
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                println!(
-                    "{} steps, {:.1} training images/s",
-                    r.steps, r.images_per_sec
-                );
-                if let Some(e) = &r.last_epoch {
-                    println!(
-                        "validation (centre crop, {} images): top-1 accuracy {} (error {}), top-5 accuracy {}",
-                        e.val_images,
-                        pct(1.0 - e.val_top1_error),
-                        pct(e.val_top1_error),
-                        pct(1.0 - e.val_top5_error)
-                    );
-                }
-                if let Some(f) = &r.final_eval {
-                    println!(
-                        "ten-crop top-1 error {}, top-5 {}; multi-scale {:?} top-1 error {}, top-5 {}",
-                        pct(f.ten_crop_top1_error),
-                        pct(f.ten_crop_top5_error),
-                        f.scales,
-                        pct(f.multiscale_top1_error),
-                        pct(f.multiscale_top5_error)
-                    );
-                }
-                println!("log: {}", r.log.display());
-                if let Some(p) = &r.plot {
-                    println!("plot: {}", p.display());
-                }
-                if let Some(c) = &r.checkpoint {
-                    println!("checkpoint: {}", c.display());
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+    match train_job(job) {
+        Ok(r) if a.json => println!("{}", serde_json::to_string_pretty(&r)?),
+        Ok(r) => print!("{r}"),
         Err(e @ TrainError::NonFinite { .. }) => {
             eprintln!("error: {e}");
-            Ok(ExitCode::from(1))
+            return Ok(ExitCode::from(1));
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

@@ -14,7 +14,7 @@
 //! Like the im2col op it runs only for `f32` on the [`Cpu`] and is reached
 //! through dfdx's public API (see `conv::cpu`).
 
-use super::conv::cpu::same;
+use super::dispatch::same;
 use dfdx::nn::modules::BatchNorm1D;
 use dfdx::prelude::*;
 use rayon::prelude::*;

@@ -5,77 +5,12 @@
 //! identities throughout; where dimensions increase they subsample with
 //! stride 2 and pad the new channels with zeros (option A, no parameters).
 
-use super::conv::{Out, im2col_index};
+use super::blocks::{Basic, BasicA, BnTape, ConvBn, Layer, PlainBasic, Stage, conv_bn_fields};
 use super::pool::global_avg_pool;
-use super::resnet::{Act, Basic, BnTape, ConvBn, Layer, PlainBasic, Stage, collection};
-use super::shape::{Halvable, Spatial, Stride, out_side};
+use super::shape::{Act, Halvable};
+use super::summary::{Describe, Row, join};
 use dfdx::nn::modules::Linear;
 use dfdx::prelude::*;
-
-/// Basic block with an option-A shortcut: `I -> O` channels, stride `S`.
-#[derive(Debug, Clone)]
-pub struct BasicA<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>> {
-    /// 3x3 strided conv + BN.
-    pub a: ConvBn<I, O, 3, S, 1, E, D>,
-    /// 3x3 conv + BN.
-    pub b: ConvBn<O, O, 3, 1, 1, E, D>,
-}
-
-collection!(BasicA<I, O, S> { a, b }, const I: usize, const O: usize, const S: usize, E, D);
-
-/// Option A: `x[:, ::S, ::S, :]` followed by zero channels up to `O`.
-pub fn shortcut_a<
-    const I: usize,
-    const O: usize,
-    const S: usize,
-    B: Dim,
-    H: Halvable,
-    W: Halvable,
-    E: Dtype,
-    D: Device<E>,
-    T: Tape<E, D>,
->(
-    x: Act<B, H, W, I, E, D, T>,
-) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T>
-where
-    Stride<S>: Spatial,
-{
-    assert!(O >= I);
-    let (b, hd, wd, _) = *x.shape();
-    let (h, w) = (hd.size(), wd.size());
-    let dev = x.device().clone();
-    let (idx, _, oh, ow) = im2col_index(b.size(), h, w, 1, S, 0);
-    let m = idx.len();
-    let rows = x.reshape_like(&(b.size() * h * w, Const::<I>));
-    let sub: Tensor<(usize, Const<I>), E, D, T> = rows.gather(dev.tensor_from_vec(idx, (m,)));
-    // [I, O] = [identity | zeros]: a constant, so no parameter and no gradient of its own.
-    let mut pad = vec![E::default(); I * O];
-    for c in 0..I {
-        pad[c * O + c] = E::ONE;
-    }
-    let pad = dev.tensor_from_vec(pad, (Const::<I>, Const::<O>));
-    let shape = (
-        b,
-        out_side::<Stride<S>, H>(oh),
-        out_side::<Stride<S>, W>(ow),
-        Const,
-    );
-    sub.matmul(pad).reshape_like(&shape)
-}
-
-impl<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>>
-    Layer<I, O, Stride<S>, E, D> for BasicA<I, O, S, E, D>
-where
-    Stride<S>: Spatial,
-{
-    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
-        &mut self,
-        x: Act<B, H, W, I, E, D, T>,
-    ) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T> {
-        let y = self.b.fwd(self.a.fwd(x.with_empty_tape()).relu());
-        (y + shortcut_a::<I, O, S, B, H, W, E, D, T>(x)).relu()
-    }
-}
 
 /// A network of the paper's CIFAR family: 3x3 stem with 16 filters, three
 /// stages (`L1`: 16, `L2`: 32, `L3`: 64 filters), global average pooling,
@@ -110,14 +45,17 @@ where
     ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
             (
-                Self::module("stem", |s| &s.stem, |s| &mut s.stem),
+                conv_bn_fields!(Self, stem, "conv1", "bn1"),
                 Self::module("layer1", |s| &s.layer1, |s| &mut s.layer1),
                 Self::module("layer2", |s| &s.layer2, |s| &mut s.layer2),
                 Self::module("layer3", |s| &s.layer3, |s| &mut s.layer3),
                 Self::module("fc", |s| &s.fc, |s| &mut s.fc),
             ),
             |(stem, layer1, layer2, layer3, fc)| CifarNet {
-                stem,
+                stem: ConvBn {
+                    conv: stem.0,
+                    bn: stem.1,
+                },
                 layer1,
                 layer2,
                 layer3,
@@ -129,9 +67,9 @@ where
 
 impl<L1, L2, L3, const N: usize, E: Dtype, D: Device<E>> CifarNet<L1, L2, L3, N, E, D>
 where
-    L1: Layer<16, 16, Stride<1>, E, D>,
-    L2: Layer<16, 32, Stride<2>, E, D>,
-    L3: Layer<32, 64, Stride<2>, E, D>,
+    L1: Layer<E, D, In = Const<16>, Out = Const<16>>,
+    L2: Layer<E, D, In = Const<16>, Out = Const<32>>,
+    L3: Layer<E, D, In = Const<32>, Out = Const<64>>,
 {
     /// Logits for NHWC images `(B, H, W, 3)` (32x32 in the paper); traced trains, untraced evaluates.
     pub fn forward<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
@@ -148,12 +86,25 @@ where
     }
 }
 
+impl<L1: Describe, L2: Describe, L3: Describe, const N: usize, E: Dtype, D: Device<E>> Describe
+    for CifarNet<L1, L2, L3, N, E, D>
+{
+    fn describe(&self, prefix: &str, hw: (usize, usize), rows: &mut Vec<Row>) -> (usize, usize) {
+        let hw = self.stem.describe(&join(prefix, "conv1"), hw, rows);
+        let hw = self.layer1.describe(&join(prefix, "layer1"), hw, rows);
+        let hw = self.layer2.describe(&join(prefix, "layer2"), hw, rows);
+        let hw = self.layer3.describe(&join(prefix, "layer3"), hw, rows);
+        self.fc.describe(&join(prefix, "fc"), hw, rows);
+        hw
+    }
+}
+
 /// A CIFAR ResNet with `n` blocks per stage (`R = n - 1` after each stage's
 /// first), option-A shortcuts, and `N` classes.
 pub type CifarResNet<const R: usize, const N: usize, E, D> = CifarNet<
-    Stage<16, 16, Basic<16, E, D>, Basic<16, E, D>, R, E, D>,
-    Stage<16, 32, BasicA<16, 32, 2, E, D>, Basic<32, E, D>, R, E, D>,
-    Stage<32, 64, BasicA<32, 64, 2, E, D>, Basic<64, E, D>, R, E, D>,
+    Stage<Basic<16, E, D>, Basic<16, E, D>, R, E, D>,
+    Stage<BasicA<16, 32, 2, E, D>, Basic<32, E, D>, R, E, D>,
+    Stage<BasicA<32, 64, 2, E, D>, Basic<64, E, D>, R, E, D>,
     N,
     E,
     D,
@@ -161,9 +112,9 @@ pub type CifarResNet<const R: usize, const N: usize, E, D> = CifarNet<
 
 /// The plain counterpart of [`CifarResNet`] (same layers, no shortcuts).
 pub type CifarPlain<const R: usize, const N: usize, E, D> = CifarNet<
-    Stage<16, 16, PlainBasic<16, 16, 1, E, D>, PlainBasic<16, 16, 1, E, D>, R, E, D>,
-    Stage<16, 32, PlainBasic<16, 32, 2, E, D>, PlainBasic<32, 32, 1, E, D>, R, E, D>,
-    Stage<32, 64, PlainBasic<32, 64, 2, E, D>, PlainBasic<64, 64, 1, E, D>, R, E, D>,
+    Stage<PlainBasic<16, 16, 1, E, D>, PlainBasic<16, 16, 1, E, D>, R, E, D>,
+    Stage<PlainBasic<16, 32, 2, E, D>, PlainBasic<32, 32, 1, E, D>, R, E, D>,
+    Stage<PlainBasic<32, 64, 2, E, D>, PlainBasic<64, 64, 1, E, D>, R, E, D>,
     N,
     E,
     D,
@@ -221,32 +172,5 @@ mod tests {
         assert_eq!(m.num_trainable_params(), expected(9));
         let m: ResNet110<10, f32, Cpu> = BuildModule::build(&dev);
         assert_eq!(m.num_trainable_params(), expected(18)); // "1.7M"
-    }
-
-    #[test]
-    fn option_a_subsamples_and_zero_pads() {
-        let dev: Cpu = Default::default();
-        let x = dev.tensor_from_vec(
-            (0..2 * 4 * 4 * 2).map(|v| v as f32).collect(),
-            (2usize, 4usize, 4usize, Const::<2>),
-        );
-        let y = shortcut_a::<2, 4, 2, usize, usize, usize, f32, Cpu, NoneTape>(x.clone());
-        assert_eq!(y.shape(), &(2, 2, 2, Const::<4>));
-        let (xv, yv) = (x.as_vec(), y.as_vec());
-        for n in 0..2 {
-            for oy in 0..2 {
-                for ox in 0..2 {
-                    for c in 0..4 {
-                        let got = yv[((n * 2 + oy) * 2 + ox) * 4 + c];
-                        let want = if c < 2 {
-                            xv[((n * 4 + oy * 2) * 4 + ox * 2) * 2 + c]
-                        } else {
-                            0.0
-                        };
-                        assert_eq!(got, want);
-                    }
-                }
-            }
-        }
     }
 }

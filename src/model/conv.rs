@@ -20,6 +20,7 @@
 //!   concatenation, which dfdx compiles at run time on CUDA; on the CPU,
 //!   where this path only serves the tests, they gather an appended zero row).
 
+use super::dispatch;
 use super::shape::{Act, Halvable, Spatial, Stride, out_side};
 use dfdx::prelude::*;
 use std::collections::HashMap;
@@ -170,7 +171,7 @@ impl<
             let m = idx.len();
             // The CPU concatenates a zero row (cheap there); other devices keep the
             // mask, since dfdx compiles its CUDA concat kernel at run time.
-            let on_cpu = cpu::is_cpu::<D>();
+            let on_cpu = dispatch::is_cpu::<D>();
             let zero_idx = match (&mask, on_cpu) {
                 (Some(mk), true) => {
                     let zero_row = b * h * w;
@@ -212,7 +213,7 @@ impl<
     {
         const { assert!(K == 2 * P + 1, "ResNet windows are centred: K = 2P + 1") };
         let pointwise = K == 1 && S == 1 && P == 0;
-        if pointwise || !cpu::is_cpu_f32::<E, D>() {
+        if pointwise || !dispatch::is_cpu_f32::<E, D>() {
             return self.forward_gather(x);
         }
         let (b, h, w, _) = *x.shape();
@@ -233,7 +234,7 @@ impl<
     /// (dfdx compiles the CUDA kernel that copies a permuted tensor at run
     /// time, with headers from the build machine).
     fn weight_matrix<T: Tape<E, D>>(&self) -> Tensor<(usize, Const<O>), E, D, T> {
-        if cpu::is_cpu::<D>() {
+        if dispatch::is_cpu::<D>() {
             self.weight_matrix_permuted()
         } else {
             self.weight_matrix_gathered()
@@ -464,7 +465,7 @@ mod tests {
             let y = match path {
                 "cpu op" => conv.forward(x.leaky_trace()),
                 "gather, zero row" => fresh.forward_gather(x.leaky_trace()),
-                _ => cpu::with_generic_ops(|| fresh.forward(x.leaky_trace())),
+                _ => dispatch::with_generic_ops(|| fresh.forward(x.leaky_trace())),
             };
             assert_eq!((y.shape().1.size(), y.shape().2.size()), (oh, ow));
             let y = y.reshape_like(&(b, oh, ow, Const::<O>));

@@ -6,16 +6,20 @@
 //! Activations are NHWC: `(B, H, W, Const<C>)`, spatial sizes `usize` or
 //! `Const` ([`shape`]: a size mismatch between `Const` layers is a compile error).
 //!
-//! - [`conv`], [`pool`]: the layers, checked against f64 references in value and gradients.
-//! - [`resnet`]: blocks, stages and the ImageNet ResNets of Table 1 (v1, v1.5, options A/B/C, plain).
+//! - [`conv`], [`pool`], [`batchnorm`]: the layers, checked against f64 references in value and gradients.
+//! - [`dispatch`]: which ops take the custom CPU path and which dfdx's generic one.
+//! - [`blocks`]: convolution + BatchNorm, every residual and plain block (shortcut options A/B/C), stages.
+//! - [`resnet`]: the ImageNet ResNets of Table 1 (v1, v1.5, options A/B/C, plain).
 //! - [`cifar`]: the paper's CIFAR ResNets and plain nets (option A).
 //! - [`state`]: named tensors, torchvision names, safetensors in and out.
 //! - [`summary`]: per-layer output shapes, parameters and multiply-adds.
 //! - [`zoo`]: every model by name behind the [`zoo::Network`] trait the trainer uses.
 
 pub mod batchnorm;
+pub mod blocks;
 pub mod cifar;
 pub mod conv;
+pub mod dispatch;
 pub mod pool;
 pub mod resnet;
 pub mod shape;

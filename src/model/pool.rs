@@ -109,17 +109,9 @@ where
 }
 
 /// Global average pooling: `(B, H, W, C)` → `(B, C)`.
-pub fn global_avg_pool<
-    B: Dim,
-    H: Dim,
-    W: Dim,
-    const C: usize,
-    E: Dtype,
-    D: Device<E>,
-    T: Tape<E, D>,
->(
-    x: Tensor<(B, H, W, Const<C>), E, D, T>,
-) -> Tensor<(B, Const<C>), E, D, T> {
+pub fn global_avg_pool<B: Dim, H: Dim, W: Dim, C: Dim, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+    x: Tensor<(B, H, W, C), E, D, T>,
+) -> Tensor<(B, C), E, D, T> {
     x.mean::<_, Axes2<1, 2>>()
 }
 

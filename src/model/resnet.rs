@@ -1,395 +1,30 @@
-//! Residual blocks and the ImageNet ResNets of the paper's Table 1.
+//! The ImageNet ResNets of the paper's Table 1, and their variants.
 //!
-//! Channels and strides are const generics, spatial sizes `usize` or `Const`
-//! (mapped by each layer's stride, see [`super::shape`]): a channel or size
-//! mismatch between layers is a compile error. Blocks come in two kinds, as
-//! in the paper with shortcut option B: identity blocks (`Basic`,
-//! `Bottleneck`) and the first block of a stage, which projects the
-//! shortcut with a strided 1x1 convolution (`BasicDown`, `BottleneckDown`).
-//! Bottlenecks put the stride on the first 1x1 convolution (the paper's v1).
-//!
-//! BatchNorm is dfdx's `BatchNorm1D` on the `(B*H*W, C)` view, which has
-//! BatchNorm2d's semantics. Training (batch statistics, running averages
-//! updated) or evaluation (running statistics) follows the tape: a traced
-//! input (`OwnedTape`) trains, an untraced one (`NoneTape`) evaluates.
+//! A stem (7x7/2 conv, 3x3/2 max pool), four stages of blocks from
+//! [`super::blocks`], global average pooling and a fully connected layer.
+//! Blocks come in two kinds, as in the paper with shortcut option B: identity
+//! blocks (`Basic`, `Bottleneck`) and the first block of a stage, which
+//! projects the shortcut with a strided 1x1 convolution (`BasicDown`,
+//! `BottleneckDown`). Bottlenecks put the stride on the first 1x1
+//! convolution (the paper's v1); the `V15` aliases put it on the 3x3.
 
-use super::cifar::BasicA;
-use super::conv::{Conv2d, Out};
+use super::blocks::{
+    Basic, BasicA, BasicDown, BnTape, Bottleneck, BottleneckDown, BottleneckDownV15, ConvBn, Layer,
+    PlainBasic, Stage, conv_bn_fields,
+};
 use super::pool::{global_avg_pool, max_pool};
-use super::shape::{Halvable, Spatial, Stride};
-use dfdx::nn::modules::{BatchNorm1D, Linear, Repeated};
+use super::shape::{Act, Halvable};
+use super::summary::{Describe, Row, join};
+use dfdx::nn::modules::Linear;
 use dfdx::prelude::*;
-use std::marker::PhantomData;
 
-/// The two tapes, each with its BatchNorm behaviour.
-pub trait BnTape<E: Dtype, D: Device<E>>: Tape<E, D> + Sized {
-    /// Normalises `(N, C)` rows with `bn`.
-    fn batch_norm<const C: usize>(
-        bn: &mut BatchNorm1D<C, E, D>,
-        x: Tensor<(usize, Const<C>), E, D, Self>,
-    ) -> Tensor<(usize, Const<C>), E, D, Self>;
-}
-
-impl<E: Dtype, D: Device<E>> BnTape<E, D> for NoneTape {
-    fn batch_norm<const C: usize>(
-        bn: &mut BatchNorm1D<C, E, D>,
-        x: Tensor<(usize, Const<C>), E, D, Self>,
-    ) -> Tensor<(usize, Const<C>), E, D, Self> {
-        bn.forward(x)
-    }
-}
-
-impl<E: Dtype, D: Device<E>> BnTape<E, D> for OwnedTape<E, D> {
-    fn batch_norm<const C: usize>(
-        bn: &mut BatchNorm1D<C, E, D>,
-        x: Tensor<(usize, Const<C>), E, D, Self>,
-    ) -> Tensor<(usize, Const<C>), E, D, Self> {
-        if super::conv::cpu::is_cpu_f32::<E, D>() {
-            super::batchnorm::train_forward(bn, x) // fused and multi-threaded
-        } else {
-            bn.forward_mut(x)
-        }
-    }
-}
-
-pub use super::shape::Act;
-
-/// A layer from `I` to `O` channels whose spatial sides map by `M`
-/// ([`Stride<1>`] keeps them, [`Stride<2>`] halves them).
-pub trait Layer<const I: usize, const O: usize, M: Spatial, E: Dtype, D: Device<E>> {
-    /// Forward; trains or evaluates according to the tape (see the module docs).
-    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
-        &mut self,
-        x: Act<B, H, W, I, E, D, T>,
-    ) -> Act<B, M::Out<H>, M::Out<W>, O, E, D, T>;
-}
-
-fn bn_nhwc<B: Dim, H: Dim, W: Dim, const C: usize, E: Dtype, D: Device<E>, T: BnTape<E, D>>(
-    bn: &mut BatchNorm1D<C, E, D>,
-    x: Act<B, H, W, C, E, D, T>,
-) -> Act<B, H, W, C, E, D, T> {
-    let (b, h, w, c) = *x.shape();
-    let rows = x.reshape_like(&(b.size() * h.size() * w.size(), c));
-    T::batch_norm(bn, rows).reshape_like(&(b, h, w, c))
-}
-
-/// Convolution followed by BatchNorm.
+/// An ImageNet ResNet: 7x7/2 stem, 3x3/2 max pool, four stages, global
+/// average pool, and the classifier `Fc` (a `Linear` from the last stage's
+/// channels to the classes). The stages' channels chain by type
+/// ([`Layer::In`] = the previous [`Layer::Out`]).
 #[derive(Debug, Clone)]
-pub struct ConvBn<
-    const I: usize,
-    const O: usize,
-    const K: usize,
-    const S: usize,
-    const P: usize,
-    E: Dtype,
-    D: Device<E>,
-> {
-    /// The convolution.
-    pub conv: Conv2d<I, O, K, S, P, E, D>,
-    /// Its BatchNorm.
-    pub bn: BatchNorm1D<O, E, D>,
-}
-
-impl<
-    const I: usize,
-    const O: usize,
-    const K: usize,
-    const S: usize,
-    const P: usize,
-    E: Dtype,
-    D: Device<E>,
-> Layer<I, O, Stride<S>, E, D> for ConvBn<I, O, K, S, P, E, D>
-where
-    Stride<S>: Spatial,
-{
-    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
-        &mut self,
-        x: Act<B, H, W, I, E, D, T>,
-    ) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T> {
-        bn_nhwc(&mut self.bn, self.conv.forward(x))
-    }
-}
-
-macro_rules! collection {
-    // A struct of named module fields, visited in order.
-    ($ty:ident < $($p:ident),* > { $($field:ident),+ }, $($bounds:tt)*) => {
-        impl<$($bounds)*> TensorCollection<E, D> for $ty<$($p,)* E, D>
-        where
-            E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
-            D: Device<E>,
-            rand_distr::StandardNormal: rand_distr::Distribution<E>,
-        {
-            type To<E2: Dtype, D2: Device<E2>> = $ty<$($p,)* E2, D2>;
-            fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-                visitor: &mut V,
-            ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-                visitor.visit_fields(
-                    ($(Self::module(stringify!($field), |s| &s.$field, |s| &mut s.$field),)+),
-                    |($($field,)+)| $ty { $($field,)+ },
-                )
-            }
-        }
-    };
-}
-pub(crate) use collection;
-
-collection!(ConvBn<I, O, K, S, P> { conv, bn }, const I: usize, const O: usize, const K: usize, const S: usize, const P: usize, E, D);
-
-/// Basic block, identity shortcut: `C -> C`, stride 1.
-#[derive(Debug, Clone)]
-pub struct Basic<const C: usize, E: Dtype, D: Device<E>> {
-    /// 3x3 conv + BN.
-    pub a: ConvBn<C, C, 3, 1, 1, E, D>,
-    /// 3x3 conv + BN.
-    pub b: ConvBn<C, C, 3, 1, 1, E, D>,
-}
-collection!(Basic<C> { a, b }, const C: usize, E, D);
-
-impl<const C: usize, E: Dtype, D: Device<E>> Layer<C, C, Stride<1>, E, D> for Basic<C, E, D> {
-    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
-        &mut self,
-        x: Act<B, H, W, C, E, D, T>,
-    ) -> Act<B, H, W, C, E, D, T> {
-        let y = self.b.fwd(self.a.fwd(x.with_empty_tape()).relu());
-        (y + x).relu()
-    }
-}
-
-/// Basic block whose shortcut is projected (option B): `I -> O`, stride `S`.
-#[derive(Debug, Clone)]
-pub struct BasicDown<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>> {
-    /// 3x3 strided conv + BN.
-    pub a: ConvBn<I, O, 3, S, 1, E, D>,
-    /// 3x3 conv + BN.
-    pub b: ConvBn<O, O, 3, 1, 1, E, D>,
-    /// 1x1 strided projection + BN.
-    pub down: ConvBn<I, O, 1, S, 0, E, D>,
-}
-collection!(BasicDown<I, O, S> { a, b, down }, const I: usize, const O: usize, const S: usize, E, D);
-
-impl<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>>
-    Layer<I, O, Stride<S>, E, D> for BasicDown<I, O, S, E, D>
-where
-    Stride<S>: Spatial,
-{
-    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
-        &mut self,
-        x: Act<B, H, W, I, E, D, T>,
-    ) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T> {
-        let y = self.b.fwd(self.a.fwd(x.with_empty_tape()).relu());
-        (y + self.down.fwd(x)).relu()
-    }
-}
-
-/// Bottleneck block, identity shortcut: `C -> M -> M -> C` (C = 4M), stride 1.
-#[derive(Debug, Clone)]
-pub struct Bottleneck<const C: usize, const M: usize, E: Dtype, D: Device<E>> {
-    /// 1x1 reduce + BN.
-    pub a: ConvBn<C, M, 1, 1, 0, E, D>,
-    /// 3x3 + BN.
-    pub b: ConvBn<M, M, 3, 1, 1, E, D>,
-    /// 1x1 expand + BN.
-    pub c: ConvBn<M, C, 1, 1, 0, E, D>,
-}
-collection!(Bottleneck<C, M> { a, b, c }, const C: usize, const M: usize, E, D);
-
-impl<const C: usize, const M: usize, E: Dtype, D: Device<E>> Layer<C, C, Stride<1>, E, D>
-    for Bottleneck<C, M, E, D>
-{
-    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
-        &mut self,
-        x: Act<B, H, W, C, E, D, T>,
-    ) -> Act<B, H, W, C, E, D, T> {
-        let y = self
-            .c
-            .fwd(self.b.fwd(self.a.fwd(x.with_empty_tape()).relu()).relu());
-        (y + x).relu()
-    }
-}
-
-/// Bottleneck block with a projected shortcut: `I -> M -> M -> O`, stride `S`
-/// on the first 1x1 (the paper's v1).
-#[derive(Debug, Clone)]
-pub struct BottleneckDown<
-    const I: usize,
-    const M: usize,
-    const O: usize,
-    const S: usize,
-    E: Dtype,
-    D: Device<E>,
-> {
-    /// 1x1 strided reduce + BN.
-    pub a: ConvBn<I, M, 1, S, 0, E, D>,
-    /// 3x3 + BN.
-    pub b: ConvBn<M, M, 3, 1, 1, E, D>,
-    /// 1x1 expand + BN.
-    pub c: ConvBn<M, O, 1, 1, 0, E, D>,
-    /// 1x1 strided projection + BN.
-    pub down: ConvBn<I, O, 1, S, 0, E, D>,
-}
-collection!(BottleneckDown<I, M, O, S> { a, b, c, down }, const I: usize, const M: usize, const O: usize, const S: usize, E, D);
-
-impl<const I: usize, const M: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>>
-    Layer<I, O, Stride<S>, E, D> for BottleneckDown<I, M, O, S, E, D>
-where
-    Stride<S>: Spatial,
-{
-    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
-        &mut self,
-        x: Act<B, H, W, I, E, D, T>,
-    ) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T> {
-        let y = self
-            .c
-            .fwd(self.b.fwd(self.a.fwd(x.with_empty_tape()).relu()).relu());
-        (y + self.down.fwd(x)).relu()
-    }
-}
-
-/// Bottleneck with a projected shortcut and the stride on the 3x3
-/// (torchvision's "v1.5"): `I -> M -> M -> O`.
-#[derive(Debug, Clone)]
-pub struct BottleneckDownV15<
-    const I: usize,
-    const M: usize,
-    const O: usize,
-    const S: usize,
-    E: Dtype,
-    D: Device<E>,
-> {
-    /// 1x1 reduce + BN.
-    pub a: ConvBn<I, M, 1, 1, 0, E, D>,
-    /// 3x3 strided + BN.
-    pub b: ConvBn<M, M, 3, S, 1, E, D>,
-    /// 1x1 expand + BN.
-    pub c: ConvBn<M, O, 1, 1, 0, E, D>,
-    /// 1x1 strided projection + BN.
-    pub down: ConvBn<I, O, 1, S, 0, E, D>,
-}
-collection!(BottleneckDownV15<I, M, O, S> { a, b, c, down }, const I: usize, const M: usize, const O: usize, const S: usize, E, D);
-
-impl<const I: usize, const M: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>>
-    Layer<I, O, Stride<S>, E, D> for BottleneckDownV15<I, M, O, S, E, D>
-where
-    Stride<S>: Spatial,
-{
-    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
-        &mut self,
-        x: Act<B, H, W, I, E, D, T>,
-    ) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T> {
-        let y = self
-            .c
-            .fwd(self.b.fwd(self.a.fwd(x.with_empty_tape()).relu()).relu());
-        (y + self.down.fwd(x)).relu()
-    }
-}
-
-/// The "plain" counterpart of a basic block (no shortcut): `I -> O`, stride `S`.
-#[derive(Debug, Clone)]
-pub struct PlainBasic<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>> {
-    /// 3x3 strided conv + BN.
-    pub a: ConvBn<I, O, 3, S, 1, E, D>,
-    /// 3x3 conv + BN.
-    pub b: ConvBn<O, O, 3, 1, 1, E, D>,
-}
-collection!(PlainBasic<I, O, S> { a, b }, const I: usize, const O: usize, const S: usize, E, D);
-
-impl<const I: usize, const O: usize, const S: usize, E: Dtype, D: Device<E>>
-    Layer<I, O, Stride<S>, E, D> for PlainBasic<I, O, S, E, D>
-where
-    Stride<S>: Spatial,
-{
-    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
-        &mut self,
-        x: Act<B, H, W, I, E, D, T>,
-    ) -> Act<B, Out<S, H>, Out<S, W>, O, E, D, T> {
-        self.b.fwd(self.a.fwd(x).relu()).relu()
-    }
-}
-
-/// One stage: a projecting block, then `R` identity blocks.
-#[derive(Debug, Clone)]
-pub struct Stage<
-    const I: usize,
-    const O: usize,
-    First,
-    Rest,
-    const R: usize,
-    E: Dtype,
-    D: Device<E>,
-> {
-    /// The first (projecting) block.
-    pub first: First,
-    /// The identity blocks.
-    pub rest: Repeated<Rest, R>,
-    _m: PhantomData<(E, D)>,
-}
-
-impl<const I: usize, const O: usize, First, Rest, const R: usize, E, D> TensorCollection<E, D>
-    for Stage<I, O, First, Rest, R, E, D>
-where
-    E: Dtype,
-    D: Device<E>,
-    First: TensorCollection<E, D>,
-    Rest: TensorCollection<E, D>,
-{
-    type To<E2: Dtype, D2: Device<E2>> =
-        Stage<I, O, First::To<E2, D2>, Rest::To<E2, D2>, R, E2, D2>;
-
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(
-            (
-                Self::module("first", |s| &s.first, |s| &mut s.first),
-                Self::module("rest", |s| &s.rest, |s| &mut s.rest),
-            ),
-            |(first, rest)| Stage {
-                first,
-                rest,
-                _m: PhantomData,
-            },
-        )
-    }
-}
-
-impl<const I: usize, const O: usize, First, Rest, const R: usize, M, E, D> Layer<I, O, M, E, D>
-    for Stage<I, O, First, Rest, R, E, D>
-where
-    E: Dtype,
-    D: Device<E>,
-    M: Spatial,
-    First: Layer<I, O, M, E, D>,
-    Rest: Layer<O, O, Stride<1>, E, D>,
-{
-    fn fwd<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
-        &mut self,
-        x: Act<B, H, W, I, E, D, T>,
-    ) -> Act<B, M::Out<H>, M::Out<W>, O, E, D, T> {
-        let mut y = self.first.fwd(x);
-        for block in &mut self.rest.modules {
-            y = block.fwd(y);
-        }
-        y
-    }
-}
-
-/// An ImageNet ResNet: 7x7/2 stem, 3x3/2 max pool, four stages (`C1..C4`
-/// output channels), global average pool, fully connected layer to `N` classes.
-#[derive(Debug, Clone)]
-pub struct ResNet<
-    L1,
-    L2,
-    L3,
-    L4,
-    const C1: usize,
-    const C2: usize,
-    const C3: usize,
-    const C4: usize,
-    const N: usize,
-    E: Dtype,
-    D: Device<E>,
-> {
-    /// Stem: 7x7/2 conv, 64 channels, + BN.
+pub struct ResNet<L1, L2, L3, L4, Fc, E: Dtype, D: Device<E>> {
+    /// Stem: 7x7/2 conv, 64 channels, + BN (`conv1`, `bn1`).
     pub stem: ConvBn<3, 64, 7, 2, 3, E, D>,
     /// Stage 1 (56x56 at 224 input).
     pub layer1: L1,
@@ -400,22 +35,10 @@ pub struct ResNet<
     /// Stage 4 (7x7).
     pub layer4: L4,
     /// Classifier.
-    pub fc: Linear<C4, N, E, D>,
+    pub fc: Fc,
 }
 
-impl<
-    L1,
-    L2,
-    L3,
-    L4,
-    const C1: usize,
-    const C2: usize,
-    const C3: usize,
-    const C4: usize,
-    const N: usize,
-    E,
-    D,
-> TensorCollection<E, D> for ResNet<L1, L2, L3, L4, C1, C2, C3, C4, N, E, D>
+impl<L1, L2, L3, L4, Fc, E, D> TensorCollection<E, D> for ResNet<L1, L2, L3, L4, Fc, E, D>
 where
     E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
     D: Device<E>,
@@ -424,17 +47,14 @@ where
     L2: TensorCollection<E, D>,
     L3: TensorCollection<E, D>,
     L4: TensorCollection<E, D>,
+    Fc: TensorCollection<E, D>,
 {
     type To<E2: Dtype, D2: Device<E2>> = ResNet<
         L1::To<E2, D2>,
         L2::To<E2, D2>,
         L3::To<E2, D2>,
         L4::To<E2, D2>,
-        C1,
-        C2,
-        C3,
-        C4,
-        N,
+        Fc::To<E2, D2>,
         E2,
         D2,
     >;
@@ -443,7 +63,7 @@ where
     ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
             (
-                Self::module("stem", |s| &s.stem, |s| &mut s.stem),
+                conv_bn_fields!(Self, stem, "conv1", "bn1"),
                 Self::module("layer1", |s| &s.layer1, |s| &mut s.layer1),
                 Self::module("layer2", |s| &s.layer2, |s| &mut s.layer2),
                 Self::module("layer3", |s| &s.layer3, |s| &mut s.layer3),
@@ -451,7 +71,10 @@ where
                 Self::module("fc", |s| &s.fc, |s| &mut s.fc),
             ),
             |(stem, layer1, layer2, layer3, layer4, fc)| ResNet {
-                stem,
+                stem: ConvBn {
+                    conv: stem.0,
+                    bn: stem.1,
+                },
                 layer1,
                 layer2,
                 layer3,
@@ -462,26 +85,14 @@ where
     }
 }
 
-impl<
-    L1,
-    L2,
-    L3,
-    L4,
-    const C1: usize,
-    const C2: usize,
-    const C3: usize,
-    const C4: usize,
-    const N: usize,
-    E,
-    D,
-> ResNet<L1, L2, L3, L4, C1, C2, C3, C4, N, E, D>
+impl<L1, L2, L3, L4, Fc, E, D> ResNet<L1, L2, L3, L4, Fc, E, D>
 where
     E: Dtype,
     D: Device<E>,
-    L1: Layer<64, C1, Stride<1>, E, D>,
-    L2: Layer<C1, C2, Stride<2>, E, D>,
-    L3: Layer<C2, C3, Stride<2>, E, D>,
-    L4: Layer<C3, C4, Stride<2>, E, D>,
+    L1: Layer<E, D, In = Const<64>>,
+    L2: Layer<E, D, In = L1::Out>,
+    L3: Layer<E, D, In = L2::Out>,
+    L4: Layer<E, D, In = L3::Out>,
 {
     /// Logits for a batch of NHWC images `(B, H, W, 3)`. A traced input
     /// trains (BatchNorm uses and updates batch statistics); an untraced one
@@ -489,10 +100,9 @@ where
     pub fn forward<B: Dim, H: Halvable, W: Halvable, T: BnTape<E, D>>(
         &mut self,
         x: Act<B, H, W, 3, E, D, T>,
-    ) -> Tensor<(B, Const<N>), E, D, T>
+    ) -> Fc::Output
     where
-        Linear<C4, N, E, D>:
-            Module<Tensor<(B, Const<C4>), E, D, T>, Output = Tensor<(B, Const<N>), E, D, T>>,
+        Fc: Module<Tensor<(B, L4::Out), E, D, T>>,
     {
         let x = self.stem.fwd(x).relu();
         let x = max_pool::<3, 2, 1, B, _, _, 64, E, D, T>(x);
@@ -503,9 +113,38 @@ where
     }
 }
 
+impl<L1, L2, L3, L4, Fc, E, D> Describe for ResNet<L1, L2, L3, L4, Fc, E, D>
+where
+    L1: Describe,
+    L2: Describe,
+    L3: Describe,
+    L4: Describe,
+    Fc: Describe,
+    E: Dtype,
+    D: Device<E>,
+{
+    fn describe(&self, prefix: &str, hw: (usize, usize), rows: &mut Vec<Row>) -> (usize, usize) {
+        let (h, w) = self.stem.describe(&join(prefix, "conv1"), hw, rows);
+        let hw = (super::conv_out(h, 3, 2, 1), super::conv_out(w, 3, 2, 1));
+        rows.push(Row {
+            name: join(prefix, "maxpool"),
+            op: "max pool 3x3/2".into(),
+            out: (hw.0, hw.1, 64),
+            params: 0,
+            macs: 0,
+        });
+        let hw = self.layer1.describe(&join(prefix, "layer1"), hw, rows);
+        let hw = self.layer2.describe(&join(prefix, "layer2"), hw, rows);
+        let hw = self.layer3.describe(&join(prefix, "layer3"), hw, rows);
+        let hw = self.layer4.describe(&join(prefix, "layer4"), hw, rows);
+        self.fc.describe(&join(prefix, "fc"), hw, rows);
+        hw
+    }
+}
+
 /// The stage types of Table 1.
 pub type BasicStage<const I: usize, const O: usize, const S: usize, const R: usize, E, D> =
-    Stage<I, O, BasicDown<I, O, S, E, D>, Basic<O, E, D>, R, E, D>;
+    Stage<BasicDown<I, O, S, E, D>, Basic<O, E, D>, R, E, D>;
 /// A bottleneck stage: `I -> O` channels with bottleneck width `M`.
 pub type BottleneckStage<
     const I: usize,
@@ -515,7 +154,7 @@ pub type BottleneckStage<
     const R: usize,
     E,
     D,
-> = Stage<I, O, BottleneckDown<I, M, O, S, E, D>, Bottleneck<O, M, E, D>, R, E, D>;
+> = Stage<BottleneckDown<I, M, O, S, E, D>, Bottleneck<O, M, E, D>, R, E, D>;
 
 /// A basic-block ResNet with `1 + R1`, `1 + R2`, `1 + R3`, `1 + R4` blocks per stage.
 pub type BasicResNet<
@@ -531,11 +170,7 @@ pub type BasicResNet<
     BasicStage<64, 128, 2, R2, E, D>,
     BasicStage<128, 256, 2, R3, E, D>,
     BasicStage<256, 512, 2, R4, E, D>,
-    64,
-    128,
-    256,
-    512,
-    N,
+    Linear<512, N, E, D>,
     E,
     D,
 >;
@@ -553,11 +188,7 @@ pub type BottleneckResNet<
     BottleneckStage<256, 128, 512, 2, R2, E, D>,
     BottleneckStage<512, 256, 1024, 2, R3, E, D>,
     BottleneckStage<1024, 512, 2048, 2, R4, E, D>,
-    256,
-    512,
-    1024,
-    2048,
-    N,
+    Linear<2048, N, E, D>,
     E,
     D,
 >;
@@ -571,39 +202,11 @@ pub type BottleneckResNetV15<
     E,
     D,
 > = ResNet<
-    Stage<64, 256, BottleneckDownV15<64, 64, 256, 1, E, D>, Bottleneck<256, 64, E, D>, R1, E, D>,
-    Stage<
-        256,
-        512,
-        BottleneckDownV15<256, 128, 512, 2, E, D>,
-        Bottleneck<512, 128, E, D>,
-        R2,
-        E,
-        D,
-    >,
-    Stage<
-        512,
-        1024,
-        BottleneckDownV15<512, 256, 1024, 2, E, D>,
-        Bottleneck<1024, 256, E, D>,
-        R3,
-        E,
-        D,
-    >,
-    Stage<
-        1024,
-        2048,
-        BottleneckDownV15<1024, 512, 2048, 2, E, D>,
-        Bottleneck<2048, 512, E, D>,
-        R4,
-        E,
-        D,
-    >,
-    256,
-    512,
-    1024,
-    2048,
-    N,
+    Stage<BottleneckDownV15<64, 64, 256, 1, E, D>, Bottleneck<256, 64, E, D>, R1, E, D>,
+    Stage<BottleneckDownV15<256, 128, 512, 2, E, D>, Bottleneck<512, 128, E, D>, R2, E, D>,
+    Stage<BottleneckDownV15<512, 256, 1024, 2, E, D>, Bottleneck<1024, 256, E, D>, R3, E, D>,
+    Stage<BottleneckDownV15<1024, 512, 2048, 2, E, D>, Bottleneck<2048, 512, E, D>, R4, E, D>,
+    Linear<2048, N, E, D>,
     E,
     D,
 >;
@@ -617,27 +220,9 @@ pub type BottleneckResNetC<
     E,
     D,
 > = ResNet<
+    Stage<BottleneckDown<64, 64, 256, 1, E, D>, BottleneckDown<256, 64, 256, 1, E, D>, R1, E, D>,
+    Stage<BottleneckDown<256, 128, 512, 2, E, D>, BottleneckDown<512, 128, 512, 1, E, D>, R2, E, D>,
     Stage<
-        64,
-        256,
-        BottleneckDown<64, 64, 256, 1, E, D>,
-        BottleneckDown<256, 64, 256, 1, E, D>,
-        R1,
-        E,
-        D,
-    >,
-    Stage<
-        256,
-        512,
-        BottleneckDown<256, 128, 512, 2, E, D>,
-        BottleneckDown<512, 128, 512, 1, E, D>,
-        R2,
-        E,
-        D,
-    >,
-    Stage<
-        512,
-        1024,
         BottleneckDown<512, 256, 1024, 2, E, D>,
         BottleneckDown<1024, 256, 1024, 1, E, D>,
         R3,
@@ -645,19 +230,13 @@ pub type BottleneckResNetC<
         D,
     >,
     Stage<
-        1024,
-        2048,
         BottleneckDown<1024, 512, 2048, 2, E, D>,
         BottleneckDown<2048, 512, 2048, 1, E, D>,
         R4,
         E,
         D,
     >,
-    256,
-    512,
-    1024,
-    2048,
-    N,
+    Linear<2048, N, E, D>,
     E,
     D,
 >;
@@ -672,14 +251,10 @@ pub type BasicResNetA<
     D,
 > = ResNet<
     Stage1Basic<R1, E, D>,
-    Stage<64, 128, BasicA<64, 128, 2, E, D>, Basic<128, E, D>, R2, E, D>,
-    Stage<128, 256, BasicA<128, 256, 2, E, D>, Basic<256, E, D>, R3, E, D>,
-    Stage<256, 512, BasicA<256, 512, 2, E, D>, Basic<512, E, D>, R4, E, D>,
-    64,
-    128,
-    256,
-    512,
-    N,
+    Stage<BasicA<64, 128, 2, E, D>, Basic<128, E, D>, R2, E, D>,
+    Stage<BasicA<128, 256, 2, E, D>, Basic<256, E, D>, R3, E, D>,
+    Stage<BasicA<256, 512, 2, E, D>, Basic<512, E, D>, R4, E, D>,
+    Linear<512, N, E, D>,
     E,
     D,
 >;
@@ -693,15 +268,11 @@ pub type BasicResNetC<
     E,
     D,
 > = ResNet<
-    Stage<64, 64, BasicDown<64, 64, 1, E, D>, BasicDown<64, 64, 1, E, D>, R1, E, D>,
-    Stage<64, 128, BasicDown<64, 128, 2, E, D>, BasicDown<128, 128, 1, E, D>, R2, E, D>,
-    Stage<128, 256, BasicDown<128, 256, 2, E, D>, BasicDown<256, 256, 1, E, D>, R3, E, D>,
-    Stage<256, 512, BasicDown<256, 512, 2, E, D>, BasicDown<512, 512, 1, E, D>, R4, E, D>,
-    64,
-    128,
-    256,
-    512,
-    N,
+    Stage<BasicDown<64, 64, 1, E, D>, BasicDown<64, 64, 1, E, D>, R1, E, D>,
+    Stage<BasicDown<64, 128, 2, E, D>, BasicDown<128, 128, 1, E, D>, R2, E, D>,
+    Stage<BasicDown<128, 256, 2, E, D>, BasicDown<256, 256, 1, E, D>, R3, E, D>,
+    Stage<BasicDown<256, 512, 2, E, D>, BasicDown<512, 512, 1, E, D>, R4, E, D>,
+    Linear<512, N, E, D>,
     E,
     D,
 >;
@@ -715,15 +286,11 @@ pub type PlainNet<
     E,
     D,
 > = ResNet<
-    Stage<64, 64, PlainBasic<64, 64, 1, E, D>, PlainBasic<64, 64, 1, E, D>, R1, E, D>,
-    Stage<64, 128, PlainBasic<64, 128, 2, E, D>, PlainBasic<128, 128, 1, E, D>, R2, E, D>,
-    Stage<128, 256, PlainBasic<128, 256, 2, E, D>, PlainBasic<256, 256, 1, E, D>, R3, E, D>,
-    Stage<256, 512, PlainBasic<256, 512, 2, E, D>, PlainBasic<512, 512, 1, E, D>, R4, E, D>,
-    64,
-    128,
-    256,
-    512,
-    N,
+    Stage<PlainBasic<64, 64, 1, E, D>, PlainBasic<64, 64, 1, E, D>, R1, E, D>,
+    Stage<PlainBasic<64, 128, 2, E, D>, PlainBasic<128, 128, 1, E, D>, R2, E, D>,
+    Stage<PlainBasic<128, 256, 2, E, D>, PlainBasic<256, 256, 1, E, D>, R3, E, D>,
+    Stage<PlainBasic<256, 512, 2, E, D>, PlainBasic<512, 512, 1, E, D>, R4, E, D>,
+    Linear<512, N, E, D>,
     E,
     D,
 >;
@@ -756,8 +323,7 @@ pub type ResNet101<const N: usize, E, D> = BottleneckResNet<2, 3, 22, 2, N, E, D
 pub type ResNet152<const N: usize, E, D> = BottleneckResNet<2, 7, 35, 2, N, E, D>;
 
 /// Stage 1 of the basic-block ResNets: `1 + R` identity blocks at 64 channels.
-pub type Stage1Basic<const R: usize, E, D> =
-    Stage<64, 64, Basic<64, E, D>, Basic<64, E, D>, R, E, D>;
+pub type Stage1Basic<const R: usize, E, D> = Stage<Basic<64, E, D>, Basic<64, E, D>, R, E, D>;
 
 #[cfg(test)]
 mod tests {

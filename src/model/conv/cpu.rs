@@ -9,10 +9,11 @@
 //! for `f32` on the [`Cpu`] (checked by `TypeId`), where the tensors and the
 //! gradients are downcast to their CPU types to reach the buffers.
 
+use super::super::dispatch::same;
 use dfdx::prelude::*;
 use rayon::prelude::*;
 use std::any::Any;
-use std::sync::Mutex;
+use std::cell::RefCell;
 
 /// Shapes of one convolution's im2col.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,43 +135,13 @@ pub fn col2im<E: Dtype + Send + Sync>(dcols: &[E], dx: &mut [E], g: Geometry) {
 }
 
 thread_local! {
-    static GENERIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Reused buffers for the input copy and the columns: fresh buffers of
+    /// this size are page-faulted in on every call (and then left in dfdx's
+    /// allocation cache, which only a same-size request would take back).
+    /// One pair per thread that runs convolutions, so no two callers share
+    /// them or wait on a lock.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
-
-/// Runs `f` with the device-generic code paths on the CPU (this thread):
-/// dfdx ops only, as on CUDA, instead of the custom CPU ops. A testing aid:
-/// the CPU can then check the GPU's code path against its own.
-pub fn with_generic_ops<T>(f: impl FnOnce() -> T) -> T {
-    let before = GENERIC.replace(true);
-    let out = f();
-    GENERIC.set(before);
-    out
-}
-
-/// Whether `D` is the CPU and the CPU-specific paths are on (see [`with_generic_ops`]).
-pub fn is_cpu<D: 'static>() -> bool {
-    std::any::TypeId::of::<D>() == std::any::TypeId::of::<Cpu>() && !GENERIC.get()
-}
-
-/// Whether `(E, D)` is `(f32, Cpu)`, where the custom CPU ops run.
-pub fn is_cpu_f32<E: 'static, D: 'static>() -> bool {
-    std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>() && is_cpu::<D>()
-}
-
-/// Moves `value` to type `To`, which must be its own type (checked at run
-/// time): how the CPU ops reach the `f32`/[`Cpu`] types behind generic ones.
-pub(crate) fn same<From: 'static, To: 'static>(value: From) -> To {
-    let mut slot = Some(value);
-    (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<To>>()
-        .and_then(Option::take)
-        .expect("the custom CPU ops run only for f32 on the Cpu device")
-}
-
-/// Reused buffers for the input copy and the columns: fresh buffers of this
-/// size are page-faulted in on every call (and then left in dfdx's
-/// allocation cache, which only a same-size request would take back).
-static SCRATCH: Mutex<(Vec<f32>, Vec<f32>)> = Mutex::new((Vec::new(), Vec::new()));
 
 /// im2col of NHWC `x` as a tape op: `(B, H, W, C)` → `(B*OH*OW, K*K*C)`
 /// (`x`'s shape only has to hold `g`'s number of elements).
@@ -187,15 +158,13 @@ pub fn im2col_op<Sh: Shape, E: Dtype, D: Device<E>, T: Tape<E, D>>(
     // The output comes from dfdx's allocator (so it returns to its cache);
     // im2col runs into the scratch in parallel, then one copy fills it.
     let mut out: Tensor<(usize, usize), f32, Cpu> = x.device().zeros_like(&shape);
-    {
-        let mut scratch = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
-        let (input, cols) = &mut *scratch;
+    SCRATCH.with_borrow_mut(|(input, cols)| {
         input.resize(x.shape().num_elements(), 0.0);
         x.copy_into(input);
         cols.resize(shape.0 * shape.1, 0.0);
         im2col(input, cols, g);
         out.copy_from(cols);
-    }
+    });
     let handles = (x, out.clone());
     tape.add_backward_op(move |grads: &mut Gradients<E, D>| {
         let grads: &mut Gradients<f32, Cpu> = (grads as &mut dyn Any)

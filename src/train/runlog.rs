@@ -104,11 +104,10 @@ pub fn read(path: &Path) -> Result<Vec<LogRecord>, TrainError> {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(
-            serde_json::from_str(&line).map_err(|e| {
-                TrainError::Config(format!("{} line {}: {e}", path.display(), i + 1))
-            })?,
-        );
+        out.push(serde_json::from_str(&line).map_err(|e| TrainError::Json {
+            path: PathBuf::from(format!("{} line {}", path.display(), i + 1)),
+            source: e,
+        })?);
     }
     Ok(out)
 }

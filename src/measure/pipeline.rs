@@ -1,12 +1,12 @@
 //! Measuring the loader: its throughput beside the decode-only ceiling of
-//! the same records with the same threads, per-stage times, memory, the page
-//! cache, and whether a consumer at a fixed rate ever waits.
+//! the same records with the same threads, per-stage times, memory, and
+//! whether a consumer at a fixed rate ever waits (what `bench-pipeline` runs).
 
+use super::cpu_seconds;
 use crate::error::ReadError;
 use crate::loader::{Loader, StageTimes};
 use crate::reader::Dataset;
 use serde::Serialize;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -224,124 +224,5 @@ fn spin_sleep(d: Duration) {
     }
     while Instant::now() < end {
         std::hint::spin_loop();
-    }
-}
-
-/// User + system CPU seconds of this process so far.
-pub fn cpu_seconds() -> f64 {
-    let u = rusage();
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
-/// Peak resident set size of this process, bytes.
-pub fn peak_rss_bytes() -> u64 {
-    rusage().ru_maxrss as u64 * 1024 // kilobytes on Linux
-}
-
-fn rusage() -> libc::rusage {
-    // SAFETY: getrusage fills the zeroed struct we own; RUSAGE_SELF is always valid.
-    unsafe {
-        let mut u: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut u);
-        u
-    }
-}
-
-/// Fraction of the files' pages in the page cache (mincore), 0..1.
-pub fn cached_fraction(files: &[impl AsRef<Path>]) -> std::io::Result<f64> {
-    let page = page_size();
-    let (mut resident, mut total) = (0usize, 0usize);
-    for f in files {
-        let file = std::fs::File::open(f)?;
-        if file.metadata()?.len() == 0 {
-            continue;
-        }
-        // SAFETY: a read-only private mapping, used only to ask the kernel
-        // which pages are resident; no byte of it is read.
-        let map = unsafe { memmap2::Mmap::map(&file)? };
-        let pages = map.len().div_ceil(page);
-        let mut vec = vec![0u8; pages];
-        // SAFETY: `map` is a live mapping of `map.len()` bytes and `vec` has one byte per page.
-        let rc = unsafe {
-            libc::mincore(
-                map.as_ptr() as *mut libc::c_void,
-                map.len(),
-                vec.as_mut_ptr(),
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        resident += vec.iter().filter(|&&v| v & 1 == 1).count();
-        total += pages;
-    }
-    Ok(if total == 0 {
-        1.0
-    } else {
-        resident as f64 / total as f64
-    })
-}
-
-/// Asks the kernel to drop the files' clean pages from the page cache
-/// (posix_fadvise DONTNEED). Pages mapped by a live mapping stay; call this
-/// before opening the dataset.
-pub fn drop_from_cache(files: &[impl AsRef<Path>]) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    for f in files {
-        let file = std::fs::File::open(f)?;
-        // SAFETY: a valid open descriptor; advice only, no memory is touched.
-        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
-        }
-    }
-    Ok(())
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 { p as usize } else { 4096 }
-}
-
-/// The median of `values`: the middle one, or the mean of the middle two
-/// (NaN when there are none). The one median of the crate's benchmarks.
-pub fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => v[n / 2],
-        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// The index of the median element of `values` by value (the lower middle
-/// one for an even count): "the median run" of a set of timed runs, whose
-/// other measurements (per-stage times) are then reported. 0 when empty.
-pub fn median_index(values: &[f64]) -> usize {
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
-    order
-        .get(values.len().saturating_sub(1) / 2)
-        .copied()
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod median_tests {
-    use super::{median, median_index};
-
-    #[test]
-    fn median_of_odd_even_and_empty() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert!(median(&[]).is_nan());
-        // By value, not by position in time.
-        assert_eq!(median_index(&[9.0, 1.0, 5.0]), 2);
-        assert_eq!(median_index(&[4.0, 1.0, 3.0, 2.0]), 3);
-        assert_eq!(median_index(&[]), 0);
     }
 }

@@ -1,0 +1,189 @@
+//! Evaluation: centre crop, ten-crop and the paper's fully-convolutional
+//! multi-scale testing, over a loader or a checkpoint.
+
+use super::TrainError;
+use super::checkpoint;
+use super::config::TrainConfig;
+use super::device::cpu_device;
+use super::job::{EvalJob, eval_loader};
+use super::metrics::{self, Accuracy};
+use crate::augment::EvalCrop;
+use crate::loader::Loader;
+use crate::model::state;
+use crate::model::zoo::{self, Family, Input, Network};
+use crate::reader::Dataset;
+use dfdx::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Evaluates `model` over a loader's epoch: one row of logits per view,
+/// probabilities averaged over the views of each record.
+pub fn evaluate<M: Network<D>, D: Device<f32>>(
+    model: &mut M,
+    dev: &D,
+    loader: &Loader,
+) -> Result<Accuracy, TrainError> {
+    let mut acc = Accuracy::default();
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let [n, h, w, _] = batch.shape();
+        let x: Input<D> = dev.tensor_from_vec(batch.images().to_vec(), (n, h, w, Const::<3>));
+        let logits = model.forward_eval(x).as_vec();
+        let views = batch.views();
+        let scores = if views == 1 {
+            logits
+        } else {
+            metrics::average_views(&logits, M::CLASSES, views)
+        };
+        acc.add(&scores, M::CLASSES, batch.labels());
+    }
+    Ok(acc)
+}
+
+/// The paper's fully-convolutional multi-scale testing: each whole image
+/// (no crop) at every shorter side in `scales`, and its mirror; softmax
+/// scores averaged.
+pub fn evaluate_multiscale<M: Network<D>, D: Device<f32>>(
+    model: &mut M,
+    dev: &D,
+    loader: &Loader,
+    scales: &[u32],
+) -> Result<Accuracy, TrainError> {
+    let mut acc = Accuracy::default();
+    let n = loader.dataset().len();
+    for i in 0..n {
+        let mut logits = Vec::new();
+        let mut label = 0;
+        for &s in scales {
+            let img = loader.load_full(i, s)?;
+            label = img.label;
+            let (h, w) = (img.height, img.width);
+            for flip in [false, true] {
+                let mut hwc = vec![0f32; 3 * h * w];
+                for y in 0..h {
+                    for x in 0..w {
+                        let sx = if flip { w - 1 - x } else { x };
+                        for c in 0..3 {
+                            hwc[(y * w + x) * 3 + c] = img.data[(c * h + y) * w + sx];
+                        }
+                    }
+                }
+                let t: Input<D> = dev.tensor_from_vec(hwc, (1, h, w, Const::<3>));
+                logits.extend(model.forward_eval(t).as_vec());
+            }
+        }
+        let views = logits.len() / M::CLASSES;
+        acc.add(
+            &metrics::average_views(&logits, M::CLASSES, views),
+            M::CLASSES,
+            &[label],
+        );
+    }
+    Ok(acc)
+}
+
+/// The standard single-crop test of a config: shorter side `eval_resize`, centre `crop`.
+pub(super) fn center_crop(cfg: &TrainConfig) -> EvalCrop {
+    EvalCrop::Center {
+        resize: cfg.eval_resize,
+        crop: cfg.crop,
+    }
+}
+
+/// Ten-crop, then multi-scale at `scales` (through `center_loader`'s
+/// normalisation): the end-of-run tests of ImageNet models.
+pub(super) fn ten_crop_and_multiscale<M: Network<D>, D: Device<f32>>(
+    model: &mut M,
+    dev: &D,
+    cfg: &TrainConfig,
+    val: &Arc<Dataset>,
+    center_loader: &Loader,
+    scales: &[u32],
+) -> Result<(Accuracy, Accuracy), TrainError> {
+    let ten = eval_loader(
+        cfg,
+        Arc::clone(val),
+        EvalCrop::TenCrop {
+            resize: cfg.eval_resize,
+            crop: cfg.crop,
+        },
+    )?;
+    let ten = evaluate(model, dev, &ten)?;
+    let ms = evaluate_multiscale(model, dev, center_loader, scales)?;
+    Ok((ten, ms))
+}
+
+/// The paper's test scales {224, 256, 384, 480, 640}, scaled to a crop size.
+pub fn paper_scales(crop: u32) -> Vec<u32> {
+    [224u32, 256, 384, 480, 640]
+        .iter()
+        .map(|s| (s * crop).div_ceil(224))
+        .collect()
+}
+
+/// Results of evaluating a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Centre-crop top-1 / top-5 error and loss.
+    pub center: Accuracy,
+    /// Ten-crop (ImageNet models).
+    pub ten_crop: Option<Accuracy>,
+    /// Fully-convolutional multi-scale (ImageNet models).
+    pub multiscale: Option<Accuracy>,
+    /// Scales used for multi-scale.
+    pub scales: Vec<u32>,
+}
+
+/// Evaluates a checkpoint with model type `M` on the CPU: centre crop, and
+/// for ImageNet models ten-crop and multi-scale.
+pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainError> {
+    let dev = cpu_device(job.cfg.seed);
+    let mut model = M::build(&dev);
+    state::load_safetensors(&mut model, &job.dir.join(checkpoint::MODEL_FILE)).map_err(
+        |source| TrainError::Checkpoint {
+            path: job.dir.clone(),
+            source,
+        },
+    )?;
+    let (cfg, val) = (&job.cfg, &job.val);
+    let center_loader = eval_loader(cfg, Arc::clone(val), center_crop(cfg))?;
+    let center = evaluate(&mut model, &dev, &center_loader)?;
+    let imagenet = zoo::family(&cfg.model) == Some(Family::ImageNet);
+    let (ten_crop, multiscale) = if imagenet {
+        let (ten, ms) =
+            ten_crop_and_multiscale(&mut model, &dev, cfg, val, &center_loader, &job.scales)?;
+        (Some(ten), Some(ms))
+    } else {
+        (None, None)
+    };
+    Ok(EvalReport {
+        center,
+        ten_crop,
+        multiscale,
+        scales: job.scales,
+    })
+}
+
+/// One line per test: `centre crop  top-1 error 8.3%  top-5 error 0.0%  loss 0.3012  (12 images)`.
+impl std::fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let line = |f: &mut std::fmt::Formatter<'_>, name: &str, a: &Accuracy| {
+            writeln!(
+                f,
+                "{name:<12} top-1 error {:.1}%  top-5 error {:.1}%  loss {:.4}  ({} images)",
+                100.0 * a.top1_error(),
+                100.0 * a.top5_error(),
+                a.loss(),
+                a.n
+            )
+        };
+        line(f, "centre crop", &self.center)?;
+        if let Some(t) = &self.ten_crop {
+            line(f, "ten-crop", t)?;
+        }
+        if let Some(m) = &self.multiscale {
+            line(f, &format!("scales {:?}", self.scales), m)?;
+        }
+        Ok(())
+    }
+}
