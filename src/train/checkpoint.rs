@@ -1,5 +1,6 @@
 //! Checkpoints: a folder holding the model (torchvision-named safetensors),
-//! the optimizer's momentum (safetensors keyed by dfdx path) and
+//! the optimizer's momentum (safetensors keyed by dfdx path, which is
+//! torchvision's name but for BatchNorm's `scale`) and
 //! `state.json` (config, schedule, loader position, history). Written into
 //! `NAME.tmp/` and swapped in by renames, so a failure while writing (a full
 //! disk) leaves the previous checkpoint as it was.
@@ -107,13 +108,60 @@ pub fn run_folder(path: &Path) -> Result<PathBuf, TrainError> {
     Ok(run.to_owned())
 }
 
-/// Reads the momentum buffers of a checkpoint.
-pub fn read_momentum(dir: &Path) -> Result<BTreeMap<String, Vec<f32>>, TrainError> {
-    let f = state::read_safetensors(&dir.join(OPTIM_FILE)).map_err(|source| {
-        TrainError::Checkpoint {
-            path: dir.to_owned(),
-            source,
-        }
-    })?;
+/// Reads the momentum buffers of a checkpoint, refusing any that names no
+/// tensor of `model`: SGD looks buffers up by path, so a stray name (another
+/// architecture, or a checkpoint written when the paths were named
+/// differently) would silently restart that parameter's momentum at zero.
+pub fn read_momentum<D: Device<f32>, M: TensorCollection<f32, D>>(
+    dir: &Path,
+    model: &M,
+) -> Result<BTreeMap<String, Vec<f32>>, TrainError> {
+    let wrap = |source| TrainError::Checkpoint {
+        path: dir.to_owned(),
+        source,
+    };
+    let f = state::read_safetensors(&dir.join(OPTIM_FILE)).map_err(wrap)?;
+    let paths: std::collections::HashSet<String> = state::named_tensors(model)
+        .into_iter()
+        .map(|t| t.path)
+        .collect();
+    let unexpected: Vec<String> = f
+        .tensors
+        .keys()
+        .filter(|k| !paths.contains(*k))
+        .cloned()
+        .collect();
+    if !unexpected.is_empty() {
+        return Err(wrap(StateError::Unexpected(unexpected)));
+    }
     Ok(f.tensors.into_iter().map(|(k, (_, v))| (k, v)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::cifar::ResNet20;
+
+    #[test]
+    fn momentum_under_a_name_the_model_lacks_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev: Cpu = Default::default();
+        let model: ResNet20<10, f32, Cpu> = BuildModule::build(&dev);
+        let write = |name: &str| {
+            let m = BTreeMap::from([(name.to_string(), (vec![2], vec![0.5f32, 1.0]))]);
+            state::write_safetensors(&m, &[], None, &dir.path().join(OPTIM_FILE)).unwrap();
+        };
+        write("fc.bias");
+        assert_eq!(
+            read_momentum(dir.path(), &model).unwrap()["fc.bias"],
+            [0.5, 1.0]
+        );
+        // The path of the same tensor before the blocks took torchvision's names.
+        write("layer1.first.a.conv.weight");
+        let e = read_momentum(dir.path(), &model).unwrap_err();
+        assert!(
+            matches!(&e, TrainError::Checkpoint { source: StateError::Unexpected(n), .. } if n == &["layer1.first.a.conv.weight"]),
+            "{e}"
+        );
+    }
 }

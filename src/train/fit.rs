@@ -133,7 +133,7 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
                     source,
                 },
             )?;
-            sgd.set_buffers(&dev, checkpoint::read_momentum(&dir)?);
+            sgd.set_buffers(&dev, checkpoint::read_momentum(&dir, &model)?);
             st
         }
         None => TrainState {
