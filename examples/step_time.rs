@@ -1,70 +1,59 @@
-//! Seconds per SGD training step (forward, backward, update) on the CPU:
+//! Seconds per training step (forward, backward, the trainer's SGD update) on the CPU:
 //! `cargo run --release --example step_time -- [resnet18|resnet50|resnet20] BATCH SIZE STEPS`
 //! (`NO_CACHE=1`: without dfdx's allocation cache).
-//! Prints each step's time and the median (the first step, which builds the
-//! im2col indices, is reported but excluded).
+//! Prints each step's time and the median, after one untimed step (which
+//! builds the im2col indices). The step is `measure::timing::time_steps`,
+//! the one `gpu-check --time` runs: the trainer's `sgd_step`.
 
-use dfdx::optim::{Momentum, Sgd, SgdConfig, WeightDecay};
 use dfdx::prelude::*;
+use resnet_imagenet::measure::timing::{Timing, time_steps};
 use resnet_imagenet::model::cifar::ResNet20;
 use resnet_imagenet::model::resnet::{ResNet18, ResNet50};
-use std::time::Instant;
+use resnet_imagenet::model::zoo::{Network, ZooError, family};
+use std::process::ExitCode;
 
-macro_rules! run {
-    ($model:ty, $n:expr, $b:expr, $s:expr, $steps:expr) => {{
-        let dev: Cpu = Cpu::seed_from_u64(0);
-        if std::env::var_os("NO_CACHE").is_none() {
-            dev.enable_cache(); // reuse freed buffers instead of fresh (page-faulting) allocations
-        }
-        let mut model: $model = BuildModule::build(&dev);
-        let mut opt = Sgd::new(
-            &model,
-            SgdConfig {
-                lr: 0.1,
-                momentum: Some(Momentum::Classic(0.9)),
-                weight_decay: Some(WeightDecay::L2(1e-4)),
-            },
-        );
-        let x = dev.sample_normal_like(&($b, $s, $s, Const::<3>));
-        let labels: Vec<f32> = (0..$b * $n)
-            .map(|i| if i % $n == (i / $n) % $n { 1.0 } else { 0.0 })
-            .collect();
-        let y = dev.tensor_from_vec(labels, ($b, Const::<$n>));
-        let mut grads = model.alloc_grads();
-        let mut times = Vec::new();
-        for step in 0..$steps {
-            let t0 = Instant::now();
-            let logits = model.forward(x.clone().traced(grads));
-            let loss = cross_entropy_with_logits_loss(logits, y.clone());
-            grads = loss.backward();
-            opt.update(&mut model, &grads).unwrap();
-            model.zero_grads(&mut grads);
-            let t = t0.elapsed().as_secs_f64();
-            println!("step {step}: {t:.3} s");
-            if step > 0 {
-                times.push(t);
-            }
-        }
-        times.sort_by(f64::total_cmp);
-        if !times.is_empty() {
-            println!(
-                "median {:.3} s/step over {} steps",
-                times[times.len() / 2],
-                times.len()
-            );
-        }
-    }};
+fn time<M: Network<Cpu>>(name: &str, batch: usize, side: usize, steps: usize) {
+    let dev: Cpu = Cpu::seed_from_u64(0);
+    if std::env::var_os("NO_CACHE").is_none() {
+        dev.enable_cache(); // reuse freed buffers instead of fresh (page-faulting) allocations
+    }
+    let timing = Timing {
+        warmup: 1,
+        min_steps: steps,
+        max_steps: steps,
+        max_seconds: f64::INFINITY,
+    };
+    let t = time_steps::<M, Cpu>(name, &dev, batch, side, timing, &|| None);
+    for (step, s) in t.step_s.iter().enumerate() {
+        println!("step {}: {s:.3} s", step + 1);
+    }
+    println!(
+        "median {:.3} s/step over {} steps",
+        t.median_s,
+        t.step_s.len()
+    );
 }
 
-fn main() {
+fn main() -> ExitCode {
     let a: Vec<String> = std::env::args().skip(1).collect();
-    let b: usize = a.get(1).map_or(32, |s| s.parse().unwrap());
-    let s: usize = a.get(2).map_or(32, |s| s.parse().unwrap());
-    let steps: usize = a.get(3).map_or(6, |s| s.parse().unwrap());
+    let number = |i: usize, default: usize| a.get(i).map_or(Ok(default), |s| s.parse());
+    let (Ok(b), Ok(s), Ok(steps)) = (number(1, 32), number(2, 32), number(3, 6)) else {
+        eprintln!("usage: step_time [resnet18|resnet50|resnet20] BATCH SIZE STEPS");
+        return ExitCode::from(2);
+    };
+    // Three of the zoo's types: each one compiled here is a whole
+    // forward/backward instantiation, and this example builds with the tests.
     match a.first().map(String::as_str).unwrap_or("resnet18") {
-        "resnet18" => run!(ResNet18<1000, f32, Cpu>, 1000, b, s, steps),
-        "resnet50" => run!(ResNet50<1000, f32, Cpu>, 1000, b, s, steps),
-        "resnet20" => run!(ResNet20<10, f32, Cpu>, 10, b, s, steps),
-        other => panic!("unknown model {other}"),
+        "resnet18" => time::<ResNet18<1000, f32, Cpu>>("resnet18", b, s, steps),
+        "resnet50" => time::<ResNet50<1000, f32, Cpu>>("resnet50", b, s, steps),
+        "resnet20" => time::<ResNet20<10, f32, Cpu>>("resnet20", b, s, steps),
+        other => {
+            match family(other) {
+                Some(_) => eprintln!("step_time is built for resnet18, resnet50 and resnet20 only"),
+                None => eprintln!("{}", ZooError::UnknownModel { name: other.into() }),
+            }
+            return ExitCode::from(2);
+        }
     }
+    ExitCode::SUCCESS
 }

@@ -1,5 +1,8 @@
 //! What every binary in `tools/` shares: `-q/--quiet` and `-v/--verbose`
-//! for the log level, and treating a closed stdout (`| head`) as success.
+//! for the log level, treating a closed stdout (`| head`) as success, and
+//! the value parsers of their arguments.
+
+use std::process::ExitCode;
 
 /// `-q/--quiet` and `-v/--verbose` (flatten into a binary's arguments).
 #[derive(Debug, Clone, Copy, Default, clap::Args)]
@@ -40,9 +43,91 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// The `main` of every binary: runs `run` and maps what it returns to the
+/// exit code. An error is printed as `tool: error: ...` (with its causes)
+/// and exits 2; a closed stdout (`| head`), whether it surfaced as an error
+/// or as `println!`'s panic, exits 0 quietly.
+pub fn main(tool: &str, run: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitCode {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_print_to_closed_pipe(info.payload()) {
+            hook(info)
+        }
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("{tool}: error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(panic) if is_print_to_closed_pipe(&*panic) => ExitCode::SUCCESS,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Whether a panic is `println!` failing on a closed pipe.
+fn is_print_to_closed_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let m = crate::error::panic_message(payload);
+    m.starts_with("failed printing to stdout") && m.contains("Broken pipe")
+}
+
+/// clap value parsers shared by the binaries (`value_parser = cli::parse::positive`).
+/// Their `Err` is clap's message text.
+pub mod parse {
+    /// A count that must be at least 1.
+    pub fn at_least_1(s: &str) -> Result<usize, String> {
+        match s.parse::<usize>() {
+            Ok(0) => Err("must be at least 1".into()),
+            Ok(v) => Ok(v),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn number(s: &str, ok: impl Fn(f64) -> bool, what: &str) -> Result<f64, String> {
+        let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+        if v.is_finite() && ok(v) {
+            Ok(v)
+        } else {
+            Err(format!("must be {what}, got {s}"))
+        }
+    }
+
+    /// A finite number above 0.
+    pub fn positive(s: &str) -> Result<f64, String> {
+        number(s, |v| v > 0.0, "above 0")
+    }
+
+    /// A finite number, at least 0.
+    pub fn non_negative(s: &str) -> Result<f64, String> {
+        number(s, |v| v >= 0.0, "at least 0")
+    }
+
+    /// A number in [0, 1) (momentum).
+    pub fn unit_interval(s: &str) -> Result<f64, String> {
+        number(s, |v| (0.0..1.0).contains(&v), "in [0, 1)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_parsers_refuse_what_they_name() {
+        use parse::*;
+        assert_eq!(at_least_1("3"), Ok(3));
+        assert!(at_least_1("0").unwrap_err().contains("at least 1"));
+        assert!(at_least_1("-1").is_err());
+        assert_eq!(positive("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "nan", "inf", "x"] {
+            assert!(positive(bad).is_err(), "{bad}");
+        }
+        assert_eq!(non_negative("0"), Ok(0.0));
+        assert!(non_negative("-0.1").is_err());
+        assert_eq!(unit_interval("0.9"), Ok(0.9));
+        assert!(unit_interval("1").unwrap_err().contains("[0, 1)"));
+    }
 
     #[test]
     fn levels_and_broken_pipes() {

@@ -183,6 +183,27 @@ pub enum Error {
     /// See [`LoadError`].
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// See [`crate::decode::DecodeError`].
+    #[error(transparent)]
+    Decode(#[from] crate::decode::DecodeError),
+    /// See [`crate::augment::AugmentError`].
+    #[error(transparent)]
+    Augment(#[from] crate::augment::AugmentError),
+    /// See [`crate::pack::import::IdxError`].
+    #[error(transparent)]
+    Idx(#[from] crate::pack::import::IdxError),
+    /// See [`crate::model::state::StateError`].
+    #[error(transparent)]
+    State(#[from] crate::model::state::StateError),
+    /// See [`crate::model::zoo::ZooError`].
+    #[error(transparent)]
+    Zoo(#[from] crate::model::zoo::ZooError),
+    /// See [`crate::train::TrainError`].
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    /// See [`crate::plot::PlotError`].
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
 }
 
 /// `Result` with the crate-level [`Error`].
@@ -206,6 +227,16 @@ pub enum LoadErrorKind {
     Panic(String),
 }
 
+impl From<crate::augment::AugmentError> for LoadErrorKind {
+    fn from(e: crate::augment::AugmentError) -> Self {
+        use crate::augment::AugmentError;
+        match e {
+            AugmentError::Decode(e) => LoadErrorKind::Decode(e),
+            AugmentError::Resize(e) => LoadErrorKind::Resize(e),
+        }
+    }
+}
+
 /// A sample the loader could not produce, naming the shard and the record.
 #[derive(Debug, thiserror::Error)]
 #[error("{shard}: record {record} (dataset index {index}): {kind}")]
@@ -219,4 +250,46 @@ pub struct LoadError {
     /// What went wrong.
     #[source]
     pub kind: LoadErrorKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every stage's error converts into the crate's with `?` and keeps its message.
+    #[test]
+    fn every_stage_error_is_wrapped_by_the_crate_error() {
+        fn wrap(e: impl Into<Error> + std::fmt::Display) -> (String, Error) {
+            (e.to_string(), e.into())
+        }
+        use crate::decode::DecodeError;
+        let cases = [
+            wrap(FormatError::BadMagic),
+            wrap(ReadError::OutOfRange { index: 3, len: 2 }),
+            wrap(DecodeError::Truncated),
+            wrap(crate::augment::AugmentError::Decode(DecodeError::Truncated)),
+            wrap(crate::model::zoo::ZooError::UnsupportedClasses(7)),
+            wrap(crate::model::state::StateError::Io {
+                path: "w.safetensors".into(),
+                source: std::io::ErrorKind::NotFound.into(),
+            }),
+            wrap(crate::pack::import::IdxError::Io(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            )),
+            wrap(crate::plot::PlotError::Empty {
+                path: "c.png".into(),
+            }),
+            wrap(crate::train::TrainError::Plot(
+                crate::plot::PlotError::Empty {
+                    path: "c.png".into(),
+                },
+            )),
+        ];
+        for (message, e) in &cases {
+            assert_eq!(&e.to_string(), message);
+        }
+        assert!(matches!(cases[2].1, Error::Decode(_)));
+        assert!(matches!(cases[4].1, Error::Zoo(_)));
+        assert!(matches!(cases[8].1, Error::Train(_)));
+    }
 }

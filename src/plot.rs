@@ -1,7 +1,7 @@
 //! Charts as PNG files (plotters, bitmap backend).
 
 use plotters::prelude::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One line of a chart.
 #[derive(Debug, Clone)]
@@ -44,9 +44,32 @@ fn x_axis(x0: f64, x1: f64, integer_x: bool) -> (f64, f64, usize) {
     }
 }
 
+/// Why a chart was not written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlotError {
+    /// Every series is empty.
+    #[error("{path}: nothing to plot")]
+    Empty {
+        /// The chart's file.
+        path: PathBuf,
+    },
+    /// Drawing or writing the PNG failed (plotters' message).
+    #[error("{path}: {detail}")]
+    Draw {
+        /// The chart's file.
+        path: PathBuf,
+        /// What plotters reported.
+        detail: String,
+    },
+}
+
 /// Draws `series` on one chart and writes it to `path` (PNG, 900x600).
-pub fn line_chart(path: &Path, chart_spec: &Chart, series: &[Series]) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| e.to_string();
+pub fn line_chart(path: &Path, chart_spec: &Chart, series: &[Series]) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError::Draw {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    };
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (x, y) in series.iter().flat_map(|s| s.points.iter()) {
         x0 = x0.min(*x);
@@ -55,7 +78,9 @@ pub fn line_chart(path: &Path, chart_spec: &Chart, series: &[Series]) -> Result<
         y1 = y1.max(*y);
     }
     if x0 > x1 {
-        return Err("nothing to plot".into());
+        return Err(PlotError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     let pad = ((y1 - y0) * 0.08).max(1e-6);
     let (y0, y1) = (if y0 >= 0.0 { 0.0 } else { y0 - pad }, y1 + pad);

@@ -513,13 +513,16 @@ fn whole_images_at_every_test_scale() {
     for short in [224, 256, 384, 480, 640] {
         for i in 0..val.len() {
             let r = val.record(i).unwrap();
-            let f = l.load_full(i, short).unwrap();
-            assert_eq!(f.width.min(f.height), short as usize);
-            assert_eq!(f.data.len(), 3 * f.width * f.height);
-            assert_eq!(f.label, r.label);
+            let (f, label) = l.whole_image(i, short).unwrap();
+            let data = l
+                .whole_normalizer()
+                .hwc(&f.pixels, f.width, f.height, false);
+            assert_eq!(f.width.min(f.height), short);
+            assert_eq!(data.len(), 3 * (f.width * f.height) as usize);
+            assert_eq!(label, r.label);
             let aspect = r.width as f64 / r.height as f64;
             assert!((f.width as f64 / f.height as f64 - aspect).abs() < 0.01);
-            assert!(f.data.iter().all(|v| v.is_finite()));
+            assert!(data.iter().all(|v| v.is_finite()));
         }
     }
 }

@@ -326,7 +326,7 @@ fn cli_kill_9_then_rerun_resumes_to_identical_output() {
     let exe = assert_cmd::cargo::cargo_bin("pack-imagenet");
     let mut child = std::process::Command::new(exe)
         .args(args(killed.path()))
-        .args(["--debug-delay-ms", "40"])
+        .env(pack::DELAY_ENV, "40")
         .spawn()
         .unwrap();
     let target = killed.path().join("train/shard-00001.rnim");

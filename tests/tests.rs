@@ -1,6 +1,7 @@
 //! Integration tests, one binary (see Cargo.toml `autotests = false`).
 
 mod bench;
+mod cli;
 mod device_check;
 mod loader;
 mod model;

@@ -43,14 +43,7 @@ fn main() -> ExitCode {
         }
         Ok(())
     };
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if resnet_imagenet::cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fashion-mnist-tree: error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    resnet_imagenet::cli::main("fashion-mnist-tree", || run().map(|()| ExitCode::SUCCESS))
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@
 //! Only the work the output needs is done: the crop is computed in the
 //! source image's coordinates and just that region is resized straight to
 //! the output size ([`resize`]), then flip and normalisation write the
-//! network's CHW f32 input in one pass ([`normalize`]).
+//! network's CHW f32 input in one pass ([`normalize`]). [`Pipeline`] chains
+//! those steps for one record; the loader only schedules it.
 //!
 //! Every random choice for a sample comes from [`sample_rng`]`(seed, epoch,
 //! index)`, never from a global or per-thread generator, so the output does
@@ -19,12 +20,14 @@
 pub mod crop;
 pub mod lighting;
 pub mod normalize;
+pub mod pipeline;
 pub mod resize;
 
 use crate::seed::mix_seed;
 pub use crop::{CifarAugment, CropBox, EvalCrop, SampleParams, TrainAugment};
 pub use lighting::Lighting;
-pub use normalize::{Normalization, Normalizer};
+pub use normalize::{Normalization, Normalizer, WholeNormalizer};
+pub use pipeline::{AugmentError, Out, Pipeline, Scratch, Stage, WholeImage};
 use rand::SeedableRng;
 pub use resize::{CropResizer, ResizeError};
 

@@ -247,39 +247,71 @@ pub fn write_hwc_u8(hwc: &[u8], size: usize, flip: bool, out: &mut [u8]) {
     }
 }
 
-/// Normalises a whole `w x h` image (any size: the paper's fully-convolutional
-/// multi-scale testing) into CHW f32, with the same conventions as
-/// [`Normalizer`]: for [`Normalization::PerPixelMean`] the mean image is
-/// resized to `w x h`.
-pub fn normalize_full(
+/// Normalisation of whole images of any size (the paper's fully-convolutional
+/// multi-scale testing), with the same conventions as [`Normalizer`]: for
+/// [`Normalization::PerPixelMean`] the mean image is resized to each image's size.
+#[derive(Debug, Clone)]
+pub struct WholeNormalizer {
     norm: Normalization,
-    hwc: &[u8],
-    w: u32,
-    h: u32,
-    mean_image: &[f32],
+    mean_image: Vec<f32>,
     mean_size: u32,
     channel_std: [f64; 3],
-) -> Vec<f32> {
-    let n = (w * h) as usize;
-    let mut out = vec![0f32; 3 * n];
-    let (mean, mul): (Option<Vec<f32>>, [f32; 3]) = match norm {
-        Normalization::PerPixelMean => (
-            Some(resize_mean_to(mean_image, mean_size, w, h)),
-            channel_std.map(|s| 1.0 / (s.max(1e-3) as f32)),
-        ),
-        Normalization::PerChannel { mean, std } => {
-            let m: Vec<f32> = (0..n).flat_map(|_| mean.map(|v| v * 255.0)).collect();
-            (Some(m), std.map(|s| 1.0 / (255.0 * s)))
-        }
-        Normalization::Unit => (None, [1.0 / 255.0; 3]),
-    };
-    for i in 0..n {
-        for c in 0..3 {
-            let m = mean.as_ref().map_or(0.0, |m| m[i * 3 + c]);
-            out[c * n + i] = (hwc[i * 3 + c] as f32 - m) * mul[c];
+}
+
+impl WholeNormalizer {
+    /// `mean_image`, `mean_size` and `channel_std` as for [`Normalizer::new`].
+    pub fn new(
+        norm: Normalization,
+        mean_image: Vec<f32>,
+        mean_size: u32,
+        channel_std: [f64; 3],
+    ) -> Self {
+        WholeNormalizer {
+            norm,
+            mean_image,
+            mean_size,
+            channel_std,
         }
     }
-    out
+
+    /// The `w x h` RGB8 image `hwc` as channels-last f32 (the models' layout),
+    /// mirrored left to right if `flip`.
+    pub fn hwc(&self, hwc: &[u8], w: u32, h: u32, flip: bool) -> Vec<f32> {
+        let (w, h) = (w as usize, h as usize);
+        let n = w * h;
+        assert!(
+            hwc.len() >= 3 * n,
+            "{} bytes for a {w}x{h} image",
+            hwc.len()
+        );
+        let (mean, mul): (Option<Vec<f32>>, [f32; 3]) = match self.norm {
+            Normalization::PerPixelMean => (
+                Some(resize_mean_to(
+                    &self.mean_image,
+                    self.mean_size,
+                    w as u32,
+                    h as u32,
+                )),
+                self.channel_std.map(|s| 1.0 / (s.max(1e-3) as f32)),
+            ),
+            Normalization::PerChannel { mean, std } => {
+                let m: Vec<f32> = (0..n).flat_map(|_| mean.map(|v| v * 255.0)).collect();
+                (Some(m), std.map(|s| 1.0 / (255.0 * s)))
+            }
+            Normalization::Unit => (None, [1.0 / 255.0; 3]),
+        };
+        let mut out = vec![0f32; 3 * n];
+        for y in 0..h {
+            for x in 0..w {
+                let src = y * w + if flip { w - 1 - x } else { x };
+                for c in 0..3 {
+                    let m = mean.as_ref().map_or(0.0, |m| m[src * 3 + c]);
+                    out[(y * w + x) * 3 + c] = (hwc[src * 3 + c] as f32 - m) * mul[c];
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The raw-output twin of [`Normalizer::write_chw_shifted`]: HWC u8, zero padding.
@@ -336,6 +368,35 @@ pub fn resize_mean_to(mean: &[f32], from: u32, w: u32, h: u32) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A whole image normalises like a square batch input of its size, and
+    /// its mirror is the mirror of that (pixel and mean together; the batch
+    /// path's flip keeps the mean in place, see `write_hwc`).
+    #[test]
+    fn whole_images_normalise_like_batches_and_mirror() {
+        let (w, h) = (4u32, 4u32);
+        let mean: Vec<f32> = (0..48).map(|i| i as f32 * 0.5).collect();
+        let std = [2.0, 4.0, 8.0];
+        let hwc: Vec<u8> = (0..48).map(|i| (i * 5) as u8).collect();
+        let whole = WholeNormalizer::new(Normalization::PerPixelMean, mean.clone(), 4, std);
+        let square = Normalizer::new(Normalization::PerPixelMean, 4, &mean, 4, std);
+        let mut want = vec![0f32; 48];
+        square.write_hwc(&hwc, false, [0.0; 3], &mut want);
+        assert_eq!(whole.hwc(&hwc, w, h, false), want);
+        let mirrored: Vec<f32> = (0..16)
+            .flat_map(|p| {
+                let (y, x) = (p / 4, 3 - p % 4);
+                want[(y * 4 + x) * 3..(y * 4 + x) * 3 + 3].to_vec()
+            })
+            .collect();
+        assert_eq!(whole.hwc(&hwc, w, h, true), mirrored);
+        // 3 x 2, channel 0: the mirror's first pixel is the last of the row.
+        let unit = WholeNormalizer::new(Normalization::Unit, Vec::new(), 0, std);
+        let px: Vec<u8> = (0..18).collect();
+        let m = unit.hwc(&px, 3, 2, true);
+        assert_eq!(m[0], 6.0 * (1.0 / 255.0));
+        assert_eq!(m[9], 15.0 * (1.0 / 255.0));
+    }
 
     #[test]
     fn per_pixel_mean_flip_and_round_trip() {

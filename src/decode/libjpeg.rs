@@ -32,8 +32,10 @@ pub(super) fn has_simd() -> bool {
     *SIMD.get_or_init(|| unsafe { jsimd_can_idct_islow() } != 0)
 }
 
-/// The unwind payload of a fatal libjpeg error: its message.
-struct LibjpegError(String);
+/// A fatal libjpeg error (the unwind payload of `error_exit`): its message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct LibjpegError(pub(crate) String);
 
 /// One libjpeg decompressor, reused for every image of a thread.
 struct Decompressor {
@@ -85,9 +87,9 @@ pub(crate) fn error_manager() -> Box<j::jpeg_error_mgr> {
 
 /// Runs `f` (libjpeg calls with an [`error_manager`]), turning a fatal
 /// libjpeg error into its message; any other panic goes on unwinding.
-pub(crate) fn catch_fatal<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+pub(crate) fn catch_fatal<T>(f: impl FnOnce() -> T) -> Result<T, LibjpegError> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| match payload.downcast::<LibjpegError>() {
-        Ok(e) => e.0,
+        Ok(e) => *e,
         Err(other) => resume_unwind(other),
     })
 }
@@ -262,7 +264,7 @@ pub(super) fn decode(
         result.unwrap_or_else(|detail| {
             Err(DecodeError::Corrupt {
                 format: "JPEG",
-                detail,
+                detail: detail.0,
             })
         })
     })

@@ -22,25 +22,24 @@
 //!   [`Epoch`] stops and joins its workers.
 
 mod batch;
+mod epoch;
+mod worker;
 
 pub use batch::{Batch, OutputKind};
+pub use epoch::Epoch;
 
 use crate::augment::{
-    Augment, CropResizer, EvalCrop, Lighting, Normalization, Normalizer, SampleParams,
-    TrainAugment, normalize, sample_rng,
+    Augment, CifarAugment, EvalCrop, Lighting, Normalization, Normalizer, Pipeline, SampleParams,
+    TrainAugment, WholeImage, WholeNormalizer, sample_rng,
 };
-use crate::augment::{CifarAugment, CropBox};
-use crate::error::{LoadError, LoadErrorKind, ReadError};
+use crate::error::{LoadError, ReadError};
 use crate::reader::Dataset;
 use crate::sampler::{Distributed, Order, epoch_indices};
 use batch::BatchMem;
 use crossbeam::channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// What to do with a record that cannot be loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -80,31 +79,6 @@ pub struct StageTimes {
     pub wait: f64,
     /// Records replaced by the next loadable one ([`OnError::Skip`]); counted always.
     pub skipped: u64,
-}
-
-#[derive(Default)]
-struct StageCounters {
-    samples: AtomicU64,
-    read: AtomicU64,
-    decode: AtomicU64,
-    resize: AtomicU64,
-    normalize: AtomicU64,
-    skipped: AtomicU64,
-}
-
-impl StageCounters {
-    fn snapshot(&self) -> StageTimes {
-        let s = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 * 1e-9;
-        StageTimes {
-            samples: self.samples.load(Ordering::Relaxed),
-            read: s(&self.read),
-            decode: s(&self.decode),
-            resize: s(&self.resize),
-            normalize: s(&self.normalize),
-            wait: 0.0,
-            skipped: self.skipped.load(Ordering::Relaxed),
-        }
-    }
 }
 
 /// Builds a [`Loader`].
@@ -282,12 +256,15 @@ impl LoaderBuilder {
             Augment::Train(_) | Augment::Cifar(_) => Order::Shuffled,
             Augment::Eval(_) => Order::Sequential,
         });
+        let whole =
+            WholeNormalizer::new(self.normalization, mean, stats.mean_size, stats.channel_std);
+        let pipeline = Pipeline::new(self.augment.clone(), normalizer, self.lighting);
         let (pool_tx, pool_rx) = crossbeam::channel::unbounded();
         Ok(Loader {
             shared: Arc::new(Shared {
                 dataset,
-                normalizer,
-                mean_image: mean,
+                pipeline,
+                whole,
                 cfg: self,
                 order,
                 pool_tx,
@@ -300,9 +277,9 @@ impl LoaderBuilder {
 
 struct Shared {
     dataset: Arc<Dataset>,
-    normalizer: Normalizer,
-    /// The pack's mean image (for whole-image evaluation at any size).
-    mean_image: Vec<f32>,
+    pipeline: Pipeline,
+    /// The same normalisation for whole images of any size.
+    whole: WholeNormalizer,
     cfg: LoaderBuilder,
     order: Order,
     /// Batch buffers not in use, kept across epochs (a new epoch's first
@@ -346,7 +323,7 @@ impl Loader {
 
     /// The normaliser (to turn outputs back into pictures).
     pub fn normalizer(&self) -> &Normalizer {
-        &self.shared.normalizer
+        self.shared.pipeline.normalizer()
     }
 
     /// Worker threads.
@@ -414,35 +391,21 @@ impl Loader {
         })
     }
 
-    /// Record `index` as a whole image whose shorter side is `short`, no crop:
-    /// the paper's fully-convolutional multi-scale testing (short in {224, 256,
-    /// 384, 480, 640}). Normalised like the loader's batches; sizes vary, so
-    /// this is per image, not batched.
-    pub fn load_full(&self, index: usize, short: u32) -> Result<FullImage, LoadError> {
+    /// Record `index` decoded whole and resized to shorter side `short`,
+    /// with its label: the paper's fully-convolutional multi-scale testing
+    /// (short in {224, 256, 384, 480, 640}). Normalise it with
+    /// [`Loader::whole_normalizer`]; sizes vary, so this is per image, not batched.
+    pub fn whole_image(&self, index: usize, short: u32) -> Result<(WholeImage, u32), LoadError> {
         let s = &self.shared;
-        let err = |kind| load_error(s, index, kind);
+        let err = |kind| worker::load_error(s, index, kind);
         let record = s.record(index).map_err(|e| err(e.into()))?;
-        let mut rgb = Vec::new();
-        let info = crate::decode::decode_rgb(record.bytes, &mut rgb).map_err(|e| err(e.into()))?;
-        let (w, h) = crate::augment::crop::resized_dims(info.width, info.height, short);
-        let resized = crate::augment::resize::resize_rgb(&rgb, info.width, info.height, w, h)
-            .map_err(|e| err(LoadErrorKind::Resize(e)))?;
-        let stats = &s.dataset.manifest().stats;
-        let data = normalize::normalize_full(
-            s.cfg.normalization,
-            &resized,
-            w,
-            h,
-            &s.mean_image,
-            stats.mean_size,
-            stats.channel_std,
-        );
-        Ok(FullImage {
-            data,
-            width: w as usize,
-            height: h as usize,
-            label: record.label,
-        })
+        let image = WholeImage::decode(record.bytes, short).map_err(|e| err(e.into()))?;
+        Ok((image, record.label))
+    }
+
+    /// The normalisation of this loader's batches, for whole images of any size.
+    pub fn whole_normalizer(&self) -> &WholeNormalizer {
+        &self.shared.whole
     }
 
     /// Iterates over `epoch` from its start.
@@ -473,467 +436,5 @@ impl Loader {
             });
         }
         Ok(self.start(state.epoch, state.position))
-    }
-
-    fn start(&self, epoch: u64, position: usize) -> Epoch {
-        let s = &self.shared;
-        let order = self.epoch_order(epoch);
-        let b = s.cfg.batch_size;
-        let n_batches = self.batches_per_epoch();
-        let (job_tx, job_rx) = crossbeam::channel::unbounded::<Job>();
-        let (done_tx, done_rx) = crossbeam::channel::unbounded::<Done>();
-        let (pool_tx, pool_rx) = (s.pool_tx.clone(), s.pool_rx.clone());
-        let stop = Arc::new(AtomicBool::new(false));
-        let counters = Arc::new(StageCounters::default());
-        let workers = (0..s.cfg.workers)
-            .map(|_| {
-                let (shared, job_rx, done_tx) = (Arc::clone(s), job_rx.clone(), done_tx.clone());
-                let (stop, counters) = (Arc::clone(&stop), Arc::clone(&counters));
-                std::thread::Builder::new()
-                    .name("rnim-loader".into())
-                    .spawn(move || worker(shared, epoch, job_rx, done_tx, stop, counters))
-                    .expect("spawn loader worker")
-            })
-            .collect();
-        Epoch {
-            shared: Arc::clone(s),
-            epoch,
-            order,
-            batch_size: b,
-            n_batches,
-            position,
-            dispatched: position,
-            read_ahead: position,
-            in_flight: HashMap::new(),
-            ready: BTreeMap::new(),
-            job_tx: Some(job_tx),
-            done_rx,
-            pool_tx,
-            pool_rx,
-            stop,
-            counters,
-            workers,
-            finished: false,
-            wait: 0.0,
-        }
-    }
-}
-
-/// A whole image for fully-convolutional testing.
-#[derive(Debug, Clone)]
-pub struct FullImage {
-    /// CHW f32, `3 * height * width`.
-    pub data: Vec<f32>,
-    /// Width.
-    pub width: usize,
-    /// Height.
-    pub height: usize,
-    /// Class label.
-    pub label: u32,
-}
-
-struct Job {
-    mem: Arc<BatchMem>,
-    batch: usize,
-    slot: usize,
-    index: u32,
-}
-
-enum Done {
-    Batch(usize),
-    Failed(usize, LoadError),
-}
-
-/// One epoch's batches, in order. Dropping it stops its workers.
-pub struct Epoch {
-    shared: Arc<Shared>,
-    epoch: u64,
-    order: Vec<u32>,
-    batch_size: usize,
-    n_batches: usize,
-    position: usize,
-    dispatched: usize,
-    /// Batches before this one have had their records' reads started.
-    read_ahead: usize,
-    in_flight: HashMap<usize, Arc<BatchMem>>,
-    /// Batches finished (Ok) or failed (Err), not yet yielded.
-    ready: BTreeMap<usize, Result<(), LoadError>>,
-    job_tx: Option<Sender<Job>>,
-    done_rx: Receiver<Done>,
-    pool_tx: Sender<Arc<BatchMem>>,
-    pool_rx: Receiver<Arc<BatchMem>>,
-    stop: Arc<AtomicBool>,
-    counters: Arc<StageCounters>,
-    workers: Vec<JoinHandle<()>>,
-    finished: bool,
-    wait: f64,
-}
-
-impl Epoch {
-    /// Where this epoch is: save it to resume exactly here.
-    pub fn state(&self) -> LoaderState {
-        LoaderState {
-            seed: self.shared.cfg.seed,
-            epoch: self.epoch,
-            position: self.position,
-        }
-    }
-
-    /// Batches in the epoch.
-    pub fn len(&self) -> usize {
-        self.n_batches
-    }
-
-    /// Whether the epoch has no batches.
-    pub fn is_empty(&self) -> bool {
-        self.n_batches == 0
-    }
-
-    /// Per-stage times so far (zeros unless profiling is on; `wait` always).
-    pub fn stage_times(&self) -> StageTimes {
-        StageTimes {
-            wait: self.wait,
-            ..self.counters.snapshot()
-        }
-    }
-
-    fn records_in(&self, batch: usize) -> &[u32] {
-        let start = batch * self.batch_size;
-        let end = (start + self.batch_size).min(self.order.len());
-        &self.order[start..end]
-    }
-
-    /// Hands out jobs for batches ahead of the consumer, up to `prefetch`,
-    /// and starts the disk reads of the `prefetch` batches after those
-    /// (`madvise(MADV_WILLNEED)` on each record), so that on shards not in
-    /// the page cache many reads are in flight at once instead of one per
-    /// worker, each waited for. Bounded: at most `2 * prefetch` batches'
-    /// records are asked for ahead of the consumer.
-    fn dispatch(&mut self) {
-        let prefetch = self.shared.cfg.prefetch;
-        let ahead = if self.shared.cfg.read_ahead { 2 } else { 0 };
-        let horizon = (self.position + ahead * prefetch).min(self.n_batches);
-        while self.read_ahead < horizon {
-            for &index in self.records_in(self.read_ahead) {
-                self.shared.dataset.prefetch_record(index as usize);
-            }
-            self.read_ahead += 1;
-        }
-        while self.dispatched < self.n_batches && self.dispatched < self.position + prefetch {
-            let mem = self.pool_rx.try_recv().unwrap_or_else(|_| {
-                self.shared.buffers.fetch_add(1, Ordering::Relaxed);
-                let views = self.shared.cfg.augment.views();
-                let size = self.shared.normalizer.size();
-                Arc::new(BatchMem::new(
-                    self.batch_size,
-                    views,
-                    3 * size * size,
-                    self.shared.cfg.output,
-                ))
-            });
-            let batch = self.dispatched;
-            let records = self.records_in(batch).to_vec();
-            debug_assert!(records.len() <= mem.capacity());
-            mem.remaining.store(records.len(), Ordering::Release);
-            self.in_flight.insert(batch, Arc::clone(&mem));
-            let tx = self.job_tx.as_ref().expect("open while running");
-            for (slot, index) in records.into_iter().enumerate() {
-                let job = Job {
-                    mem: Arc::clone(&mem),
-                    batch,
-                    slot,
-                    index,
-                };
-                if tx.send(job).is_err() {
-                    return; // workers gone: surfaces as a failure below
-                }
-            }
-            self.dispatched += 1;
-        }
-    }
-
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.job_tx = None;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
-    }
-}
-
-impl Iterator for Epoch {
-    type Item = Result<Batch, LoadError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.finished || self.position >= self.n_batches {
-            if !self.finished {
-                self.finished = true;
-                self.shutdown();
-            }
-            return None;
-        }
-        self.dispatch();
-        let t0 = Instant::now();
-        while !self.ready.contains_key(&self.position) {
-            match self.done_rx.recv() {
-                Ok(Done::Batch(b)) => {
-                    self.ready.insert(b, Ok(()));
-                }
-                Ok(Done::Failed(b, err)) => {
-                    // Reported when the consumer reaches that batch; the first error wins.
-                    self.ready.entry(b).or_insert(Err(err));
-                }
-                Err(_) => {
-                    // Every worker has exited without reporting this batch
-                    // (a panic outside the per-sample guard): fail, don't hang.
-                    self.finished = true;
-                    self.shutdown();
-                    let first =
-                        self.records_in(self.position).first().copied().unwrap_or(0) as usize;
-                    let kind = LoadErrorKind::Panic("all loader workers exited".into());
-                    return Some(Err(load_error(&self.shared, first, kind)));
-                }
-            }
-        }
-        self.wait += t0.elapsed().as_secs_f64();
-        if let Some(Err(err)) = self.ready.remove(&self.position) {
-            self.finished = true;
-            self.shutdown();
-            return Some(Err(err));
-        }
-        let mem = self.in_flight.remove(&self.position).expect("dispatched");
-        let batch = Batch {
-            len: self.records_in(self.position).len(),
-            mem: Some(mem),
-            pool: self.pool_tx.clone(),
-            index: self.position,
-            size: self.shared.normalizer.size(),
-            kind: self.shared.cfg.output,
-        };
-        self.position += 1;
-        self.dispatch(); // keep the workers busy while the consumer computes
-        Some(Ok(batch))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.n_batches - self.position.min(self.n_batches);
-        (left, Some(left))
-    }
-}
-
-impl Drop for Epoch {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// Per-worker scratch: reused for every sample.
-pub struct SampleWorker {
-    rgb: Vec<u8>,
-    resizer: CropResizer,
-}
-
-impl SampleWorker {
-    /// Scratch for outputs of side `size`.
-    pub fn new(size: u32) -> Self {
-        SampleWorker {
-            rgb: Vec::new(),
-            resizer: CropResizer::new(size),
-        }
-    }
-}
-
-/// Where one sample's output goes.
-enum Out<'a> {
-    F32(&'a mut [f32]),
-    F32Hwc(&'a mut [f32]),
-    U8(&'a mut [u8]),
-}
-
-/// Produces all views of record `index` into `out`; returns the label.
-fn process(
-    shared: &Shared,
-    w: &mut SampleWorker,
-    epoch: u64,
-    index: usize,
-    out: Out<'_>,
-    counters: Option<&StageCounters>,
-) -> Result<u32, LoadErrorKind> {
-    let clock = |start: &mut Instant, counter: Option<&AtomicU64>| {
-        if let Some(c) = counter {
-            let now = Instant::now();
-            c.fetch_add((now - *start).as_nanos() as u64, Ordering::Relaxed);
-            *start = now;
-        }
-    };
-    let mut t = Instant::now();
-    let record = shared.record(index)?;
-    clock(&mut t, counters.map(|c| &c.read));
-    let size = shared.normalizer.size();
-    let view_len = 3 * size * size;
-    let mut out = out;
-    let rng = || sample_rng(shared.cfg.seed, epoch, index as u64);
-    // Up to 10 boxes, on the stack: no per-sample allocation. They are drawn
-    // once the header gives the image's size, so that only the pixels they
-    // need are decoded (the whole image for CIFAR: no boxes).
-    let mut boxes = [CropBox::default(); 10];
-    let mut n_boxes = 0;
-    let mut alpha = None;
-    let (info, region) = crate::decode::decode_rgb_region(record.bytes, &mut w.rgb, |iw, ih| {
-        n_boxes = match &shared.cfg.augment {
-            Augment::Train(aug) => {
-                let (p, b) = aug.draw(iw, ih, &mut rng());
-                boxes[0] = b;
-                alpha = (aug.lighting_std > 0.0).then_some(p.alpha);
-                1
-            }
-            Augment::Eval(e) => e.boxes_into(iw, ih, &mut boxes),
-            Augment::Cifar(_) => 0,
-        };
-        w.resizer.source_region(&boxes[..n_boxes], iw, ih)
-    })?;
-    clock(&mut t, counters.map(|c| &c.decode));
-    let light = alpha.map_or([0.0; 3], |a| shared.cfg.lighting.offset(a));
-    if let Augment::Cifar(c) = &shared.cfg.augment {
-        // Whole image to the crop size (a no-op copy for CIFAR-sized records), then pad-crop-flip.
-        let full = CropBox {
-            left: 0.0,
-            top: 0.0,
-            width: info.width as f64,
-            height: info.height as f64,
-            flip: false,
-        };
-        let pixels = w
-            .resizer
-            .crop_resize(&w.rgb, info.width, info.height, &full)
-            .map_err(LoadErrorKind::Resize)?;
-        clock(&mut t, counters.map(|c| &c.resize));
-        let p = c.draw(&mut rng());
-        let (dx, dy) = (
-            p.crop_x as isize - c.pad as isize,
-            p.crop_y as isize - c.pad as isize,
-        );
-        match &mut out {
-            Out::F32(o) => shared
-                .normalizer
-                .write_chw_shifted(pixels, dx, dy, p.flip, o),
-            Out::F32Hwc(o) => shared
-                .normalizer
-                .write_hwc_shifted(pixels, dx, dy, p.flip, o),
-            Out::U8(o) => normalize::write_hwc_u8_shifted(pixels, size, dx, dy, p.flip, o),
-        }
-        clock(&mut t, counters.map(|c| &c.normalize));
-    }
-    for (v, b) in boxes[..n_boxes].iter().enumerate() {
-        let pixels = w
-            .resizer
-            .crop_resize(&w.rgb, region.width, region.height, &b.within(&region))
-            .map_err(LoadErrorKind::Resize)?;
-        clock(&mut t, counters.map(|c| &c.resize));
-        let o = v * view_len..(v + 1) * view_len;
-        match &mut out {
-            Out::F32(out) => shared
-                .normalizer
-                .write_chw(pixels, b.flip, light, &mut out[o]),
-            Out::F32Hwc(out) => shared
-                .normalizer
-                .write_hwc(pixels, b.flip, light, &mut out[o]),
-            Out::U8(out) => normalize::write_hwc_u8(pixels, size, b.flip, &mut out[o]),
-        }
-        clock(&mut t, counters.map(|c| &c.normalize));
-    }
-    if let Some(c) = counters {
-        c.samples.fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(record.label)
-}
-
-fn load_error(shared: &Shared, index: usize, kind: LoadErrorKind) -> LoadError {
-    let (shard, record) = shared.dataset.locate(index).unwrap_or((0, index));
-    LoadError {
-        shard: shared
-            .dataset
-            .shards()
-            .get(shard)
-            .map(|s| s.path().to_path_buf())
-            .unwrap_or_default(),
-        record,
-        index,
-        kind,
-    }
-}
-
-fn worker(
-    shared: Arc<Shared>,
-    epoch: u64,
-    jobs: Receiver<Job>,
-    done: Sender<Done>,
-    stop: Arc<AtomicBool>,
-    counters: Arc<StageCounters>,
-) {
-    let mut w = SampleWorker::new(shared.normalizer.size() as u32);
-    let profile = shared.cfg.profile.then_some(&*counters);
-    let len = shared.dataset.len();
-    for job in jobs {
-        if stop.load(Ordering::Relaxed) {
-            continue; // drain quickly
-        }
-        // Try the record, then (OnError::Skip) the records after it.
-        let tries = if shared.cfg.on_error == OnError::Skip {
-            16.min(len)
-        } else {
-            1
-        };
-        let mut result = Err(LoadErrorKind::Panic("no attempt".into()));
-        let mut used = job.index as usize;
-        for t in 0..tries {
-            used = (job.index as usize + t) % len;
-            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                // SAFETY: this job is the only writer of its slot, and the
-                // consumer reads the batch only after every slot reported done.
-                let out = match shared.cfg.output {
-                    OutputKind::F32Chw => Out::F32(unsafe { job.mem.slot_f32(job.slot) }),
-                    OutputKind::F32Hwc => Out::F32Hwc(unsafe { job.mem.slot_f32(job.slot) }),
-                    OutputKind::U8Hwc => Out::U8(unsafe { job.mem.slot_u8(job.slot) }),
-                };
-                process(&shared, &mut w, epoch, used, out, profile)
-            }));
-            result = match attempt {
-                Ok(r) => r,
-                Err(panic) => {
-                    w = SampleWorker::new(shared.normalizer.size() as u32);
-                    let msg = crate::error::panic_message(&*panic);
-                    Err(LoadErrorKind::Panic(msg))
-                }
-            };
-            match &result {
-                Ok(_) => break,
-                Err(e) if tries > 1 => {
-                    let (shard, record) = shared.dataset.locate(used).unwrap_or((0, used));
-                    log::warn!(
-                        "shard {shard} record {record} (index {used}): {e}; using the next record"
-                    );
-                }
-                Err(_) => {}
-            }
-        }
-        match result {
-            Ok(label) => {
-                // SAFETY: as above.
-                unsafe { job.mem.set_meta(job.slot, label, job.index) };
-                if used != job.index as usize {
-                    counters.skipped.fetch_add(1, Ordering::Relaxed);
-                }
-                if job.mem.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    let _ = done.send(Done::Batch(job.batch));
-                }
-            }
-            Err(kind) => {
-                let _ = done.send(Done::Failed(
-                    job.batch,
-                    load_error(&shared, job.index as usize, kind),
-                ));
-            }
-        }
     }
 }

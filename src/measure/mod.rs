@@ -7,10 +7,11 @@
 //! `Comparison`, `StepTimes`, `LoaderTraining`, `OpTimes`) derives
 //! `Serialize`: its JSON form is its fields, by these names, in seconds,
 //! bytes and images per second. `bench-pipeline --json` writes one object
-//! (`BenchReport` in the binary) and `gpu-check --json` one JSON Lines record
+//! ([`loader_bench::PipelineReport`]) and `gpu-check --json` one JSON Lines record
 //! per part, each with a `type` field (`comparison`, `time`, `loader`, `ops`,
 //! `failed`).
 
+pub mod loader_bench;
 pub mod page_cache;
 pub mod parity;
 pub mod pipeline;

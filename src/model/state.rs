@@ -24,6 +24,7 @@ use std::path::Path;
 
 /// Errors reading or writing model state.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StateError {
     /// The file could not be read or written.
     #[error("{path}: {source}")]

@@ -100,8 +100,22 @@ pub trait NetworkUser<D: Device<f32>> {
     fn run<M: Network<D>>(self) -> Self::Output;
 }
 
+/// The per-layer table ([`super::summary::table`]) of model `name` with
+/// `classes` classes at `size x size`.
+pub fn summary_table(name: &str, classes: usize, size: usize) -> Result<String, ZooError> {
+    struct Of(usize);
+    impl NetworkUser<Cpu> for Of {
+        type Output = String;
+        fn run<M: Network<Cpu>>(self) -> String {
+            super::summary::table(&M::build(&Cpu::default()), self.0, self.0)
+        }
+    }
+    with_network(name, classes, Of(size))
+}
+
 /// Why no model type fits.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ZooError {
     /// Not a known model name.
     #[error("unknown model {name:?}; known: {}", MODELS.iter().map(|m| m.0).collect::<Vec<_>>().join(", "))]

@@ -6,6 +6,7 @@
 //! the same size at the same quality. Fatal errors unwind as in the decoder
 //! (`decode::libjpeg`) and become an error value.
 
+use super::encode::SkipReason;
 use crate::decode::libjpeg::{catch_fatal, error_manager};
 use mozjpeg_sys as j;
 
@@ -18,7 +19,7 @@ pub(super) fn encode_rgb(
     h: u32,
     quality: u8,
     full_chroma: bool,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, SkipReason> {
     let stride = w as usize * 3;
     assert_eq!(pixels.len(), stride * h as usize, "checked by encode_jpeg");
     let mut err = error_manager();
@@ -68,8 +69,8 @@ pub(super) fn encode_rgb(
         });
         let out = match &result {
             Ok(()) if !buf.is_null() => Ok(std::slice::from_raw_parts(buf, size as usize).to_vec()),
-            Ok(()) => Err("libjpeg wrote nothing".to_string()),
-            Err(message) => Err(format!("JPEG encoding failed: {message}")),
+            Ok(()) => Err(SkipReason::Encode("libjpeg wrote nothing".into())),
+            Err(e) => Err(SkipReason::Encode(e.0.clone())),
         };
         j::jpeg_destroy_compress(&mut c);
         if !buf.is_null() {

@@ -56,8 +56,50 @@ pub struct Encoder {
     resizer: Resizer,
 }
 
-/// The reason an input was not packed (goes into the skip report).
-pub type SkipReason = String;
+/// The reason an input was not packed (its message goes into the skip report).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SkipReason {
+    /// The file has no bytes.
+    #[error("empty file")]
+    Empty,
+    /// The file could not be read.
+    #[error("unreadable: {0}")]
+    Unreadable(#[from] std::io::Error),
+    /// The file is not an image this build decodes, or a broken one.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The decoder panicked on it (caught; the worker goes on).
+    #[error("decoder panicked: {0}")]
+    DecoderPanic(String),
+    /// Resizing it failed.
+    #[error("{0}")]
+    Resize(#[from] fast_image_resize::ResizeError),
+    /// Its pixels do not describe an image of its size.
+    #[error("{0}")]
+    Buffer(#[from] fast_image_resize::ImageBufferError),
+    /// Larger than a JPEG can be (libjpeg's limit, 65,500).
+    #[error("{width}x{height} is too large for JPEG")]
+    TooLarge {
+        /// Width after resizing.
+        width: u32,
+        /// Height after resizing.
+        height: u32,
+    },
+    /// A pixel buffer of the wrong length (a bug, reported rather than packed).
+    #[error("{bytes} bytes are not a {width}x{height} RGB image")]
+    NotRgb {
+        /// Bytes given.
+        bytes: usize,
+        /// Width.
+        width: u32,
+        /// Height.
+        height: u32,
+    },
+    /// The re-encoder failed.
+    #[error("JPEG encoding failed: {0}")]
+    Encode(String),
+}
 
 impl Encoder {
     /// Turns one input file's bytes into a record, or says why it can't.
@@ -67,16 +109,15 @@ impl Encoder {
         opts: &EncodeOptions,
     ) -> Result<PackedImage, SkipReason> {
         if input.is_empty() {
-            return Err("empty file".into());
+            return Err(SkipReason::Empty);
         }
         if is_jpeg(input) && !jpeg_has_eoi(input) {
-            return Err(DecodeError::Truncated.to_string());
+            return Err(DecodeError::Truncated.into());
         }
         // A JPEG at least twice the limit is decoded at a reduced DCT scale
         // (down to no less than the limit) and resized from there, which
         // saves most of its decode.
-        let (info, (dw, dh)) =
-            decode_rgb_reduced(input, &mut self.rgb, opts.max_side).map_err(|e| e.to_string())?;
+        let (info, (dw, dh)) = decode_rgb_reduced(input, &mut self.rgb, opts.max_side)?;
         let mut origin = 0u8;
         if info.format != SourceFormat::Jpeg {
             origin |= Origin::FROM_OTHER_FORMAT;
@@ -109,16 +150,13 @@ impl Encoder {
             encode_jpeg(pixels, pw, ph, opts.quality)?
         };
         let thumb_img = {
-            let src = ImageRef::new(pw, ph, pixels, PixelType::U8x3).map_err(|e| e.to_string())?;
+            let src = ImageRef::new(pw, ph, pixels, PixelType::U8x3)?;
             let mut dst = Image::new(opts.mean_size, opts.mean_size, PixelType::U8x3);
-            self.resizer
-                .resize(
-                    &src,
-                    &mut dst,
-                    &ResizeOptions::new()
-                        .resize_alg(ResizeAlg::Interpolation(FilterType::Bilinear)),
-                )
-                .map_err(|e| e.to_string())?;
+            self.resizer.resize(
+                &src,
+                &mut dst,
+                &ResizeOptions::new().resize_alg(ResizeAlg::Interpolation(FilterType::Bilinear)),
+            )?;
             dst.into_vec()
         };
         let sums = pixel_sums(&thumb_img);
@@ -140,11 +178,10 @@ impl Encoder {
         nh: u32,
         alg: ResizeAlg,
     ) -> Result<Image<'static>, SkipReason> {
-        let src = ImageRef::new(w, h, &self.rgb, PixelType::U8x3).map_err(|e| e.to_string())?;
+        let src = ImageRef::new(w, h, &self.rgb, PixelType::U8x3)?;
         let mut dst = Image::new(nw, nh, PixelType::U8x3);
         self.resizer
-            .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(alg))
-            .map_err(|e| e.to_string())?;
+            .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(alg))?;
         Ok(dst)
     }
 }
@@ -171,13 +208,17 @@ pub fn scaled_to_short_side(w: u32, h: u32, short: u32) -> (u32, u32) {
 pub fn encode_jpeg(pixels: &[u8], w: u32, h: u32, quality: u8) -> Result<Vec<u8>, SkipReason> {
     // libjpeg's limit (JPEG's own is 65,535).
     if w > 65_500 || h > 65_500 {
-        return Err(format!("{w}x{h} is too large for JPEG"));
+        return Err(SkipReason::TooLarge {
+            width: w,
+            height: h,
+        });
     }
     if pixels.len() != w as usize * h as usize * 3 || w == 0 || h == 0 {
-        return Err(format!(
-            "{} bytes are not a {w}x{h} RGB image",
-            pixels.len()
-        ));
+        return Err(SkipReason::NotRgb {
+            bytes: pixels.len(),
+            width: w,
+            height: h,
+        });
     }
     let full_chroma = w < 16 || h < 16;
     #[cfg(feature = "libjpeg-turbo")]
@@ -194,7 +235,7 @@ pub fn encode_jpeg(pixels: &[u8], w: u32, h: u32, quality: u8) -> Result<Vec<u8>
             jpeg_encoder::SamplingFactor::R_4_2_0
         });
         enc.encode(pixels, w as u16, h as u16, jpeg_encoder::ColorType::Rgb)
-            .map_err(|e| format!("JPEG encoding failed: {e}"))?;
+            .map_err(|e| SkipReason::Encode(e.to_string()))?;
         Ok(out)
     }
 }

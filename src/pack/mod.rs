@@ -24,26 +24,27 @@
 #[cfg(feature = "libjpeg-turbo")]
 mod compress;
 pub mod encode;
+mod floor;
 pub mod import;
+mod pool;
+mod resume;
 pub mod walk;
 pub mod writer;
 
-use crate::error::{PackError, ReadError};
+use crate::error::PackError;
 use crate::format::manifest::{MANIFEST_FILE, MEAN_IMAGE_FILE, PackSettings};
-use crate::format::{
-    self, DatasetStats, FORMAT_VERSION, Manifest, STATS_SCALARS, ShardEntry, ShardMeta, SkippedFile,
-};
-use crate::progress::{ProgressMode, progress_bar};
-use crate::reader::ShardReader;
-use encode::{EncodeOptions, Encoder, PackedImage, SkipReason};
+use crate::format::{DatasetStats, FORMAT_VERSION, Manifest, STATS_SCALARS, SkippedFile};
+use crate::progress::ProgressMode;
+use encode::EncodeOptions;
+use pool::run_workers;
+use resume::{Progress, fingerprint, resume_state};
 use serde::Serialize;
-use sha2::Digest;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-use walk::{InputFile, SplitInputs, WalkOptions};
+use std::time::Instant;
+use walk::{SplitInputs, WalkOptions};
 
+pub use floor::{FloorReport, decode_floor};
+pub use pool::DELAY_ENV;
 pub use writer::{ShardWriter, shard_name};
 
 /// Settings of a pack.
@@ -71,8 +72,6 @@ pub struct PackOptions {
     pub walk: WalkOptions,
     /// Progress bars.
     pub progress: ProgressMode,
-    /// Sleep this long per record written (for tests that interrupt a pack).
-    pub debug_delay: Option<Duration>,
 }
 
 impl Default for PackOptions {
@@ -89,7 +88,6 @@ impl Default for PackOptions {
             overwrite: false,
             walk: WalkOptions::default(),
             progress: ProgressMode::Auto,
-            debug_delay: None,
         }
     }
 }
@@ -184,153 +182,17 @@ pub fn pack(
         .collect()
 }
 
-/// Hash of everything that determines a split's bytes.
-fn fingerprint(split: &SplitInputs, enc: &EncodeOptions, shard_bytes: u64) -> String {
-    let mut h = sha2::Sha256::new();
-    h.update(format!(
-        "rnim v{FORMAT_VERSION}\n{}\n{}\n{}\n{}\n{}\n",
-        split.name, enc.max_side, enc.quality, enc.mean_size, shard_bytes
-    ));
-    for c in &split.classes {
-        h.update(format!("class {}\t{}\n", c.wnid, c.name));
+/// The bundled sample (`datasets/sample` of this repository), packed once
+/// into `target/sample-packed`; returns that folder.
+pub fn bundled_sample() -> Result<PathBuf, PackError> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let input = root.join("datasets/sample");
+    let out = root.join("target/sample-packed");
+    if !(out.join("train/manifest.json").is_file() && out.join("val/manifest.json").is_file()) {
+        eprintln!("packing {} into {} (once)", input.display(), out.display());
+        pack(&input, &out, &PackOptions::default())?;
     }
-    for f in &split.files {
-        let size = std::fs::metadata(&f.path)
-            .map(|m| m.len())
-            .unwrap_or(u64::MAX);
-        h.update(format!("{}\t{}\t{size}\n", f.rel, f.label));
-    }
-    let digest = h.finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// State carried over from finished shards (of an earlier run, or this one).
-struct Progress {
-    shards: Vec<ShardEntry>,
-    skipped: Vec<SkippedFile>,
-    stats: Vec<f64>,
-    class_counts: Vec<u64>,
-    /// Next input index to process.
-    next_input: usize,
-    /// Records written so far.
-    records: u64,
-}
-
-impl Progress {
-    fn new(num_classes: usize, mean_size: u32) -> Self {
-        Progress {
-            shards: Vec::new(),
-            skipped: Vec::new(),
-            stats: vec![0.0; format::stats_len_for(mean_size).expect("validated") as usize / 8],
-            class_counts: vec![0; num_classes],
-            next_input: 0,
-            records: 0,
-        }
-    }
-
-    fn add_shard(
-        &mut self,
-        entry: ShardEntry,
-        meta: &ShardMeta,
-        stats: &[f64],
-        labels: impl Iterator<Item = u32>,
-    ) {
-        for (s, v) in self.stats.iter_mut().zip(stats) {
-            *s += v;
-        }
-        for l in labels {
-            if let Some(c) = self.class_counts.get_mut(l as usize) {
-                *c += 1;
-            }
-        }
-        self.records += entry.records;
-        self.skipped.extend(meta.skipped.iter().cloned());
-        self.next_input = meta.input_end as usize;
-        self.shards.push(entry);
-    }
-}
-
-/// Reads back the finished shards in `dir` that belong to this pack, in
-/// order, deleting temporary files and anything after the first gap.
-fn resume_state(
-    dir: &Path,
-    split: &SplitInputs,
-    fp: &str,
-    mean_size: u32,
-) -> Result<Progress, PackError> {
-    let mut state = Progress::new(split.classes.len(), mean_size);
-    let mut names = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(PackError::io(dir))? {
-        let e = e.map_err(PackError::io(dir))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(writer::TMP_SUFFIX) {
-            std::fs::remove_file(e.path()).map_err(PackError::io(&e.path()))?;
-        } else if name.starts_with("shard-") && name.ends_with(".rnim") {
-            names.push(name);
-        }
-    }
-    names.sort();
-    let mut k = 0u32;
-    let mut broken = false;
-    for name in names {
-        let path = dir.join(&name);
-        if broken || name != shard_name(k) {
-            log::warn!(
-                "{}: not part of the finished sequence; removing",
-                path.display()
-            );
-            std::fs::remove_file(&path).map_err(PackError::io(&path))?;
-            broken = true;
-            continue;
-        }
-        let shard = match ShardReader::open(&path) {
-            Ok(s) => s,
-            Err(ReadError::Format { source, .. }) => {
-                log::warn!(
-                    "{}: unreadable ({source}); removing it and the shards after it",
-                    path.display()
-                );
-                std::fs::remove_file(&path).map_err(PackError::io(&path))?;
-                broken = true;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let meta = shard.meta().clone();
-        if meta.fingerprint != fp {
-            return Err(PackError::Mismatch {
-                path: dir.to_path_buf(),
-            });
-        }
-        if meta.shard_index != k
-            || meta.input_start as usize != state.next_input
-            || meta.mean_size != mean_size
-        {
-            log::warn!(
-                "{}: out of sequence; removing it and the shards after it",
-                path.display()
-            );
-            drop(shard);
-            std::fs::remove_file(&path).map_err(PackError::io(&path))?;
-            broken = true;
-            continue;
-        }
-        let entry = ShardEntry {
-            name: name.clone(),
-            records: shard.len() as u64,
-            bytes: shard.bytes().len() as u64,
-            crc32: crc32fast::hash(shard.bytes()),
-        };
-        let stats = shard.stats();
-        state.add_shard(
-            entry,
-            &meta,
-            &stats,
-            shard.entries().iter().map(|e| e.label),
-        );
-        k += 1;
-    }
-    Ok(state)
+    Ok(out)
 }
 
 /// Packs one split into `dir`.
@@ -398,191 +260,6 @@ pub fn pack_split(
         images_per_sec: processed as f64 / seconds.max(1e-9),
         mb_per_sec: bytes_in as f64 / 1e6 / seconds.max(1e-9),
     })
-}
-
-/// Runs the worker pool over the files from `state.next_input` on,
-/// writing shards in order. Returns the input bytes read.
-fn run_workers(
-    split: &SplitInputs,
-    dir: &Path,
-    opts: &PackOptions,
-    enc: &EncodeOptions,
-    fp: &str,
-    state: &mut Progress,
-) -> Result<u64, PackError> {
-    let files = &split.files;
-    let first = state.next_input;
-    let end = files.len();
-    let bar = progress_bar(end as u64, &split.name, opts.progress);
-    bar.set_position(first as u64);
-    let window = opts.threads * WINDOW_PER_THREAD;
-    let (job_tx, job_rx) = crossbeam::channel::unbounded::<usize>();
-    let (data_tx, data_rx) = crossbeam::channel::unbounded::<(usize, std::io::Result<Vec<u8>>)>();
-    let (res_tx, res_rx) =
-        crossbeam::channel::unbounded::<(usize, Result<PackedImage, SkipReason>, u64)>();
-    let mut bytes_in = 0u64;
-    let result = crossbeam::thread::scope(|s| -> Result<(), PackError> {
-        for _ in 0..opts.readers {
-            let (job_rx, data_tx) = (job_rx.clone(), data_tx.clone());
-            s.spawn(move |_| {
-                for i in job_rx {
-                    if data_tx.send((i, std::fs::read(&files[i].path))).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(data_tx);
-        for _ in 0..opts.threads {
-            let data_rx = data_rx.clone();
-            let res_tx = res_tx.clone();
-            s.spawn(move |_| {
-                let mut encoder = Encoder::default();
-                for (i, data) in data_rx {
-                    let (r, n) = pack_one(data, &mut encoder, enc);
-                    if res_tx.send((i, r, n)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(res_tx);
-        let mut next_job = first;
-        while next_job < end && next_job < first + window {
-            job_tx.send(next_job).expect("workers alive");
-            next_job += 1;
-        }
-        let mut pending = BTreeMap::new();
-        let mut next = first;
-        let mut shard: Option<ShardWriter> = None;
-        let mut shard_start = first;
-        let mut shard_skipped: Vec<SkippedFile> = Vec::new();
-        while next < end {
-            let (i, r, n) = res_rx.recv().expect("a worker result");
-            pending.insert(i, (r, n));
-            while let Some((r, n)) = pending.remove(&next) {
-                bytes_in += n;
-                let file = &files[next];
-                match r {
-                    Ok(img) => {
-                        let full = shard.as_ref().is_some_and(|w| {
-                            !w.is_empty()
-                                && w.len() + img.bytes.len() as u64 + 64 > opts.shard_bytes
-                        });
-                        if full {
-                            let w = shard.take().expect("checked");
-                            finish_shard(
-                                w,
-                                dir,
-                                split,
-                                fp,
-                                enc,
-                                state,
-                                shard_start,
-                                next,
-                                &mut shard_skipped,
-                            )?;
-                            shard_start = next;
-                        }
-                        let w = match &mut shard {
-                            Some(w) => w,
-                            None => shard.insert(ShardWriter::create(
-                                dir,
-                                state.shards.len() as u32,
-                                enc.mean_size,
-                            )?),
-                        };
-                        w.push(&img, file.label)?;
-                        if let Some(d) = opts.debug_delay {
-                            std::thread::sleep(d);
-                        }
-                    }
-                    Err(reason) => {
-                        if opts.strict {
-                            return Err(PackError::BadFile {
-                                path: file.path.clone(),
-                                reason,
-                            });
-                        }
-                        log::warn!("skipping {}: {reason}", file.rel);
-                        shard_skipped.push(SkippedFile {
-                            path: file.rel.clone(),
-                            reason,
-                        });
-                    }
-                }
-                next += 1;
-                bar.set_position(next as u64);
-                if next_job < end {
-                    job_tx.send(next_job).expect("workers alive");
-                    next_job += 1;
-                }
-            }
-        }
-        drop(job_tx);
-        // The last shard covers the trailing skipped files too; a split where
-        // nothing could be packed still gets one (empty) shard for the record.
-        if shard.is_some() || !shard_skipped.is_empty() || state.shards.is_empty() {
-            let w = match shard.take() {
-                Some(w) => w,
-                None => ShardWriter::create(dir, state.shards.len() as u32, enc.mean_size)?,
-            };
-            finish_shard(
-                w,
-                dir,
-                split,
-                fp,
-                enc,
-                state,
-                shard_start,
-                end,
-                &mut shard_skipped,
-            )?;
-        }
-        Ok(())
-    });
-    bar.finish_and_clear();
-    match result {
-        Ok(r) => r?,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-    Ok(bytes_in)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn finish_shard(
-    w: ShardWriter,
-    dir: &Path,
-    split: &SplitInputs,
-    fp: &str,
-    enc: &EncodeOptions,
-    state: &mut Progress,
-    input_start: usize,
-    input_end: usize,
-    skipped: &mut Vec<SkippedFile>,
-) -> Result<(), PackError> {
-    let meta = ShardMeta {
-        split: split.name.clone(),
-        shard_index: state.shards.len() as u32,
-        first_record: state.records,
-        input_start: input_start as u64,
-        input_end: input_end as u64,
-        skipped: std::mem::take(skipped),
-        mean_size: enc.mean_size,
-        fingerprint: fp.to_string(),
-    };
-    let entry = w.finish(&meta)?;
-    // Read the published shard back: its stats and labels feed the totals
-    // exactly as they would when a later run resumes after it.
-    let shard = ShardReader::open(dir.join(&entry.name))?;
-    let stats = shard.stats();
-    state.add_shard(
-        entry,
-        shard.meta(),
-        &stats,
-        shard.entries().iter().map(|e| e.label),
-    );
-    Ok(())
 }
 
 /// Turns the summed statistics into per-channel mean/std, covariance and the mean image.
@@ -690,104 +367,4 @@ pub fn tsv_field(s: &str) -> String {
         }
     }
     out
-}
-
-/// Files in flight per worker thread: enough that one slow image (a large
-/// one re-encoded) does not leave the other workers idle while the records
-/// after it wait for their turn to be written.
-const WINDOW_PER_THREAD: usize = 32;
-
-fn pack_one(
-    read: std::io::Result<Vec<u8>>,
-    encoder: &mut Encoder,
-    enc: &EncodeOptions,
-) -> (Result<PackedImage, SkipReason>, u64) {
-    let bytes = match read {
-        Ok(b) => b,
-        Err(e) => return (Err(format!("unreadable: {e}")), 0),
-    };
-    let n = bytes.len() as u64;
-    // A decoder panic on a hostile file must not take the pack down: it
-    // becomes a skip with the reason, and the worker gets fresh scratch.
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encoder.encode(&bytes, enc)));
-    match r {
-        Ok(r) => (r, n),
-        Err(panic) => {
-            *encoder = Encoder::default();
-            let msg = crate::error::panic_message(&*panic);
-            (Err(format!("decoder panicked: {msg}")), n)
-        }
-    }
-}
-
-/// Result of [`decode_floor`]: the plain "read + decode every file" pass.
-#[derive(Debug, Clone, Serialize)]
-pub struct FloorReport {
-    /// Files decoded successfully.
-    pub images: u64,
-    /// Files that failed to decode.
-    pub failed: u64,
-    /// Bytes read.
-    pub bytes: u64,
-    /// Wall time.
-    pub seconds: f64,
-    /// Decoded files per second.
-    pub images_per_sec: f64,
-    /// Input MB per second.
-    pub mb_per_sec: f64,
-    /// Threads used.
-    pub threads: usize,
-}
-
-/// Reads and decodes every file with `threads` threads and does nothing
-/// else: the floor that packing (which also converts, encodes and writes)
-/// cannot beat.
-pub fn decode_floor(files: &[InputFile], threads: usize) -> FloorReport {
-    let next = AtomicUsize::new(0);
-    let start = Instant::now();
-    let totals = crossbeam::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.max(1))
-            .map(|_| {
-                s.spawn(|_| {
-                    let mut buf = Vec::new();
-                    let (mut ok, mut failed, mut bytes) = (0u64, 0u64, 0u64);
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(f) = files.get(i) else { break };
-                        match std::fs::read(&f.path) {
-                            Ok(data) => {
-                                bytes += data.len() as u64;
-                                // A decoder panic on a hostile file is a failure, as in packing.
-                                let decoded =
-                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                        crate::decode::decode_rgb(&data, &mut buf).is_ok()
-                                    }));
-                                match decoded {
-                                    Ok(true) => ok += 1,
-                                    _ => failed += 1,
-                                }
-                            }
-                            Err(_) => failed += 1,
-                        }
-                    }
-                    (ok, failed, bytes)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("decode thread"))
-            .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
-    })
-    .expect("decode threads");
-    let seconds = start.elapsed().as_secs_f64();
-    FloorReport {
-        images: totals.0,
-        failed: totals.1,
-        bytes: totals.2,
-        seconds,
-        images_per_sec: totals.0 as f64 / seconds.max(1e-9),
-        mb_per_sec: totals.2 as f64 / 1e6 / seconds.max(1e-9),
-        threads: threads.max(1),
-    }
 }

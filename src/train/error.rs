@@ -96,4 +96,7 @@ pub enum TrainError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The training curves could not be drawn.
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
 }

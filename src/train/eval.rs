@@ -51,23 +51,16 @@ pub fn evaluate_multiscale<M: Network<D>, D: Device<f32>>(
 ) -> Result<Accuracy, TrainError> {
     let mut acc = Accuracy::default();
     let n = loader.dataset().len();
+    let norm = loader.whole_normalizer();
     for i in 0..n {
         let mut logits = Vec::new();
         let mut label = 0;
         for &s in scales {
-            let img = loader.load_full(i, s)?;
-            label = img.label;
-            let (h, w) = (img.height, img.width);
+            let (img, l) = loader.whole_image(i, s)?;
+            label = l;
+            let (h, w) = (img.height as usize, img.width as usize);
             for flip in [false, true] {
-                let mut hwc = vec![0f32; 3 * h * w];
-                for y in 0..h {
-                    for x in 0..w {
-                        let sx = if flip { w - 1 - x } else { x };
-                        for c in 0..3 {
-                            hwc[(y * w + x) * 3 + c] = img.data[(c * h + y) * w + sx];
-                        }
-                    }
-                }
+                let hwc = norm.hwc(&img.pixels, img.width, img.height, flip);
                 let t: Input<D> = dev.tensor_from_vec(hwc, (1, h, w, Const::<3>));
                 logits.extend(model.forward_eval(t).as_vec());
             }
@@ -132,6 +125,19 @@ pub struct EvalReport {
     pub multiscale: Option<Accuracy>,
     /// Scales used for multi-scale.
     pub scales: Vec<u32>,
+}
+
+/// Evaluates a checkpoint on the CPU with the model type its name picks from the zoo.
+pub fn evaluate_checkpoint(job: EvalJob) -> Result<EvalReport, TrainError> {
+    struct With(EvalJob);
+    impl zoo::NetworkUser<Cpu> for With {
+        type Output = Result<EvalReport, TrainError>;
+        fn run<M: Network<Cpu>>(self) -> Self::Output {
+            evaluate_job::<M>(self.0)
+        }
+    }
+    let (model, classes) = (job.model().to_string(), job.classes());
+    zoo::with_network(&model, classes, With(job))?
 }
 
 /// Evaluates a checkpoint with model type `M` on the CPU: centre crop, and

@@ -13,7 +13,7 @@ use super::sgd::Sgd;
 use crate::loader::LoaderState;
 use crate::model::state;
 use crate::model::zoo;
-use crate::model::zoo::{Family, Input, Logits, Network};
+use crate::model::zoo::{Family, Input, Logits, Network, NetworkUser};
 use crate::progress::{ProgressMode, progress_bar};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,26 @@ pub fn train_cpu<M: Network<Cpu>>(
     let job = prepare(start, progress)?;
     let dev = cpu_device(job.config.seed);
     run::<M, Cpu>(job, dev)
+}
+
+/// Trains a prepared job with the model type its name picks from the zoo,
+/// on the device its config names.
+pub fn train(job: Job) -> Result<TrainReport, TrainError> {
+    struct With<D>(Job, D);
+    impl<D: Device<f32>> NetworkUser<D> for With<D> {
+        type Output = Result<TrainReport, TrainError>;
+        fn run<M: Network<D>>(self) -> Self::Output {
+            run::<M, D>(self.0, self.1)
+        }
+    }
+    let (model, classes, seed) = (job.model().to_string(), job.classes(), job.config.seed);
+    match job.config.device {
+        #[cfg(feature = "cuda")]
+        super::DeviceKind::Cuda => {
+            zoo::with_network(&model, classes, With(job, super::cuda_device(seed)?))?
+        }
+        _ => zoo::with_network(&model, classes, With(job, cpu_device(seed)))?,
+    }
 }
 
 pub(crate) fn onehot(labels: &[u32], classes: usize) -> Vec<f32> {

@@ -33,8 +33,10 @@ pub use device::cpu_device;
 #[cfg(feature = "cuda")]
 pub use device::{cuda_device, cuda_memory_used};
 pub use error::TrainError;
-pub use eval::{EvalReport, evaluate, evaluate_job, evaluate_multiscale, paper_scales};
-pub use fit::{TrainReport, run, sgd_step, sgd_step_on_device, train_cpu};
+pub use eval::{
+    EvalReport, evaluate, evaluate_checkpoint, evaluate_job, evaluate_multiscale, paper_scales,
+};
+pub use fit::{TrainReport, run, sgd_step, sgd_step_on_device, train, train_cpu};
 pub use job::{
     EvalJob, Job, Resume, Start, TrainState, checkpoint_config, eval_loader, open_split, prepare,
     prepare_eval, train_loader,

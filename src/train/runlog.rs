@@ -216,8 +216,5 @@ pub fn plot(log: &Path, png: &Path, title: &str) -> Result<(), TrainError> {
         y_label: "top-1 error (%)",
         integer_x: false,
     };
-    line_chart(png, &chart, &series).map_err(|e| TrainError::Io {
-        path: png.to_owned(),
-        source: std::io::Error::other(e),
-    })
+    Ok(line_chart(png, &chart, &series)?)
 }
