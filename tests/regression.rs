@@ -164,6 +164,37 @@ fn odd_file_names_are_kept_exactly_and_the_report_stays_one_row_each() {
     assert!(tsv.contains("n07747607/bad\\\\xFF.JPEG\t"), "{tsv}");
 }
 
+/// `--batch-size 1` at crop 32 panicked in BatchNorm (ResNet-18's last
+/// stage is 1x1 there: one value per channel); now a setting error.
+#[test]
+fn a_batch_batchnorm_cannot_normalise_is_refused() {
+    let out = Command::cargo_bin("train-resnet")
+        .unwrap()
+        .arg("--data")
+        .arg(packed_sample())
+        .args([
+            "--model",
+            "resnet18",
+            "-b",
+            "1",
+            "--crop",
+            "32",
+            "--max-steps",
+            "1",
+        ])
+        .args(["--no-final-eval", "-q", "--out"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("batch size 1") && stderr.contains("BatchNorm"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// `--batch-size 0` trained with lr 0 and `--lr=-1` to a loss of 498, both
 /// exiting 0; `pack-imagenet --threads 0` silently used one thread.
 #[test]

@@ -154,6 +154,22 @@ impl TrainConfig {
                 expected: "MIN,MAX with 1 <= MIN <= MAX",
             });
         }
+        // BatchNorm in training needs two values per channel; the last
+        // stage has the fewest (PyTorch refuses the same batch).
+        let last_side = match crate::model::zoo::family(&self.model) {
+            Some(crate::model::zoo::Family::Cifar) => last_side(self.crop, 2),
+            _ => last_side(self.crop, 5),
+        };
+        if self.batch_size * last_side * last_side < 2 {
+            return Err(TrainError::Setting {
+                setting: "batch size",
+                value: format!(
+                    "{} (the last stage is {last_side}x{last_side} at crop {})",
+                    self.batch_size, self.crop
+                ),
+                expected: "at least 2 values per channel for BatchNorm: a larger batch or crop",
+            });
+        }
         if self.device == DeviceKind::Cuda && !cfg!(feature = "cuda") {
             return Err(TrainError::Setting {
                 setting: "device",
@@ -163,6 +179,12 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// The side of the last stage's output for input side `crop` after
+/// `halvings` stride-2 steps (each rounds up, as a padded conv or pool does).
+fn last_side(crop: u32, halvings: u32) -> usize {
+    (0..halvings).fold(crop as usize, |s, _| s.div_ceil(2))
 }
 
 /// What a user chose for a new run; everything left `None` follows the
