@@ -247,6 +247,18 @@ pub fn write_hwc_u8(hwc: &[u8], size: usize, flip: bool, out: &mut [u8]) {
     }
 }
 
+/// The left-right mirror of a channels-last `w x h` image (pixel and mean
+/// together: the mirror of a normalised image).
+pub fn mirror_hwc(x: &[f32], w: usize, h: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(3 * w * h);
+    for row in x[..3 * w * h].chunks_exact(3 * w) {
+        for px in row.chunks_exact(3).rev() {
+            out.extend_from_slice(px);
+        }
+    }
+    out
+}
+
 /// Normalisation of whole images of any size (the paper's fully-convolutional
 /// multi-scale testing), with the same conventions as [`Normalizer`]: for
 /// [`Normalization::PerPixelMean`] the mean image is resized to each image's size.
@@ -301,14 +313,14 @@ impl WholeNormalizer {
             Normalization::Unit => (None, [1.0 / 255.0; 3]),
         };
         let mut out = vec![0f32; 3 * n];
-        for y in 0..h {
-            for x in 0..w {
-                let src = y * w + if flip { w - 1 - x } else { x };
-                for c in 0..3 {
-                    let m = mean.as_ref().map_or(0.0, |m| m[src * 3 + c]);
-                    out[(y * w + x) * 3 + c] = (hwc[src * 3 + c] as f32 - m) * mul[c];
-                }
+        for i in 0..n {
+            for c in 0..3 {
+                let m = mean.as_ref().map_or(0.0, |m| m[i * 3 + c]);
+                out[i * 3 + c] = (hwc[i * 3 + c] as f32 - m) * mul[c];
             }
+        }
+        if flip {
+            out = mirror_hwc(&out, w, h);
         }
         out
     }

@@ -98,25 +98,28 @@ pub(super) fn resume_state(
     names.sort();
     let mut k = 0u32;
     let mut broken = false;
+    // A shard that does not continue the sequence goes, with all after it.
+    let remove = |path: &Path, why: std::fmt::Arguments| -> Result<(), PackError> {
+        log::warn!("{}: {why}", path.display());
+        std::fs::remove_file(path).map_err(PackError::io(path))
+    };
     for name in names {
         let path = dir.join(&name);
         if broken || name != shard_name(k) {
-            log::warn!(
-                "{}: not part of the finished sequence; removing",
-                path.display()
-            );
-            std::fs::remove_file(&path).map_err(PackError::io(&path))?;
+            remove(
+                &path,
+                format_args!("not part of the finished sequence; removing"),
+            )?;
             broken = true;
             continue;
         }
         let shard = match ShardReader::open(&path) {
             Ok(s) => s,
             Err(ReadError::Format { source, .. }) => {
-                log::warn!(
-                    "{}: unreadable ({source}); removing it and the shards after it",
-                    path.display()
-                );
-                std::fs::remove_file(&path).map_err(PackError::io(&path))?;
+                remove(
+                    &path,
+                    format_args!("unreadable ({source}); removing it and the shards after it"),
+                )?;
                 broken = true;
                 continue;
             }
@@ -132,12 +135,11 @@ pub(super) fn resume_state(
             || meta.input_start as usize != state.next_input
             || meta.mean_size != mean_size
         {
-            log::warn!(
-                "{}: out of sequence; removing it and the shards after it",
-                path.display()
-            );
-            drop(shard);
-            std::fs::remove_file(&path).map_err(PackError::io(&path))?;
+            drop(shard); // unmapped before it is removed
+            remove(
+                &path,
+                format_args!("out of sequence; removing it and the shards after it"),
+            )?;
             broken = true;
             continue;
         }

@@ -7,7 +7,7 @@ use super::config::TrainConfig;
 use super::device::cpu_device;
 use super::job::{EvalJob, eval_loader};
 use super::metrics::{self, Accuracy};
-use crate::augment::EvalCrop;
+use crate::augment::{EvalCrop, normalize};
 use crate::loader::Loader;
 use crate::model::state;
 use crate::model::zoo::{self, Family, Input, Network};
@@ -59,8 +59,10 @@ pub fn evaluate_multiscale<M: Network<D>, D: Device<f32>>(
             let (img, l) = loader.whole_image(i, s)?;
             label = l;
             let (h, w) = (img.height as usize, img.width as usize);
-            for flip in [false, true] {
-                let hwc = norm.hwc(&img.pixels, img.width, img.height, flip);
+            // The mirror of the normalised image: the mean is resized once per scale.
+            let plain = norm.hwc(&img.pixels, img.width, img.height, false);
+            let mirrored = normalize::mirror_hwc(&plain, w, h);
+            for hwc in [plain, mirrored] {
                 let t: Input<D> = dev.tensor_from_vec(hwc, (1, h, w, Const::<3>));
                 logits.extend(model.forward_eval(t).as_vec());
             }
