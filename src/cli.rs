@@ -58,12 +58,27 @@ pub fn main(tool: &str, run: impl FnOnce() -> anyhow::Result<ExitCode>) -> ExitC
         Ok(Ok(code)) => code,
         Ok(Err(e)) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
-            eprintln!("{tool}: error: {e:#}");
+            eprintln!("{tool}: error: {}", message(&e));
             ExitCode::from(2)
         }
         Err(panic) if is_print_to_closed_pipe(&*panic) => ExitCode::SUCCESS,
         Err(panic) => std::panic::resume_unwind(panic),
     }
+}
+
+/// An error and its causes, `a: b: c`, leaving out a cause whose text
+/// the message already has (many errors embed their source's text).
+pub fn message(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let c = cause.to_string();
+        if text.is_empty() {
+            text = c;
+        } else if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+    }
+    text
 }
 
 /// Whether a panic is `println!` failing on a closed pipe.
@@ -139,5 +154,17 @@ mod tests {
         let pipe = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
         assert!(is_broken_pipe(&pipe.context("writing the report")));
         assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+
+    #[test]
+    fn messages_name_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        #[derive(Debug, thiserror::Error)]
+        #[error("open x: {0}")]
+        struct Embeds(#[source] std::io::Error);
+        let e = anyhow::Error::from(Embeds(io)).context("train split");
+        assert_eq!(message(&e), "train split: open x: gone");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(message(&e), "outer: inner");
     }
 }

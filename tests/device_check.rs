@@ -130,6 +130,74 @@ fn gpu_check_dry_run_on_the_cpu_writes_its_records() {
         .stderr(predicates::str::contains("resnet50"));
 }
 
+/// Any model of the zoo (issue 14: the tool had its own three-model table),
+/// CIFAR ones at 10 classes; a part that panics (BatchNorm over a 1x1x1
+/// batch) is a `failed` record and the run goes on to the next model.
+#[test]
+fn gpu_check_runs_any_zoo_model_and_reports_a_failed_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.jsonl");
+    #[rustfmt::skip]
+    let args = [
+        "--compare", "plain20", "--compare-batch", "2", "--compare-side", "32", "--compare-steps", "1",
+        "--time", "resnet34a,resnet20", "--batch-sizes", "1", "--side", "32",
+        "--warmup", "0", "--min-steps", "1", "--max-steps", "1",
+    ];
+    let out = Command::cargo_bin("gpu-check")
+        .unwrap()
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&json)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["compare", "failed", "time"], "{stdout}");
+    assert_eq!(records[0]["model"], "plain20");
+    assert!(
+        records[1]["what"]
+            .as_str()
+            .unwrap()
+            .starts_with("time resnet34a b1")
+    );
+    assert_eq!(records[2]["model"], "resnet20");
+    assert!(
+        stdout.contains("time resnet34a b1 (larger batches skipped): FAILED"),
+        "{stdout}"
+    );
+}
+
+/// `--data` with more classes than the model has outputs is a setting error.
+#[test]
+fn gpu_check_refuses_data_with_more_classes_than_the_model() {
+    Command::cargo_bin("gpu-check")
+        .unwrap()
+        .args([
+            "--compare",
+            "",
+            "--time",
+            "",
+            "--loader-model",
+            "resnet20",
+            "--data",
+        ])
+        .arg(packed_sample().join("train"))
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "12 classes, but resnet20 is built with 10 outputs",
+        ));
+}
+
 /// The CUDA code path (dfdx ops only: gather im2col with a padding mask,
 /// gathered weight, dfdx's BatchNorm) run on the CPU against the CPU's own
 /// ops, over a whole bottleneck ResNet whose residual branches end in

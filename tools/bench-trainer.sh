@@ -9,10 +9,12 @@
 set -euo pipefail
 b=${1:-128}; steps=${2:-6}; rounds=${3:-3}
 threads=$(nproc)
-cargo build --release --quiet --example step_time
+cargo build --release --quiet --bin gpu-check
 ours=(); theirs=()
 for r in $(seq "$rounds"); do
-  o=$(./target/release/examples/step_time resnet20 "$b" 32 "$steps" | awk '/^median/ {print $2}')
+  o=$(./target/release/gpu-check --compare "" --time resnet20 --batch-sizes "$b" --side 32 \
+        --warmup 1 --min-steps "$steps" --max-steps "$steps" 2>/dev/null |
+      awk '/^time resnet20/ {for (i=1;i<=NF;i++) if ($i=="ms/step") print $(i-1)/1000}')
   t=$(python3 tools/pytorch-resnet20.py "$b" "$steps" "$threads" | awk '/median/ {for (i=1;i<=NF;i++) if ($i=="median") print $(i+1)}')
   echo "round $r: ours $o s/step, pytorch $t s/step"
   ours+=("$o"); theirs+=("$t")

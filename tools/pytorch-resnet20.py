@@ -5,7 +5,7 @@ SGD steps (forward, backward, update) on random 32x32 batches, CPU.
     python3 tools/pytorch-resnet20.py [BATCH] [STEPS] [THREADS]
 
 Prints the median seconds per step and images/s (first step excluded). Compare with
-    cargo run --release --example step_time -- resnet20 BATCH 32 STEPS
+    gpu-check --compare '' --time resnet20 --batch-sizes BATCH --side 32 --min-steps STEPS --max-steps STEPS
 on the same machine, in the same session (tools/bench-trainer.sh runs both).
 """
 import statistics

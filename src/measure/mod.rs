@@ -1,7 +1,7 @@
 //! Measurement in one place: medians, process statistics, the page cache,
 //! the loader's benchmark against its decode-only ceiling ([`pipeline`]),
-//! the CPU-vs-device parity check ([`parity`]) and the training-step
-//! timings ([`timing`]).
+//! the CPU-vs-device parity check ([`parity`]), the training-step
+//! timings ([`timing`]) and `gpu-check`'s run of both ([`device_check`]).
 //!
 //! Every report struct here (`LoaderRun`, `CeilingRun`, `ConsumerReport`,
 //! `Comparison`, `StepTimes`, `LoaderTraining`, `OpTimes`) derives
@@ -11,6 +11,7 @@
 //! per part, each with a `type` field (`comparison`, `time`, `loader`, `ops`,
 //! `failed`).
 
+pub mod device_check;
 pub mod loader_bench;
 pub mod page_cache;
 pub mod parity;

@@ -92,12 +92,35 @@ pub fn family(name: &str) -> Option<Family> {
     MODELS.iter().find(|m| m.0 == name).map(|m| m.1)
 }
 
+impl Family {
+    /// The class count of the family's own data set (ImageNet 1000,
+    /// CIFAR-10): the instance [`with_standard_network`] picks.
+    pub const fn standard_classes(self) -> usize {
+        match self {
+            Family::ImageNet => 1000,
+            Family::Cifar => 10,
+        }
+    }
+}
+
 /// Code that runs with a concrete model type.
 pub trait NetworkUser<D: Device<f32>> {
     /// What it returns.
     type Output;
     /// Runs with model type `M`.
     fn run<M: Network<D>>(self) -> Self::Output;
+}
+
+/// Code that runs with one model type on two devices: `M` on `R` and the
+/// same network on `T` (`M::To<f32, T>`), e.g. a parity check.
+pub trait NetworkPairUser<R: Device<f32>, T: Device<f32>> {
+    /// What it returns.
+    type Output;
+    /// Runs with model type `M` (on `R`) and its twin on `T`.
+    fn run<M>(self) -> Self::Output
+    where
+        M: Network<R>,
+        <M as TensorCollection<f32, R>>::To<f32, T>: Network<T>;
 }
 
 /// The per-layer table ([`super::summary::table`]) of model `name` with
@@ -145,6 +168,36 @@ macro_rules! models {
         ) -> Result<U::Output, ZooError> {
             match name {
                 $($name => by_classes!($alias, classes, user),)+
+                other => Err(ZooError::UnknownModel {
+                    name: other.to_string(),
+                }),
+            }
+        }
+
+        /// Runs `user` with the model named `name` at its family's
+        /// standard class count ([`Family::standard_classes`]): one
+        /// instance per model, for tools that compile per-device code
+        /// for every model (`gpu-check`).
+        pub fn with_standard_network<D: Device<f32>, U: NetworkUser<D>>(
+            name: &str,
+            user: U,
+        ) -> Result<U::Output, ZooError> {
+            match name {
+                $($name => Ok(user.run::<$alias<{ Family::$family.standard_classes() }, f32, D>>()),)+
+                other => Err(ZooError::UnknownModel {
+                    name: other.to_string(),
+                }),
+            }
+        }
+
+        /// [`with_standard_network`] on two devices: `user` gets the model
+        /// named `name` on `R` and its twin on `T`.
+        pub fn with_standard_network_pair<R: Device<f32>, T: Device<f32>, U: NetworkPairUser<R, T>>(
+            name: &str,
+            user: U,
+        ) -> Result<U::Output, ZooError> {
+            match name {
+                $($name => Ok(user.run::<$alias<{ Family::$family.standard_classes() }, f32, R>>()),)+
                 other => Err(ZooError::UnknownModel {
                     name: other.to_string(),
                 }),

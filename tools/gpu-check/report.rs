@@ -1,29 +1,34 @@
 //! What `gpu-check` prints, and the JSON lines `--json` writes.
 
+use resnet_imagenet::measure::device_check::Record;
 use resnet_imagenet::measure::parity::{self, Comparison};
 use resnet_imagenet::measure::timing;
-use serde::Serialize;
 use std::io::Write;
 
-/// What `--json` writes: one record per line.
-#[derive(Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Record {
-    Compare(Comparison),
-    Time(timing::StepTimes),
-    Loader(timing::LoaderTraining),
-    Ops(timing::OpTimes),
-    Failed { what: String, error: String },
-}
-
+/// Prints each record and writes it as a JSON line to `--json`.
 pub struct Out {
     pub json: Option<std::fs::File>,
     /// The first failed `--json` write (the run goes on; the exit code says so).
     pub json_error: Option<String>,
+    /// The device's name in messages.
+    pub device: &'static str,
+    /// The comparisons' (batch, side, steps).
+    pub compare: (usize, usize, usize),
 }
 
 impl Out {
-    pub fn record(&mut self, r: &Record) {
+    pub fn emit(&mut self, r: Record) {
+        match &r {
+            Record::Compare(c) => print_comparison(c, self.device, self.compare),
+            Record::Time(t) => print_steps(t, self.device),
+            Record::Ops(t) => print_ops(t, self.device),
+            Record::Loader(l) => print_loader(l, self.device),
+            Record::Failed { what, error } => println!("{what}: FAILED: {error}"),
+        }
+        self.record(&r);
+    }
+
+    fn record(&mut self, r: &Record) {
         if let Some(f) = &mut self.json {
             let written = serde_json::to_string(r)
                 .map_err(|e| e.to_string())
@@ -35,22 +40,11 @@ impl Out {
             }
         }
     }
-
-    /// Prints and records a part that panicked.
-    pub fn failed(&mut self, what: String, error: String) {
-        println!("{what}: FAILED: {error}");
-        self.record(&Record::Failed { what, error });
-    }
 }
 
 /// Prints a comparison: the device against the CPU, and the CPU against
 /// itself on a slightly perturbed input (the network's own sensitivity).
-pub fn print_comparison(
-    c: &Comparison,
-    label: &str,
-    device: &str,
-    (b, s, k): (usize, usize, usize),
-) {
+fn print_comparison(c: &Comparison, device: &str, (b, s, k): (usize, usize, usize)) {
     let w = |x: Option<&parity::TensorError>| {
         x.map_or("-".into(), |x| format!("{:.1e} ({})", x.rel, x.path))
     };
@@ -58,7 +52,7 @@ pub fn print_comparison(
     let lines = [
         (
             &c.test,
-            format!("compare {label} b{b} {s}x{s} cpu vs {device}"),
+            format!("compare {} b{b} {s}x{s} cpu vs {device}", c.model),
             verdict,
         ),
         (
@@ -81,7 +75,7 @@ pub fn print_comparison(
 }
 
 /// Prints the timed steps of one model and batch.
-pub fn print_steps(t: &timing::StepTimes, device: &str) {
+fn print_steps(t: &timing::StepTimes, device: &str) {
     println!(
         "time {} b{} {s}x{s} on {device}: {:.1} ms/step (forward {:.1}, backward {:.1}, update {:.1}), {:.1} img/s (median of {}), memory {}",
         t.model,
@@ -98,7 +92,7 @@ pub fn print_steps(t: &timing::StepTimes, device: &str) {
 }
 
 /// Prints the pieces of a first-stage layer.
-pub fn print_ops(t: &timing::OpTimes, device: &str) {
+fn print_ops(t: &timing::OpTimes, device: &str) {
     for (op, s) in &t.ops {
         println!(
             "op b{} 56x56x64 on {device}: {op}: {:.2} ms",
@@ -109,7 +103,7 @@ pub fn print_ops(t: &timing::OpTimes, device: &str) {
 }
 
 /// Prints training fed by the real loader.
-pub fn print_loader(l: &timing::LoaderTraining, device: &str) {
+fn print_loader(l: &timing::LoaderTraining, device: &str) {
     println!(
         "loader+train {} b{} on {device}, {} workers: {:.1} img/s, waited for data {:.1}% of {:.1} s; loader alone {:.0} img/s",
         l.model,
