@@ -13,6 +13,7 @@
 //! - [`augment`]: the paper's scale/crop/flip/mean augmentation and the evaluation crops.
 //! - [`loader`]: the crossbeam worker pool that yields augmented batches in order.
 //! - [`model`]: the ResNets on dfdx (stable Rust), torchvision-compatible checkpoints.
+//! - [`engine`]: the planned training engine (a static plan per batch and size, one arena, per-op backward), tested against dfdx.
 //! - [`train`]: the trainer (SGD, schedules, evaluation, checkpoints, logs).
 //! - [`measure`]: medians, the loader against its decode-only ceiling, the CPU-vs-device parity check, step timings; [`plot`]: charts.
 //! - Shared by the stages: [`files`] (atomic writes), [`seed`] (seed mixing), [`error`];
@@ -37,6 +38,7 @@
 pub mod augment;
 pub mod cli;
 pub mod decode;
+pub mod engine;
 pub mod error;
 pub mod files;
 pub mod format;

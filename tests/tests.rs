@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod device_check;
+mod engine;
 mod loader;
 mod model;
 mod odd_jpeg;

@@ -156,13 +156,8 @@ impl Comparison {
     }
 }
 
-/// Random NHWC input (normal) and labels, the same on every device.
-pub(crate) fn synthetic(
-    batch: usize,
-    side: usize,
-    classes: usize,
-    seed: u64,
-) -> (Vec<f32>, Vec<u32>) {
+/// Random NHWC input (normal) and labels, the same on every device and run.
+pub fn synthetic(batch: usize, side: usize, classes: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
     let x = Cpu::seed_from_u64(seed)
         .sample_normal_like(&(batch * side * side * 3,))

@@ -236,6 +236,12 @@ macro_rules! block {
             }
         }
 
+        impl<$(const $p: usize,)* E: Dtype, D: Device<E>> $ty<$($p,)* E, D> {
+            /// Each field's (field, convolution, BatchNorm) names.
+            pub(crate) const NAMES: &'static [(&'static str, &'static str, &'static str)] =
+                &[$((stringify!($field), $conv, $bn),)+];
+        }
+
         impl<$(const $p: usize,)* E: Dtype, D: Device<E>> Describe for $ty<$($p,)* E, D> {
             fn describe(&self, prefix: &str, hw: (usize, usize), rows: &mut Vec<Row>) -> (usize, usize) {
                 let mut out = hw;

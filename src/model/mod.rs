@@ -11,6 +11,7 @@
 //! - [`blocks`]: convolution + BatchNorm, every residual and plain block (shortcut options A/B/C), stages.
 //! - [`resnet`]: the ImageNet ResNets of Table 1 (v1, v1.5, options A/B/C, plain).
 //! - [`cifar`]: the paper's CIFAR ResNets and plain nets (option A).
+//! - [`lower`]: each block lowers itself into the engine's plan ([`crate::engine`]).
 //! - [`state`]: named tensors, torchvision names, safetensors in and out.
 //! - [`summary`]: per-layer output shapes, parameters and multiply-adds.
 //! - [`zoo`]: every model by name behind the [`zoo::Network`] trait the trainer uses.
@@ -20,6 +21,7 @@ pub mod blocks;
 pub mod cifar;
 pub mod conv;
 pub mod dispatch;
+pub mod lower;
 pub mod pool;
 pub mod resnet;
 pub mod shape;

@@ -8,6 +8,7 @@
 use super::blocks::Layer;
 use super::cifar::{CifarNet, ResNet20, ResNet32, ResNet44, ResNet56, ResNet110};
 use super::cifar::{Plain20, Plain32, Plain44, Plain56, Plain110};
+use super::lower::Lower;
 use super::resnet::*;
 use super::summary::Describe;
 use dfdx::nn::modules::Linear;
@@ -32,7 +33,7 @@ fn flat<const N: usize, D: Device<f32>, T: Tape<f32, D>>(
 
 /// What the trainer needs of a model.
 pub trait Network<D: Device<f32>>:
-    TensorCollection<f32, D, To<f32, D> = Self> + Describe + Sized
+    TensorCollection<f32, D, To<f32, D> = Self> + Describe + Lower + Sized
 {
     /// Number of classes.
     const CLASSES: usize;
@@ -46,7 +47,7 @@ impl<L1, L2, L3, L4, const C: usize, const N: usize, D> Network<D>
     for ResNet<L1, L2, L3, L4, Linear<C, N, f32, D>, f32, D>
 where
     D: Device<f32>,
-    Self: TensorCollection<f32, D, To<f32, D> = Self> + Describe,
+    Self: TensorCollection<f32, D, To<f32, D> = Self> + Describe + Lower,
     L1: Layer<f32, D, In = Const<64>>,
     L2: Layer<f32, D, In = L1::Out>,
     L3: Layer<f32, D, In = L2::Out>,
@@ -64,7 +65,7 @@ where
 impl<L1, L2, L3, const N: usize, D> Network<D> for CifarNet<L1, L2, L3, N, f32, D>
 where
     D: Device<f32>,
-    Self: TensorCollection<f32, D, To<f32, D> = Self> + Describe,
+    Self: TensorCollection<f32, D, To<f32, D> = Self> + Describe + Lower,
     L1: Layer<f32, D, In = Const<16>, Out = Const<16>>,
     L2: Layer<f32, D, In = Const<16>, Out = Const<32>>,
     L3: Layer<f32, D, In = Const<32>, Out = Const<64>>,

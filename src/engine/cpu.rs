@@ -1,0 +1,746 @@
+//! The CPU backend: each op of the plan forward and backward, NHWC, on all
+//! the engine's threads (rayon), matrix products by the `gemm` crate.
+//!
+//! Results do not depend on the number of threads: reductions run over
+//! fixed chunks of rows whose partial sums (f64) are combined in order, the
+//! scatter-adds (col2im, pooling) run one image per task, and gemm splits
+//! only the output among threads, never the inner dimension.
+
+use super::plan::{Buf, BufId, ConvGeom, GradOut, Op, Plan};
+use rayon::prelude::*;
+
+/// Rows per reduction chunk.
+pub const CHUNK_ROWS: usize = 1024;
+
+/// The arena seen by one step: buffer `i` at `base + bufs[i].offset`.
+pub struct Mem<'a> {
+    base: *mut f32,
+    bufs: &'a [Buf],
+}
+
+impl<'a> Mem<'a> {
+    /// The arena `data` as placed by `plan`.
+    pub fn new(data: &'a mut [f32], plan: &'a Plan) -> Self {
+        assert!(data.len() >= plan.arena_len);
+        Mem {
+            base: data.as_mut_ptr(),
+            bufs: &plan.bufs,
+        }
+    }
+
+    fn r(&self, id: BufId) -> &'a [f32] {
+        let b = &self.bufs[id];
+        // SAFETY: the buffer lies inside the arena (checked in `new`:
+        // `place` keeps every buffer below `arena_len`). Buffers whose lives
+        // overlap never share memory, and an op writes only buffers other
+        // than the ones it reads, so no `&mut` handed out for this op aliases it.
+        unsafe { std::slice::from_raw_parts(self.base.add(b.offset), b.len) }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn w(&self, id: BufId) -> &'a mut [f32] {
+        let b = &self.bufs[id];
+        // SAFETY: as in `r`; each op asks for each buffer it writes once.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(b.offset), b.len) }
+    }
+}
+
+/// What the ops read and write besides the arena.
+pub struct Tensors<'a> {
+    /// Parameters (flat).
+    pub params: &'a [f32],
+    /// Their gradients (flat, same offsets).
+    pub grads: &'a mut [f32],
+    /// Running statistics (flat).
+    pub states: &'a mut [f32],
+    /// f64 partial sums of the reductions.
+    pub partial: &'a mut [f64],
+    /// Threads gemm may use.
+    pub threads: usize,
+}
+
+fn param<'a>(plan: &Plan, all: &'a [f32], id: usize) -> &'a [f32] {
+    let s = &plan.params[id];
+    &all[s.offset..s.offset + s.len]
+}
+
+fn param_mut<'a>(plan: &Plan, all: &'a mut [f32], id: usize) -> &'a mut [f32] {
+    let s = &plan.params[id];
+    &mut all[s.offset..s.offset + s.len]
+}
+
+/// Partial-sum slots the plan's reductions need.
+pub fn partial_len(plan: &Plan) -> usize {
+    plan.ops
+        .iter()
+        .map(|op| match op {
+            Op::BatchNorm { rows, c, .. } => rows.div_ceil(CHUNK_ROWS) * 2 * c,
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// A matrix operand: `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+fn row_major(data: &[f32], cols: usize) -> Mat<'_> {
+    Mat {
+        data,
+        rs: cols,
+        cs: 1,
+    }
+}
+
+fn transposed(data: &[f32], cols: usize) -> Mat<'_> {
+    Mat {
+        data,
+        rs: 1,
+        cs: cols,
+    }
+}
+
+/// `dst (m x n, row-major) = [dst +] a (m x k) * b (k x n)`.
+fn matmul(
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |x: Mat, r: usize, c: usize| (r - 1) * x.rs + (c - 1) * x.cs;
+    assert!(dst.len() >= m * n);
+    assert!(k == 0 || (last(a, m, k) < a.data.len() && last(b, k, n) < b.data.len()));
+    // SAFETY: every index gemm reads or writes is inside its slice (checked above).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(threads),
+        );
+    }
+}
+
+/// im2col: row `(n, oy, ox)` is the window's `k*k` taps of `c` channels
+/// (zeros in the padding).
+fn im2col(x: &[f32], g: &ConvGeom, cols: &mut [f32]) {
+    let (kc, c) = (g.cols(), g.c);
+    cols[..g.rows() * kc]
+        .par_chunks_mut(kc * g.ow)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (n, oy) = (row / g.oh, row % g.oh);
+            for (ox, dst) in out.chunks_exact_mut(kc).enumerate() {
+                for ky in 0..g.k {
+                    let iy = (oy * g.s + ky) as isize - g.p as isize;
+                    for kx in 0..g.k {
+                        let ix = (ox * g.s + kx) as isize - g.p as isize;
+                        let d = &mut dst[(ky * g.k + kx) * c..][..c];
+                        if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                            d.fill(0.0);
+                        } else {
+                            let at = ((n * g.h + iy as usize) * g.w + ix as usize) * c;
+                            d.copy_from_slice(&x[at..at + c]);
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The adjoint of [`im2col`]: scatter-adds the columns into `dx`, one image per task.
+fn col2im(dcols: &[f32], g: &ConvGeom, dx: &mut [f32], accumulate: bool) {
+    let (kc, c) = (g.cols(), g.c);
+    let per_image = g.oh * g.ow * kc;
+    dx.par_chunks_mut(g.h * g.w * c)
+        .zip(dcols[..g.rows() * kc].par_chunks(per_image))
+        .for_each(|(dxi, cols)| {
+            if !accumulate {
+                dxi.fill(0.0);
+            }
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let src = &cols[(oy * g.ow + ox) * kc..][..kc];
+                    for ky in 0..g.k {
+                        let iy = (oy * g.s + ky) as isize - g.p as isize;
+                        if iy < 0 || iy as usize >= g.h {
+                            continue;
+                        }
+                        for kx in 0..g.k {
+                            let ix = (ox * g.s + kx) as isize - g.p as isize;
+                            if ix < 0 || ix as usize >= g.w {
+                                continue;
+                            }
+                            let d = &mut dxi[(iy as usize * g.w + ix as usize) * c..][..c];
+                            let s = &src[(ky * g.k + kx) * c..][..c];
+                            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Per-channel sums over `rows` rows into `out` (`width` each): `f(rows,
+/// acc)` adds one chunk; chunks run in parallel into their own slots of
+/// `partial` and are combined in order.
+fn chunk_sums(
+    rows: usize,
+    width: usize,
+    partial: &mut [f64],
+    out: &mut [f64],
+    f: impl Fn(std::ops::Range<usize>, &mut [f64]) + Sync,
+) {
+    let chunks = rows.div_ceil(CHUNK_ROWS);
+    let partial = &mut partial[..chunks * width];
+    partial
+        .par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(k, acc)| {
+            acc.fill(0.0);
+            f(k * CHUNK_ROWS..((k + 1) * CHUNK_ROWS).min(rows), acc);
+        });
+    out[..width].fill(0.0);
+    for p in partial.chunks_exact(width) {
+        out.iter_mut().zip(p).for_each(|(o, v)| *o += v);
+    }
+}
+
+/// Most channels a BatchNorm may have (the reductions keep their sums on the stack).
+pub const MAX_CHANNELS: usize = 2048;
+
+/// One op forward. `train`: batch statistics (and running averages updated).
+pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
+    match *op {
+        Op::Conv {
+            g, x, y, w, cols, ..
+        } => {
+            let x = mem.r(x);
+            let lhs = match cols {
+                Some(cols) => {
+                    let cols = mem.w(cols);
+                    im2col(x, &g, cols);
+                    &*cols
+                }
+                None => x,
+            };
+            let w = param(plan, t.params, w);
+            matmul(
+                mem.w(y),
+                false,
+                row_major(lhs, g.cols()),
+                row_major(w, g.o),
+                (g.rows(), g.o, g.cols()),
+                t.threads,
+            );
+        }
+        Op::BatchNorm {
+            rows,
+            c,
+            x,
+            y,
+            gamma,
+            beta,
+            mean,
+            var,
+            momentum,
+            epsilon,
+            residual,
+            relu,
+            saved,
+            ..
+        } => {
+            let (x, y, saved) = (mem.r(x), mem.w(y), mem.w(saved));
+            let (gamma, beta) = (param(plan, t.params, gamma), param(plan, t.params, beta));
+            let (ms, vs) = (&plan.states[mean], &plan.states[var]);
+            let (scale, shift) = saved.split_at_mut(c);
+            if train {
+                let mut sums = [0f64; MAX_CHANNELS];
+                let sums = &mut sums[..c];
+                chunk_sums(rows, c, t.partial, sums, |r, acc| {
+                    for row in x[r.start * c..r.end * c].chunks_exact(c) {
+                        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
+                    }
+                });
+                let n = rows as f64;
+                let mut m64 = [0f64; MAX_CHANNELS];
+                let m64 = &mut m64[..c];
+                m64.iter_mut()
+                    .zip(sums.iter())
+                    .for_each(|(m, s)| *m = s / n);
+                let m64r = &*m64;
+                let mut sq = [0f64; MAX_CHANNELS];
+                let sq = &mut sq[..c];
+                chunk_sums(rows, c, t.partial, sq, |r, acc| {
+                    for row in x[r.start * c..r.end * c].chunks_exact(c) {
+                        for ((a, &v), m) in acc.iter_mut().zip(row).zip(m64r) {
+                            let d = v as f64 - m;
+                            *a += d * d;
+                        }
+                    }
+                });
+                let unbias = n / (n - 1.0);
+                let states = &mut *t.states;
+                for ch in 0..c {
+                    let v = sq[ch] / n;
+                    let rm = &mut states[ms.offset + ch];
+                    *rm = ((1.0 - momentum) * *rm as f64 + momentum * m64[ch]) as f32;
+                    let rv = &mut states[vs.offset + ch];
+                    *rv = ((1.0 - momentum) * *rv as f64 + momentum * unbias * v) as f32;
+                    scale[ch] = m64[ch] as f32; // the mean
+                    shift[ch] = (1.0 / (v + epsilon).sqrt()) as f32; // 1/std
+                }
+                let (mean, rstd) = (&*scale, &*shift);
+                normalize(x, y, c, residual.map(|r| mem.r(r.0)), relu, |ch, v| {
+                    gamma[ch] * ((v - mean[ch]) * rstd[ch]) + beta[ch]
+                });
+            } else {
+                let states = &*t.states;
+                for ch in 0..c {
+                    let rv = states[vs.offset + ch] as f64;
+                    scale[ch] = states[ms.offset + ch];
+                    shift[ch] = (1.0 / (rv + epsilon).sqrt()) as f32;
+                }
+                let (mean, rstd) = (&*scale, &*shift);
+                normalize(x, y, c, residual.map(|r| mem.r(r.0)), relu, |ch, v| {
+                    (v - mean[ch]) * rstd[ch] * gamma[ch] + beta[ch]
+                });
+            }
+        }
+        Op::MaxPool {
+            g, x, y, argmax, ..
+        } => {
+            let (x, y, arg) = (mem.r(x), mem.w(y), mem.w(argmax));
+            let (c, per_in, per_out) = (g.c, g.h * g.w * g.c, g.oh * g.ow * g.c);
+            y.par_chunks_mut(per_out)
+                .zip(arg.par_chunks_mut(per_out))
+                .zip(x.par_chunks(per_in))
+                .for_each(|((y, arg), x)| {
+                    for oy in 0..g.oh {
+                        for ox in 0..g.ow {
+                            let o = (oy * g.ow + ox) * c;
+                            let (yo, ao) = (&mut y[o..o + c], &mut arg[o..o + c]);
+                            yo.fill(f32::NEG_INFINITY);
+                            for ky in 0..g.k {
+                                let iy = (oy * g.s + ky) as isize - g.p as isize;
+                                if iy < 0 || iy as usize >= g.h {
+                                    continue;
+                                }
+                                for kx in 0..g.k {
+                                    let ix = (ox * g.s + kx) as isize - g.p as isize;
+                                    if ix < 0 || ix as usize >= g.w {
+                                        continue;
+                                    }
+                                    let at = (iy as usize * g.w + ix as usize) * c;
+                                    for ch in 0..c {
+                                        let v = x[at + ch];
+                                        if v > yo[ch] {
+                                            yo[ch] = v;
+                                            ao[ch] = f32::from_bits((at + ch) as u32);
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+        }
+        Op::ShortcutA { g, x, y, .. } => {
+            let (x, y) = (mem.r(x), mem.w(y));
+            y.par_chunks_mut(g.oh * g.ow * g.o)
+                .zip(x.par_chunks(g.h * g.w * g.c))
+                .for_each(|(y, x)| {
+                    for (pos, yo) in y.chunks_exact_mut(g.o).enumerate() {
+                        let (oy, ox) = (pos / g.ow, pos % g.ow);
+                        let at = ((oy * g.s) * g.w + ox * g.s) * g.c;
+                        yo[..g.c].copy_from_slice(&x[at..at + g.c]);
+                        yo[g.c..].fill(0.0);
+                    }
+                });
+        }
+        Op::AvgPool { hw, c, x, y, .. } => {
+            let (x, y) = (mem.r(x), mem.w(y));
+            let inv = 1.0 / hw as f32;
+            y.par_chunks_mut(c)
+                .zip(x.par_chunks(hw * c))
+                .for_each(|(y, x)| {
+                    y.fill(0.0);
+                    for row in x.chunks_exact(c) {
+                        y.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                    }
+                    y.iter_mut().for_each(|s| *s *= inv);
+                });
+        }
+        Op::Linear {
+            b,
+            c,
+            n,
+            x,
+            y,
+            w,
+            bias,
+            ..
+        } => {
+            let y = mem.w(y);
+            let bias = param(plan, t.params, bias);
+            for row in y[..b * n].chunks_exact_mut(n) {
+                row.copy_from_slice(bias);
+            }
+            matmul(
+                y,
+                true,
+                row_major(mem.r(x), c),
+                row_major(param(plan, t.params, w), n),
+                (b, n, c),
+                t.threads,
+            );
+        }
+    }
+}
+
+/// `y = f(channel, x)` (+ residual), ReLU'd if asked, over rows of `c`.
+fn normalize(
+    x: &[f32],
+    y: &mut [f32],
+    c: usize,
+    residual: Option<&[f32]>,
+    relu: bool,
+    f: impl Fn(usize, f32) -> f32 + Sync,
+) {
+    let chunk = CHUNK_ROWS * c;
+    y.par_chunks_mut(chunk)
+        .zip(x.par_chunks(chunk))
+        .enumerate()
+        .for_each(|(k, (ys, xs))| {
+            let rs = residual.map(|r| &r[k * chunk..k * chunk + xs.len()]);
+            for (i, (yr, xr)) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)).enumerate() {
+                for ch in 0..c {
+                    let mut v = f(ch, xr[ch]);
+                    if let Some(r) = rs {
+                        v += r[i * c + ch];
+                    }
+                    yr[ch] = if relu { v.max(0.0) } else { v };
+                }
+            }
+        });
+}
+
+fn write(d: &mut f32, v: f32, accumulate: bool) {
+    if accumulate {
+        *d += v;
+    } else {
+        *d = v;
+    }
+}
+
+/// One op backward: reads its output's gradient, writes (or adds to) its
+/// inputs' gradients and writes its parameters' gradients.
+pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
+    match *op {
+        Op::Conv {
+            g,
+            x,
+            w,
+            dx,
+            dy,
+            bcols,
+            ..
+        } => {
+            let (x, dy) = (mem.r(x), mem.r(dy));
+            let mut cols = bcols.map(|b| mem.w(b));
+            if let Some(cols) = cols.as_deref_mut() {
+                im2col(x, &g, cols);
+            }
+            let lhs: &[f32] = cols.as_deref().unwrap_or(x);
+            let (rows, kc, o) = (g.rows(), g.cols(), g.o);
+            // dW (kc x o) = cols^T dy.
+            matmul(
+                param_mut(plan, t.grads, w),
+                false,
+                transposed(lhs, kc),
+                row_major(dy, o),
+                (kc, o, rows),
+                t.threads,
+            );
+            let Some(GradOut { buf, accumulate }) = dx else {
+                return;
+            };
+            let wt = transposed(param(plan, t.params, w), o);
+            match cols {
+                // dx = dy W^T.
+                None => matmul(
+                    mem.w(buf),
+                    accumulate,
+                    row_major(dy, o),
+                    wt,
+                    (rows, kc, o),
+                    t.threads,
+                ),
+                Some(cols) => {
+                    matmul(cols, false, row_major(dy, o), wt, (rows, kc, o), t.threads);
+                    col2im(cols, &g, mem.w(buf), accumulate);
+                }
+            }
+        }
+        Op::BatchNorm {
+            rows,
+            c,
+            x,
+            y,
+            gamma,
+            beta,
+            residual,
+            relu,
+            dx,
+            dy,
+            saved,
+            ..
+        } => {
+            let (x, y, dy, saved) = (mem.r(x), mem.r(y), mem.r(dy), mem.r(saved));
+            let (mean, rstd) = saved.split_at(c);
+            let g_of = |i: usize| if relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
+            let mut sums = [0f64; 2 * MAX_CHANNELS];
+            let sums = &mut sums[..2 * c];
+            chunk_sums(rows, 2 * c, t.partial, sums, |r, acc| {
+                let (sg, sgh) = acc.split_at_mut(c);
+                for i in r {
+                    for ch in 0..c {
+                        let at = i * c + ch;
+                        let g = g_of(at) as f64;
+                        let h = ((x[at] - mean[ch]) * rstd[ch]) as f64;
+                        sg[ch] += g;
+                        sgh[ch] += g * h;
+                    }
+                }
+            });
+            let (sg, sgh) = sums.split_at(c);
+            let gam = param(plan, t.params, gamma);
+            for ch in 0..c {
+                param_mut(plan, t.grads, beta)[ch] = sg[ch] as f32;
+                param_mut(plan, t.grads, gamma)[ch] = sgh[ch] as f32;
+            }
+            let inv_n = 1.0 / rows as f64;
+            let mut coef = [0f32; 3 * MAX_CHANNELS];
+            let (k, rest) = coef[..3 * c].split_at_mut(c);
+            let (mb, mg) = rest.split_at_mut(c);
+            for ch in 0..c {
+                k[ch] = gam[ch] * rstd[ch];
+                mb[ch] = (sg[ch] * inv_n) as f32;
+                mg[ch] = (sgh[ch] * inv_n) as f32;
+            }
+            let (k, mb, mg) = (&*k, &*mb, &*mg);
+            let chunk = CHUNK_ROWS * c;
+            let dr = residual
+                .and_then(|(_, d)| d)
+                .map(|d| (mem.w(d.buf), d.accumulate));
+            let dxo = dx.map(|d| (mem.w(d.buf), d.accumulate));
+            let n_chunks = rows.div_ceil(CHUNK_ROWS);
+            // Each chunk writes its own rows of dx and of the residual's gradient.
+            let dx_ptr = dxo.map(|(d, a)| (SendPtr(d.as_mut_ptr()), a));
+            let dr_ptr = dr.map(|(d, a)| (SendPtr(d.as_mut_ptr()), a));
+            (0..n_chunks).into_par_iter().for_each(|kk| {
+                let start = kk * chunk;
+                let len = chunk.min(rows * c - start);
+                // SAFETY: chunk `kk` covers elements start..start+len of
+                // each gradient, disjoint from every other chunk's.
+                let mut dxs = dx_ptr.map(|(p, a)| {
+                    (
+                        unsafe { std::slice::from_raw_parts_mut(p.get().add(start), len) },
+                        a,
+                    )
+                });
+                let mut drs = dr_ptr.map(|(p, a)| {
+                    (
+                        unsafe { std::slice::from_raw_parts_mut(p.get().add(start), len) },
+                        a,
+                    )
+                });
+                for j in 0..len {
+                    let (at, ch) = (start + j, j % c);
+                    let g = g_of(at);
+                    if let Some((d, a)) = &mut drs {
+                        write(&mut d[j], g, *a);
+                    }
+                    if let Some((d, a)) = &mut dxs {
+                        let h = (x[at] - mean[ch]) * rstd[ch];
+                        write(&mut d[j], k[ch] * (g - mb[ch] - h * mg[ch]), *a);
+                    }
+                }
+            });
+        }
+        Op::MaxPool {
+            g, dx, dy, argmax, ..
+        } => {
+            let Some(GradOut { buf, accumulate }) = dx else {
+                return;
+            };
+            let (dy, arg, dx) = (mem.r(dy), mem.r(argmax), mem.w(buf));
+            let (per_in, per_out) = (g.h * g.w * g.c, g.oh * g.ow * g.c);
+            dx.par_chunks_mut(per_in)
+                .zip(dy.par_chunks(per_out).zip(arg.par_chunks(per_out)))
+                .for_each(|(dx, (dy, arg))| {
+                    if !accumulate {
+                        dx.fill(0.0);
+                    }
+                    for (d, a) in dy.iter().zip(arg) {
+                        dx[a.to_bits() as usize] += d;
+                    }
+                });
+        }
+        Op::ShortcutA { g, dx, dy, .. } => {
+            let Some(GradOut { buf, accumulate }) = dx else {
+                return;
+            };
+            let (dy, dx) = (mem.r(dy), mem.w(buf));
+            dx.par_chunks_mut(g.h * g.w * g.c)
+                .zip(dy.par_chunks(g.oh * g.ow * g.o))
+                .for_each(|(dx, dy)| {
+                    if !accumulate {
+                        dx.fill(0.0);
+                    }
+                    for (pos, d) in dy.chunks_exact(g.o).enumerate() {
+                        let (oy, ox) = (pos / g.ow, pos % g.ow);
+                        let at = ((oy * g.s) * g.w + ox * g.s) * g.c;
+                        dx[at..at + g.c]
+                            .iter_mut()
+                            .zip(d)
+                            .for_each(|(x, d)| *x += d);
+                    }
+                });
+        }
+        Op::AvgPool { hw, c, dx, dy, .. } => {
+            let Some(GradOut { buf, accumulate }) = dx else {
+                return;
+            };
+            let (dy, dx) = (mem.r(dy), mem.w(buf));
+            let inv = 1.0 / hw as f32;
+            dx.par_chunks_mut(hw * c)
+                .zip(dy.par_chunks(c))
+                .for_each(|(dx, dy)| {
+                    for row in dx.chunks_exact_mut(c) {
+                        for (d, g) in row.iter_mut().zip(dy) {
+                            write(d, g * inv, accumulate);
+                        }
+                    }
+                });
+        }
+        Op::Linear {
+            b,
+            c,
+            n,
+            x,
+            w,
+            bias,
+            dx,
+            dy,
+            ..
+        } => {
+            let (x, dy) = (mem.r(x), mem.r(dy));
+            matmul(
+                param_mut(plan, t.grads, w),
+                false,
+                transposed(x, c),
+                row_major(dy, n),
+                (c, n, b),
+                t.threads,
+            );
+            let db = param_mut(plan, t.grads, bias);
+            db.fill(0.0);
+            for row in dy[..b * n].chunks_exact(n) {
+                db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+            }
+            if let Some(GradOut { buf, accumulate }) = dx {
+                let wt = transposed(param(plan, t.params, w), n);
+                matmul(
+                    mem.w(buf),
+                    accumulate,
+                    row_major(dy, n),
+                    wt,
+                    (b, c, n),
+                    t.threads,
+                );
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint chunks of one buffer to rayon tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Mean softmax cross-entropy of `logits` (`b x n`) against `labels`, and
+/// its gradient `(softmax - onehot) / b` into `dlogits`.
+pub fn softmax_cross_entropy(logits: &[f32], labels: &[u32], n: usize, dlogits: &mut [f32]) -> f32 {
+    let b = labels.len();
+    let mut total = 0f64;
+    for ((z, d), &label) in logits
+        .chunks_exact(n)
+        .zip(dlogits.chunks_exact_mut(n))
+        .zip(labels)
+    {
+        let m = z.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+        let sum: f32 = z.iter().map(|&v| (v - m).exp()).sum();
+        let lse = m + sum.ln();
+        total += (lse - z[label as usize]) as f64;
+        for (j, (d, &v)) in d.iter_mut().zip(z).enumerate() {
+            let p = (v - lse).exp();
+            *d = (p - if j == label as usize { 1.0 } else { 0.0 }) / b as f32;
+        }
+    }
+    (total / b as f64) as f32
+}
+
+/// SGD with momentum and weight decay over every parameter (PyTorch's
+/// formulation, see [`crate::train::sgd`]); `first`: the momentum buffers are empty.
+pub fn sgd(
+    params: &mut [f32],
+    grads: &[f32],
+    velocity: &mut [f32],
+    (lr, momentum, decay): (f32, f32, f32),
+    first: bool,
+) {
+    const CHUNK: usize = 1 << 14;
+    params
+        .par_chunks_mut(CHUNK)
+        .zip(grads.par_chunks(CHUNK))
+        .zip(velocity.par_chunks_mut(CHUNK))
+        .for_each(|((p, g), v)| {
+            for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
+                let g = g + decay * *p;
+                *v = if first { g } else { momentum * *v + g };
+                *p -= lr * *v;
+            }
+        });
+}

@@ -1,0 +1,461 @@
+//! The planned training engine: a whole ResNet step as one static plan.
+//!
+//! dfdx defines the networks (type-level shapes, the parameter tree,
+//! checkpoints) and is the reference every result here is tested against;
+//! it runs each op as its own generic kernel with a fresh output, and keeps
+//! its storage crate-private, so custom ops pay copies. The engine instead:
+//!
+//! - **Lowers** the model once per (batch, input size): each block type
+//!   appends its ops to a [`plan::PlanBuilder`] ([`crate::model::lower`]):
+//!   convolution, BatchNorm fused with the residual add and the ReLU that
+//!   follow it, option A's shortcut, max pool (winners kept for backward),
+//!   global average pool, fully connected; softmax cross-entropy on top.
+//! - **Plans memory** once: every activation, gradient and scratch buffer
+//!   gets a place in one arena, shared between buffers whose lives on the
+//!   step's timeline do not overlap ([`plan::Plan::arena_bytes`] against
+//!   [`plan::Plan::unshared_bytes`]). Parameters, their gradients, the
+//!   momentum and the running statistics are four flat arrays.
+//! - **Runs** the ops forward, then each op's own backward in reverse order
+//!   (no tape), then SGD as one pass over the flat arrays, on a thread pool
+//!   of its own. The backend is [`cpu`]; results do not depend on the
+//!   number of threads.
+//!
+//! Parameters live in the engine; [`Engine::read_from`] and
+//! [`Engine::write_to`] copy them from and to the dfdx model (for
+//! checkpoints, evaluation with dfdx, and tests), by dfdx path.
+
+pub mod cpu;
+pub mod plan;
+
+use crate::model::lower::Lower;
+use crate::model::state::{assign_tensors, named_tensors};
+use dfdx::prelude::*;
+use plan::{Layout, Plan, PlanBuilder, TensorSpec};
+use std::sync::Arc;
+
+/// Why the engine cannot run as asked.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The model has no tensor at a path the plan needs.
+    #[error("the model has no tensor {0:?}")]
+    MissingTensor(String),
+    /// A tensor's size differs from the plan's.
+    #[error("{path}: {got} values, the plan needs {expected}")]
+    TensorSize {
+        /// dfdx path.
+        path: String,
+        /// Values in the plan.
+        expected: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// The batch is not the plan's.
+    #[error(
+        "input of {got} values; the plan is for {batch} images of {h}x{w}x3 ({expected} values)"
+    )]
+    Input {
+        /// Values expected.
+        expected: usize,
+        /// Values given.
+        got: usize,
+        /// Batch.
+        batch: usize,
+        /// Height.
+        h: usize,
+        /// Width.
+        w: usize,
+    },
+    /// Labels: wrong count or out of range.
+    #[error("labels: {0}")]
+    Labels(String),
+    /// BatchNorm in training needs more than one value per channel.
+    #[error(
+        "batch {batch} at {h}x{w} leaves a BatchNorm with {rows} value(s) per channel; training needs at least 2"
+    )]
+    BatchTooSmall {
+        /// Batch.
+        batch: usize,
+        /// Height.
+        h: usize,
+        /// Width.
+        w: usize,
+        /// Values per channel at the smallest BatchNorm.
+        rows: usize,
+    },
+    /// A layer wider than the backend supports.
+    #[error("a BatchNorm of {0} channels (at most {max})", max = cpu::MAX_CHANNELS)]
+    TooWide(usize),
+    /// The thread pool could not start.
+    #[error("thread pool: {0}")]
+    Threads(String),
+}
+
+/// SGD settings (the paper's: momentum 0.9, weight decay 1e-4).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdSettings {
+    /// Momentum.
+    pub momentum: f32,
+    /// L2 weight decay, on every parameter.
+    pub weight_decay: f32,
+}
+
+impl Default for SgdSettings {
+    fn default() -> Self {
+        SgdSettings {
+            momentum: 0.9,
+            weight_decay: 1e-4,
+        }
+    }
+}
+
+/// A model's training step, planned for one batch and input size.
+pub struct Engine {
+    plan: Plan,
+    arena: Vec<f32>,
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    velocity: Vec<f32>,
+    has_velocity: bool,
+    states: Vec<f32>,
+    partial: Vec<f64>,
+    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+    /// SGD settings.
+    pub sgd: SgdSettings,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("ops", &self.plan.ops.len())
+            .field("arena_bytes", &self.plan.arena_bytes())
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Plans `model` for `batch` images of `h x w` and copies its tensors
+    /// in; runs on `threads` threads (0: all cores).
+    pub fn new<M, D>(
+        model: &M,
+        batch: usize,
+        (h, w): (usize, usize),
+        threads: usize,
+    ) -> Result<Self, EngineError>
+    where
+        M: Lower + TensorCollection<f32, D>,
+        D: Device<f32>,
+    {
+        let (mut p, x) = PlanBuilder::new(batch, (h, w));
+        let logits = model.lower(&mut p, "", x);
+        let plan = p.finish(logits, logits.c);
+        Self::from_plan(plan, threads).and_then(|mut e| e.read_from(model).map(|()| e))
+    }
+
+    fn from_plan(plan: Plan, threads: usize) -> Result<Self, EngineError> {
+        for op in &plan.ops {
+            if let plan::Op::BatchNorm { rows, c, .. } = op {
+                if *c > cpu::MAX_CHANNELS {
+                    return Err(EngineError::TooWide(*c));
+                }
+                if *rows < 2 {
+                    let (h, w) = plan.input;
+                    return Err(EngineError::BatchTooSmall {
+                        batch: plan.batch,
+                        h,
+                        w,
+                        rows: *rows,
+                    });
+                }
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("engine-{i}"))
+            .build()
+            .map_err(|e| EngineError::Threads(e.to_string()))?;
+        let threads = pool.current_num_threads();
+        Ok(Engine {
+            arena: vec![0.0; plan.arena_len],
+            params: vec![0.0; plan.params_len],
+            grads: vec![0.0; plan.params_len],
+            velocity: vec![0.0; plan.params_len],
+            has_velocity: false,
+            states: vec![0.0; plan.states_len],
+            partial: vec![0.0; cpu::partial_len(&plan)],
+            pool: Arc::new(pool),
+            threads,
+            sgd: SgdSettings::default(),
+            plan,
+        })
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Threads the engine runs on.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Copies every parameter and running statistic from `model`.
+    pub fn read_from<M: TensorCollection<f32, D>, D: Device<f32>>(
+        &mut self,
+        model: &M,
+    ) -> Result<(), EngineError> {
+        let tensors: std::collections::HashMap<String, Vec<f32>> = named_tensors(model)
+            .into_iter()
+            .map(|t| (t.path, t.data))
+            .collect();
+        let load = |specs: &[TensorSpec], flat: &mut [f32]| -> Result<(), EngineError> {
+            for s in specs {
+                let data = tensors
+                    .get(&s.path)
+                    .ok_or_else(|| EngineError::MissingTensor(s.path.clone()))?;
+                if data.len() != s.len {
+                    return Err(EngineError::TensorSize {
+                        path: s.path.clone(),
+                        expected: s.len,
+                        got: data.len(),
+                    });
+                }
+                to_engine(s.layout, data, &mut flat[s.offset..s.offset + s.len]);
+            }
+            Ok(())
+        };
+        load(&self.plan.params, &mut self.params)?;
+        load(&self.plan.states, &mut self.states)
+    }
+
+    /// Copies every parameter and running statistic into `model`.
+    pub fn write_to<M: TensorCollection<f32, D>, D: Device<f32>>(
+        &self,
+        model: &mut M,
+    ) -> Result<(), EngineError> {
+        let mut values = std::collections::HashMap::new();
+        for (specs, flat) in [
+            (&self.plan.params, &self.params),
+            (&self.plan.states, &self.states),
+        ] {
+            for s in specs.iter() {
+                values.insert(
+                    s.path.as_str(),
+                    from_engine(s.layout, &flat[s.offset..s.offset + s.len]),
+                );
+            }
+        }
+        let mut missing = None;
+        let mut source = |path: &str, _: &[usize]| {
+            let v = values.get(path).cloned();
+            if v.is_none() && missing.is_none() {
+                missing = Some(path.to_string());
+            }
+            Ok(v)
+        };
+        assign_tensors(model, &mut source).expect("the engine's values have the model's sizes");
+        match missing {
+            Some(path) => Err(EngineError::MissingTensor(path)),
+            None => Ok(()),
+        }
+    }
+
+    /// Every parameter's gradient from the last [`Engine::forward_backward`],
+    /// by dfdx path and in dfdx's layout.
+    pub fn gradients(&self) -> Vec<(String, Vec<f32>)> {
+        self.plan
+            .params
+            .iter()
+            .map(|s| {
+                (
+                    s.path.clone(),
+                    from_engine(s.layout, &self.grads[s.offset..s.offset + s.len]),
+                )
+            })
+            .collect()
+    }
+
+    /// The logits of the last forward pass, `batch x classes`.
+    pub fn logits(&self) -> &[f32] {
+        let b = &self.plan.bufs[self.plan.logits];
+        &self.arena[b.offset..b.offset + b.len]
+    }
+
+    /// The current contents of the buffer named `name` (see [`plan::Buf::name`]),
+    /// valid only while the plan has not reused its memory.
+    pub fn buffer(&self, name: &str) -> Option<&[f32]> {
+        let b = self.plan.bufs.iter().find(|b| b.name == name)?;
+        Some(&self.arena[b.offset..b.offset + b.len])
+    }
+
+    fn check_input(&self, images: &[f32]) -> Result<(), EngineError> {
+        let (h, w) = self.plan.input;
+        let expected = self.plan.batch * h * w * 3;
+        if images.len() != expected {
+            return Err(EngineError::Input {
+                expected,
+                got: images.len(),
+                batch: self.plan.batch,
+                h,
+                w,
+            });
+        }
+        Ok(())
+    }
+
+    fn run_forward(&mut self, images: &[f32], train: bool) {
+        let xb = &self.plan.bufs[self.plan.x];
+        self.arena[xb.offset..xb.offset + xb.len].copy_from_slice(images);
+        let pool = self.pool.clone();
+        pool.install(|| {
+            let mem = cpu::Mem::new(&mut self.arena, &self.plan);
+            let mut t = cpu::Tensors {
+                params: &self.params,
+                grads: &mut self.grads,
+                states: &mut self.states,
+                partial: &mut self.partial,
+                threads: self.threads,
+            };
+            for op in &self.plan.ops {
+                cpu::forward(op, &self.plan, &mem, &mut t, train);
+            }
+        });
+    }
+
+    /// Forward in training mode (running statistics updated), the loss
+    /// (mean softmax cross-entropy) and, where it is finite, every gradient.
+    pub fn forward_backward(&mut self, images: &[f32], labels: &[u32]) -> Result<f32, EngineError> {
+        self.check_input(images)?;
+        if labels.len() != self.plan.batch {
+            return Err(EngineError::Labels(format!(
+                "{} labels for a batch of {}",
+                labels.len(),
+                self.plan.batch
+            )));
+        }
+        if let Some(&l) = labels.iter().find(|&&l| l as usize >= self.plan.classes) {
+            return Err(EngineError::Labels(format!(
+                "label {l} of {} classes",
+                self.plan.classes
+            )));
+        }
+        self.run_forward(images, true);
+        let (lb, db) = (
+            &self.plan.bufs[self.plan.logits],
+            &self.plan.bufs[self.plan.dlogits],
+        );
+        let ((lo, ll), (dlo, dl)) = ((lb.offset, lb.len), (db.offset, db.len));
+        // Both live at the loss, so they do not overlap.
+        let (logits, dlogits) = if lo < dlo {
+            let (a, b) = self.arena.split_at_mut(dlo);
+            (&a[lo..lo + ll], &mut b[..dl])
+        } else {
+            let (a, b) = self.arena.split_at_mut(lo);
+            (&b[..ll], &mut a[dlo..dlo + dl])
+        };
+        let loss = cpu::softmax_cross_entropy(logits, labels, self.plan.classes, dlogits);
+        if loss.is_finite() {
+            let pool = self.pool.clone();
+            pool.install(|| {
+                let mem = cpu::Mem::new(&mut self.arena, &self.plan);
+                let mut t = cpu::Tensors {
+                    params: &self.params,
+                    grads: &mut self.grads,
+                    states: &mut self.states,
+                    partial: &mut self.partial,
+                    threads: self.threads,
+                };
+                for op in self.plan.ops.iter().rev() {
+                    cpu::backward(op, &self.plan, &mem, &mut t);
+                }
+            });
+        }
+        Ok(loss)
+    }
+
+    /// One SGD step at learning rate `lr`: [`Engine::forward_backward`],
+    /// then the update (skipped when the loss is not finite, as the
+    /// trainer does). Returns the loss.
+    pub fn train_step(
+        &mut self,
+        images: &[f32],
+        labels: &[u32],
+        lr: f32,
+    ) -> Result<f32, EngineError> {
+        let loss = self.forward_backward(images, labels)?;
+        if loss.is_finite() {
+            let s = self.sgd;
+            let first = !self.has_velocity;
+            let pool = self.pool.clone();
+            pool.install(|| {
+                cpu::sgd(
+                    &mut self.params,
+                    &self.grads,
+                    &mut self.velocity,
+                    (lr, s.momentum, s.weight_decay),
+                    first,
+                )
+            });
+            self.has_velocity = true;
+        }
+        Ok(loss)
+    }
+
+    /// Evaluation forward (running statistics): the logits.
+    pub fn eval(&mut self, images: &[f32]) -> Result<&[f32], EngineError> {
+        self.check_input(images)?;
+        self.run_forward(images, false);
+        Ok(self.logits())
+    }
+}
+
+/// dfdx layout → the engine's.
+fn to_engine(layout: Layout, src: &[f32], dst: &mut [f32]) {
+    match layout {
+        Layout::Same => dst.copy_from_slice(src),
+        Layout::ConvKkcO { o, c, k } => {
+            for oc in 0..o {
+                for ic in 0..c {
+                    for t in 0..k * k {
+                        dst[(t * c + ic) * o + oc] = src[(oc * c + ic) * k * k + t];
+                    }
+                }
+            }
+        }
+        Layout::Transposed { rows, cols } => {
+            for r in 0..rows {
+                for col in 0..cols {
+                    dst[col * rows + r] = src[r * cols + col];
+                }
+            }
+        }
+    }
+}
+
+/// The engine's layout → dfdx's.
+fn from_engine(layout: Layout, src: &[f32]) -> Vec<f32> {
+    let mut dst = vec![0.0; src.len()];
+    match layout {
+        Layout::Same => dst.copy_from_slice(src),
+        Layout::ConvKkcO { o, c, k } => {
+            for oc in 0..o {
+                for ic in 0..c {
+                    for t in 0..k * k {
+                        dst[(oc * c + ic) * k * k + t] = src[(t * c + ic) * o + oc];
+                    }
+                }
+            }
+        }
+        Layout::Transposed { rows, cols } => {
+            for r in 0..rows {
+                for col in 0..cols {
+                    dst[r * cols + col] = src[col * rows + r];
+                }
+            }
+        }
+    }
+    dst
+}

@@ -1,0 +1,202 @@
+//! The engine against the dfdx reference on the same weights and batch:
+//! logits and loss, every gradient, the BatchNorm running statistics, every
+//! tensor after SGD steps, evaluation; and independence from the thread count.
+//!
+//! Bounds (relative, norm-wise): logits and loss 1e-5; gradients 1e-4 as one
+//! vector, 1e-3 any tensor; tensors after 3 steps 1e-4. The ImageNet nets run
+//! with each residual branch's last BatchNorm scale at 0.1: at scale 1 a fresh
+//! deep ResNet is chaotic (its gradients move by ~2% when its input moves by
+//! 1e-6, `gpu-check`'s sensitivity line), so no float32 implementation could
+//! agree more closely than that.
+
+use dfdx::prelude::*;
+use resnet_imagenet::engine::Engine;
+use resnet_imagenet::measure::parity::{rel_err, synthetic};
+use resnet_imagenet::model::cifar::{Plain20, ResNet20};
+use resnet_imagenet::model::resnet::*;
+use resnet_imagenet::model::state::{named_grads, named_tensors, scale_last_bn};
+use resnet_imagenet::model::zoo::{Input, Logits, Network};
+use resnet_imagenet::train::sgd::Sgd;
+use resnet_imagenet::train::sgd_step;
+
+fn all(v: &[(String, Vec<f32>)]) -> Vec<f32> {
+    v.iter().flat_map(|(_, d)| d.iter().copied()).collect()
+}
+
+fn worst(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> (f64, String) {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|((pa, va), (pb, vb))| {
+            assert_eq!(pa, pb);
+            (rel_err(va, vb), pa.clone())
+        })
+        .fold((0.0, String::new()), |w, e| if e.0 > w.0 { e } else { w })
+}
+
+fn tensors<M: Network<Cpu>>(m: &M) -> Vec<(String, Vec<f32>)> {
+    named_tensors(m)
+        .into_iter()
+        .map(|t| (t.path, t.data))
+        .collect()
+}
+
+/// Checks one model type at `batch` images of `side`.
+fn matches_dfdx<M: Network<Cpu>>(
+    name: &str,
+    batch: usize,
+    side: usize,
+    last_bn_scale: Option<f32>,
+) {
+    let dev = Cpu::seed_from_u64(3);
+    let mut reference = M::build(&dev);
+    if let Some(v) = last_bn_scale {
+        scale_last_bn(&mut reference, v);
+    }
+    let mut engine = Engine::new(&reference, batch, (side, side), 2).unwrap();
+    let (x, labels) = synthetic(batch, side, M::CLASSES, 11);
+    let onehot: Vec<f32> = labels
+        .iter()
+        .flat_map(|&l| (0..M::CLASSES).map(move |j| if j == l as usize { 1.0 } else { 0.0 }))
+        .collect();
+
+    // One forward and backward.
+    let xt: Input<Cpu> = dev.tensor_from_vec(x.clone(), (batch, side, side, Const::<3>));
+    let logits = reference.forward_train(xt.traced(Gradients::leaky()));
+    let want_logits = logits.retaped::<NoneTape>().as_vec();
+    let y: Logits<Cpu> = dev.tensor_from_vec(onehot, (batch, M::CLASSES));
+    let loss = cross_entropy_with_logits_loss(logits, y);
+    let want_loss = loss.as_vec()[0];
+    let grads = loss.backward();
+    let want_grads = named_grads(&reference, &grads);
+    let got_loss = engine.forward_backward(&x, &labels).unwrap();
+    let mut got_grads = engine.gradients();
+    got_grads.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want_grads = want_grads;
+    want_grads.sort_by(|a, b| a.0.cmp(&b.0));
+    let e = rel_err(engine.logits(), &want_logits);
+    assert!(e < 1e-5, "{name}: logits differ by {e:.1e}");
+    let e = rel_err(&[got_loss], &[want_loss]);
+    assert!(e < 1e-5, "{name}: loss {got_loss} vs {want_loss}");
+    let e = rel_err(&all(&got_grads), &all(&want_grads));
+    let (w, at) = worst(&got_grads, &want_grads);
+    assert!(
+        e < 1e-4 && w < 1e-3,
+        "{name}: gradients {e:.1e}, worst {w:.1e} at {at}"
+    );
+    // Running statistics (and the unchanged parameters).
+    let mut copy = M::build(&dev);
+    engine.write_to(&mut copy).unwrap();
+    let (w, at) = worst(&tensors(&copy), &tensors(&reference));
+    assert!(w < 1e-5, "{name}: running statistics {w:.1e} at {at}");
+
+    // SGD steps on both, then every tensor.
+    let mut sgd = Sgd::new(0.9, 1e-4);
+    for _ in 0..3 {
+        sgd_step(
+            &mut reference,
+            &mut sgd,
+            &dev,
+            &x,
+            (batch, side, side),
+            &labels,
+            0.01,
+        );
+        engine.train_step(&x, &labels, 0.01).unwrap();
+    }
+    engine.write_to(&mut copy).unwrap();
+    let (got, want) = (tensors(&copy), tensors(&reference));
+    let e = rel_err(&all(&got), &all(&want));
+    let (w, at) = worst(&got, &want);
+    assert!(
+        e < 1e-4,
+        "{name}: after 3 steps {e:.1e} (worst {w:.1e} at {at})"
+    );
+
+    // Evaluation (running statistics) on the same weights: the engine's,
+    // copied into dfdx (eval after training is where small differences in
+    // the weights grow most: ResNet-34C's eval logits move ~1e-2 from the
+    // ~1e-4 the 3 steps leave).
+    let xt: Input<Cpu> = dev.tensor_from_vec(x.clone(), (batch, side, side, Const::<3>));
+    let want = copy.forward_eval(xt).as_vec();
+    let e = rel_err(engine.eval(&x).unwrap(), &want);
+    assert!(e < 1e-4, "{name}: eval logits differ by {e:.1e}");
+}
+
+#[test]
+fn cifar_resnet20_and_plain20_match_dfdx() {
+    matches_dfdx::<ResNet20<10, f32, Cpu>>("resnet20", 4, 16, None);
+    matches_dfdx::<Plain20<10, f32, Cpu>>("plain20", 4, 16, None);
+}
+
+#[test]
+fn basic_block_nets_match_dfdx() {
+    let s = Some(0.1);
+    matches_dfdx::<ResNet18<10, f32, Cpu>>("resnet18", 4, 64, s);
+    matches_dfdx::<ResNet34A<10, f32, Cpu>>("resnet34a", 4, 64, s);
+    matches_dfdx::<ResNet34C<10, f32, Cpu>>("resnet34c", 4, 64, s);
+    matches_dfdx::<Plain18<10, f32, Cpu>>("plain18", 4, 64, s);
+}
+
+#[test]
+fn bottleneck_nets_match_dfdx() {
+    let s = Some(0.1);
+    matches_dfdx::<ResNet50<10, f32, Cpu>>("resnet50", 2, 64, s);
+    matches_dfdx::<ResNet50V15<10, f32, Cpu>>("resnet50-v1.5", 2, 64, s);
+}
+
+/// The same steps on 1 and on 2 threads give the same bits.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let dev = Cpu::seed_from_u64(5);
+    let model = ResNet20::<10, f32, Cpu>::build(&dev);
+    let (x, labels) = synthetic(8, 16, 10, 2);
+    let run = |threads| {
+        let mut e = Engine::new(&model, 8, (16, 16), threads).unwrap();
+        let losses: Vec<u32> = (0..3)
+            .map(|_| e.train_step(&x, &labels, 0.1).unwrap().to_bits())
+            .collect();
+        let mut m = model.clone();
+        e.write_to(&mut m).unwrap();
+        (
+            losses,
+            all(&tensors(&m))
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(run(1), run(2));
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let dev = Cpu::seed_from_u64(5);
+    let model = ResNet20::<10, f32, Cpu>::build(&dev);
+    let mut e = Engine::new(&model, 2, (8, 8), 1).unwrap();
+    let x = vec![0.0; 2 * 8 * 8 * 3];
+    assert!(
+        e.train_step(&x[1..], &[0, 1], 0.1)
+            .unwrap_err()
+            .to_string()
+            .contains("2 images of 8x8x3")
+    );
+    assert!(
+        e.train_step(&x, &[0, 10], 0.1)
+            .unwrap_err()
+            .to_string()
+            .contains("label 10 of 10")
+    );
+    assert!(
+        e.train_step(&x, &[0], 0.1)
+            .unwrap_err()
+            .to_string()
+            .contains("1 labels")
+    );
+    // One image of 4x4: the last stage's BatchNorm sees one value per channel.
+    let err = Engine::new(&model, 1, (4, 4), 1).unwrap_err();
+    assert!(
+        err.to_string().contains("training needs at least 2"),
+        "{err}"
+    );
+}
