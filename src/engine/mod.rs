@@ -121,6 +121,8 @@ pub struct Engine {
     partial: Vec<f64>,
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
+    /// Seconds per (op kind, direction) since profiling was switched on.
+    profile: Option<std::collections::BTreeMap<(&'static str, &'static str), f64>>,
     /// SGD settings.
     pub sgd: SgdSettings,
 }
@@ -188,8 +190,26 @@ impl Engine {
             pool: Arc::new(pool),
             threads,
             sgd: SgdSettings::default(),
+            profile: None,
             plan,
         })
+    }
+
+    /// Starts (or restarts) timing each op kind, forward and backward.
+    pub fn start_profile(&mut self) {
+        self.profile = Some(Default::default());
+    }
+
+    /// Seconds per (op kind, direction) since [`Engine::start_profile`], largest first.
+    pub fn profile(&self) -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = self
+            .profile
+            .iter()
+            .flatten()
+            .map(|((k, d), s)| (format!("{k} {d}"), *s))
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
     }
 
     /// The plan.
@@ -320,7 +340,11 @@ impl Engine {
                 threads: self.threads,
             };
             for op in &self.plan.ops {
+                let t0 = std::time::Instant::now();
                 cpu::forward(op, &self.plan, &mem, &mut t, train);
+                if let Some(p) = &mut self.profile {
+                    *p.entry((op.kind(), "forward")).or_default() += t0.elapsed().as_secs_f64();
+                }
             }
         });
     }
@@ -369,7 +393,11 @@ impl Engine {
                     threads: self.threads,
                 };
                 for op in self.plan.ops.iter().rev() {
+                    let t0 = std::time::Instant::now();
                     cpu::backward(op, &self.plan, &mem, &mut t);
+                    if let Some(p) = &mut self.profile {
+                        *p.entry((op.kind(), "backward")).or_default() += t0.elapsed().as_secs_f64();
+                    }
                 }
             });
         }

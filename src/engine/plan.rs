@@ -409,6 +409,23 @@ impl Plan {
     pub fn arena_bytes(&self) -> usize {
         self.arena_len * 4
     }
+    /// Floating-point operations of one training step: each convolution and
+    /// the classifier forward, their weight gradient and (where the input
+    /// has one) their input gradient, two per multiply-add.
+    pub fn flops_per_step(&self) -> f64 {
+        self.ops
+            .iter()
+            .map(|op| {
+                let (macs, dx) = match op {
+                    Op::Conv { g, dx, .. } => (g.macs(), dx.is_some()),
+                    Op::Linear { b, c, n, dx, .. } => (b * c * n, dx.is_some()),
+                    _ => return 0.0,
+                };
+                2.0 * macs as f64 * if dx { 3.0 } else { 2.0 }
+            })
+            .sum()
+    }
+
     /// Bytes the arena would take with no buffer sharing memory.
     pub fn unshared_bytes(&self) -> usize {
         self.bufs.iter().map(|b| b.len * 4).sum()

@@ -1,7 +1,8 @@
 //! Measurement in one place: medians, process statistics, the page cache,
 //! the loader's benchmark against its decode-only ceiling ([`pipeline`]),
 //! the CPU-vs-device parity check ([`parity`]), the training-step
-//! timings ([`timing`]) and `gpu-check`'s run of both ([`device_check`]).
+//! timings ([`timing`]), `gpu-check`'s run of both ([`device_check`]) and
+//! `bench-trainer`'s ([`trainer_bench`]).
 //!
 //! Every report struct here (`LoaderRun`, `CeilingRun`, `ConsumerReport`,
 //! `Comparison`, `StepTimes`, `LoaderTraining`, `OpTimes`) derives
@@ -17,6 +18,7 @@ pub mod page_cache;
 pub mod parity;
 pub mod pipeline;
 pub mod timing;
+pub mod trainer_bench;
 
 pub use page_cache::{cached_fraction, drop_from_cache};
 pub use pipeline::{CeilingRun, ConsumerReport, LoaderRun, decode_ceiling, run_loader};

@@ -1,0 +1,121 @@
+//! `bench-trainer`: seconds per SGD step of a zoo model on the CPU (the
+//! planned engine, or `--engine dfdx`), beside PyTorch on the same network,
+//! machine and threads (`--pytorch`, alternating rounds, medians), and the
+//! achieved GFLOP/s beside this machine's fp32 gemm peak on the same threads.
+//!
+//! `--json` prints one object: the median round's `TrainerRun` fields
+//! (`model`, `engine`, `batch_size`, `size`, `threads`, `s_per_step`,
+//! `images_per_sec`, `peak_rss_bytes`, `gflops_per_sec`, ...) plus
+//! `rounds_s_per_step`, `gemm_peak_gflops`, `peak_fraction` and, with
+//! `--pytorch`, `pytorch_s_per_step`, `pytorch_rounds_s_per_step`,
+//! `pytorch` (its version and oneDNN's) and `ratio` (PyTorch's seconds per
+//! step over ours: above 1, ours is faster).
+
+mod args;
+
+use anyhow::{Context, bail};
+use args::Cli;
+use clap::Parser;
+use resnet_imagenet::measure::{median, trainer_bench};
+use std::process::{Command, ExitCode};
+
+/// Runs the PyTorch side once; its JSON object.
+fn pytorch(cli: &Cli, threads: usize) -> anyhow::Result<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/pytorch-bench.py");
+    let out = Command::new(&cli.python)
+        .arg(script)
+        .args(["--model", &cli.model])
+        .args(["--batch-size", &cli.batch_size.to_string()])
+        .args(["--size", &cli.size.to_string()])
+        .args(["--steps", &cli.steps.to_string()])
+        .args(["--warmup", &cli.warmup.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .output()
+        .with_context(|| format!("running {} {script}", cli.python))?;
+    if !out.status.success() {
+        bail!(
+            "{script} failed ({}): {} (torch from PyPI: pip install torch; --python or PYTHON names the interpreter)",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{script}'s output"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli.verbosity.init_logger();
+    resnet_imagenet::cli::main("bench-trainer", || {
+        let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        // dfdx's ops run on the global pool.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+        let peak = trainer_bench::gemm_peak(threads, 1024, 5);
+        let bench = cli.bench(threads);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for round in 0..cli.rounds {
+            let r = trainer_bench::run(&bench)?;
+            if !cli.json {
+                println!("round {}: ours {:.4} s/step", round + 1, r.s_per_step);
+            }
+            ours.push(r);
+            if cli.pytorch {
+                let t = pytorch(&cli, threads)?;
+                if !cli.json {
+                    println!("round {}: pytorch {:.4} s/step", round + 1, t["s_per_step"]);
+                }
+                theirs.push(t);
+            }
+        }
+        let ours_s: Vec<f64> = ours.iter().map(|r| r.s_per_step).collect();
+        let median_run = &ours[resnet_imagenet::measure::median_index(&ours_s)];
+        let mut out = serde_json::to_value(median_run)?;
+        out["rounds_s_per_step"] = serde_json::json!(ours_s);
+        out["gemm_peak_gflops"] = serde_json::json!(peak);
+        out["peak_fraction"] = serde_json::json!(median_run.gflops_per_sec / peak);
+        if cli.pytorch {
+            let ts: Vec<f64> = theirs.iter().filter_map(|t| t["s_per_step"].as_f64()).collect();
+            let pt = median(&ts);
+            out["pytorch_s_per_step"] = serde_json::json!(pt);
+            out["pytorch_rounds_s_per_step"] = serde_json::json!(ts);
+            out["pytorch"] = serde_json::json!({"torch": theirs[0]["torch"], "onednn": theirs[0]["onednn"]});
+            out["ratio"] = serde_json::json!(pt / median_run.s_per_step);
+        }
+        if cli.json {
+            println!("{out}");
+        } else {
+            let r = median_run;
+            println!(
+                "{} b{} {s}x{s}, {} threads, {:?}: {:.4} s/step, {:.1} img/s, {:.1} GFLOP/s ({:.0}% of the {:.1} GFLOP/s gemm peak), peak RSS {:.0} MiB",
+                r.model,
+                r.batch_size,
+                r.threads,
+                r.engine,
+                r.s_per_step,
+                r.images_per_sec,
+                r.gflops_per_sec,
+                100.0 * r.gflops_per_sec / peak,
+                peak,
+                r.peak_rss_bytes as f64 / (1 << 20) as f64,
+                s = r.size
+            );
+            for (what, s) in &r.profile {
+                println!("  {what}: {:.1} ms", s * 1e3);
+            }
+            if let Some(ratio) = out["ratio"].as_f64() {
+                println!("pytorch {:.4} s/step: ours/pytorch speed = {ratio:.2}", out["pytorch_s_per_step"]);
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
