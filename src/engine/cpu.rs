@@ -141,7 +141,11 @@ fn matmul(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(threads),
+            if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            },
         );
     }
 }
@@ -479,14 +483,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             let lhs: &[f32] = cols.as_deref().unwrap_or(x);
             let (rows, kc, o) = (g.rows(), g.cols(), g.o);
             // dW (kc x o) = cols^T dy.
-            matmul(
-                param_mut(plan, t.grads, w),
-                false,
-                transposed(lhs, kc),
-                row_major(dy, o),
-                (kc, o, rows),
-                t.threads,
-            );
+            weight_gradient(param_mut(plan, t.grads, w), lhs, dy, (rows, kc, o));
             let Some(GradOut { buf, accumulate }) = dx else {
                 return;
             };
@@ -523,20 +520,28 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
         } => {
             let (x, y, dy, saved) = (mem.r(x), mem.r(y), mem.r(dy), mem.r(saved));
             let (mean, rstd) = saved.split_at(c);
-            let g_of = |i: usize| if relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
             let mut sums = [0f64; 2 * MAX_CHANNELS];
             let sums = &mut sums[..2 * c];
             chunk_sums(rows, 2 * c, t.partial, sums, |r, acc| {
-                let (sg, sgh) = acc.split_at_mut(c);
-                for i in r {
+                // f32 within a chunk (at most CHUNK_ROWS terms), f64 across chunks.
+                let mut local = [0f32; 2 * MAX_CHANNELS];
+                let (sg, sgh) = local[..2 * c].split_at_mut(c);
+                let span = r.start * c..r.end * c;
+                for ((xr, yr), dr) in x[span.clone()]
+                    .chunks_exact(c)
+                    .zip(y[span.clone()].chunks_exact(c))
+                    .zip(dy[span].chunks_exact(c))
+                {
                     for ch in 0..c {
-                        let at = i * c + ch;
-                        let g = g_of(at) as f64;
-                        let h = ((x[at] - mean[ch]) * rstd[ch]) as f64;
+                        let g = if relu && yr[ch] <= 0.0 { 0.0 } else { dr[ch] };
+                        let h = (xr[ch] - mean[ch]) * rstd[ch];
                         sg[ch] += g;
                         sgh[ch] += g * h;
                     }
                 }
+                acc.iter_mut()
+                    .zip(&local[..2 * c])
+                    .for_each(|(a, &v)| *a = v as f64);
             });
             let (sg, sgh) = sums.split_at(c);
             let gam = param(plan, t.params, gamma);
@@ -557,41 +562,57 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             let chunk = CHUNK_ROWS * c;
             let dr = residual
                 .and_then(|(_, d)| d)
-                .map(|d| (mem.w(d.buf), d.accumulate));
-            let dxo = dx.map(|d| (mem.w(d.buf), d.accumulate));
-            let n_chunks = rows.div_ceil(CHUNK_ROWS);
+                .map(|d| (SendPtr(mem.w(d.buf).as_mut_ptr()), d.accumulate));
+            let dxo = dx.map(|d| (SendPtr(mem.w(d.buf).as_mut_ptr()), d.accumulate));
             // Each chunk writes its own rows of dx and of the residual's gradient.
-            let dx_ptr = dxo.map(|(d, a)| (SendPtr(d.as_mut_ptr()), a));
-            let dr_ptr = dr.map(|(d, a)| (SendPtr(d.as_mut_ptr()), a));
-            (0..n_chunks).into_par_iter().for_each(|kk| {
-                let start = kk * chunk;
-                let len = chunk.min(rows * c - start);
-                // SAFETY: chunk `kk` covers elements start..start+len of
-                // each gradient, disjoint from every other chunk's.
-                let mut dxs = dx_ptr.map(|(p, a)| {
-                    (
-                        unsafe { std::slice::from_raw_parts_mut(p.get().add(start), len) },
-                        a,
-                    )
-                });
-                let mut drs = dr_ptr.map(|(p, a)| {
-                    (
-                        unsafe { std::slice::from_raw_parts_mut(p.get().add(start), len) },
-                        a,
-                    )
-                });
-                for j in 0..len {
-                    let (at, ch) = (start + j, j % c);
-                    let g = g_of(at);
-                    if let Some((d, a)) = &mut drs {
-                        write(&mut d[j], g, *a);
+            (0..rows.div_ceil(CHUNK_ROWS))
+                .into_par_iter()
+                .for_each(|kk| {
+                    let start = kk * chunk;
+                    let len = chunk.min(rows * c - start);
+                    // SAFETY: chunk `kk` covers elements start..start+len of
+                    // each gradient (both `rows * c` long), disjoint from every
+                    // other chunk's.
+                    let part = |p: SendPtr| unsafe {
+                        std::slice::from_raw_parts_mut(p.get().add(start), len)
+                    };
+                    let (xs, ys, dys) = (
+                        &x[start..start + len],
+                        &y[start..start + len],
+                        &dy[start..start + len],
+                    );
+                    if let Some((p, acc)) = dr {
+                        for ((d, yv), g) in part(p)
+                            .chunks_exact_mut(c)
+                            .zip(ys.chunks_exact(c))
+                            .zip(dys.chunks_exact(c))
+                        {
+                            for ch in 0..c {
+                                let g = if relu && yv[ch] <= 0.0 { 0.0 } else { g[ch] };
+                                write(&mut d[ch], g, acc);
+                            }
+                        }
                     }
-                    if let Some((d, a)) = &mut dxs {
-                        let h = (x[at] - mean[ch]) * rstd[ch];
-                        write(&mut d[j], k[ch] * (g - mb[ch] - h * mg[ch]), *a);
+                    if let Some((p, acc)) = dxo {
+                        for (((d, xv), yv), g) in part(p)
+                            .chunks_exact_mut(c)
+                            .zip(xs.chunks_exact(c))
+                            .zip(ys.chunks_exact(c))
+                            .zip(dys.chunks_exact(c))
+                        {
+                            for ch in 0..c {
+                                let g = if relu && yv[ch] <= 0.0 { 0.0 } else { g[ch] };
+                                let h = (xv[ch] - mean[ch]) * rstd[ch];
+                                let v = k[ch] * (g - mb[ch] - h * mg[ch]);
+                                if acc {
+                                    d[ch] += v;
+                                } else {
+                                    d[ch] = v;
+                                }
+                            }
+                        }
                     }
-                }
-            });
+                });
         }
         Op::MaxPool {
             g, dx, dy, argmax, ..
@@ -687,6 +708,30 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             }
         }
     }
+}
+
+/// `dw (kc x o) = lhs^T (kc x rows) dy (rows x o)`, in fixed blocks of
+/// `kc` rows, one single-threaded product per block in parallel. gemm
+/// itself splits only the (small) output among threads, so this long
+/// reduction would mostly run on one; each output element is still one
+/// product over all rows, so the result does not depend on the threads.
+fn weight_gradient(dw: &mut [f32], lhs: &[f32], dy: &[f32], (rows, kc, o): (usize, usize, usize)) {
+    let block = kc.div_ceil(4).next_multiple_of(8).min(kc);
+    dw[..kc * o]
+        .par_chunks_mut(block * o)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let k0 = i * block;
+            let m = dst.len() / o;
+            matmul(
+                dst,
+                false,
+                transposed(&lhs[k0..], kc),
+                row_major(dy, o),
+                (m, o, rows),
+                1,
+            );
+        });
 }
 
 #[derive(Clone, Copy)]

@@ -109,13 +109,43 @@ impl Default for SgdSettings {
     }
 }
 
+/// Floats starting at a 64-byte boundary: every buffer then has the same
+/// alignment in every run, and gemm's code path (which depends on it)
+/// with it, so results are reproducible bit for bit.
+struct Aligned {
+    data: Vec<f32>,
+    shift: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn zeros(len: usize) -> Self {
+        let data = vec![0.0f32; len + 16];
+        let shift = data.as_ptr().align_offset(64);
+        Aligned { data, shift, len }
+    }
+}
+
+impl std::ops::Deref for Aligned {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.data[self.shift..self.shift + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Aligned {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.data[self.shift..self.shift + self.len]
+    }
+}
+
 /// A model's training step, planned for one batch and input size.
 pub struct Engine {
     plan: Plan,
-    arena: Vec<f32>,
-    params: Vec<f32>,
-    grads: Vec<f32>,
-    velocity: Vec<f32>,
+    arena: Aligned,
+    params: Aligned,
+    grads: Aligned,
+    velocity: Aligned,
     has_velocity: bool,
     states: Vec<f32>,
     partial: Vec<f64>,
@@ -180,10 +210,10 @@ impl Engine {
             .map_err(|e| EngineError::Threads(e.to_string()))?;
         let threads = pool.current_num_threads();
         Ok(Engine {
-            arena: vec![0.0; plan.arena_len],
-            params: vec![0.0; plan.params_len],
-            grads: vec![0.0; plan.params_len],
-            velocity: vec![0.0; plan.params_len],
+            arena: Aligned::zeros(plan.arena_len),
+            params: Aligned::zeros(plan.params_len),
+            grads: Aligned::zeros(plan.params_len),
+            velocity: Aligned::zeros(plan.params_len),
             has_velocity: false,
             states: vec![0.0; plan.states_len],
             partial: vec![0.0; cpu::partial_len(&plan)],
@@ -258,7 +288,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let mut values = std::collections::HashMap::new();
         for (specs, flat) in [
-            (&self.plan.params, &self.params),
+            (&self.plan.params, &self.params[..]),
             (&self.plan.states, &self.states),
         ] {
             for s in specs.iter() {
@@ -396,7 +426,8 @@ impl Engine {
                     let t0 = std::time::Instant::now();
                     cpu::backward(op, &self.plan, &mem, &mut t);
                     if let Some(p) = &mut self.profile {
-                        *p.entry((op.kind(), "backward")).or_default() += t0.elapsed().as_secs_f64();
+                        *p.entry((op.kind(), "backward")).or_default() +=
+                            t0.elapsed().as_secs_f64();
                     }
                 }
             });

@@ -113,7 +113,9 @@ impl NetworkUser<Cpu> for Run<'_> {
                 let times = (0..b.steps)
                     .map(|_| {
                         let t0 = Instant::now();
-                        engine.train_step(&x, &labels, 0.01).map(|_| t0.elapsed().as_secs_f64())
+                        engine
+                            .train_step(&x, &labels, 0.01)
+                            .map(|_| t0.elapsed().as_secs_f64())
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 engine.start_profile();
@@ -129,7 +131,14 @@ impl NetworkUser<Cpu> for Run<'_> {
                     max_steps: b.steps,
                     max_seconds: f64::INFINITY,
                 };
-                let t = timing::time_steps::<M, Cpu>(&b.model, &dev, b.batch_size, b.size, timing, &|| None);
+                let t = timing::time_steps::<M, Cpu>(
+                    &b.model,
+                    &dev,
+                    b.batch_size,
+                    b.size,
+                    timing,
+                    &|| None,
+                );
                 (t.step_s, None)
             }
         };

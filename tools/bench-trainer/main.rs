@@ -46,9 +46,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.verbosity.init_logger();
     resnet_imagenet::cli::main("bench-trainer", || {
-        let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads = cli
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         // dfdx's ops run on the global pool.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global();
         let peak = trainer_bench::gemm_peak(threads, 1024, 5);
         let bench = cli.bench(threads);
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
@@ -73,11 +77,15 @@ fn main() -> ExitCode {
         out["gemm_peak_gflops"] = serde_json::json!(peak);
         out["peak_fraction"] = serde_json::json!(median_run.gflops_per_sec / peak);
         if cli.pytorch {
-            let ts: Vec<f64> = theirs.iter().filter_map(|t| t["s_per_step"].as_f64()).collect();
+            let ts: Vec<f64> = theirs
+                .iter()
+                .filter_map(|t| t["s_per_step"].as_f64())
+                .collect();
             let pt = median(&ts);
             out["pytorch_s_per_step"] = serde_json::json!(pt);
             out["pytorch_rounds_s_per_step"] = serde_json::json!(ts);
-            out["pytorch"] = serde_json::json!({"torch": theirs[0]["torch"], "onednn": theirs[0]["onednn"]});
+            out["pytorch"] =
+                serde_json::json!({"torch": theirs[0]["torch"], "onednn": theirs[0]["onednn"]});
             out["ratio"] = serde_json::json!(pt / median_run.s_per_step);
         }
         if cli.json {
@@ -102,7 +110,10 @@ fn main() -> ExitCode {
                 println!("  {what}: {:.1} ms", s * 1e3);
             }
             if let Some(ratio) = out["ratio"].as_f64() {
-                println!("pytorch {:.4} s/step: ours/pytorch speed = {ratio:.2}", out["pytorch_s_per_step"]);
+                println!(
+                    "pytorch {:.4} s/step: ours/pytorch speed = {ratio:.2}",
+                    out["pytorch_s_per_step"]
+                );
             }
         }
         Ok(ExitCode::SUCCESS)
