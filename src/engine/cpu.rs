@@ -83,13 +83,13 @@ pub fn partial_len(plan: &Plan) -> usize {
 
 /// A matrix operand: `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
-struct Mat<'a> {
+pub(crate) struct Mat<'a> {
     data: &'a [f32],
     rs: usize,
     cs: usize,
 }
 
-fn row_major(data: &[f32], cols: usize) -> Mat<'_> {
+pub(crate) fn row_major(data: &[f32], cols: usize) -> Mat<'_> {
     Mat {
         data,
         rs: cols,
@@ -106,7 +106,7 @@ fn transposed(data: &[f32], cols: usize) -> Mat<'_> {
 }
 
 /// `dst (m x n, row-major) = [dst +] a (m x k) * b (k x n)`.
-fn matmul(
+pub(crate) fn matmul(
     dst: &mut [f32],
     accumulate: bool,
     a: Mat,
@@ -150,6 +150,23 @@ fn matmul(
     }
 }
 
+/// Calls `f(tap, pixel)` for each tap `ky * k + kx` of output `(oy, ox)`'s
+/// window that falls inside the image, `pixel = iy * w + ix`.
+fn for_each_tap(g: &ConvGeom, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
+    for ky in 0..g.k {
+        let iy = (oy * g.s + ky) as isize - g.p as isize;
+        if iy < 0 || iy as usize >= g.h {
+            continue;
+        }
+        for kx in 0..g.k {
+            let ix = (ox * g.s + kx) as isize - g.p as isize;
+            if ix >= 0 && (ix as usize) < g.w {
+                f(ky * g.k + kx, iy as usize * g.w + ix as usize);
+            }
+        }
+    }
+}
+
 /// im2col: row `(n, oy, ox)` is the window's `k*k` taps of `c` channels
 /// (zeros in the padding).
 fn im2col(x: &[f32], g: &ConvGeom, cols: &mut [f32]) {
@@ -190,21 +207,11 @@ fn col2im(dcols: &[f32], g: &ConvGeom, dx: &mut [f32], accumulate: bool) {
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
                     let src = &cols[(oy * g.ow + ox) * kc..][..kc];
-                    for ky in 0..g.k {
-                        let iy = (oy * g.s + ky) as isize - g.p as isize;
-                        if iy < 0 || iy as usize >= g.h {
-                            continue;
-                        }
-                        for kx in 0..g.k {
-                            let ix = (ox * g.s + kx) as isize - g.p as isize;
-                            if ix < 0 || ix as usize >= g.w {
-                                continue;
-                            }
-                            let d = &mut dxi[(iy as usize * g.w + ix as usize) * c..][..c];
-                            let s = &src[(ky * g.k + kx) * c..][..c];
-                            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
-                        }
-                    }
+                    for_each_tap(g, oy, ox, |tap, pixel| {
+                        let d = &mut dxi[pixel * c..][..c];
+                        let s = &src[tap * c..][..c];
+                        d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+                    });
                 }
             }
         });
@@ -350,26 +357,16 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                             let o = (oy * g.ow + ox) * c;
                             let (yo, ao) = (&mut y[o..o + c], &mut arg[o..o + c]);
                             yo.fill(f32::NEG_INFINITY);
-                            for ky in 0..g.k {
-                                let iy = (oy * g.s + ky) as isize - g.p as isize;
-                                if iy < 0 || iy as usize >= g.h {
-                                    continue;
-                                }
-                                for kx in 0..g.k {
-                                    let ix = (ox * g.s + kx) as isize - g.p as isize;
-                                    if ix < 0 || ix as usize >= g.w {
-                                        continue;
-                                    }
-                                    let at = (iy as usize * g.w + ix as usize) * c;
-                                    for ch in 0..c {
-                                        let v = x[at + ch];
-                                        if v > yo[ch] {
-                                            yo[ch] = v;
-                                            ao[ch] = f32::from_bits((at + ch) as u32);
-                                        }
+                            for_each_tap(&g, oy, ox, |_, pixel| {
+                                let at = pixel * c;
+                                for ch in 0..c {
+                                    let v = x[at + ch];
+                                    if v > yo[ch] {
+                                        yo[ch] = v;
+                                        ao[ch] = f32::from_bits((at + ch) as u32);
                                     }
                                 }
-                            }
+                            });
                         }
                     }
                 });
@@ -710,13 +707,29 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
     }
 }
 
+/// Rows of dW per block of [`weight_gradient`].
+fn wgrad_block(kc: usize) -> usize {
+    kc.div_ceil(4).next_multiple_of(8).min(kc)
+}
+
+/// The gemm calls one op makes in a training step (forward and backward).
+pub fn gemm_calls(op: &Op) -> usize {
+    match op {
+        Op::Conv { g, dx, .. } => {
+            1 + g.cols().div_ceil(wgrad_block(g.cols())) + dx.is_some() as usize
+        }
+        Op::Linear { dx, .. } => 2 + dx.is_some() as usize,
+        _ => 0,
+    }
+}
+
 /// `dw (kc x o) = lhs^T (kc x rows) dy (rows x o)`, in fixed blocks of
 /// `kc` rows, one single-threaded product per block in parallel. gemm
 /// itself splits only the (small) output among threads, so this long
 /// reduction would mostly run on one; each output element is still one
 /// product over all rows, so the result does not depend on the threads.
 fn weight_gradient(dw: &mut [f32], lhs: &[f32], dy: &[f32], (rows, kc, o): (usize, usize, usize)) {
-    let block = kc.div_ceil(4).next_multiple_of(8).min(kc);
+    let block = wgrad_block(kc);
     dw[..kc * o]
         .par_chunks_mut(block * o)
         .enumerate()

@@ -359,6 +359,12 @@ impl Engine {
     fn run_forward(&mut self, images: &[f32], train: bool) {
         let xb = &self.plan.bufs[self.plan.x];
         self.arena[xb.offset..xb.offset + xb.len].copy_from_slice(images);
+        self.run_ops(Some(train));
+    }
+
+    /// Every op forward (`Some(train)`) or, in reverse order, backward
+    /// (`None`), on the engine's pool, timed per op kind while profiling.
+    fn run_ops(&mut self, forward: Option<bool>) {
         let pool = self.pool.clone();
         pool.install(|| {
             let mem = cpu::Mem::new(&mut self.arena, &self.plan);
@@ -369,11 +375,23 @@ impl Engine {
                 partial: &mut self.partial,
                 threads: self.threads,
             };
-            for op in &self.plan.ops {
+            let n = self.plan.ops.len();
+            for i in 0..n {
                 let t0 = std::time::Instant::now();
-                cpu::forward(op, &self.plan, &mem, &mut t, train);
+                let (op, direction) = match forward {
+                    Some(train) => {
+                        let op = &self.plan.ops[i];
+                        cpu::forward(op, &self.plan, &mem, &mut t, train);
+                        (op, "forward")
+                    }
+                    None => {
+                        let op = &self.plan.ops[n - 1 - i];
+                        cpu::backward(op, &self.plan, &mem, &mut t);
+                        (op, "backward")
+                    }
+                };
                 if let Some(p) = &mut self.profile {
-                    *p.entry((op.kind(), "forward")).or_default() += t0.elapsed().as_secs_f64();
+                    *p.entry((op.kind(), direction)).or_default() += t0.elapsed().as_secs_f64();
                 }
             }
         });
@@ -412,25 +430,7 @@ impl Engine {
         };
         let loss = cpu::softmax_cross_entropy(logits, labels, self.plan.classes, dlogits);
         if loss.is_finite() {
-            let pool = self.pool.clone();
-            pool.install(|| {
-                let mem = cpu::Mem::new(&mut self.arena, &self.plan);
-                let mut t = cpu::Tensors {
-                    params: &self.params,
-                    grads: &mut self.grads,
-                    states: &mut self.states,
-                    partial: &mut self.partial,
-                    threads: self.threads,
-                };
-                for op in self.plan.ops.iter().rev() {
-                    let t0 = std::time::Instant::now();
-                    cpu::backward(op, &self.plan, &mem, &mut t);
-                    if let Some(p) = &mut self.profile {
-                        *p.entry((op.kind(), "backward")).or_default() +=
-                            t0.elapsed().as_secs_f64();
-                    }
-                }
-            });
+            self.run_ops(None);
         }
         Ok(loss)
     }
@@ -471,50 +471,30 @@ impl Engine {
     }
 }
 
+/// Where element `i` of a dfdx tensor lies in the engine's layout.
+fn engine_index(layout: Layout, i: usize) -> usize {
+    match layout {
+        Layout::Same => i,
+        Layout::ConvKkcO { o, c, k } => {
+            // dfdx [o][c][t] -> engine [t][c][o], t = ky * k + kx.
+            let (oc, rest) = (i / (c * k * k), i % (c * k * k));
+            let (ic, t) = (rest / (k * k), rest % (k * k));
+            (t * c + ic) * o + oc
+        }
+        Layout::Transposed { rows, cols } => (i % cols) * rows + i / cols,
+    }
+}
+
 /// dfdx layout → the engine's.
 fn to_engine(layout: Layout, src: &[f32], dst: &mut [f32]) {
-    match layout {
-        Layout::Same => dst.copy_from_slice(src),
-        Layout::ConvKkcO { o, c, k } => {
-            for oc in 0..o {
-                for ic in 0..c {
-                    for t in 0..k * k {
-                        dst[(t * c + ic) * o + oc] = src[(oc * c + ic) * k * k + t];
-                    }
-                }
-            }
-        }
-        Layout::Transposed { rows, cols } => {
-            for r in 0..rows {
-                for col in 0..cols {
-                    dst[col * rows + r] = src[r * cols + col];
-                }
-            }
-        }
+    for (i, &v) in src.iter().enumerate() {
+        dst[engine_index(layout, i)] = v;
     }
 }
 
 /// The engine's layout → dfdx's.
 fn from_engine(layout: Layout, src: &[f32]) -> Vec<f32> {
-    let mut dst = vec![0.0; src.len()];
-    match layout {
-        Layout::Same => dst.copy_from_slice(src),
-        Layout::ConvKkcO { o, c, k } => {
-            for oc in 0..o {
-                for ic in 0..c {
-                    for t in 0..k * k {
-                        dst[(oc * c + ic) * k * k + t] = src[(t * c + ic) * o + oc];
-                    }
-                }
-            }
-        }
-        Layout::Transposed { rows, cols } => {
-            for r in 0..rows {
-                for col in 0..cols {
-                    dst[r * cols + col] = src[col * rows + r];
-                }
-            }
-        }
-    }
-    dst
+    (0..src.len())
+        .map(|i| src[engine_index(layout, i)])
+        .collect()
 }

@@ -123,6 +123,28 @@ pub struct ConvGeom {
 }
 
 impl ConvGeom {
+    /// The window `k x k`, stride `s`, padding `p` over `batch` inputs of
+    /// `h x w x c`, giving `o` channels.
+    pub fn new(
+        batch: usize,
+        (h, w, c): (usize, usize, usize),
+        o: usize,
+        (k, s, p): (usize, usize, usize),
+    ) -> Self {
+        let out = |n: usize| (n + 2 * p - k) / s + 1;
+        ConvGeom {
+            b: batch,
+            h,
+            w,
+            c,
+            o,
+            k,
+            s,
+            p,
+            oh: out(h),
+            ow: out(w),
+        }
+    }
     /// Whether the input itself is the im2col matrix (1x1, stride 1).
     pub fn is_pointwise(&self) -> bool {
         self.k == 1 && self.s == 1 && self.p == 0

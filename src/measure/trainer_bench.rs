@@ -4,7 +4,7 @@
 
 use super::median;
 use super::timing::{self, Timing};
-use crate::engine::Engine;
+use crate::engine::{Engine, cpu};
 use crate::measure::parity::synthetic;
 use crate::model::zoo::{self, Network, NetworkUser, ZooError};
 use dfdx::prelude::*;
@@ -176,30 +176,14 @@ pub fn gemm_peak(threads: usize, n: usize, reps: usize) -> f64 {
         (0..=reps)
             .map(|_| {
                 let t0 = Instant::now();
-                // SAFETY: a, b and c are n x n, row-major, as the strides say.
-                unsafe {
-                    gemm::gemm(
-                        n,
-                        n,
-                        n,
-                        c.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        a.as_ptr(),
-                        1,
-                        n as isize,
-                        b.as_ptr(),
-                        1,
-                        n as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::Rayon(threads),
-                    )
-                };
+                cpu::matmul(
+                    &mut c,
+                    false,
+                    cpu::row_major(&a, n),
+                    cpu::row_major(&b, n),
+                    (n, n, n),
+                    threads,
+                );
                 t0.elapsed().as_secs_f64()
             })
             .skip(1)

@@ -60,28 +60,13 @@ fn conv(
     x: Act,
     (o, k, s, pad): (usize, usize, usize, usize),
 ) -> Act {
-    let (oh, ow) = (
-        super::conv_out(x.h, k, s, pad),
-        super::conv_out(x.w, k, s, pad),
-    );
-    let g = ConvGeom {
-        b: p.batch(),
-        h: x.h,
-        w: x.w,
-        c: x.c,
-        o,
-        k,
-        s,
-        p: pad,
-        oh,
-        ow,
-    };
+    let g = ConvGeom::new(p.batch(), (x.h, x.w, x.c), o, (k, s, pad));
     let w = p.param(
         join(path, "weight"),
         o * x.c * k * k,
         Layout::ConvKkcO { o, c: x.c, k },
     );
-    let y = p.act(&format!("{path} out"), oh, ow, o);
+    let y = p.act(&format!("{path} out"), g.oh, g.ow, o);
     let scratch = |p: &mut PlanBuilder, what: &str| {
         (!g.is_pointwise()).then(|| p.buf(format!("{path} {what}"), g.rows() * g.cols()))
     };
@@ -184,20 +169,8 @@ fn names(
 
 /// Option A's shortcut: subsampled by `s`, channels zero-padded to `o`.
 fn shortcut_a(p: &mut PlanBuilder, prefix: &str, x: Act, o: usize, s: usize) -> Act {
-    let (oh, ow) = (super::conv_out(x.h, 1, s, 0), super::conv_out(x.w, 1, s, 0));
-    let g = ConvGeom {
-        b: p.batch(),
-        h: x.h,
-        w: x.w,
-        c: x.c,
-        o,
-        k: 1,
-        s,
-        p: 0,
-        oh,
-        ow,
-    };
-    let y = p.act(&format!("{prefix} shortcut"), oh, ow, o);
+    let g = ConvGeom::new(p.batch(), (x.h, x.w, x.c), o, (1, s, 0));
+    let y = p.act(&format!("{prefix} shortcut"), g.oh, g.ow, o);
     p.push(Op::ShortcutA {
         g,
         x: x.buf,
@@ -340,19 +313,8 @@ where
 {
     fn lower(&self, p: &mut PlanBuilder, prefix: &str, x: Act) -> Act {
         let x = self.stem.lower_as(p, prefix, ("conv1", "bn1"), x, RELU);
-        let (oh, ow) = (super::conv_out(x.h, 3, 2, 1), super::conv_out(x.w, 3, 2, 1));
-        let g = ConvGeom {
-            b: p.batch(),
-            h: x.h,
-            w: x.w,
-            c: x.c,
-            o: x.c,
-            k: 3,
-            s: 2,
-            p: 1,
-            oh,
-            ow,
-        };
+        let g = ConvGeom::new(p.batch(), (x.h, x.w, x.c), x.c, (3, 2, 1));
+        let (oh, ow) = (g.oh, g.ow);
         let y = p.act(&join(prefix, "maxpool"), oh, ow, x.c);
         let argmax = p.buf(join(prefix, "maxpool winners"), p.batch() * oh * ow * x.c);
         p.push(Op::MaxPool {
