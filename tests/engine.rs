@@ -145,6 +145,82 @@ fn bottleneck_nets_match_dfdx() {
     matches_dfdx::<ResNet50V15<10, f32, Cpu>>("resnet50-v1.5", 2, 64, s);
 }
 
+/// The engine's momentum is the dfdx trainer's SGD buffers (same paths,
+/// layout and values), and a second engine given the first one's weights
+/// and momentum continues with the same bits (what a resume does).
+#[test]
+fn momentum_matches_sgd_and_restores_exactly() {
+    let dev = Cpu::seed_from_u64(8);
+    let mut reference = ResNet20::<10, f32, Cpu>::build(&dev);
+    let (x, labels) = synthetic(4, 16, 10, 4);
+    let mut a = Engine::new(&reference, 4, (16, 16), 2).unwrap();
+    assert!(a.momentum().is_empty(), "no momentum before the first step");
+    let mut sgd = Sgd::new(0.9, 1e-4);
+    for _ in 0..2 {
+        sgd_step(
+            &mut reference,
+            &mut sgd,
+            &dev,
+            &x,
+            (4, 16, 16),
+            &labels,
+            0.01,
+        );
+        a.train_step(&x, &labels, 0.01).unwrap();
+    }
+    let (got, want) = (a.momentum(), sgd.buffers());
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    let got: Vec<(String, Vec<f32>)> = got.into_iter().collect();
+    let want: Vec<(String, Vec<f32>)> = want.into_iter().collect();
+    let e = rel_err(&all(&got), &all(&want));
+    assert!(e < 1e-4, "momentum differs by {e:.1e}");
+
+    let mut m = reference.clone();
+    a.write_to(&mut m).unwrap();
+    let mut b = Engine::new(&m, 4, (16, 16), 2).unwrap();
+    b.set_momentum(&a.momentum()).unwrap();
+    for _ in 0..2 {
+        let (la, lb) = (
+            a.train_step(&x, &labels, 0.01).unwrap(),
+            b.train_step(&x, &labels, 0.01).unwrap(),
+        );
+        assert_eq!(la.to_bits(), lb.to_bits());
+    }
+    let (mut ma, mut mb) = (m.clone(), m);
+    a.write_to(&mut ma).unwrap();
+    b.write_to(&mut mb).unwrap();
+    assert_eq!(all(&tensors(&ma)), all(&tensors(&mb)));
+
+    // Momentum for some parameters only is refused, not half-restored.
+    let mut part = a.momentum();
+    let first = part.keys().next().unwrap().clone();
+    part.remove(&first);
+    let e = b.set_momentum(&part).unwrap_err().to_string();
+    assert!(e.contains(&first), "{e}");
+}
+
+/// Evaluation of any number of images: chunks of the plan's batch, the
+/// last one padded, each image's logits those of a full-batch pass.
+#[test]
+fn eval_rows_runs_any_number_of_images() {
+    let dev = Cpu::seed_from_u64(9);
+    let model = ResNet20::<10, f32, Cpu>::build(&dev);
+    let (x, _) = synthetic(4, 16, 10, 5);
+    let mut e = Engine::new(&model, 4, (16, 16), 2).unwrap();
+    let full = e.eval(&x).unwrap().to_vec();
+    // 7 images: the 4, then 3 of them again (a padded chunk).
+    let per = 16 * 16 * 3;
+    let seven: Vec<f32> = x.iter().chain(&x[..3 * per]).copied().collect();
+    let got = e.eval_rows(&seven, 7).unwrap();
+    assert_eq!(got.len(), 70);
+    assert_eq!(&got[..40], &full[..]);
+    assert_eq!(&got[40..], &full[..30]);
+    assert!(e.eval_rows(&seven[1..], 7).is_err());
+}
+
 /// The same steps on 1 and on 2 threads give the same bits (32 images of
 /// 16x16: the first stage's weight gradients are split in two chunks and
 /// its BatchNorm sums in eight).

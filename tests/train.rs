@@ -76,6 +76,39 @@ fn training_reduces_the_loss_and_the_step_schedule_shows_in_the_log() {
     );
 }
 
+/// The engine (the default) and the dfdx reference train the same run to
+/// the same losses, and the dfdx path still resumes exactly.
+#[test]
+fn the_engine_and_dfdx_trainers_agree() {
+    let a = tempfile::tempdir().unwrap();
+    let mut c = small(a.path());
+    assert_eq!(c.engine, train::EngineKind::Engine);
+    c.epochs = 1;
+    train::train_cpu::<Net>(Start::New(c.clone()), ProgressMode::Hidden).unwrap();
+    let b = tempfile::tempdir().unwrap();
+    c.out = b.path().to_owned();
+    c.engine = train::EngineKind::Dfdx;
+    c.max_steps = Some(2);
+    train::train_cpu::<Net>(Start::New(c), ProgressMode::Hidden).unwrap();
+    let resume = Start::Resume(train::Resume {
+        from: b.path().to_owned(),
+        epochs: Some(1),
+        ..Default::default()
+    });
+    train::train_cpu::<Net>(resume, ProgressMode::Hidden).unwrap();
+    let (e, d) = (step_losses(a.path()), step_losses(b.path()));
+    assert_eq!((e.len(), d.len()), (3, 3));
+    for (x, y) in e.iter().zip(&d) {
+        assert!(
+            (x.1 - y.1).abs() < 1e-4 * y.1.abs(),
+            "step {}: engine {} vs dfdx {}",
+            x.0,
+            x.1,
+            y.1
+        );
+    }
+}
+
 #[test]
 fn resuming_mid_epoch_gives_the_losses_of_an_uninterrupted_run() {
     let a = tempfile::tempdir().unwrap();

@@ -86,6 +86,9 @@ pub enum EngineError {
     /// A layer wider than the backend supports.
     #[error("a BatchNorm of {0} channels (at most {max})", max = cpu::MAX_CHANNELS)]
     TooWide(usize),
+    /// Momentum given for some parameters but not this one.
+    #[error("no momentum for {0:?} (a checkpoint's momentum must cover every parameter or none)")]
+    MissingMomentum(String),
     /// The thread pool could not start.
     #[error("thread pool: {0}")]
     Threads(String),
@@ -328,6 +331,65 @@ impl Engine {
             .collect()
     }
 
+    /// The SGD momentum of every parameter by dfdx path, in dfdx's layout
+    /// (the trainer's [`crate::train::Sgd::buffers`]); empty before the first step.
+    pub fn momentum(&self) -> std::collections::BTreeMap<String, Vec<f32>> {
+        if !self.has_velocity {
+            return Default::default();
+        }
+        self.plan
+            .params
+            .iter()
+            .map(|s| {
+                (
+                    s.path.clone(),
+                    from_engine(s.layout, &self.velocity[s.offset..s.offset + s.len]),
+                )
+            })
+            .collect()
+    }
+
+    /// Restores momentum saved by [`Engine::momentum`] (or by the dfdx
+    /// trainer's SGD): none (the next step is a first step) or one buffer
+    /// for every parameter, each of its size.
+    pub fn set_momentum(
+        &mut self,
+        buffers: &std::collections::BTreeMap<String, Vec<f32>>,
+    ) -> Result<(), EngineError> {
+        if buffers.is_empty() {
+            self.has_velocity = false;
+            self.velocity.fill(0.0);
+            return Ok(());
+        }
+        for s in &self.plan.params {
+            let v = buffers
+                .get(&s.path)
+                .ok_or_else(|| EngineError::MissingMomentum(s.path.clone()))?;
+            if v.len() != s.len {
+                return Err(EngineError::TensorSize {
+                    path: s.path.clone(),
+                    expected: s.len,
+                    got: v.len(),
+                });
+            }
+        }
+        if let Some(k) = buffers
+            .keys()
+            .find(|k| !self.plan.params.iter().any(|s| &s.path == *k))
+        {
+            return Err(EngineError::MissingTensor(k.clone()));
+        }
+        for s in &self.plan.params {
+            to_engine(
+                s.layout,
+                &buffers[&s.path],
+                &mut self.velocity[s.offset..s.offset + s.len],
+            );
+        }
+        self.has_velocity = true;
+        Ok(())
+    }
+
     /// The logits of the last forward pass, `batch x classes`.
     pub fn logits(&self) -> &[f32] {
         let b = &self.plan.bufs[self.plan.logits];
@@ -468,6 +530,42 @@ impl Engine {
         self.check_input(images)?;
         self.run_forward(images, false);
         Ok(self.logits())
+    }
+}
+
+impl Engine {
+    /// Evaluation logits of `rows` images of the plan's size, any number of
+    /// them: run in chunks of the plan's batch, the last one padded with
+    /// zeros (in evaluation each image's logits depend on that image alone).
+    /// Returns `rows x classes`.
+    pub fn eval_rows(&mut self, images: &[f32], rows: usize) -> Result<Vec<f32>, EngineError> {
+        let (h, w) = self.plan.input;
+        let per = h * w * 3;
+        if images.len() != rows * per {
+            return Err(EngineError::Input {
+                expected: rows * per,
+                got: images.len(),
+                batch: rows,
+                h,
+                w,
+            });
+        }
+        let (b, classes) = (self.plan.batch, self.plan.classes);
+        let mut out = Vec::with_capacity(rows * classes);
+        let mut padded = Vec::new();
+        for chunk in images.chunks(b * per) {
+            let n = chunk.len() / per;
+            let x = if n == b {
+                chunk
+            } else {
+                padded.clear();
+                padded.extend_from_slice(chunk);
+                padded.resize(b * per, 0.0);
+                &padded[..]
+            };
+            out.extend_from_slice(&self.eval(x)?[..n * classes]);
+        }
+        Ok(out)
     }
 }
 

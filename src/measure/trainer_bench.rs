@@ -11,15 +11,7 @@ use dfdx::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
 
-/// Which trainer to time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    /// The planned engine ([`crate::engine`]).
-    Engine,
-    /// dfdx's tape with the crate's CPU ops.
-    Dfdx,
-}
+pub use crate::train::EngineKind;
 
 /// One benchmark.
 #[derive(Debug, Clone)]

@@ -21,6 +21,24 @@ pub enum DeviceKind {
     Cuda,
 }
 
+/// Which trainer computes the steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// The planned engine ([`crate::engine`]): the default on the CPU.
+    Engine,
+    /// dfdx's tape with the crate's ops: the reference, and the CUDA path
+    /// until the engine has a CUDA backend.
+    Dfdx,
+}
+
+impl EngineKind {
+    /// What a run written before the choice existed used.
+    fn before_the_engine() -> Self {
+        EngineKind::Dfdx
+    }
+}
+
 /// The learning-rate rule a user picks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScheduleKind {
@@ -73,6 +91,9 @@ pub struct TrainConfig {
     pub out: PathBuf,
     /// Where the model trains.
     pub device: DeviceKind,
+    /// Which trainer computes the steps.
+    #[serde(default = "EngineKind::before_the_engine")]
+    pub engine: EngineKind,
 }
 
 impl TrainConfig {
@@ -102,6 +123,7 @@ impl TrainConfig {
             final_eval: true,
             out: PathBuf::from("runs/train"),
             device: DeviceKind::Cpu,
+            engine: EngineKind::Engine,
         }
     }
 
@@ -177,6 +199,13 @@ impl TrainConfig {
                 expected: "cpu in this build (build with --features cuda for cuda)",
             });
         }
+        if self.device == DeviceKind::Cuda && self.engine == EngineKind::Engine {
+            return Err(TrainError::Setting {
+                setting: "engine",
+                value: "engine with --device cuda".into(),
+                expected: "dfdx on cuda (the engine runs on the CPU; its CUDA backend is not written yet)",
+            });
+        }
         Ok(())
     }
 }
@@ -240,6 +269,8 @@ pub struct Choices {
     pub out: Option<PathBuf>,
     /// Device [default: cpu].
     pub device: DeviceKind,
+    /// Trainer [default: the engine on the CPU, dfdx on CUDA].
+    pub engine: Option<EngineKind>,
 }
 
 impl Choices {
@@ -324,6 +355,10 @@ impl Choices {
             c.out = o.clone();
         }
         c.device = self.device;
+        c.engine = self.engine.unwrap_or(match self.device {
+            DeviceKind::Cpu => EngineKind::Engine,
+            DeviceKind::Cuda => EngineKind::Dfdx,
+        });
         c.validate()?;
         Ok(c)
     }

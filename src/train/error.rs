@@ -99,4 +99,7 @@ pub enum TrainError {
     /// The training curves could not be drawn.
     #[error(transparent)]
     Plot(#[from] crate::plot::PlotError),
+    /// The planned engine refused the model or a batch.
+    #[error("engine: {0}")]
+    Engine(#[from] crate::engine::EngineError),
 }

@@ -23,19 +23,43 @@ pub fn evaluate<M: Network<D>, D: Device<f32>>(
     dev: &D,
     loader: &Loader,
 ) -> Result<Accuracy, TrainError> {
+    evaluate_with(loader, M::CLASSES, |images, (n, h, w)| {
+        let x: Input<D> = dev.tensor_from_vec(images.to_vec(), (n, h, w, Const::<3>));
+        Ok(model.forward_eval(x).as_vec())
+    })
+}
+
+/// [`evaluate`] with the planned engine (its plan's image size must be
+/// the loader's).
+pub fn evaluate_engine(
+    engine: &mut crate::engine::Engine,
+    loader: &Loader,
+) -> Result<Accuracy, TrainError> {
+    let classes = engine.plan().classes;
+    evaluate_with(loader, classes, |images, (n, _, _)| {
+        Ok(engine.eval_rows(images, n)?)
+    })
+}
+
+/// The loop of [`evaluate`] over any forward: `logits(images, (n, h, w))`
+/// gives `n x classes` logits of an NHWC batch.
+pub fn evaluate_with(
+    loader: &Loader,
+    classes: usize,
+    mut logits: impl FnMut(&[f32], (usize, usize, usize)) -> Result<Vec<f32>, TrainError>,
+) -> Result<Accuracy, TrainError> {
     let mut acc = Accuracy::default();
     for batch in loader.epoch(0) {
         let batch = batch?;
         let [n, h, w, _] = batch.shape();
-        let x: Input<D> = dev.tensor_from_vec(batch.images().to_vec(), (n, h, w, Const::<3>));
-        let logits = model.forward_eval(x).as_vec();
+        let scores = logits(batch.images(), (n, h, w))?;
         let views = batch.views();
         let scores = if views == 1 {
-            logits
+            scores
         } else {
-            metrics::average_views(&logits, M::CLASSES, views)
+            metrics::average_views(&scores, classes, views)
         };
-        acc.add(&scores, M::CLASSES, batch.labels());
+        acc.add(&scores, classes, batch.labels());
     }
     Ok(acc)
 }
@@ -86,9 +110,13 @@ pub(super) fn center_crop(cfg: &TrainConfig) -> EvalCrop {
 }
 
 /// Ten-crop, then multi-scale at `scales` (through `center_loader`'s
-/// normalisation): the end-of-run tests of ImageNet models.
+/// normalisation): the end-of-run tests of ImageNet models. With an
+/// `engine` (planned at the crop size, holding `model`'s weights) the
+/// ten crops run on it; the multi-scale test, one whole image of its own
+/// size at a time, runs on `model`.
 pub(super) fn ten_crop_and_multiscale<M: Network<D>, D: Device<f32>>(
     model: &mut M,
+    engine: Option<&mut crate::engine::Engine>,
     dev: &D,
     cfg: &TrainConfig,
     val: &Arc<Dataset>,
@@ -103,7 +131,10 @@ pub(super) fn ten_crop_and_multiscale<M: Network<D>, D: Device<f32>>(
             crop: cfg.crop,
         },
     )?;
-    let ten = evaluate(model, dev, &ten)?;
+    let ten = match engine {
+        Some(e) => evaluate_engine(e, &ten)?,
+        None => evaluate(model, dev, &ten)?,
+    };
     let ms = evaluate_multiscale(model, dev, center_loader, scales)?;
     Ok((ten, ms))
 }
@@ -158,8 +189,15 @@ pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainEr
     let center = evaluate(&mut model, &dev, &center_loader)?;
     let imagenet = zoo::family(&cfg.model) == Some(Family::ImageNet);
     let (ten_crop, multiscale) = if imagenet {
-        let (ten, ms) =
-            ten_crop_and_multiscale(&mut model, &dev, cfg, val, &center_loader, &job.scales)?;
+        let (ten, ms) = ten_crop_and_multiscale(
+            &mut model,
+            None,
+            &dev,
+            cfg,
+            val,
+            &center_loader,
+            &job.scales,
+        )?;
         (Some(ten), Some(ms))
     } else {
         (None, None)

@@ -3,20 +3,23 @@
 
 use super::TrainError;
 use super::checkpoint;
+use super::config::EngineKind;
 use super::device::cpu_device;
-use super::eval::{center_crop, evaluate, paper_scales, ten_crop_and_multiscale};
+use super::eval::{center_crop, evaluate, evaluate_engine, paper_scales, ten_crop_and_multiscale};
 use super::job::{Job, Start, TrainState, eval_loader, metadata, prepare, train_loader};
 use super::metrics::Accuracy;
 use super::runlog::{self, EpochRecord, FinalRecord, LogRecord, StepRecord};
 use super::schedule::LrSchedule;
 use super::sgd::Sgd;
-use crate::loader::LoaderState;
+use crate::engine::{Engine, SgdSettings};
+use crate::loader::{Loader, LoaderState};
 use crate::model::state;
 use crate::model::zoo;
 use crate::model::zoo::{Family, Input, Logits, Network, NetworkUser};
 use crate::progress::{ProgressMode, progress_bar};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -117,6 +120,103 @@ pub fn sgd_step_on_device<M: Network<D>, D: Device<f32>>(
     (value, scores)
 }
 
+/// What computes the steps: dfdx's tape with [`Sgd`], or the planned
+/// engine, which holds the parameters and momentum itself and copies them
+/// to the dfdx model for checkpoints and the multi-scale test.
+enum Stepper<D: Device<f32>> {
+    Dfdx(Sgd<D>),
+    Engine(Box<Engine>),
+}
+
+impl<D: Device<f32>> Stepper<D> {
+    fn new<M: Network<D>>(
+        kind: EngineKind,
+        model: &M,
+        cfg: &super::TrainConfig,
+    ) -> Result<Self, TrainError> {
+        let (momentum, weight_decay) = (cfg.momentum as f32, cfg.weight_decay as f32);
+        Ok(match kind {
+            EngineKind::Dfdx => Stepper::Dfdx(Sgd::new(momentum, weight_decay)),
+            EngineKind::Engine => {
+                let side = cfg.crop as usize;
+                let mut e = Engine::new(model, cfg.batch_size, (side, side), 0)?;
+                e.sgd = SgdSettings {
+                    momentum,
+                    weight_decay,
+                };
+                Stepper::Engine(Box::new(e))
+            }
+        })
+    }
+
+    /// Restores momentum (after the model's weights were loaded).
+    fn resume<M: Network<D>>(
+        &mut self,
+        model: &M,
+        dev: &D,
+        momentum: BTreeMap<String, Vec<f32>>,
+    ) -> Result<(), TrainError> {
+        match self {
+            Stepper::Dfdx(sgd) => sgd.set_buffers(dev, momentum),
+            Stepper::Engine(e) => {
+                e.read_from(model)?;
+                e.set_momentum(&momentum)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One SGD step: the loss and the logits.
+    fn step<M: Network<D>>(
+        &mut self,
+        model: &mut M,
+        dev: &D,
+        batch: &crate::loader::Batch,
+        lr: f32,
+    ) -> Result<(f32, Vec<f32>), TrainError> {
+        let [n, h, w, _] = batch.shape();
+        match self {
+            Stepper::Dfdx(sgd) => Ok(sgd_step(
+                model,
+                sgd,
+                dev,
+                batch.images(),
+                (n, h, w),
+                batch.labels(),
+                lr,
+            )),
+            Stepper::Engine(e) => {
+                let loss = e.train_step(batch.images(), batch.labels(), lr)?;
+                Ok((loss, e.logits().to_vec()))
+            }
+        }
+    }
+
+    /// Brings the dfdx model up to date (the engine's weights and running
+    /// statistics copied into it) and returns the momentum.
+    fn sync<M: Network<D>>(&self, model: &mut M) -> Result<BTreeMap<String, Vec<f32>>, TrainError> {
+        Ok(match self {
+            Stepper::Dfdx(sgd) => sgd.buffers(),
+            Stepper::Engine(e) => {
+                e.write_to(model)?;
+                e.momentum()
+            }
+        })
+    }
+
+    fn evaluate<M: Network<D>>(
+        &mut self,
+        model: &mut M,
+        dev: &D,
+        loader: &Loader,
+    ) -> Result<super::metrics::Accuracy, TrainError> {
+        match self {
+            Stepper::Dfdx(_) => evaluate(model, dev, loader),
+            Stepper::Engine(e) => evaluate_engine(e, loader),
+        }
+    }
+}
+
 /// Trains model type `M` on device `dev` (see [`prepare`]).
 pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainReport, TrainError> {
     if M::CLASSES != job.classes.len() {
@@ -140,7 +240,7 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
     if cfg.zero_init_last_bn {
         state::zero_init_last_bn(&mut model);
     }
-    let mut sgd: Sgd<D> = Sgd::new(cfg.momentum as f32, cfg.weight_decay as f32);
+    let mut stepper = Stepper::new(cfg.engine, &model, &cfg)?;
     let train_loader = train_loader(&cfg, Arc::clone(&train))?;
     let val_loader = eval_loader(&cfg, Arc::clone(&val), center_crop(&cfg))?;
     let steps_per_epoch = train_loader.batches_per_epoch();
@@ -153,7 +253,7 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
                     source,
                 },
             )?;
-            sgd.set_buffers(&dev, checkpoint::read_momentum(&dir, &model)?);
+            stepper.resume(&model, &dev, checkpoint::read_momentum(&dir, &model)?)?;
             st
         }
         None => TrainState {
@@ -178,17 +278,13 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
         .join(checkpoint::STATE_FILE)
         .is_file()
         .then(|| ckpt_dir.clone());
-    let save = |model: &M, sgd: &Sgd<D>, st: &TrainState| -> Result<PathBuf, TrainError> {
-        let json = serde_json::to_string_pretty(st).expect("state serialises");
-        checkpoint::write(
-            &ckpt_dir,
-            model,
-            sgd.buffers(),
-            &json,
-            metadata(&cfg, &classes),
-        )?;
-        Ok(ckpt_dir.clone())
-    };
+    let save =
+        |model: &mut M, stepper: &Stepper<D>, st: &TrainState| -> Result<PathBuf, TrainError> {
+            let momentum = stepper.sync(model)?;
+            let json = serde_json::to_string_pretty(st).expect("state serialises");
+            checkpoint::write(&ckpt_dir, model, momentum, &json, metadata(&cfg, &classes))?;
+            Ok(ckpt_dir.clone())
+        };
     let max_steps = cfg.max_steps.unwrap_or(usize::MAX);
     let (mut images, mut busy) = (0usize, 0f64);
     let bar = progress_bar((cfg.epochs * steps_per_epoch) as u64, "train", progress);
@@ -210,18 +306,10 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
             let batch = batch?;
             let wait = epoch.stage_times().wait - last_wait;
             last_wait += wait;
-            let [n, h, w, _] = batch.shape();
+            let n = batch.shape()[0];
             let t = st.step as f64 / steps_per_epoch as f64;
             let lr = st.schedule.lr(t);
-            let (mut loss_value, scores) = sgd_step(
-                &mut model,
-                &mut sgd,
-                &dev,
-                batch.images(),
-                (n, h, w),
-                batch.labels(),
-                lr as f32,
-            );
+            let (mut loss_value, scores) = stepper.step(&mut model, &dev, &batch, lr as f32)?;
             if nan_at_step == Some(st.step + 1) {
                 loss_value = f32::NAN;
             }
@@ -259,12 +347,12 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
                 100.0 * wait / dt
             ));
             if cfg.checkpoint_every > 0 && st.step % cfg.checkpoint_every == 0 {
-                last_ckpt = Some(save(&model, &sgd, &st)?);
+                last_ckpt = Some(save(&mut model, &stepper, &st)?);
             }
         }
         drop(epoch);
         // Epoch finished: evaluate, adjust the schedule, checkpoint.
-        let v = evaluate(&mut model, &dev, &val_loader)?;
+        let v = stepper.evaluate(&mut model, &dev, &val_loader)?;
         let lr_fell = st.schedule.epoch_end(v.top1_error());
         let record = EpochRecord {
             epoch: st.epoch + 1,
@@ -297,19 +385,24 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
             epoch: st.epoch as u64,
             position: 0,
         };
-        last_ckpt = Some(save(&model, &sgd, &st)?);
+        last_ckpt = Some(save(&mut model, &stepper, &st)?);
     }
     bar.finish_and_clear();
     if st.step >= max_steps && st.loader.position != 0 {
         // Stopped mid-epoch: keep the place.
-        last_ckpt = Some(save(&model, &sgd, &st)?);
+        last_ckpt = Some(save(&mut model, &stepper, &st)?);
     }
     let mut final_eval = None;
     if cfg.final_eval && st.epoch >= cfg.epochs && zoo::family(&cfg.model) == Some(Family::ImageNet)
     {
         let scales = paper_scales(cfg.crop);
+        stepper.sync(&mut model)?;
+        let engine = match &mut stepper {
+            Stepper::Engine(e) => Some(&mut **e),
+            Stepper::Dfdx(_) => None,
+        };
         let (ten, ms) =
-            ten_crop_and_multiscale(&mut model, &dev, &cfg, &val, &val_loader, &scales)?;
+            ten_crop_and_multiscale(&mut model, engine, &dev, &cfg, &val, &val_loader, &scales)?;
         let rec = FinalRecord {
             ten_crop_top1_error: ten.top1_error(),
             ten_crop_top5_error: ten.top5_error(),

@@ -28,7 +28,7 @@ pub mod runlog;
 pub mod schedule;
 pub mod sgd;
 
-pub use config::{Choices, DeviceKind, ScheduleKind, TrainConfig};
+pub use config::{Choices, DeviceKind, EngineKind, ScheduleKind, TrainConfig};
 pub use device::cpu_device;
 #[cfg(feature = "cuda")]
 pub use device::{cuda_device, cuda_memory_used};

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use resnet_imagenet::cli::parse;
 use resnet_imagenet::pack;
-use resnet_imagenet::train::{self, Choices, DeviceKind, ScheduleKind, Start};
+use resnet_imagenet::train::{self, Choices, DeviceKind, EngineKind, ScheduleKind, Start};
 use std::path::PathBuf;
 
 /// Train ResNets (He et al. 2015) on packed ImageNet-style shards.
@@ -134,6 +134,10 @@ pub struct TrainArgs {
     /// `cpu`, or `cuda` (built with --features cuda).
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
+    /// `engine` (the planned engine, the default on the CPU) or `dfdx`
+    /// (the reference; the default with --device cuda).
+    #[arg(long, value_enum)]
+    pub engine: Option<EngineKind>,
     /// No progress bar, and only errors logged.
     #[arg(long, short)]
     pub quiet: bool,
@@ -185,6 +189,7 @@ impl TrainArgs {
             no_final_eval: a.no_final_eval,
             out: a.out.clone(),
             device: a.device,
+            engine: a.engine,
         };
         Ok(Start::New(choices.config()?))
     }
