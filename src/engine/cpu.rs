@@ -167,65 +167,179 @@ fn for_each_tap(g: &ConvGeom, oy: usize, ox: usize, mut f: impl FnMut(usize, usi
     }
 }
 
-/// im2col: row `(n, oy, ox)` is the window's `k*k` taps of `c` channels
-/// (zeros in the padding).
-fn im2col(x: &[f32], g: &ConvGeom, cols: &mut [f32]) {
+/// im2col of rows `r0..r0 + dst.len() / kc` (row `(n, oy, ox)` is the
+/// window's `k*k` taps of `c` channels, zeros in the padding) into `dst`.
+fn im2col_rows(x: &[f32], g: &ConvGeom, r0: usize, dst: &mut [f32]) {
     let (kc, c) = (g.cols(), g.c);
+    for (i, dst) in dst.chunks_exact_mut(kc).enumerate() {
+        let r = r0 + i;
+        let (n, pos) = (r / (g.oh * g.ow), r % (g.oh * g.ow));
+        let (oy, ox) = (pos / g.ow, pos % g.ow);
+        for ky in 0..g.k {
+            let iy = (oy * g.s + ky) as isize - g.p as isize;
+            for kx in 0..g.k {
+                let ix = (ox * g.s + kx) as isize - g.p as isize;
+                let d = &mut dst[(ky * g.k + kx) * c..][..c];
+                if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                    d.fill(0.0);
+                } else {
+                    let at = ((n * g.h + iy as usize) * g.w + ix as usize) * c;
+                    d.copy_from_slice(&x[at..at + c]);
+                }
+            }
+        }
+    }
+}
+
+/// im2col of the whole batch, a row of outputs per task.
+fn im2col(x: &[f32], g: &ConvGeom, cols: &mut [f32]) {
+    let kc = g.cols();
     cols[..g.rows() * kc]
         .par_chunks_mut(kc * g.ow)
         .enumerate()
-        .for_each(|(row, out)| {
-            let (n, oy) = (row / g.oh, row % g.oh);
-            for (ox, dst) in out.chunks_exact_mut(kc).enumerate() {
-                for ky in 0..g.k {
-                    let iy = (oy * g.s + ky) as isize - g.p as isize;
-                    for kx in 0..g.k {
-                        let ix = (ox * g.s + kx) as isize - g.p as isize;
-                        let d = &mut dst[(ky * g.k + kx) * c..][..c];
-                        if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
-                            d.fill(0.0);
-                        } else {
-                            let at = ((n * g.h + iy as usize) * g.w + ix as usize) * c;
-                            d.copy_from_slice(&x[at..at + c]);
-                        }
-                    }
-                }
-            }
+        .for_each(|(row, out)| im2col_rows(x, g, row * g.ow, out));
+}
+
+/// The adjoint of [`im2col_rows`] for rows `r0..` of one image (`pos` the
+/// row's position in the image): scatter-adds the columns into that
+/// image's `dxi`.
+fn col2im_rows(src: &[f32], g: &ConvGeom, pos0: usize, dxi: &mut [f32]) {
+    let (kc, c) = (g.cols(), g.c);
+    for (i, src) in src.chunks_exact(kc).enumerate() {
+        let pos = pos0 + i;
+        for_each_tap(g, pos / g.ow, pos % g.ow, |tap, pixel| {
+            let d = &mut dxi[pixel * c..][..c];
+            let s = &src[tap * c..][..c];
+            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
         });
+    }
 }
 
 /// The adjoint of [`im2col`]: scatter-adds the columns into `dx`, one image per task.
 fn col2im(dcols: &[f32], g: &ConvGeom, dx: &mut [f32], accumulate: bool) {
-    let (kc, c) = (g.cols(), g.c);
-    let per_image = g.oh * g.ow * kc;
-    dx.par_chunks_mut(g.h * g.w * c)
-        .zip(dcols[..g.rows() * kc].par_chunks(per_image))
+    let per_image = g.oh * g.ow * g.cols();
+    dx.par_chunks_mut(g.h * g.w * g.c)
+        .zip(dcols[..g.rows() * g.cols()].par_chunks(per_image))
         .for_each(|(dxi, cols)| {
             if !accumulate {
                 dxi.fill(0.0);
             }
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    let src = &cols[(oy * g.ow + ox) * kc..][..kc];
-                    for_each_tap(g, oy, ox, |tap, pixel| {
-                        let d = &mut dxi[pixel * c..][..c];
-                        let s = &src[tap * c..][..c];
-                        d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
-                    });
+            col2im_rows(cols, g, 0, dxi);
+        });
+}
+
+/// Calls `f(group, scratch, tiles)` for each image group of a grouped conv
+/// in parallel, `tiles` its `(image, first row in the image, rows)` in order.
+fn for_each_group(
+    g: &ConvGeom,
+    scratch: &mut [f32],
+    per_group: usize,
+    f: impl Fn(usize, &mut [f32], &mut dyn Iterator<Item = (usize, usize, usize)>) + Sync,
+) {
+    let (ipg, t, per_image) = (g.images_per_group(), g.tile_rows(), g.oh * g.ow);
+    scratch[..g.groups() * per_group]
+        .par_chunks_mut(per_group)
+        .enumerate()
+        .for_each(|(gi, s)| {
+            let images = gi * ipg..((gi + 1) * ipg).min(g.b);
+            let mut tiles = images.flat_map(|n| {
+                (0..per_image)
+                    .step_by(t)
+                    .map(move |p| (n, p, t.min(per_image - p)))
+            });
+            f(gi, s, &mut tiles)
+        });
+}
+
+/// Forward of a grouped conv (see [`ConvGeom::grouped`]).
+fn conv_grouped_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeom, scratch: &mut [f32]) {
+    let (kc, o, per_image) = (g.cols(), g.o, g.oh * g.ow);
+    let ys = SendPtr(y.as_mut_ptr());
+    for_each_group(g, scratch, g.tile_rows() * kc, |_, cols, tiles| {
+        for (n, p, rows) in tiles {
+            let r0 = n * per_image + p;
+            let cols = &mut cols[..rows * kc];
+            im2col_rows(x, g, r0, cols);
+            // SAFETY: each tile's rows of y belong to one group alone.
+            let yt = unsafe { std::slice::from_raw_parts_mut(ys.get().add(r0 * o), rows * o) };
+            matmul(
+                yt,
+                false,
+                row_major(cols, kc),
+                row_major(w, o),
+                (rows, o, kc),
+                1,
+            );
+        }
+    });
+}
+
+/// Backward of a grouped conv: dW, and dx (written or added to) if asked.
+#[allow(clippy::too_many_arguments)]
+fn conv_grouped_backward(
+    g: &ConvGeom,
+    (x, dy): (&[f32], &[f32]),
+    w: &[f32],
+    dw: &mut [f32],
+    dx: Option<(&mut [f32], bool)>,
+    scratch: &mut [f32],
+) {
+    let (kc, o, per_image) = (g.cols(), g.o, g.oh * g.ow);
+    let tile = g.tile_rows() * kc;
+    let per_group = tile + kc * o;
+    let dxp = dx.map(|(d, acc)| (SendPtr(d.as_mut_ptr()), acc));
+    let wt = transposed(w, o);
+    for_each_group(g, scratch, per_group, |_, s, tiles| {
+        let (cols, dwg) = s.split_at_mut(tile);
+        let mut first = true;
+        for (n, p, rows) in tiles {
+            let r0 = n * per_image + p;
+            let cols = &mut cols[..rows * kc];
+            im2col_rows(x, g, r0, cols);
+            let dyt = row_major(&dy[r0 * o..(r0 + rows) * o], o);
+            matmul(dwg, !first, transposed(cols, kc), dyt, (kc, o, rows), 1);
+            first = false;
+            if let Some((d, accumulate)) = dxp {
+                matmul(cols, false, dyt, wt, (rows, kc, o), 1);
+                let len = g.h * g.w * g.c;
+                // SAFETY: image n's gradient belongs to this group alone.
+                let dxi = unsafe { std::slice::from_raw_parts_mut(d.get().add(n * len), len) };
+                if p == 0 && !accumulate {
+                    dxi.fill(0.0);
                 }
+                col2im_rows(cols, g, p, dxi);
+            }
+        }
+    });
+    // dW: the groups' sums, added in group order.
+    let groups = &scratch[..g.groups() * per_group];
+    dw[..kc * o]
+        .par_chunks_mut(4096)
+        .enumerate()
+        .for_each(|(i, d)| {
+            let at = i * 4096;
+            d.fill(0.0);
+            for gs in groups.chunks_exact(per_group) {
+                let part = &gs[tile + at..tile + at + d.len()];
+                d.iter_mut().zip(part).for_each(|(d, v)| *d += v);
             }
         });
 }
 
+/// Rows summed in f32 before their sum joins the f64 total (short enough
+/// to keep f32's rounding small, long enough to stay vectorised).
+const F32_ROWS: usize = 32;
+
 /// Per-channel sums over `rows` rows into `out` (`width` each): `f(rows,
-/// acc)` adds one chunk; chunks run in parallel into their own slots of
-/// `partial` and are combined in order.
+/// acc)` adds rows to `acc`, f32, in blocks of [`F32_ROWS`] whose sums are
+/// added in f64; chunks of [`CHUNK_ROWS`] run in parallel into their own
+/// slots of `partial` and are combined in order.
 fn chunk_sums(
     rows: usize,
     width: usize,
     partial: &mut [f64],
     out: &mut [f64],
-    f: impl Fn(std::ops::Range<usize>, &mut [f64]) + Sync,
+    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
 ) {
     let chunks = rows.div_ceil(CHUNK_ROWS);
     let partial = &mut partial[..chunks * width];
@@ -234,7 +348,16 @@ fn chunk_sums(
         .enumerate()
         .for_each(|(k, acc)| {
             acc.fill(0.0);
-            f(k * CHUNK_ROWS..((k + 1) * CHUNK_ROWS).min(rows), acc);
+            let mut local = [0f32; 2 * MAX_CHANNELS];
+            let local = &mut local[..width];
+            let end = ((k + 1) * CHUNK_ROWS).min(rows);
+            for start in (k * CHUNK_ROWS..end).step_by(F32_ROWS) {
+                local.fill(0.0);
+                f(start..(start + F32_ROWS).min(end), local);
+                acc.iter_mut()
+                    .zip(&*local)
+                    .for_each(|(a, &v)| *a += v as f64);
+            }
         });
     out[..width].fill(0.0);
     for p in partial.chunks_exact(width) {
@@ -248,6 +371,12 @@ pub const MAX_CHANNELS: usize = 2048;
 /// One op forward. `train`: batch statistics (and running averages updated).
 pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
     match *op {
+        Op::Conv {
+            g, x, y, w, cols, ..
+        } if g.grouped() => {
+            let cols = mem.w(cols.expect("a grouped conv has scratch"));
+            conv_grouped_forward(mem.r(x), param(plan, t.params, w), mem.w(y), &g, cols);
+        }
         Op::Conv {
             g, x, y, w, cols, ..
         } => {
@@ -295,7 +424,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                 let sums = &mut sums[..c];
                 chunk_sums(rows, c, t.partial, sums, |r, acc| {
                     for row in x[r.start * c..r.end * c].chunks_exact(c) {
-                        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
+                        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
                     }
                 });
                 let n = rows as f64;
@@ -304,13 +433,16 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                 m64.iter_mut()
                     .zip(sums.iter())
                     .for_each(|(m, s)| *m = s / n);
-                let m64r = &*m64;
+                let mut m32 = [0f32; MAX_CHANNELS];
+                let m32 = &mut m32[..c];
+                m32.iter_mut().zip(&*m64).for_each(|(a, &m)| *a = m as f32);
+                let m32 = &*m32;
                 let mut sq = [0f64; MAX_CHANNELS];
                 let sq = &mut sq[..c];
                 chunk_sums(rows, c, t.partial, sq, |r, acc| {
                     for row in x[r.start * c..r.end * c].chunks_exact(c) {
-                        for ((a, &v), m) in acc.iter_mut().zip(row).zip(m64r) {
-                            let d = v as f64 - m;
+                        for ((a, &v), &m) in acc.iter_mut().zip(row).zip(m32) {
+                            let d = v - m;
                             *a += d * d;
                         }
                     }
@@ -326,10 +458,15 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                     scale[ch] = m64[ch] as f32; // the mean
                     shift[ch] = (1.0 / (v + epsilon).sqrt()) as f32; // 1/std
                 }
-                let (mean, rstd) = (&*scale, &*shift);
-                normalize(x, y, c, residual.map(|r| mem.r(r.0)), relu, |ch, v| {
-                    gamma[ch] * ((v - mean[ch]) * rstd[ch]) + beta[ch]
-                });
+                normalize(
+                    x,
+                    y,
+                    c,
+                    residual.map(|r| mem.r(r.0)),
+                    relu,
+                    (scale, shift),
+                    (gamma, beta),
+                );
             } else {
                 let states = &*t.states;
                 for ch in 0..c {
@@ -337,10 +474,15 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                     scale[ch] = states[ms.offset + ch];
                     shift[ch] = (1.0 / (rv + epsilon).sqrt()) as f32;
                 }
-                let (mean, rstd) = (&*scale, &*shift);
-                normalize(x, y, c, residual.map(|r| mem.r(r.0)), relu, |ch, v| {
-                    (v - mean[ch]) * rstd[ch] * gamma[ch] + beta[ch]
-                });
+                normalize(
+                    x,
+                    y,
+                    c,
+                    residual.map(|r| mem.r(r.0)),
+                    relu,
+                    (scale, shift),
+                    (gamma, beta),
+                );
             }
         }
         Op::MaxPool {
@@ -424,28 +566,45 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
     }
 }
 
-/// `y = f(channel, x)` (+ residual), ReLU'd if asked, over rows of `c`.
+/// `y = (x - mean) * (rstd * gamma) + beta` (+ residual), ReLU'd if asked,
+/// over rows of `c`.
 fn normalize(
     x: &[f32],
     y: &mut [f32],
     c: usize,
     residual: Option<&[f32]>,
     relu: bool,
-    f: impl Fn(usize, f32) -> f32 + Sync,
+    (mean, rstd): (&[f32], &[f32]),
+    (gamma, beta): (&[f32], &[f32]),
 ) {
+    let mut k = [0f32; MAX_CHANNELS];
+    let k = &mut k[..c];
+    k.iter_mut()
+        .zip(rstd.iter().zip(gamma))
+        .for_each(|(k, (r, g))| *k = r * g);
+    let (k, mean, beta) = (&*k, &mean[..c], &beta[..c]);
     let chunk = CHUNK_ROWS * c;
     y.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk))
         .enumerate()
-        .for_each(|(k, (ys, xs))| {
-            let rs = residual.map(|r| &r[k * chunk..k * chunk + xs.len()]);
-            for (i, (yr, xr)) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)).enumerate() {
-                for ch in 0..c {
-                    let mut v = f(ch, xr[ch]);
-                    if let Some(r) = rs {
-                        v += r[i * c + ch];
+        .for_each(|(i, (ys, xs))| {
+            let rs = residual.map(|r| &r[i * chunk..i * chunk + xs.len()]);
+            for (j, (yr, xr)) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)).enumerate() {
+                let lanes = yr.iter_mut().zip(xr).zip(mean.iter().zip(k).zip(beta));
+                match rs {
+                    Some(r) => {
+                        let r = &r[j * c..(j + 1) * c];
+                        for (((y, &x), ((&m, &k), &b)), &r) in lanes.zip(r) {
+                            let v = (x - m) * k + b + r;
+                            *y = if relu { v.max(0.0) } else { v };
+                        }
                     }
-                    yr[ch] = if relu { v.max(0.0) } else { v };
+                    None => {
+                        for ((y, &x), ((&m, &k), &b)) in lanes {
+                            let v = (x - m) * k + b;
+                            *y = if relu { v.max(0.0) } else { v };
+                        }
+                    }
                 }
             }
         });
@@ -463,6 +622,22 @@ fn write(d: &mut f32, v: f32, accumulate: bool) {
 /// inputs' gradients and writes its parameters' gradients.
 pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
     match *op {
+        Op::Conv {
+            g,
+            x,
+            w,
+            dx,
+            dy,
+            bcols,
+            ..
+        } if g.grouped() => conv_grouped_backward(
+            &g,
+            (mem.r(x), mem.r(dy)),
+            param(plan, t.params, w),
+            param_mut(plan, t.grads, w),
+            dx.map(|d| (mem.w(d.buf), d.accumulate)),
+            mem.w(bcols.expect("a grouped conv has scratch")),
+        ),
         Op::Conv {
             g,
             x,
@@ -520,25 +695,23 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             let mut sums = [0f64; 2 * MAX_CHANNELS];
             let sums = &mut sums[..2 * c];
             chunk_sums(rows, 2 * c, t.partial, sums, |r, acc| {
-                // f32 within a chunk (at most CHUNK_ROWS terms), f64 across chunks.
-                let mut local = [0f32; 2 * MAX_CHANNELS];
-                let (sg, sgh) = local[..2 * c].split_at_mut(c);
+                let (sg, sgh) = acc.split_at_mut(c);
                 let span = r.start * c..r.end * c;
+                let (mean, rstd) = (&mean[..c], &rstd[..c]);
                 for ((xr, yr), dr) in x[span.clone()]
                     .chunks_exact(c)
                     .zip(y[span.clone()].chunks_exact(c))
                     .zip(dy[span].chunks_exact(c))
                 {
-                    for ch in 0..c {
-                        let g = if relu && yr[ch] <= 0.0 { 0.0 } else { dr[ch] };
-                        let h = (xr[ch] - mean[ch]) * rstd[ch];
-                        sg[ch] += g;
-                        sgh[ch] += g * h;
+                    let lanes = xr.iter().zip(yr).zip(dr).zip(mean.iter().zip(rstd));
+                    for ((((&x, &y), &d), (&m, &r)), (sg, sgh)) in
+                        lanes.zip(sg.iter_mut().zip(sgh.iter_mut()))
+                    {
+                        let g = if relu && y <= 0.0 { 0.0 } else { d };
+                        *sg += g;
+                        *sgh += g * ((x - m) * r);
                     }
                 }
-                acc.iter_mut()
-                    .zip(&local[..2 * c])
-                    .for_each(|(a, &v)| *a = v as f64);
             });
             let (sg, sgh) = sums.split_at(c);
             let gam = param(plan, t.params, gamma);
@@ -578,34 +751,32 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                         &y[start..start + len],
                         &dy[start..start + len],
                     );
-                    if let Some((p, acc)) = dr {
-                        for ((d, yv), g) in part(p)
-                            .chunks_exact_mut(c)
-                            .zip(ys.chunks_exact(c))
-                            .zip(dys.chunks_exact(c))
-                        {
-                            for ch in 0..c {
-                                let g = if relu && yv[ch] <= 0.0 { 0.0 } else { g[ch] };
-                                write(&mut d[ch], g, acc);
+                    let (mean, rstd) = (&mean[..c], &rstd[..c]);
+                    let mut dres = dr.map(|(p, acc)| (part(p), acc));
+                    let mut dxs = dxo.map(|(p, acc)| (part(p), acc));
+                    for (row, ((xr, yr), gr)) in xs
+                        .chunks_exact(c)
+                        .zip(ys.chunks_exact(c))
+                        .zip(dys.chunks_exact(c))
+                        .enumerate()
+                    {
+                        let span = row * c..(row + 1) * c;
+                        if let Some((d, acc)) = &mut dres {
+                            let d = &mut d[span.clone()];
+                            for ((d, &y), &g) in d.iter_mut().zip(yr).zip(gr) {
+                                let g = if relu && y <= 0.0 { 0.0 } else { g };
+                                *d = if *acc { *d + g } else { g };
                             }
                         }
-                    }
-                    if let Some((p, acc)) = dxo {
-                        for (((d, xv), yv), g) in part(p)
-                            .chunks_exact_mut(c)
-                            .zip(xs.chunks_exact(c))
-                            .zip(ys.chunks_exact(c))
-                            .zip(dys.chunks_exact(c))
-                        {
-                            for ch in 0..c {
-                                let g = if relu && yv[ch] <= 0.0 { 0.0 } else { g[ch] };
-                                let h = (xv[ch] - mean[ch]) * rstd[ch];
-                                let v = k[ch] * (g - mb[ch] - h * mg[ch]);
-                                if acc {
-                                    d[ch] += v;
-                                } else {
-                                    d[ch] = v;
-                                }
+                        if let Some((d, acc)) = &mut dxs {
+                            let d = &mut d[span];
+                            let coef = k.iter().zip(mb).zip(mg).zip(mean.iter().zip(rstd));
+                            for ((((d, &x), &y), &g), (((&k, &mb), &mg), (&m, &r))) in
+                                d.iter_mut().zip(xr).zip(yr).zip(gr).zip(coef)
+                            {
+                                let g = if relu && y <= 0.0 { 0.0 } else { g };
+                                let v = k * (g - mb - (x - m) * r * mg);
+                                *d = if *acc { *d + v } else { v };
                             }
                         }
                     }
@@ -715,6 +886,10 @@ fn wgrad_block(kc: usize) -> usize {
 /// The gemm calls one op makes in a training step (forward and backward).
 pub fn gemm_calls(op: &Op) -> usize {
     match op {
+        Op::Conv { g, dx, .. } if g.grouped() => {
+            let tiles = g.b * (g.oh * g.ow).div_ceil(g.tile_rows());
+            tiles * (2 + dx.is_some() as usize)
+        }
         Op::Conv { g, dx, .. } => {
             1 + g.cols().div_ceil(wgrad_block(g.cols())) + dx.is_some() as usize
         }

@@ -161,6 +161,38 @@ impl ConvGeom {
     pub fn macs(&self) -> usize {
         self.rows() * self.cols() * self.o
     }
+
+    /// Whether the conv runs by image groups: each of [`ConvGeom::groups`]
+    /// fixed groups of images lowers tiles of [`ConvGeom::tile_rows`] rows
+    /// into its own cache-sized columns and multiplies them there (the
+    /// weight gradient summed per group, then over the groups in order).
+    /// For windows with a small weight (narrow layers, where one product
+    /// over the whole batch's columns is bound by their memory traffic);
+    /// wide layers take one product over all rows, split by gemm.
+    pub fn grouped(&self) -> bool {
+        !self.is_pointwise() && self.cols() * self.o <= 1 << 16
+    }
+
+    /// Fixed groups of images of a grouped conv (independent of threads).
+    pub fn groups(&self) -> usize {
+        self.b.min(16)
+    }
+
+    /// Images in each group (the last may have fewer).
+    pub fn images_per_group(&self) -> usize {
+        self.b.div_ceil(self.groups())
+    }
+
+    /// Rows per tile of a grouped conv: columns of about 1 MiB, at most one image.
+    pub fn tile_rows(&self) -> usize {
+        ((1 << 18) / self.cols()).clamp(1, self.oh * self.ow)
+    }
+
+    /// Floats of a grouped conv's scratch: the columns of each group, then
+    /// (backward) each group's weight gradient.
+    pub fn group_scratch(&self, backward: bool) -> usize {
+        self.groups() * (self.tile_rows() * self.cols() + backward as usize * self.cols() * self.o)
+    }
 }
 
 /// One op of the plan. Inputs are read, outputs written whole.

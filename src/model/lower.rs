@@ -67,13 +67,17 @@ fn conv(
         Layout::ConvKkcO { o, c: x.c, k },
     );
     let y = p.act(&format!("{path} out"), g.oh, g.ow, o);
-    let scratch = |p: &mut PlanBuilder, what: &str| {
-        (!g.is_pointwise()).then(|| p.buf(format!("{path} {what}"), g.rows() * g.cols()))
+    let scratch = |p: &mut PlanBuilder, what: &str, backward: bool| {
+        let len = match g.grouped() {
+            true => g.group_scratch(backward),
+            false => g.rows() * g.cols(),
+        };
+        (!g.is_pointwise()).then(|| p.buf(format!("{path} {what}"), len))
     };
-    let cols = scratch(p, "cols");
+    let cols = scratch(p, "cols", false);
     // Backward: the columns of x (for the weight's gradient), then, in the
     // same buffer, the columns' gradient (scattered back into dx).
-    let bcols = scratch(p, "backward cols");
+    let bcols = scratch(p, "backward cols", true);
     p.push(Op::Conv {
         g,
         x: x.buf,
