@@ -15,6 +15,8 @@ pub struct Series {
     /// A marker (filled circle) at each point, for measurements that are
     /// points, not a curve.
     pub markers: bool,
+    /// Palette index of its colour (None: its place among the series).
+    pub color: Option<usize>,
 }
 
 /// A chart's title and axes.
@@ -66,12 +68,22 @@ pub enum PlotError {
 
 /// Draws `series` on one chart and writes it to `path` (PNG, 900x600).
 pub fn line_chart(path: &Path, chart_spec: &Chart, series: &[Series]) -> Result<(), PlotError> {
+    panels(path, &[(*chart_spec, series)])
+}
+
+/// Charts side by side (900x600 each) on one PNG, with one y range, so
+/// that their curves compare by eye (the paper's Figure 6).
+pub fn panels(path: &Path, charts: &[(Chart, &[Series])]) -> Result<(), PlotError> {
     let err = |e: &dyn std::fmt::Display| PlotError::Draw {
         path: path.to_path_buf(),
         detail: e.to_string(),
     };
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for (x, y) in series.iter().flat_map(|s| s.points.iter()) {
+    for (x, y) in charts
+        .iter()
+        .flat_map(|(_, s)| s.iter())
+        .flat_map(|s| s.points.iter())
+    {
         x0 = x0.min(*x);
         x1 = x1.max(*x);
         y0 = y0.min(*y);
@@ -84,29 +96,51 @@ pub fn line_chart(path: &Path, chart_spec: &Chart, series: &[Series]) -> Result<
     }
     let pad = ((y1 - y0) * 0.08).max(1e-6);
     let (y0, y1) = (if y0 >= 0.0 { 0.0 } else { y0 - pad }, y1 + pad);
-    let (x0, x1, x_labels) = x_axis(x0, x1, chart_spec.integer_x);
-    let integer_label = |v: &f64| format!("{v:.0}");
-    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    let width = 900 * charts.len().max(1) as u32;
+    let root = BitMapBackend::new(path, (width, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(chart_spec.title, ("sans-serif", 24))
+    for (area, (spec, series)) in root
+        .split_evenly((1, charts.len().max(1)))
+        .iter()
+        .zip(charts)
+    {
+        draw(area, spec, series, (x0, x1), (y0, y1)).map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+fn draw(
+    area: &Area,
+    spec: &Chart,
+    series: &[Series],
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> Result<(), String> {
+    let e = |x: &dyn std::fmt::Display| x.to_string();
+    let (x0, x1, x_labels) = x_axis(x0, x1, spec.integer_x);
+    let integer_label = |v: &f64| format!("{v:.0}");
+    let mut chart = ChartBuilder::on(area)
+        .caption(spec.title, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
         .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(|e| err(&e))?;
+        .map_err(|x| e(&x))?;
     let mut mesh = chart.configure_mesh();
-    mesh.x_desc(chart_spec.x_label)
-        .y_desc(chart_spec.y_label)
+    mesh.x_desc(spec.x_label)
+        .y_desc(spec.y_label)
         .x_labels(x_labels)
         .light_line_style(WHITE.mix(0.0));
-    if chart_spec.integer_x {
+    if spec.integer_x {
         // Otherwise plotters' own number format (epochs: 0, 2.5, 5, ...).
         mesh.x_label_formatter(&integer_label);
     }
-    mesh.draw().map_err(|e| err(&e))?;
+    mesh.draw().map_err(|x| e(&x))?;
     for (i, s) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = Palette99::pick(s.color.unwrap_or(i)).to_rgba();
         let style = ShapeStyle {
             color,
             filled: true,
@@ -115,11 +149,11 @@ pub fn line_chart(path: &Path, chart_spec: &Chart, series: &[Series]) -> Result<
         if s.markers {
             chart
                 .draw_series(s.points.iter().map(|&p| Circle::new(p, 5, style)))
-                .map_err(|e| err(&e))?;
+                .map_err(|x| e(&x))?;
         }
         chart
             .draw_series(LineSeries::new(s.points.iter().copied(), style))
-            .map_err(|e| err(&e))?
+            .map_err(|x| e(&x))?
             .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
@@ -129,8 +163,7 @@ pub fn line_chart(path: &Path, chart_spec: &Chart, series: &[Series]) -> Result<
         .border_style(BLACK)
         .position(SeriesLabelPosition::UpperLeft)
         .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
+        .map_err(|x| e(&x))?;
     Ok(())
 }
 
@@ -171,6 +204,7 @@ mod tests {
             points: vec![(1.0, 900.0), (2.0, 1700.0)],
             width: 3,
             markers: true,
+            color: None,
         };
         line_chart(&png, &chart, &[line]).unwrap();
         let img = image::open(&png).unwrap();
@@ -180,6 +214,7 @@ mod tests {
             points: vec![],
             width: 1,
             markers: false,
+            color: None,
         };
         assert!(line_chart(&png, &chart, &[empty]).is_err());
     }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod compare;
 mod device_check;
 mod engine;
 mod loader;

@@ -20,9 +20,25 @@
 //!   of its own. The backend is [`cpu`]; results do not depend on the
 //!   number of threads.
 //!
-//! Parameters live in the engine; [`Engine::read_from`] and
-//! [`Engine::write_to`] copy them from and to the dfdx model (for
-//! checkpoints, evaluation with dfdx, and tests), by dfdx path.
+//! On the CPU the layout is NHWC, and each convolution picks its way by
+//! its weight's size ([`plan::ConvGeom::grouped`]): a narrow one (the
+//! CIFAR nets, the first stages of the ImageNet ones) runs by fixed groups
+//! of images, each lowering cache-sized tiles of its images into its own
+//! columns and multiplying them there, so the columns never travel through
+//! memory; a wide one is one matrix product over the whole batch, which
+//! gemm splits among threads. Every reduction has an order fixed by the
+//! plan, never by the threads: the weight gradient of a grouped conv is
+//! summed per group, then over the groups in order; BatchNorm sums 32 rows
+//! in f32, then in f64 by fixed chunks. That is what keeps exact resume
+//! bit-exact on any machine with the same build.
+//!
+//! Parameters and momentum live in the engine; [`Engine::read_from`],
+//! [`Engine::write_to`], [`Engine::momentum`] and [`Engine::set_momentum`]
+//! copy them from and to the dfdx model and the trainer's SGD buffers (for
+//! checkpoints, the multi-scale test, and tests), by dfdx path. The
+//! trainer (`train-resnet`, [`crate::train::fit`]) uses the engine by
+//! default; [`Engine::eval_rows`] evaluates any number of images on the
+//! training plan.
 
 pub mod cpu;
 pub mod plan;

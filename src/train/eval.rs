@@ -152,7 +152,8 @@ pub fn paper_scales(crop: u32) -> Vec<u32> {
 pub struct EvalReport {
     /// Centre-crop top-1 / top-5 error and loss.
     pub center: Accuracy,
-    /// Ten-crop (ImageNet models).
+    /// Ten-crop (ImageNet models: from the evaluation resize; CIFAR
+    /// models: 32 crops from 36, the crop size and 9/8 of it).
     pub ten_crop: Option<Accuracy>,
     /// Fully-convolutional multi-scale (ImageNet models).
     pub multiscale: Option<Accuracy>,
@@ -173,8 +174,8 @@ pub fn evaluate_checkpoint(job: EvalJob) -> Result<EvalReport, TrainError> {
     zoo::with_network(&model, classes, With(job))?
 }
 
-/// Evaluates a checkpoint with model type `M` on the CPU: centre crop, and
-/// for ImageNet models ten-crop and multi-scale.
+/// Evaluates a checkpoint with model type `M` on the CPU: centre crop,
+/// ten-crop, and for ImageNet models multi-scale.
 pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainError> {
     let dev = cpu_device(job.cfg.seed);
     let mut model = M::build(&dev);
@@ -188,7 +189,16 @@ pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainEr
     let center_loader = eval_loader(cfg, Arc::clone(val), center_crop(cfg))?;
     let center = evaluate(&mut model, &dev, &center_loader)?;
     let imagenet = zoo::family(&cfg.model) == Some(Family::ImageNet);
-    let (ten_crop, multiscale) = if imagenet {
+    let (ten_crop, multiscale) = if !imagenet {
+        // CIFAR nets: ten crops of the crop size from the image resized to
+        // 9/8 of it (the paper's pad-4 margin at 32), no multi-scale test.
+        let crop = EvalCrop::TenCrop {
+            resize: cfg.crop + cfg.crop / 8,
+            crop: cfg.crop,
+        };
+        let ten = evaluate(&mut model, &dev, &eval_loader(cfg, Arc::clone(val), crop)?)?;
+        (Some(ten), None)
+    } else {
         let (ten, ms) = ten_crop_and_multiscale(
             &mut model,
             None,
@@ -199,8 +209,6 @@ pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainEr
             &job.scales,
         )?;
         (Some(ten), Some(ms))
-    } else {
-        (None, None)
     };
     Ok(EvalReport {
         center,

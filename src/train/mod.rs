@@ -14,9 +14,11 @@
 //! - [`job`]: [`prepare`] a run (data, checkpoint, checks), the loaders.
 //! - [`fit`]: the training loop [`run`] and one [`sgd_step`].
 //! - [`eval`]: centre crop, ten-crop, multi-scale; checkpoint evaluation.
+//! - [`compare`]: the paper's plain-vs-residual experiment over several depths.
 //! - [`device`], [`checkpoint`], [`sgd`], [`schedule`], [`metrics`], [`runlog`] (the JSON Lines log and its plot).
 
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod device;
 mod error;

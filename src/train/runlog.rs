@@ -157,22 +157,13 @@ impl Logger {
     }
 }
 
-/// Draws training error (thin, a moving average over a quarter epoch of
-/// steps) and validation error (bold) in %, against epochs, as the paper's
-/// Figures 4 and 6.
-pub fn plot(log: &Path, png: &Path, title: &str) -> Result<(), TrainError> {
-    let records = read(log)?;
+/// The training error of a log's steps in %, a moving average over a
+/// quarter epoch of steps, against epochs: `(epoch, error)`.
+pub fn training_curve(records: &[LogRecord]) -> Vec<(f64, f64)> {
     let steps: Vec<&StepRecord> = records
         .iter()
         .filter_map(|r| match r {
             LogRecord::Step(s) => Some(s),
-            _ => None,
-        })
-        .collect();
-    let epochs: Vec<&EpochRecord> = records
-        .iter()
-        .filter_map(|r| match r {
-            LogRecord::Epoch(e) => Some(e),
             _ => None,
         })
         .collect();
@@ -192,22 +183,38 @@ pub fn plot(log: &Path, png: &Path, title: &str) -> Result<(), TrainError> {
         let n = (i + 1).min(window) as f64;
         train.push((s.epoch, 100.0 * sum / n));
     }
-    let val: Vec<(f64, f64)> = epochs
+    train
+}
+
+/// The validation (centre-crop) error after each epoch in %: `(epoch, error)`.
+pub fn validation_curve(records: &[LogRecord]) -> Vec<(f64, f64)> {
+    records
         .iter()
-        .map(|e| (e.epoch as f64, 100.0 * e.val_top1_error))
-        .collect();
+        .filter_map(|r| match r {
+            LogRecord::Epoch(e) => Some((e.epoch as f64, 100.0 * e.val_top1_error)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Draws training error (thin, [`training_curve`]) and validation error
+/// (bold) in %, against epochs, as the paper's Figures 4 and 6.
+pub fn plot(log: &Path, png: &Path, title: &str) -> Result<(), TrainError> {
+    let records = read(log)?;
     let series = [
         Series {
             label: "training error (augmented batches)".into(),
-            points: train,
+            points: training_curve(&records),
             width: 1,
             markers: false,
+            color: None,
         },
         Series {
             label: "validation error (centre crop)".into(),
-            points: val,
+            points: validation_curve(&records),
             width: 4,
             markers: false,
+            color: None,
         },
     ];
     let chart = Chart {

@@ -57,12 +57,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     points: pts(|r| r.images_per_sec),
                     width: 3,
                     markers: true,
+                    color: None,
                 },
                 Series {
                     label: "decode-only ceiling".into(),
                     points: pts(|r| r.decode_ceiling_images_per_sec),
                     width: 2,
                     markers: true,
+                    color: None,
                 },
             ],
         )

@@ -1,0 +1,56 @@
+//! The plain-vs-residual comparison on the bundled sample: two tiny runs,
+//! the figure and the table, and a second call that resumes instead of
+//! retraining.
+
+use crate::util::packed_sample;
+use assert_cmd::Command;
+use resnet_imagenet::progress::ProgressMode;
+use resnet_imagenet::train::compare::Comparison;
+
+#[test]
+fn the_comparison_trains_both_kinds_then_draws_and_tabulates_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Comparison {
+        data: packed_sample().to_owned(),
+        out: dir.path().to_owned(),
+        depths: vec![20],
+        epochs: 1,
+        batch_size: 16,
+        lr: 0.05,
+        seed: 0,
+        workers: 2,
+        max_steps: None,
+    };
+    let r = c.run(ProgressMode::Hidden).unwrap();
+    let names: Vec<&str> = r.iter().map(|r| r.model.as_str()).collect();
+    assert_eq!(names, ["plain20", "resnet20"]);
+    for n in &r {
+        assert_eq!((n.epochs, n.steps), (1, 3), "{}", n.model);
+        assert!(n.test_error.is_some() && n.ten_crop_test_error.is_some());
+        assert!(n.train_error_last_epoch.is_some() && n.images_per_sec > 0.0);
+    }
+    let png = image::open(dir.path().join("degradation.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (1800, 600));
+    let md = std::fs::read_to_string(dir.path().join("degradation.md")).unwrap();
+    assert!(md.contains("| plain20 | 1 | 3 |"), "{md}");
+    assert!(
+        md.contains("| resnet20 | 1 | 3 |") && md.contains("8.75"),
+        "{md}"
+    );
+
+    // Called again: every run is finished, so nothing trains.
+    let again = c.run(ProgressMode::Hidden).unwrap();
+    assert_eq!(again.iter().map(|r| r.steps).collect::<Vec<_>>(), [3, 3]);
+    let lines = std::fs::read_to_string(dir.path().join("resnet20/log.jsonl")).unwrap();
+    assert_eq!(lines.matches("\"type\":\"step\"").count(), 3);
+}
+
+#[test]
+fn a_depth_that_is_not_6n_plus_2_is_an_error() {
+    Command::cargo_bin("reproduce-degradation")
+        .unwrap()
+        .args(["--data", "/nonexistent", "--depths", "20,21"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("depth 21"));
+}
