@@ -30,8 +30,8 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 print("| network | batch | size | ours s/step | ours img/s | PyTorch s/step | PyTorch img/s | ours/PyTorch | ours GFLOP/s (of gemm peak) | ours peak RSS |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
-    print(f"| {r['model']} | {r['batch_size']} | {r['size']} | {r['s_per_step']:.3f} | {r['images_per_sec']:.0f} "
-          f"| {r['pytorch_s_per_step']:.3f} | {r['batch_size'] / r['pytorch_s_per_step']:.0f} | **{r['ratio']:.2f}** "
+    print(f"| {r['model']} | {r['batch_size']} | {r['size']} | {r['s_per_step']:.3f} | {r['images_per_sec']:.1f} "
+          f"| {r['pytorch_s_per_step']:.3f} | {r['batch_size'] / r['pytorch_s_per_step']:.1f} | **{r['ratio']:.2f}** "
           f"| {r['gflops_per_sec']:.1f} ({100 * r['peak_fraction']:.0f}% of {r['gemm_peak_gflops']:.0f}) "
           f"| {r['peak_rss_bytes'] / 2**20:.0f} MiB |")
 p = rows[0]["pytorch"]

@@ -96,6 +96,13 @@ def build(name):
     return Net(conv_bn(3, 64, 7, 2), blocks, i, 1000, True)
 
 
+def onednn_version():
+    """oneDNN's version as the build reports it ("MKL-DNN v3.13.3 ...")."""
+    import re
+    m = re.search(r"(?:oneDNN|MKL-DNN) v([0-9][0-9.]*)", torch.__config__.show())
+    return m.group(1) if m else None
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="resnet20")
@@ -124,7 +131,7 @@ def main():
         "model": a.model, "batch_size": a.batch_size, "size": a.size, "threads": a.threads,
         "s_per_step": statistics.median(times), "step_s": times,
         "torch": torch.__version__, "mkldnn": torch.backends.mkldnn.is_available(),
-        "onednn": torch.backends.mkldnn.version() if hasattr(torch.backends.mkldnn, "version") else None,
+        "onednn": onednn_version(),
         "parameters": sum(q.numel() for q in m.parameters()),
     }))
 
