@@ -153,6 +153,8 @@ fn matches_dfdx<M: Network<Cpu> + Clone>(
 fn cifar_resnet20_and_plain20_match_dfdx() {
     matches_dfdx::<ResNet20<10, f32, Cpu>>("resnet20", 4, 16, None);
     matches_dfdx::<Plain20<10, f32, Cpu>>("plain20", 4, 16, None);
+    // 17 images: 16 conv groups of 2, the last 7 empty.
+    matches_dfdx::<ResNet20<10, f32, Cpu>>("resnet20 b17", 17, 8, None);
 }
 
 #[test]

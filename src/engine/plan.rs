@@ -173,14 +173,16 @@ impl ConvGeom {
         !self.is_pointwise() && self.cols() * self.o <= 1 << 16
     }
 
-    /// Fixed groups of images of a grouped conv (independent of threads).
-    pub fn groups(&self) -> usize {
-        self.b.min(16)
+    /// Images in each group of a grouped conv (the last may have fewer):
+    /// the batch in at most 16 groups, fixed by the batch alone, never by
+    /// the threads.
+    pub fn images_per_group(&self) -> usize {
+        self.b.div_ceil(self.b.clamp(1, 16))
     }
 
-    /// Images in each group (the last may have fewer).
-    pub fn images_per_group(&self) -> usize {
-        self.b.div_ceil(self.groups())
+    /// Groups of images of a grouped conv, none of them empty.
+    pub fn groups(&self) -> usize {
+        self.b.div_ceil(self.images_per_group().max(1))
     }
 
     /// Rows per tile of a grouped conv: columns of about 1 MiB, at most one image.
