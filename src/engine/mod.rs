@@ -335,13 +335,19 @@ impl Engine {
     /// Every parameter's gradient from the last [`Engine::forward_backward`],
     /// by dfdx path and in dfdx's layout.
     pub fn gradients(&self) -> Vec<(String, Vec<f32>)> {
+        self.per_param(&self.grads)
+    }
+
+    /// Each parameter's slice of `flat` (laid out as the parameters), by
+    /// dfdx path and in dfdx's layout.
+    fn per_param<C: FromIterator<(String, Vec<f32>)>>(&self, flat: &[f32]) -> C {
         self.plan
             .params
             .iter()
             .map(|s| {
                 (
                     s.path.clone(),
-                    from_engine(s.layout, &self.grads[s.offset..s.offset + s.len]),
+                    from_engine(s.layout, &flat[s.offset..s.offset + s.len]),
                 )
             })
             .collect()
@@ -353,16 +359,7 @@ impl Engine {
         if !self.has_velocity {
             return Default::default();
         }
-        self.plan
-            .params
-            .iter()
-            .map(|s| {
-                (
-                    s.path.clone(),
-                    from_engine(s.layout, &self.velocity[s.offset..s.offset + s.len]),
-                )
-            })
-            .collect()
+        self.per_param(&self.velocity)
     }
 
     /// Restores momentum saved by [`Engine::momentum`] (or by the dfdx
