@@ -20,6 +20,8 @@ fn the_comparison_trains_both_kinds_then_draws_and_tabulates_them() {
         seed: 0,
         workers: 2,
         max_steps: None,
+        checkpoint_every: 2,
+        report_only: false,
     };
     let r = c.run(ProgressMode::Hidden).unwrap();
     let names: Vec<&str> = r.iter().map(|r| r.model.as_str()).collect();
@@ -43,6 +45,39 @@ fn the_comparison_trains_both_kinds_then_draws_and_tabulates_them() {
     assert_eq!(again.iter().map(|r| r.steps).collect::<Vec<_>>(), [3, 3]);
     let lines = std::fs::read_to_string(dir.path().join("resnet20/log.jsonl")).unwrap();
     assert_eq!(lines.matches("\"type\":\"step\"").count(), 3);
+
+    // A report of a set under way: only the runs that exist, plain first.
+    std::fs::remove_dir_all(dir.path().join("plain20")).unwrap();
+    let report = Comparison {
+        depths: vec![56, 20],
+        report_only: true,
+        ..c.clone()
+    };
+    let r = report.run(ProgressMode::Hidden).unwrap();
+    assert_eq!(
+        r.iter().map(|r| r.model.as_str()).collect::<Vec<_>>(),
+        ["resnet20"]
+    );
+    assert!(
+        !dir.path().join("resnet56").exists(),
+        "a report trains nothing"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let none = Comparison {
+        out: empty.path().to_owned(),
+        ..report
+    };
+    let err = none.run(ProgressMode::Hidden).unwrap_err().to_string();
+    assert!(err.contains("no finished or started runs"), "{err}");
+}
+
+#[test]
+fn runs_train_in_pairs_in_the_order_of_the_depths() {
+    let names: Vec<String> = resnet_imagenet::train::compare::networks(&[20, 56])
+        .into_iter()
+        .map(|n| n.0)
+        .collect();
+    assert_eq!(names, ["plain20", "resnet20", "plain56", "resnet56"]);
 }
 
 #[test]

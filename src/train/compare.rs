@@ -35,6 +35,12 @@ pub struct Comparison {
     /// Stop each run after this many steps (a test, or a sitting cut short;
     /// the next call resumes it).
     pub max_steps: Option<usize>,
+    /// Also checkpoint every N steps (0: at epoch ends only), so that a
+    /// sitting stopped mid-run loses at most N steps.
+    pub checkpoint_every: usize,
+    /// Train nothing: draw and tabulate the runs found under `out` (a set
+    /// that is still under way).
+    pub report_only: bool,
 }
 
 /// One network's result, from its log and checkpoint.
@@ -76,22 +82,27 @@ pub fn paper_resnet_error(depth: usize) -> Option<f64> {
     }
 }
 
-/// The networks of a comparison, plain ones first: `(name, depth, residual)`.
+/// The networks of a comparison in the order they train: per depth, in the
+/// order given, the plain net then the residual one, so that a set cut
+/// short (`--depths 20,56,32,44`) already holds whole pairs:
+/// `(name, depth, residual)`.
 pub fn networks(depths: &[usize]) -> Vec<(String, usize, bool)> {
-    [false, true]
+    depths
         .iter()
-        .flat_map(|&r| {
-            depths.iter().map(move |&d| {
-                let kind = if r { "resnet" } else { "plain" };
-                (format!("{kind}{d}"), d, r)
-            })
+        .flat_map(|&d| {
+            [
+                (format!("plain{d}"), d, false),
+                (format!("resnet{d}"), d, true),
+            ]
         })
         .collect()
 }
 
 impl Comparison {
     /// Trains (or resumes) every network in turn, evaluates each
-    /// checkpoint, and writes `OUT/degradation.png` and `OUT/degradation.md`.
+    /// checkpoint, and writes `OUT/degradation.png` and `OUT/degradation.md`
+    /// (plain nets first, each kind by depth). With `report_only`, only the
+    /// runs already under `out` are read.
     pub fn run(&self, progress: ProgressMode) -> Result<Vec<NetResult>, TrainError> {
         let mut results = Vec::new();
         for (model, depth, residual) in networks(&self.depths) {
@@ -100,6 +111,12 @@ impl Comparison {
                 .join("checkpoints/last")
                 .join(checkpoint::STATE_FILE)
                 .is_file();
+            if self.report_only {
+                if resumable {
+                    results.push(self.result(&model, depth, residual, &dir)?);
+                }
+                continue;
+            }
             let start = if resumable {
                 Start::Resume(Resume {
                     from: dir.clone(),
@@ -121,6 +138,7 @@ impl Comparison {
                         milestones: Some(vec![0.5, 0.75]),
                         seed: Some(self.seed),
                         workers: Some(self.workers),
+                        checkpoint_every: self.checkpoint_every,
                         out: Some(dir.clone()),
                         ..Choices::default()
                     }
@@ -136,6 +154,10 @@ impl Comparison {
             train(prepare(start, progress)?)?;
             results.push(self.result(&model, depth, residual, &dir)?);
         }
+        if results.is_empty() {
+            return Err(TrainError::NothingToReport(self.out.clone()));
+        }
+        results.sort_by_key(|r| (r.residual, r.depth));
         figure(&self.out.join("degradation.png"), &self.out, &results)?;
         let md = self.out.join("degradation.md");
         std::fs::write(&md, table(&results))

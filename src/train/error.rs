@@ -59,6 +59,9 @@ pub enum TrainError {
         /// Where we looked.
         path: PathBuf,
     },
+    /// A comparison report was asked for where no run has a checkpoint yet.
+    #[error("no finished or started runs under {} to report (train them first)", .0.display())]
+    NothingToReport(PathBuf),
     /// A setting that would train to nothing or to garbage.
     #[error("{setting} {value}: expected {expected}")]
     Setting {

@@ -24,7 +24,8 @@ struct Cli {
     /// Runs, figure (degradation.png) and table (degradation.md).
     #[arg(long, short, default_value = "runs/degradation")]
     out: PathBuf,
-    /// Depths (6n+2), each as a plain and a residual net.
+    /// Depths (6n+2), each as a plain and a residual net, trained in this
+    /// order (plain then residual per depth).
     #[arg(long, value_delimiter = ',', default_value = "20,32,44,56")]
     depths: Vec<usize>,
     /// Epochs of every run (lr / 10 at 50% and 75%). 4 fits the default set
@@ -46,6 +47,13 @@ struct Cli {
     /// Stop each run after this many steps (run again to resume).
     #[arg(long, value_parser = at_least_1)]
     max_steps: Option<usize>,
+    /// Also checkpoint every N steps (0: at epoch ends only): a sitting
+    /// stopped mid-run (Ctrl-C, kill) loses at most N steps.
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: usize,
+    /// Train nothing: draw and tabulate the runs already under --out.
+    #[arg(long)]
+    report: bool,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +73,8 @@ fn main() -> ExitCode {
             seed: cli.seed,
             workers: cli.workers,
             max_steps: cli.max_steps,
+            checkpoint_every: cli.checkpoint_every,
+            report_only: cli.report,
         };
         let progress = if cli.verbosity.quiet {
             ProgressMode::Hidden
