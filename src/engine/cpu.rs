@@ -274,6 +274,21 @@ fn conv_grouped_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeom, scrat
     });
 }
 
+/// The weight of [`ConvGeom::input_gradient_conv`]:
+/// `wf[(tap * o + co) * c + ci] = w[(flip(tap) * c + ci) * o + co]`,
+/// `flip` the window turned by 180 degrees.
+fn flip_weight(w: &[f32], g: &ConvGeom, wf: &mut [f32]) {
+    let (kk, c, o) = (g.k * g.k, g.c, g.o);
+    for tap in 0..kk {
+        for co in 0..o {
+            let row = &mut wf[(tap * o + co) * c..][..c];
+            for (ci, v) in row.iter_mut().enumerate() {
+                *v = w[((kk - 1 - tap) * c + ci) * o + co];
+            }
+        }
+    }
+}
+
 /// Backward of a grouped conv: dW, and dx (written or added to) if asked.
 #[allow(clippy::too_many_arguments)]
 fn conv_grouped_backward(
@@ -287,20 +302,39 @@ fn conv_grouped_backward(
     let (kc, o, per_image) = (g.cols(), g.o, g.oh * g.ow);
     let tile = g.tile_rows() * kc;
     let per_group = tile + kc * o;
+    let (groups_s, wf) = scratch.split_at_mut(g.groups() * per_group);
+    let wf = &mut wf[..kc * o];
+    let gd = g.input_gradient_conv();
+    if gd.is_some() && dx.is_some() {
+        flip_weight(w, g, wf);
+    }
+    let wf = &*wf;
     let dxp = dx.map(|(d, acc)| (SendPtr(d.as_mut_ptr()), acc));
     let wt = transposed(w, o);
-    for_each_group(g, scratch, per_group, |_, s, tiles| {
+    let ipg = g.images_per_group();
+    for_each_group(g, groups_s, per_group, |gi, s, tiles| {
         let (cols, dwg) = s.split_at_mut(tile);
         let mut first = true;
         for (n, p, rows) in tiles {
             let r0 = n * per_image + p;
             let cols = &mut cols[..rows * kc];
             im2col_rows(x, g, r0, cols);
-            let dyt = row_major(&dy[r0 * o..(r0 + rows) * o], o);
-            matmul(dwg, !first, transposed(cols, kc), dyt, (kc, o, rows), 1);
+            let dyt = &dy[r0 * o..(r0 + rows) * o];
+            matmul(
+                dwg,
+                !first,
+                transposed(cols, kc),
+                row_major(dyt, o),
+                (kc, o, rows),
+                1,
+            );
             first = false;
+            if gd.is_some() {
+                continue;
+            }
+            // dx by columns: dcols = dy W^T, scattered back.
             if let Some((d, accumulate)) = dxp {
-                matmul(cols, false, dyt, wt, (rows, kc, o), 1);
+                matmul(cols, false, row_major(dyt, o), wt, (rows, kc, o), 1);
                 let len = g.h * g.w * g.c;
                 // SAFETY: image n's gradient belongs to this group alone.
                 let dxi = unsafe { std::slice::from_raw_parts_mut(d.get().add(n * len), len) };
@@ -310,9 +344,33 @@ fn conv_grouped_backward(
                 col2im_rows(cols, g, p, dxi);
             }
         }
+        // dx as the forward of the input-gradient conv, over its own tiles.
+        if let (Some(gd), Some((d, accumulate))) = (&gd, dxp) {
+            let (kd, c, hw) = (gd.cols(), g.c, g.h * g.w);
+            let td = (tile / kd).clamp(1, hw);
+            for n in gi * ipg..((gi + 1) * ipg).min(g.b) {
+                for p in (0..hw).step_by(td) {
+                    let rows = td.min(hw - p);
+                    let r0 = n * hw + p;
+                    let cols = &mut cols[..rows * kd];
+                    im2col_rows(dy, gd, r0, cols);
+                    // SAFETY: image n's gradient belongs to this group alone.
+                    let dxt =
+                        unsafe { std::slice::from_raw_parts_mut(d.get().add(r0 * c), rows * c) };
+                    matmul(
+                        dxt,
+                        accumulate,
+                        row_major(cols, kd),
+                        row_major(wf, c),
+                        (rows, c, kd),
+                        1,
+                    );
+                }
+            }
+        }
     });
     // dW: the groups' sums, added in group order.
-    let groups = &scratch[..g.groups() * per_group];
+    let groups = &groups_s[..];
     dw[..kc * o]
         .par_chunks_mut(4096)
         .enumerate()
@@ -659,7 +717,8 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             let Some(GradOut { buf, accumulate }) = dx else {
                 return;
             };
-            let wt = transposed(param(plan, t.params, w), o);
+            let w = param(plan, t.params, w);
+            let wt = transposed(w, o);
             match cols {
                 // dx = dy W^T.
                 None => matmul(
@@ -670,6 +729,23 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                     (rows, kc, o),
                     t.threads,
                 ),
+                // dx as the forward of the input-gradient conv.
+                Some(cols) if g.input_gradient_conv().is_some() => {
+                    let gd = g.input_gradient_conv().expect("checked");
+                    let (dcols, wf) = cols.split_at_mut(cols.len() - kc * o);
+                    flip_weight(w, &g, wf);
+                    im2col(dy, &gd, dcols);
+                    let (kd, c) = (gd.cols(), g.c);
+                    matmul(
+                        mem.w(buf),
+                        accumulate,
+                        row_major(dcols, kd),
+                        row_major(wf, c),
+                        (gd.rows(), c, kd),
+                        t.threads,
+                    );
+                }
+                // dx by columns: dcols = dy W^T, scattered back.
                 Some(cols) => {
                     matmul(cols, false, row_major(dy, o), wt, (rows, kc, o), t.threads);
                     col2im(cols, &g, mem.w(buf), accumulate);

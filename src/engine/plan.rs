@@ -191,9 +191,43 @@ impl ConvGeom {
     }
 
     /// Floats of a grouped conv's scratch: the columns of each group, then
-    /// (backward) each group's weight gradient.
+    /// (backward) each group's weight gradient and one flipped weight for
+    /// [`ConvGeom::input_gradient_conv`].
     pub fn group_scratch(&self, backward: bool) -> usize {
-        self.groups() * (self.tile_rows() * self.cols() + backward as usize * self.cols() * self.o)
+        let b = backward as usize;
+        self.groups() * (self.tile_rows() * self.cols() + b * self.cols() * self.o)
+            + b * self.cols() * self.o
+    }
+
+    /// Floats of a wide (not grouped) conv's backward scratch: the columns
+    /// of x, then in the same place those of `dy` for
+    /// [`ConvGeom::input_gradient_conv`] (or the columns' gradient), and the
+    /// flipped weight.
+    pub fn wide_backward_scratch(&self) -> usize {
+        let cols = self.rows() * self.cols();
+        match self.input_gradient_conv() {
+            Some(d) => cols.max(d.rows() * d.cols()) + self.cols() * self.o,
+            None => cols,
+        }
+    }
+
+    /// The conv whose forward is this conv's input gradient, where there
+    /// is one: for stride 1, `dx` is `dy` convolved with the weight flipped
+    /// in space and transposed in channels, padded by `k - 1 - p`. Its
+    /// columns are `k*k*o` wide, so the product has the forward's depth
+    /// instead of `o` (narrow layers: 16 instead of 144) and there is no
+    /// scatter-add.
+    pub fn input_gradient_conv(&self) -> Option<ConvGeom> {
+        if self.s != 1 || self.p >= self.k {
+            return None;
+        }
+        let d = ConvGeom::new(
+            self.b,
+            (self.oh, self.ow, self.o),
+            self.c,
+            (self.k, 1, self.k - 1 - self.p),
+        );
+        (d.oh == self.h && d.ow == self.w).then_some(d)
     }
 }
 

@@ -68,15 +68,16 @@ fn conv(
     );
     let y = p.act(&format!("{path} out"), g.oh, g.ow, o);
     let scratch = |p: &mut PlanBuilder, what: &str, backward: bool| {
-        let len = match g.grouped() {
-            true => g.group_scratch(backward),
-            false => g.rows() * g.cols(),
+        let len = match (g.grouped(), backward) {
+            (true, _) => g.group_scratch(backward),
+            (false, true) => g.wide_backward_scratch(),
+            (false, false) => g.rows() * g.cols(),
         };
         (!g.is_pointwise()).then(|| p.buf(format!("{path} {what}"), len))
     };
     let cols = scratch(p, "cols", false);
     // Backward: the columns of x (for the weight's gradient), then, in the
-    // same buffer, the columns' gradient (scattered back into dx).
+    // same buffer, those of dy (or the columns' gradient) for dx.
     let bcols = scratch(p, "backward cols", true);
     p.push(Op::Conv {
         g,
