@@ -308,3 +308,55 @@ fn bad_inputs_are_errors() {
         "{err}"
     );
 }
+
+/// What the CUDA backend runs: the plan without the CPU's convolution
+/// scratch, its buffers placed anew, never two live ones in one place.
+#[test]
+fn a_plan_without_scratch_keeps_every_buffer_apart() {
+    use resnet_imagenet::engine::plan::Op;
+    let dev = Cpu::default();
+    let model = ResNet18::<10, f32, Cpu>::build(&dev);
+    let e = Engine::new(&model, 2, (64, 64), 1).unwrap();
+    let full = e.plan();
+    let p = full.without_scratch();
+    assert!(
+        p.arena_len < full.arena_len,
+        "{} vs {}",
+        p.arena_len,
+        full.arena_len
+    );
+    assert_eq!(p.ops.len(), full.ops.len());
+    for op in &p.ops {
+        if let Op::Conv { cols, bcols, .. } = op {
+            assert!(cols.is_none() && bcols.is_none());
+        }
+    }
+    let live: Vec<_> = p.bufs.iter().filter(|b| b.life.0 <= b.life.1).collect();
+    for (i, a) in live.iter().enumerate() {
+        assert!(
+            a.offset + a.len <= p.arena_len,
+            "{} outside the arena",
+            a.name
+        );
+        for b in &live[i + 1..] {
+            let together = a.life.0 <= b.life.1 && b.life.0 <= a.life.1;
+            let shared = a.offset < b.offset + b.len && b.offset < a.offset + a.len;
+            assert!(!(together && shared), "{} and {} overlap", a.name, b.name);
+        }
+    }
+    // Every buffer the ops still use has a place; the scratch has none.
+    let scratch = full
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Conv { cols, bcols, .. } => Some([*cols, *bcols]),
+            _ => None,
+        })
+        .flatten()
+        .flatten()
+        .collect::<Vec<_>>();
+    for id in scratch {
+        let b = &p.bufs[id];
+        assert!(b.life.0 > b.life.1, "scratch {} still placed", b.name);
+    }
+}

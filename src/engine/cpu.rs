@@ -6,6 +6,7 @@
 //! scatter-adds (col2im, pooling) run one image per task, and gemm splits
 //! only the output among threads, never the inner dimension.
 
+use super::direct;
 use super::plan::{Buf, BufId, ConvGeom, GradOut, Op, Plan};
 use rayon::prelude::*;
 
@@ -254,8 +255,22 @@ fn for_each_group(
 /// Forward of a grouped conv (see [`ConvGeom::grouped`]).
 fn conv_grouped_forward(x: &[f32], w: &[f32], y: &mut [f32], g: &ConvGeom, scratch: &mut [f32]) {
     let (kc, o, per_image) = (g.cols(), g.o, g.oh * g.ow);
+    let tile = g.tile_rows() * kc;
     let ys = SendPtr(y.as_mut_ptr());
-    for_each_group(g, scratch, g.tile_rows() * kc, |_, cols, tiles| {
+    if direct::available(g) && direct::padded_len(g) <= tile {
+        let (ipg, len) = (g.images_per_group(), g.h * g.w * g.c);
+        for_each_group(g, scratch, tile, |gi, pad, _| {
+            for n in gi * ipg..((gi + 1) * ipg).min(g.b) {
+                // SAFETY: image n's output belongs to this group alone.
+                let yi = unsafe {
+                    std::slice::from_raw_parts_mut(ys.get().add(n * per_image * o), per_image * o)
+                };
+                direct::conv_image(&x[n * len..][..len], w, yi, g, false, pad);
+            }
+        });
+        return;
+    }
+    for_each_group(g, scratch, tile, |_, cols, tiles| {
         for (n, p, rows) in tiles {
             let r0 = n * per_image + p;
             let cols = &mut cols[..rows * kc];
@@ -315,6 +330,7 @@ fn conv_grouped_backward(
     for_each_group(g, groups_s, per_group, |gi, s, tiles| {
         let (cols, dwg) = s.split_at_mut(tile);
         let mut first = true;
+        let images = gi * ipg..((gi + 1) * ipg).min(g.b);
         for (n, p, rows) in tiles {
             let r0 = n * per_image + p;
             let cols = &mut cols[..rows * kc];
@@ -348,7 +364,20 @@ fn conv_grouped_backward(
         if let (Some(gd), Some((d, accumulate))) = (&gd, dxp) {
             let (kd, c, hw) = (gd.cols(), g.c, g.h * g.w);
             let td = (tile / kd).clamp(1, hw);
-            for n in gi * ipg..((gi + 1) * ipg).min(g.b) {
+            if direct::for_input_gradient()
+                && direct::available(gd)
+                && direct::padded_len(gd) <= tile
+            {
+                for n in images {
+                    // SAFETY: image n's gradient belongs to this group alone.
+                    let dxi =
+                        unsafe { std::slice::from_raw_parts_mut(d.get().add(n * hw * c), hw * c) };
+                    let dyi = &dy[n * per_image * o..][..per_image * o];
+                    direct::conv_image(dyi, wf, dxi, gd, accumulate, cols);
+                }
+                return;
+            }
+            for n in images {
                 for p in (0..hw).step_by(td) {
                     let rows = td.min(hw - p);
                     let r0 = n * hw + p;

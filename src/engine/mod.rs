@@ -41,6 +41,9 @@
 //! training plan.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod direct;
 pub mod plan;
 
 use crate::model::lower::Lower;
@@ -351,6 +354,38 @@ impl Engine {
                 )
             })
             .collect()
+    }
+
+    /// Every parameter by dfdx path, in dfdx's layout.
+    pub fn parameters(&self) -> Vec<(String, Vec<f32>)> {
+        self.per_param(&self.params)
+    }
+
+    /// Every running statistic by dfdx path.
+    pub fn statistics(&self) -> Vec<(String, Vec<f32>)> {
+        self.plan
+            .states
+            .iter()
+            .map(|s| {
+                (
+                    s.path.clone(),
+                    self.states[s.offset..s.offset + s.len].to_vec(),
+                )
+            })
+            .collect()
+    }
+
+    /// Multiplies every parameter by `1 + rel` or `1 - rel` (signs from a
+    /// fixed sequence seeded by `seed`): with `rel` one rounding
+    /// (`f32::EPSILON / 2`), what a run from such weights ends at measures
+    /// the network's own float32 sensitivity, the yardstick for results
+    /// computed in another order (another backend, another device).
+    pub fn nudge_parameters(&mut self, rel: f32, seed: u32) {
+        let mut k = seed;
+        for v in self.params.iter_mut() {
+            k = k.wrapping_mul(747796405).wrapping_add(2891336453);
+            *v *= if k >> 31 == 1 { 1.0 + rel } else { 1.0 - rel };
+        }
     }
 
     /// The SGD momentum of every parameter by dfdx path, in dfdx's layout

@@ -98,7 +98,7 @@ pub struct GradOut {
 
 /// A convolution's geometry (NHWC input `b x h x w x c`, `o` outputs,
 /// `k x k` window, stride `s`, padding `p`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConvGeom {
     /// Batch.
     pub b: usize,
@@ -630,28 +630,7 @@ impl PlanBuilder {
                 g.accumulate = !written.insert(g.buf);
             }
         }
-        // Lives on the timeline; the input and the logits live through the
-        // step, the logits' gradient from the loss to the first backward op.
-        let n = self.ops.len();
-        let touch = |bufs: &mut Vec<Buf>, b: BufId, t: usize| {
-            let l = &mut bufs[b].life;
-            *l = (l.0.min(t), l.1.max(t));
-        };
-        for (i, op) in self.ops.iter().enumerate() {
-            let (f, b) = op.uses();
-            for id in f {
-                touch(&mut self.bufs, id, i);
-            }
-            for id in b {
-                touch(&mut self.bufs, id, 2 * n - 1 - i);
-            }
-        }
-        touch(&mut self.bufs, self.x, 0);
-        touch(&mut self.bufs, self.x, 2 * n);
-        // The logits are read after the step.
-        touch(&mut self.bufs, logits.buf, 2 * n);
-        touch(&mut self.bufs, dlogits, n);
-        let arena_len = place(&mut self.bufs);
+        let arena_len = lay_out(&self.ops, &mut self.bufs, (self.x, logits.buf, dlogits));
         Plan {
             batch: self.batch,
             input: self.input,
@@ -671,6 +650,54 @@ impl PlanBuilder {
 }
 
 /// Alignment of every buffer, in floats (64 bytes).
+/// Sets every buffer's life on the step's timeline and places it in the
+/// arena; returns the arena's length. The input and the logits live
+/// through the step, the logits' gradient from the loss to the first
+/// backward op; a buffer no op uses gets no place.
+fn lay_out(ops: &[Op], bufs: &mut [Buf], (x, logits, dlogits): (BufId, BufId, BufId)) -> usize {
+    for b in bufs.iter_mut() {
+        b.life = (usize::MAX, 0);
+        b.offset = 0;
+    }
+    let n = ops.len();
+    let touch = |bufs: &mut [Buf], b: BufId, t: usize| {
+        let l = &mut bufs[b].life;
+        *l = (l.0.min(t), l.1.max(t));
+    };
+    for (i, op) in ops.iter().enumerate() {
+        let (f, b) = op.uses();
+        for id in f {
+            touch(bufs, id, i);
+        }
+        for id in b {
+            touch(bufs, id, 2 * n - 1 - i);
+        }
+    }
+    touch(bufs, x, 0);
+    touch(bufs, x, 2 * n);
+    // The logits are read after the step.
+    touch(bufs, logits, 2 * n);
+    touch(bufs, dlogits, n);
+    place(bufs)
+}
+
+impl Plan {
+    /// The same plan without the CPU backend's convolution scratch (im2col
+    /// columns, group buffers), its buffers placed anew: what a backend
+    /// with its own convolutions (cuDNN) needs.
+    pub fn without_scratch(&self) -> Plan {
+        let mut p = self.clone();
+        for op in &mut p.ops {
+            if let Op::Conv { cols, bcols, .. } = op {
+                *cols = None;
+                *bcols = None;
+            }
+        }
+        p.arena_len = lay_out(&p.ops, &mut p.bufs, (p.x, p.logits, p.dlogits));
+        p
+    }
+}
+
 const ALIGN: usize = 16;
 
 /// First-fit placement, largest first: each buffer takes the lowest offset

@@ -13,6 +13,8 @@
 //! `failed`).
 
 pub mod device_check;
+#[cfg(feature = "cuda")]
+pub mod engine_gpu;
 pub mod loader_bench;
 pub mod page_cache;
 pub mod parity;

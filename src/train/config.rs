@@ -17,7 +17,7 @@ pub enum DeviceKind {
     /// dfdx's CPU device (with this crate's multi-threaded ops).
     #[default]
     Cpu,
-    /// The first CUDA GPU (a build with `--features cuda`).
+    /// The first CUDA GPU (a build with `--features dfdx-cuda`).
     Cuda,
 }
 
@@ -192,11 +192,11 @@ impl TrainConfig {
                 expected: "at least 2 values per channel for BatchNorm: a larger batch or crop",
             });
         }
-        if self.device == DeviceKind::Cuda && !cfg!(feature = "cuda") {
+        if self.device == DeviceKind::Cuda && !cfg!(feature = "dfdx-cuda") {
             return Err(TrainError::Setting {
                 setting: "device",
                 value: "cuda".into(),
-                expected: "cpu in this build (build with --features cuda for cuda)",
+                expected: "cpu in this build (build with --features dfdx-cuda for cuda)",
             });
         }
         if self.device == DeviceKind::Cuda && self.engine == EngineKind::Engine {

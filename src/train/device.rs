@@ -1,8 +1,8 @@
 //! The devices a run trains on.
 
-#[cfg(feature = "cuda")]
+#[cfg(feature = "dfdx-cuda")]
 use super::TrainError;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "dfdx-cuda")]
 use dfdx::prelude::Cuda;
 use dfdx::prelude::*;
 
@@ -19,9 +19,9 @@ pub fn cpu_device(seed: u64) -> Cpu {
 ///
 /// Asks the driver first: cudarc 0.9 (under dfdx) unwraps the driver's
 /// answer, so a machine without a GPU would otherwise panic, not fail.
-#[cfg(feature = "cuda")]
+#[cfg(feature = "dfdx-cuda")]
 pub fn cuda_device(seed: u64) -> Result<Cuda, TrainError> {
-    use cudarc::driver::result;
+    use cudarc09::driver::result;
     let no_gpu = TrainError::NoGpu;
     result::init().map_err(|e| no_gpu(format!("no usable CUDA driver ({e:?})")))?;
     match result::device::get_count() {
@@ -35,9 +35,9 @@ pub fn cuda_device(seed: u64) -> Result<Cuda, TrainError> {
 }
 
 /// Device memory in use on the current CUDA context (total - free), bytes.
-#[cfg(feature = "cuda")]
+#[cfg(feature = "dfdx-cuda")]
 pub fn cuda_memory_used() -> Option<u64> {
-    cudarc::driver::result::mem_get_info()
+    cudarc09::driver::result::mem_get_info()
         .ok()
         .map(|(free, total)| (total - free) as u64)
 }

@@ -66,7 +66,7 @@ pub fn train(job: Job) -> Result<TrainReport, TrainError> {
     }
     let (model, classes, seed) = (job.model().to_string(), job.classes(), job.config.seed);
     match job.config.device {
-        #[cfg(feature = "cuda")]
+        #[cfg(feature = "dfdx-cuda")]
         super::DeviceKind::Cuda => {
             zoo::with_network(&model, classes, With(job, super::cuda_device(seed)?))?
         }

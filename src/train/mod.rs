@@ -32,7 +32,7 @@ pub mod sgd;
 
 pub use config::{Choices, DeviceKind, EngineKind, ScheduleKind, TrainConfig};
 pub use device::cpu_device;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "dfdx-cuda")]
 pub use device::{cuda_device, cuda_memory_used};
 pub use error::TrainError;
 pub use eval::{

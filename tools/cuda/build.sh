@@ -50,4 +50,4 @@ export RUSTFLAGS="${RUSTFLAGS:-} -L native=$root/stubs -L native=$root/lib"
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(--bin gpu-check --bin train-resnet)
 cd "$repo"
-cargo build --release --features cuda --target-dir target/cuda "${args[@]}"
+cargo build --release --features dfdx-cuda --target-dir target/cuda "${args[@]}"

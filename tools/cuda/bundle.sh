@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares what the device tool carries to the GPU machine (no Rust there),
 # in .gpu/ (git-ignored; under the 64 MiB carry limit):
-#   .gpu/gpu-check.gz   gpu-check built with --features cuda, stripped
+#   .gpu/gpu-check.gz   gpu-check built with --features dfdx-cuda (dfdx's CUDA path), stripped
 #   .gpu/photos/train   700 ImageNet-like photos, packed (the loader phase)
 #
 #   bash tools/cuda/bundle.sh SKIMAGE_DATA_DIR

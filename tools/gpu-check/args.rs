@@ -69,6 +69,16 @@ pub struct Cli {
     /// Loader threads [default: all cores].
     #[arg(long, value_parser = at_least_1)]
     pub workers: Option<usize>,
+    /// Precisions of the CUDA engine to compare and time (fp32, tf32).
+    #[arg(long, value_delimiter = ',', default_value = "fp32,tf32")]
+    pub modes: Vec<String>,
+    /// Run the CUDA engine's steps one kernel at a time, not as CUDA graphs.
+    #[arg(long)]
+    pub no_graphs: bool,
+    /// Only compile the CUDA engine's kernels with NVRTC (no GPU needed)
+    /// for this compute capability (e.g. 90) and exit.
+    #[arg(long)]
+    pub compile_kernels: Option<u32>,
     /// Also write every result as a JSON line here.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -9,15 +9,21 @@
 //!    the fraction of the time spent waiting for data.
 //!
 //! Any model of the zoo, at its family's standard class count (ImageNet
-//! 1000, CIFAR-10). Built with `--features cuda` the device is the GPU;
-//! without, the CPU (the comparison is then the CPU against itself, a dry
-//! run, and `--time` is the CPU trainer's step time). The run itself is
-//! `measure::device_check::run`.
+//! 1000, CIFAR-10).
+//!
+//! Built with `--features cuda` it checks the engine's CUDA backend:
+//! `--compare` models on the GPU against the CPU engine, `--time` models
+//! timed, each in every precision of `--modes` (`measure::engine_gpu`).
+//! Built with `--features dfdx-cuda`, dfdx's own CUDA device against dfdx
+//! on the CPU (`measure::device_check`); with neither, the CPU against
+//! itself (a dry run of that check).
 //! Prints a line per result and, with `--json FILE`, writes JSON lines.
 //!
 //! Exit codes: 0 all comparisons within thresholds; 1 one was not; 2 error.
 
 mod args;
+#[cfg(feature = "cuda")]
+mod engine;
 mod report;
 
 use anyhow::Context;
@@ -31,13 +37,16 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.verbosity.init_logger();
+    #[cfg(feature = "cuda")]
+    return resnet_imagenet::cli::main("gpu-check", || engine::main(&cli));
+    #[allow(unreachable_code)]
     resnet_imagenet::cli::main("gpu-check", || {
         let plan = cli.plan();
         let s = &plan.compare_setup;
         let mut out = Out {
             json: None,
             json_error: None,
-            device: if cfg!(feature = "cuda") {
+            device: if cfg!(feature = "dfdx-cuda") {
                 "cuda"
             } else {
                 "cpu"
@@ -49,12 +58,12 @@ fn main() -> ExitCode {
         }
         let cpu = train::cpu_device(0);
         let mut emit = |r| out.emit(r);
-        #[cfg(feature = "cuda")]
+        #[cfg(feature = "dfdx-cuda")]
         let passed = {
             let dev = train::cuda_device(0)?;
             device_check::run(&plan, &cpu, &dev, &train::cuda_memory_used, &mut emit)?
         };
-        #[cfg(not(feature = "cuda"))]
+        #[cfg(not(feature = "dfdx-cuda"))]
         let passed = {
             eprintln!("gpu-check: built without the cuda feature: checking the CPU against itself");
             let dev = train::cpu_device(0);

@@ -131,7 +131,7 @@ pub struct TrainArgs {
     /// saved settings; --epochs, --max-steps, --workers and --out may change.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// `cpu`, or `cuda` (built with --features cuda).
+    /// `cpu`, or `cuda` (built with --features dfdx-cuda).
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
     /// `engine` (the planned engine, the default on the CPU) or `dfdx`
