@@ -80,6 +80,7 @@ fn matches_dfdx<M: Network<Cpu> + Clone>(
     assert!(e < 1e-5, "{name}: loss {got_loss} vs {want_loss}");
     let e = rel_err(&all(&got_grads), &all(&want_grads));
     let (w, at) = worst(&got_grads, &want_grads);
+    eprintln!("{name}: gradients {e:.1e}, worst {w:.1e} at {at}");
     assert!(
         e < 1e-4 && w < 1e-3,
         "{name}: gradients {e:.1e}, worst {w:.1e} at {at}"
@@ -108,29 +109,36 @@ fn matches_dfdx<M: Network<Cpu> + Clone>(
     let (w, at) = worst(&got, &want);
     if e >= 1e-4 {
         // The network's own float32 sensitivity: dfdx's 3 steps from the
-        // same weights, each moved by one rounding (relative 2^-24). The
-        // engine sums in another order, a difference of that size per op.
-        let mut nudged = start;
-        let mut k = 0u32;
-        let values: std::collections::HashMap<String, Vec<f32>> = named_tensors(&nudged)
-            .into_iter()
-            .map(|t| {
-                let v = t
-                    .data
-                    .iter()
-                    .map(|&v| {
-                        k = k.wrapping_mul(747796405).wrapping_add(2891336453);
-                        let sign = if k >> 31 == 1 { 1.0 } else { -1.0 };
-                        v * (1.0 + sign * f32::EPSILON / 2.0)
-                    })
-                    .collect();
-                (t.path, v)
-            })
-            .collect();
-        let mut source = |path: &str, _: &[usize]| Ok(values.get(path).cloned());
-        assign_tensors(&mut nudged, &mut source).unwrap();
-        three_steps(&mut nudged);
-        let own = rel_err(&all(&tensors(&nudged)), &all(&want));
+        // same weights, each moved by one rounding (relative 2^-24), the
+        // largest of three draws of the signs. The engine sums in another
+        // order, a difference of that size per op; a net with near-ties
+        // (a max pool's winners, ReLU's boundary) turns some of those into
+        // discrete jumps, which one draw can miss (plain-18 here: 2.3e-7
+        // with the first draw).
+        let nudged_run = |seed: u32| {
+            let mut nudged = start.clone();
+            let mut k = seed;
+            let values: std::collections::HashMap<String, Vec<f32>> = named_tensors(&nudged)
+                .into_iter()
+                .map(|t| {
+                    let v = t
+                        .data
+                        .iter()
+                        .map(|&v| {
+                            k = k.wrapping_mul(747796405).wrapping_add(2891336453);
+                            let sign = if k >> 31 == 1 { 1.0 } else { -1.0 };
+                            v * (1.0 + sign * f32::EPSILON / 2.0)
+                        })
+                        .collect();
+                    (t.path, v)
+                })
+                .collect();
+            let mut source = |path: &str, _: &[usize]| Ok(values.get(path).cloned());
+            assign_tensors(&mut nudged, &mut source).unwrap();
+            three_steps(&mut nudged);
+            rel_err(&all(&tensors(&nudged)), &all(&want))
+        };
+        let own = [0u32, 1, 2].map(nudged_run).into_iter().fold(0.0, f64::max);
         assert!(
             e < 10.0 * own,
             "{name}: after 3 steps {e:.1e} (worst {w:.1e} at {at}), \

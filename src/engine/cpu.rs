@@ -327,11 +327,26 @@ fn conv_grouped_backward(
     let dxp = dx.map(|(d, acc)| (SendPtr(d.as_mut_ptr()), acc));
     let wt = transposed(w, o);
     let ipg = g.images_per_group();
+    // dW directly when no dx needs the columns (a stride-1 conv's dx is the
+    // input-gradient conv, or there is no dx).
+    let direct_dw = (gd.is_some() || dxp.is_none())
+        && direct::for_weight_gradient()
+        && direct::available(g)
+        && direct::padded_len(g) <= tile;
     for_each_group(g, groups_s, per_group, |gi, s, tiles| {
         let (cols, dwg) = s.split_at_mut(tile);
         let mut first = true;
         let images = gi * ipg..((gi + 1) * ipg).min(g.b);
-        for (n, p, rows) in tiles {
+        if direct_dw {
+            let dwg = &mut dwg[..kc * o];
+            dwg.fill(0.0);
+            let len = g.h * g.w * g.c;
+            for n in images.clone() {
+                let dyi = &dy[n * per_image * o..][..per_image * o];
+                direct::weight_gradient_image(&x[n * len..][..len], dyi, dwg, g, cols);
+            }
+        }
+        for (n, p, rows) in tiles.filter(|_| !direct_dw) {
             let r0 = n * per_image + p;
             let cols = &mut cols[..rows * kc];
             im2col_rows(x, g, r0, cols);
