@@ -790,33 +790,7 @@ impl CudaEngine {
     }
 
     fn check(&self, images: &[f32], labels: Option<&[u32]>) -> Result<(), EngineError> {
-        let (h, w) = self.plan.input;
-        let expected = self.plan.batch * h * w * 3;
-        if images.len() != expected {
-            return Err(EngineError::Input {
-                expected,
-                got: images.len(),
-                batch: self.plan.batch,
-                h,
-                w,
-            });
-        }
-        if let Some(labels) = labels {
-            if labels.len() != self.plan.batch {
-                return Err(EngineError::Labels(format!(
-                    "{} labels for a batch of {}",
-                    labels.len(),
-                    self.plan.batch
-                )));
-            }
-            if let Some(&l) = labels.iter().find(|&&l| l as usize >= self.plan.classes) {
-                return Err(EngineError::Labels(format!(
-                    "label {l} of {} classes",
-                    self.plan.classes
-                )));
-            }
-        }
-        Ok(())
+        super::check_batch(&self.plan, images, labels)
     }
 
     /// out (cols x rows) = in (rows x cols) transposed.

@@ -452,18 +452,7 @@ impl Engine {
     }
 
     fn check_input(&self, images: &[f32]) -> Result<(), EngineError> {
-        let (h, w) = self.plan.input;
-        let expected = self.plan.batch * h * w * 3;
-        if images.len() != expected {
-            return Err(EngineError::Input {
-                expected,
-                got: images.len(),
-                batch: self.plan.batch,
-                h,
-                w,
-            });
-        }
-        Ok(())
+        check_batch(&self.plan, images, None)
     }
 
     fn run_forward(&mut self, images: &[f32], train: bool) {
@@ -510,20 +499,7 @@ impl Engine {
     /// Forward in training mode (running statistics updated), the loss
     /// (mean softmax cross-entropy) and, where it is finite, every gradient.
     pub fn forward_backward(&mut self, images: &[f32], labels: &[u32]) -> Result<f32, EngineError> {
-        self.check_input(images)?;
-        if labels.len() != self.plan.batch {
-            return Err(EngineError::Labels(format!(
-                "{} labels for a batch of {}",
-                labels.len(),
-                self.plan.batch
-            )));
-        }
-        if let Some(&l) = labels.iter().find(|&&l| l as usize >= self.plan.classes) {
-            return Err(EngineError::Labels(format!(
-                "label {l} of {} classes",
-                self.plan.classes
-            )));
-        }
+        check_batch(&self.plan, images, Some(labels))?;
         self.run_forward(images, true);
         let (lb, db) = (
             &self.plan.bufs[self.plan.logits],
@@ -615,6 +591,40 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// Whether `images` (and `labels`) are a batch of `plan`'s: the count and
+/// size of the images, one label per image, each below the class count.
+/// Every backend checks its input with this.
+fn check_batch(plan: &Plan, images: &[f32], labels: Option<&[u32]>) -> Result<(), EngineError> {
+    let (h, w) = plan.input;
+    let expected = plan.batch * h * w * 3;
+    if images.len() != expected {
+        return Err(EngineError::Input {
+            expected,
+            got: images.len(),
+            batch: plan.batch,
+            h,
+            w,
+        });
+    }
+    let Some(labels) = labels else {
+        return Ok(());
+    };
+    if labels.len() != plan.batch {
+        return Err(EngineError::Labels(format!(
+            "{} labels for a batch of {}",
+            labels.len(),
+            plan.batch
+        )));
+    }
+    if let Some(&l) = labels.iter().find(|&&l| l as usize >= plan.classes) {
+        return Err(EngineError::Labels(format!(
+            "label {l} of {} classes",
+            plan.classes
+        )));
+    }
+    Ok(())
 }
 
 /// Where element `i` of a dfdx tensor lies in the engine's layout.
