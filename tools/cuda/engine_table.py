@@ -5,19 +5,9 @@ matching mode, images/s, ratio and memory; then the comparisons.
 
     python3 tools/cuda/engine_table.py OURS.jsonl... -- TORCH.jsonl...
 """
-import json
 import sys
 
-
-def read(paths):
-    recs = []
-    for p in paths:
-        try:
-            with open(p) as f:
-                recs += [json.loads(line) for line in f if line.strip()]
-        except FileNotFoundError:
-            pass
-    return recs
+from table import read  # the same JSON-lines reader as dfdx's table
 
 
 def main():
