@@ -98,9 +98,16 @@ fn the_engine_and_dfdx_trainers_agree() {
     train::train_cpu::<Net>(resume, ProgressMode::Hidden).unwrap();
     let (e, d) = (step_losses(a.path()), step_losses(b.path()));
     assert_eq!((e.len(), d.len()), (3, 3));
-    for (x, y) in e.iter().zip(&d) {
+    // Step 1's loss comes from the same weights; later ones from weights
+    // that already differ by float32 rounding, which the net amplifies:
+    // the engine's own conv paths (RESNET_DIRECT_CONV=forward against the
+    // default) already part by 1.1e-4 at step 3 at this learning rate.
+    // Each step from shared weights is held to 1e-4 on every tensor in
+    // tests/engine.rs.
+    for (i, (x, y)) in e.iter().zip(&d).enumerate() {
+        let bound = if i == 0 { 1e-5 } else { 1e-3 };
         assert!(
-            (x.1 - y.1).abs() < 1e-4 * y.1.abs(),
+            (x.1 - y.1).abs() < bound * y.1.abs(),
             "step {}: engine {} vs dfdx {}",
             x.0,
             x.1,

@@ -8,9 +8,10 @@
 //! buffer and each output tile of 6 pixels x 16 channels keeps its twelve
 //! accumulators in registers while it walks the window's taps and input
 //! channels, reading the input where it lies and the weight row of 16
-//! outputs once per 6 pixels. The same kernel can compute a stride-1
-//! conv's input gradient through [`ConvGeom::input_gradient_conv`] (off by
-//! default, see [`for_input_gradient`]).
+//! outputs once per 6 pixels (on AVX-512, 16-lane tiles of up to 64
+//! channels). The same kernel computes a stride-1 conv's input gradient
+//! through [`ConvGeom::input_gradient_conv`], and a sibling the weight
+//! gradient.
 //!
 //! Each output element's sum runs in one fixed order (taps, then input
 //! channels), whatever the thread count.
@@ -27,12 +28,14 @@ pub fn available(g: &ConvGeom) -> bool {
     g.o.is_multiple_of(OB) && g.c > 0 && cpu_has_avx2_fma() && setting() != Setting::Off
 }
 
-/// Whether the weight gradient uses the kernel (`RESNET_DIRECT_CONV=all`).
+/// Whether the weight gradient uses the kernel (unless `RESNET_DIRECT_CONV`
+/// says `0` or `forward`).
 pub fn for_weight_gradient() -> bool {
     setting() == Setting::All
 }
 
-/// Whether the input gradient may use the kernel too (`RESNET_DIRECT_CONV=all`).
+/// Whether the input gradient may use the kernel too (unless
+/// `RESNET_DIRECT_CONV` says `0` or `forward`).
 pub fn for_input_gradient() -> bool {
     setting() == Setting::All
 }
@@ -44,24 +47,23 @@ enum Setting {
     Off,
 }
 
-/// The forward pass uses the kernel; the gradients do not by default:
-/// with either of them through it (each kernel equal to the definition in
-/// f64, `tests` below), plain-18's parameters after 3 SGD steps differed
-/// from dfdx's by 2.9e-4 (bn1.bias by 1e-1), against under 1e-4 through
-/// im2col and a net float32 sensitivity of 2.6e-7 (tests/engine.rs
-/// `basic_block_nets_match_dfdx`; step-1 gradients agree within 1.4e-5);
-/// the cause is not found yet. With both, ResNet-20 b128 steps in 0.17 s
-/// instead of 0.22 on the AVX-512 EPYC of 2026-12-04.
-/// `RESNET_DIRECT_CONV=0` in the environment switches the kernel off,
-/// `=forward` keeps it for the forward pass only (the default), `=all`
-/// uses it for both gradients too (for A/B timing and for
-/// checking a result against the im2col path).
+/// The forward pass and both gradients use the kernel where it applies.
+/// `RESNET_DIRECT_CONV=0` in the environment switches it off (im2col and
+/// gemm everywhere), `=forward` keeps it for the forward pass only (for
+/// A/B timing and for checking a result against the im2col path).
+///
+/// (Until 2026-12-05 the gradients stayed on im2col because plain-18 ended
+/// 2.9e-4 from dfdx after 3 free-running SGD steps with them. That was the
+/// network, not the kernels: after one step plain-18 sits where one
+/// rounding of its weights moves dfdx's own gradient by 1.8%, and the two
+/// engine paths part by the same 1e-4..3e-4. tests/engine.rs now compares
+/// each step from shared weights.)
 fn setting() -> Setting {
     static S: std::sync::OnceLock<Setting> = std::sync::OnceLock::new();
     *S.get_or_init(|| match std::env::var("RESNET_DIRECT_CONV").as_deref() {
         Ok("0") => Setting::Off,
-        Ok("all") => Setting::All,
-        _ => Setting::ForwardOnly,
+        Ok("forward") => Setting::ForwardOnly,
+        _ => Setting::All,
     })
 }
 
@@ -77,6 +79,24 @@ fn cpu_has_avx2_fma() -> bool {
         *HAS.get_or_init(|| {
             std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the AVX-512 kernels run (`RESNET_DIRECT_AVX512=0` keeps AVX2,
+/// for A/B timing; both give the same bits: each output is the same chain
+/// of fused multiply-adds, lane by lane).
+fn cpu_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::env::var("RESNET_DIRECT_AVX512").as_deref() != Ok("0")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -101,11 +121,15 @@ pub fn conv_image(
     assert!(w.len() >= g.cols() * g.o && y.len() >= g.oh * g.ow * g.o);
     let wp = pad_image(x, g, pad);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 and FMA are present (`available`); every index the
-    // kernel reads or writes is inside the slices (the asserts here and in
-    // `pad_image`).
+    // SAFETY: AVX2 and FMA are present (`available`), AVX-512F where
+    // `cpu_has_avx512` says so; every index the kernel reads or writes is
+    // inside the slices (the asserts here and in `pad_image`).
     unsafe {
-        avx2::conv_padded(pad, w, y, g, wp, accumulate)
+        if cpu_has_avx512() {
+            avx512::conv_padded(pad, w, y, g, wp, accumulate)
+        } else {
+            avx2::conv_padded(pad, w, y, g, wp, accumulate)
+        }
     }
     // Unreachable elsewhere: `pad_image` asserted `available`.
     #[cfg(not(target_arch = "x86_64"))]
@@ -123,10 +147,15 @@ pub fn weight_gradient_image(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeom
     assert!(dw.len() >= g.cols() * g.o && dy.len() >= g.oh * g.ow * g.o);
     let wp = pad_image(x, g, pad);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 and FMA are present (`available`); every index read or
-    // written is inside the slices (the asserts here and in `pad_image`).
+    // SAFETY: AVX2 and FMA are present (`available`), AVX-512F where
+    // `cpu_has_avx512` says so; every index read or written is inside the
+    // slices (the asserts here and in `pad_image`).
     unsafe {
-        avx2::weight_gradient_padded(pad, dy, dw, g, wp)
+        if cpu_has_avx512() {
+            avx512::weight_gradient_padded(pad, dy, dw, g, wp)
+        } else {
+            avx2::weight_gradient_padded(pad, dy, dw, g, wp)
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = wp;
@@ -318,6 +347,217 @@ mod avx2 {
     }
 }
 
+/// The same kernels on 16-lane registers: a tile is `P` pixels x `16 V`
+/// output channels (`V` = 4, 2 or 1 as `o` allows), its `P V` accumulators
+/// in registers, each input value broadcast once per tile row of weights.
+/// The weight-gradient tile is `C` input channels x `16 V` outputs. Every
+/// output element is the same sequence of fused multiply-adds as in
+/// [`avx2`], so both give the same bits.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use crate::engine::plan::ConvGeom;
+    use std::arch::x86_64::*;
+
+    /// A conv tile's inputs: padded image, weight, output, geometry, padded
+    /// width, `(oy, ox, ob)`, whether to add to the output.
+    type TileArgs<'a> = (
+        *const f32,
+        *const f32,
+        *mut f32,
+        &'a ConvGeom,
+        usize,
+        (usize, usize, usize),
+        bool,
+    );
+    /// A weight-gradient tile's inputs: padded image, dy, dW, geometry,
+    /// padded width, `(ky, kx, ci, ob)`.
+    type WgradArgs<'a> = (
+        *const f32,
+        *const f32,
+        *mut f32,
+        &'a ConvGeom,
+        usize,
+        (usize, usize, usize, usize),
+    );
+
+    /// 16-lane registers across the output channels of a tile.
+    fn lanes(o: usize) -> usize {
+        if o.is_multiple_of(64) {
+            4
+        } else if o.is_multiple_of(32) {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Calls `$f::<V, N>` for the `N` (a literal of the list) equal to `$n`.
+    macro_rules! by_count {
+        ($n:expr, $f:ident::<$v:literal>, [$($c:literal)*], $args:expr) => {
+            match $n {
+                $($c => $f::<$v, $c>($args),)*
+                _ => unreachable!("tile of {} outside the kernel's sizes", $n),
+            }
+        };
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn conv_padded(
+        xp: &[f32],
+        w: &[f32],
+        y: &mut [f32],
+        g: &ConvGeom,
+        wp: usize,
+        accumulate: bool,
+    ) {
+        let (xp, w, y) = (xp.as_ptr(), w.as_ptr(), y.as_mut_ptr());
+        // Pixels per tile: 8 with 1 or 2 registers, 4 with 4 (16-32
+        // accumulators of the 32 registers).
+        let v = lanes(g.o);
+        let px = if v == 4 { 4 } else { 8 };
+        for oy in 0..g.oh {
+            for ob in (0..g.o).step_by(16 * v) {
+                let mut ox = 0;
+                while ox < g.ow {
+                    let n = (g.ow - ox).min(px);
+                    let a = (xp, w, y, g, wp, (oy, ox, ob), accumulate);
+                    // SAFETY: as the caller's; the tile's pixels are
+                    // ox..ox + n < ow, its channels ob..ob + 16 v <= o.
+                    unsafe {
+                        match v {
+                            4 => by_count!(n, tile::<4>, [1 2 3 4], a),
+                            2 => by_count!(n, tile::<2>, [1 2 3 4 5 6 7 8], a),
+                            _ => by_count!(n, tile::<1>, [1 2 3 4 5 6 7 8], a),
+                        }
+                    }
+                    ox += n;
+                }
+            }
+        }
+    }
+
+    /// `P` output pixels `(oy, ox..ox + P)` x channels `ob..ob + 16 V`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const V: usize, const P: usize>(
+        (xp, w, y, g, wp, (oy, ox, ob), accumulate): TileArgs,
+    ) {
+        let (c, o, k, s) = (g.c, g.o, g.k, g.s);
+        let mut acc = [[_mm512_setzero_ps(); V]; P];
+        for ky in 0..k {
+            for kx in 0..k {
+                // SAFETY (all pointer arithmetic below): inside the slices,
+                // see `conv_padded` and `super::conv_image`.
+                unsafe {
+                    let xr = xp.add(((oy * s + ky) * wp + ox * s + kx) * c);
+                    let wr = w.add((ky * k + kx) * c * o + ob);
+                    for ci in 0..c {
+                        let mut b = [_mm512_setzero_ps(); V];
+                        for (j, b) in b.iter_mut().enumerate() {
+                            *b = _mm512_loadu_ps(wr.add(ci * o + 16 * j));
+                        }
+                        for (p, acc) in acc.iter_mut().enumerate() {
+                            let a = _mm512_set1_ps(*xr.add(p * s * c + ci));
+                            for (acc, &b) in acc.iter_mut().zip(&b) {
+                                *acc = _mm512_fmadd_ps(a, b, *acc);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (p, acc) in acc.iter().enumerate() {
+            for (j, &v) in acc.iter().enumerate() {
+                // SAFETY: output pixel (oy, ox + p) < (oh, ow), channels < o.
+                unsafe {
+                    let yp = y.add((oy * g.ow + ox + p) * o + ob + 16 * j);
+                    let v = if accumulate {
+                        _mm512_add_ps(v, _mm512_loadu_ps(yp))
+                    } else {
+                        v
+                    };
+                    _mm512_storeu_ps(yp, v);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weight_gradient_padded(
+        xp: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        g: &ConvGeom,
+        wp: usize,
+    ) {
+        let (xp, dy, dw) = (xp.as_ptr(), dy.as_ptr(), dw.as_mut_ptr());
+        // Input channels per tile: 16 accumulators whatever the registers
+        // across the outputs (8, 8, 4 channels for 1, 2, 4 registers).
+        let v = lanes(g.o);
+        let cb = if v == 4 { 4 } else { 8 };
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let mut ci = 0;
+                while ci < g.c {
+                    let n = (g.c - ci).min(cb);
+                    for ob in (0..g.o).step_by(16 * v) {
+                        let a = (xp, dy, dw, g, wp, (ky, kx, ci, ob));
+                        // SAFETY: as the caller's; channels ci..ci + n <= c,
+                        // outputs ob..ob + 16 v <= o.
+                        unsafe {
+                            match v {
+                                4 => by_count!(n, wgrad_tile::<4>, [1 2 3 4], a),
+                                2 => by_count!(n, wgrad_tile::<2>, [1 2 3 4 5 6 7 8], a),
+                                _ => by_count!(n, wgrad_tile::<1>, [1 2 3 4 5 6 7 8], a),
+                            }
+                        }
+                    }
+                    ci += n;
+                }
+            }
+        }
+    }
+
+    /// dW rows `(tap (ky, kx), ci..ci + C)` x channels `ob..ob + 16 V`,
+    /// summed over every output position of the image, added to `dw`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn wgrad_tile<const V: usize, const C: usize>(
+        (xp, dy, dw, g, wp, (ky, kx, ci, ob)): WgradArgs,
+    ) {
+        let (c, o, s) = (g.c, g.o, g.s);
+        let mut acc = [[_mm512_setzero_ps(); V]; C];
+        for oy in 0..g.oh {
+            // SAFETY (all pointer arithmetic below): inside the slices, see
+            // `weight_gradient_padded` and `super::weight_gradient_image`.
+            unsafe {
+                let xr = xp.add(((oy * s + ky) * wp + kx) * c + ci);
+                let dr = dy.add(oy * g.ow * o + ob);
+                for ox in 0..g.ow {
+                    let xv = xr.add(ox * s * c);
+                    let mut d = [_mm512_setzero_ps(); V];
+                    for (j, d) in d.iter_mut().enumerate() {
+                        *d = _mm512_loadu_ps(dr.add(ox * o + 16 * j));
+                    }
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let a = _mm512_set1_ps(*xv.add(i));
+                        for (acc, &d) in acc.iter_mut().zip(&d) {
+                            *acc = _mm512_fmadd_ps(a, d, *acc);
+                        }
+                    }
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            for (j, &v) in acc.iter().enumerate() {
+                // SAFETY: row (ky * k + kx) * c + ci + i < k * k * c, channels < o.
+                unsafe {
+                    let p = dw.add(((ky * g.k + kx) * c + ci + i) * o + ob + 16 * j);
+                    _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), v));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +598,11 @@ mod tests {
             (13, 9, 3, 16, 7, 2, 3),
             (5, 5, 17, 48, 3, 1, 0),
             (4, 1, 2, 16, 1, 1, 0),
+            // 64 and 128 outputs (four 16-lane registers per tile), odd
+            // input channels, tiles of 1-4 pixels.
+            (6, 10, 9, 64, 3, 1, 1),
+            (9, 13, 20, 128, 3, 2, 1),
+            (3, 3, 64, 64, 1, 1, 0),
         ];
         for (h, w, c, o, k, s, p) in cases {
             let g = ConvGeom::new(1, (h, w, c), o, (k, s, p));
@@ -419,6 +664,34 @@ mod tests {
                 .map(|(&a, &b)| (a as f64 - 1.0 - b).abs())
                 .fold(0.0, f64::max);
             assert!(e < 1e-4, "{g:?} weight gradient: {e}");
+            same_bits_as_avx2(&x, &wt, &dy, &g, &y, &dw);
         }
+    }
+
+    /// Where the AVX-512 kernels ran, the AVX2 ones give the same bits
+    /// (`y` is twice the conv, `dw` the gradient added to ones).
+    fn same_bits_as_avx2(x: &[f32], w: &[f32], dy: &[f32], g: &ConvGeom, y: &[f32], dw: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if cpu_has_avx512() {
+            let mut pad = vec![f32::NAN; padded_len(g)];
+            let wp = pad_image(x, g, &mut pad);
+            let mut y2 = vec![0.0; y.len()];
+            let mut dw2 = vec![1.0f32; dw.len()];
+            // SAFETY: as in `conv_image` and `weight_gradient_image`.
+            unsafe {
+                avx2::conv_padded(&pad, w, &mut y2, g, wp, false);
+                avx2::conv_padded(&pad, w, &mut y2, g, wp, true);
+                avx2::weight_gradient_padded(&pad, dy, &mut dw2, g, wp);
+            }
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(y), bits(&y2), "{g:?}: AVX-512 and AVX2 outputs differ");
+            assert_eq!(
+                bits(dw),
+                bits(&dw2),
+                "{g:?}: AVX-512 and AVX2 weight gradients differ"
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (x, w, dy, g, y, dw);
     }
 }
