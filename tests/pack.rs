@@ -101,7 +101,9 @@ fn round_trip_every_record_and_every_oddity() {
         }
         let info = decode_rgb(r.bytes, &mut buf).unwrap();
         assert_eq!((info.width, info.height), (r.width, r.height), "{rel}");
-        assert!(r.width.min(r.height) <= 480, "{rel}");
+        // 480 or, for a JPEG kept as it is, up to 5% more.
+        let limit = if r.origin.is_original() { 504 } else { 480 };
+        assert!(r.width.min(r.height) <= limit, "{rel}");
         by_name.insert(
             rel.rsplit('/').next().unwrap().to_string(),
             (r.origin, r.width, r.height, channel_means(&buf)),
@@ -122,7 +124,13 @@ fn round_trip_every_record_and_every_oddity() {
         ),
         (640, 480)
     );
+    assert_eq!(
+        (by_name["n03785016_1.JPEG"].1, by_name["n03785016_1.JPEG"].2),
+        (741, 500),
+        "a 741x500 photo is kept, not re-encoded at 480"
+    );
     for kept in [
+        "n03785016_1.JPEG",
         "n02356798_progressive.JPEG",
         "n07742313_restart.JPEG",
         "n04254680_exif.JPEG",
@@ -612,4 +620,31 @@ fn fashion_mnist_tree_packs_with_its_labels() {
         assert_eq!(r.label, *label as u32);
         assert_eq!((r.width, r.height), (32, 32));
     }
+}
+
+/// With no keep slack the train limit is strict: every record's shorter
+/// side is at most 480 and the 500-pixel photos are re-encoded at 480.
+#[test]
+fn no_keep_slack_makes_the_limit_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = PackOptions {
+        keep_slack_percent: 0,
+        ..opts(2, 64 << 20)
+    };
+    pack_sample(dir.path(), &o);
+    let ds = Dataset::open(dir.path().join("train")).unwrap();
+    let mut resized_500 = 0;
+    for i in 0..ds.len() {
+        let r = ds.record_checked(i).unwrap();
+        assert!(
+            r.width.min(r.height) <= 480,
+            "record {i}: {}x{}",
+            r.width,
+            r.height
+        );
+        resized_500 +=
+            usize::from(r.origin.has(Origin::RESIZED) && (r.width, r.height) == (480, 480));
+    }
+    assert!(resized_500 > 0, "the 500x500 photos are resized");
+    assert_eq!(ds.manifest().settings.keep_up_to, 480);
 }

@@ -119,7 +119,7 @@ impl Decompressor {
         &mut self,
         bytes: &[u8],
         out: &mut Vec<u8>,
-        min_short: Option<u32>,
+        min_short: Option<&MinShort<'_>>,
         region_for: &mut dyn FnMut(u32, u32) -> Region,
     ) -> Result<(DecodedInfo, Region), DecodeError> {
         let c = &mut *self.cinfo;
@@ -155,7 +155,7 @@ impl Decompressor {
                 j::J_COLOR_SPACE::JCS_RGB
             };
             if let Some(min) = min_short {
-                c.scale_num = dct_scale(width.min(height), min);
+                c.scale_num = dct_scale(width.min(height), min(width, height, color));
                 c.scale_denom = 8;
             }
             j::jpeg_calc_output_dimensions(c);
@@ -245,13 +245,17 @@ pub(super) fn dct_scale(short: u32, min: u32) -> u32 {
         .unwrap_or(8)
 }
 
+/// The shorter side a decode needs, given the image's width, height and
+/// colour (read from its header).
+pub(super) type MinShort<'a> = dyn Fn(u32, u32, SourceColor) -> u32 + 'a;
+
 /// Decodes a JPEG (see [`super::decode_rgb_region`]); with `min_short`, at
 /// the smallest DCT scale (see [`dct_scale`]) that keeps the shorter side at
-/// least that, `region_for` then getting the scaled size.
+/// least what it asks, `region_for` then getting the scaled size.
 pub(super) fn decode(
     bytes: &[u8],
     out: &mut Vec<u8>,
-    min_short: Option<u32>,
+    min_short: Option<&MinShort<'_>>,
     region_for: &mut dyn FnMut(u32, u32) -> Region,
 ) -> Result<(DecodedInfo, Region), DecodeError> {
     DECOMPRESSOR.with(|cell| {
@@ -423,8 +427,13 @@ mod tests {
             let (info, _) = lj(&bytes, &mut full, Region::full).unwrap();
             let (w, h) = (info.width as usize, info.height as usize);
             let min = (w.min(h) as u32).div_ceil(2);
-            let (info2, r) =
-                super::decode(&bytes, &mut half, Some(min), &mut Region::full).unwrap();
+            let (info2, r) = super::decode(
+                &bytes,
+                &mut half,
+                Some(&move |_, _, _| min),
+                &mut Region::full,
+            )
+            .unwrap();
             assert_eq!((info2.width, info2.height), (info.width, info.height));
             let (hw, hh) = (w.div_ceil(2), h.div_ceil(2));
             assert_eq!((r.width as usize, r.height as usize), (hw, hh), "{path:?}");
@@ -447,10 +456,11 @@ mod tests {
             worst = worst.max(diff / n);
             (total, files) = (total + diff / n, files + 1.0);
             // Asked for more than the image has: the full decode.
+            let more = w.min(h) as u32 + 1;
             let (_, r) = super::decode(
                 &bytes,
                 &mut half,
-                Some(w.min(h) as u32 + 1),
+                Some(&move |_, _, _| more),
                 &mut Region::full,
             )
             .unwrap();

@@ -218,20 +218,22 @@ pub fn decode_rgb_region(
 
 /// Decodes the whole of `bytes` into `out` as RGB8, a JPEG reduced in its
 /// inverse DCT (libjpeg-turbo's `scale_num/8` with `n` of 1, 2 or 4) to the
-/// smallest size whose shorter side is still at least `min_short`: a
-/// quarter of the work at half size, with the DCT's own block averaging as
-/// the low-pass filter. Returns the image's info (its own size) and the
-/// size of the pixels in `out`, which is the image's own when it is not a
-/// JPEG, its shorter side is under about twice `min_short` (see
-/// `libjpeg::dct_scale`), or the build has no libjpeg-turbo.
+/// smallest size whose shorter side is still at least `min_short(width,
+/// height, colour)` of the JPEG's header: a quarter of the work at half
+/// size, with the DCT's own block averaging as the low-pass filter (the
+/// entropy-coded data is decoded whole whatever the scale, so a broken
+/// file is found as in a full decode). Returns the image's info (its own
+/// size) and the size of the pixels in `out`, which is the image's own
+/// when it is not a JPEG, its shorter side is under about twice what is
+/// asked (see `libjpeg::dct_scale`), or the build has no libjpeg-turbo.
 pub fn decode_rgb_reduced(
     bytes: &[u8],
     out: &mut Vec<u8>,
-    min_short: u32,
+    min_short: impl Fn(u32, u32, SourceColor) -> u32,
 ) -> Result<(DecodedInfo, (u32, u32)), DecodeError> {
     #[cfg(feature = "libjpeg-turbo")]
     if is_jpeg(bytes) {
-        let (info, r) = libjpeg::decode(bytes, out, Some(min_short), &mut Region::full)?;
+        let (info, r) = libjpeg::decode(bytes, out, Some(&min_short), &mut Region::full)?;
         return Ok((info, (r.width, r.height)));
     }
     let _ = min_short;

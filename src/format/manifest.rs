@@ -73,6 +73,10 @@ pub struct DatasetStats {
 pub struct PackSettings {
     /// Images whose shorter side exceeds this are resized to it.
     pub max_side: u32,
+    /// RGB JPEGs whose shorter side is at most this kept their bytes
+    /// (absent in manifests written before 2026-12-05: `max_side`).
+    #[serde(default)]
+    pub keep_up_to: u32,
     /// JPEG quality for re-encoded images.
     pub quality: u8,
     /// Target shard size in bytes.

@@ -58,6 +58,11 @@ pub struct PackOptions {
     pub train_max_side: u32,
     /// Shorter-side limit for the val split (default 640, the largest test scale).
     pub val_max_side: u32,
+    /// How far above its split's limit, in percent, an RGB JPEG's shorter
+    /// side may be and its bytes still be kept as they are (default 5: a
+    /// 500-pixel ILSVRC2012 photo is kept, not re-encoded at 480; 0 makes
+    /// the limit strict).
+    pub keep_slack_percent: u32,
     /// JPEG quality of re-encoded images (default 95).
     pub quality: u8,
     /// Target shard size in bytes (default 256 MiB).
@@ -81,6 +86,7 @@ impl Default for PackOptions {
             readers: 16,
             train_max_side: 480,
             val_max_side: 640,
+            keep_slack_percent: 5,
             quality: 95,
             shard_bytes: 256 << 20,
             mean_size: 64,
@@ -95,12 +101,15 @@ impl Default for PackOptions {
 impl PackOptions {
     /// The encode options for `split`.
     pub fn encode_options(&self, split: &str) -> EncodeOptions {
+        let max_side = if split == "val" {
+            self.val_max_side
+        } else {
+            self.train_max_side
+        };
+        let slack = u64::from(max_side) * u64::from(self.keep_slack_percent) / 100;
         EncodeOptions {
-            max_side: if split == "val" {
-                self.val_max_side
-            } else {
-                self.train_max_side
-            },
+            max_side,
+            keep_up_to: (u64::from(max_side) + slack).min(u64::from(u32::MAX)) as u32,
             quality: self.quality,
             mean_size: self.mean_size,
         }
@@ -127,6 +136,9 @@ impl PackOptions {
         }
         if self.train_max_side == 0 || self.val_max_side == 0 {
             return bad("max side must be at least 1");
+        }
+        if self.keep_slack_percent > 100 {
+            return bad("keep slack must be in 0..=100 percent");
         }
         Ok(())
     }
@@ -343,6 +355,7 @@ fn write_outputs(
         stats,
         settings: PackSettings {
             max_side: enc.max_side,
+            keep_up_to: enc.keep_up_to,
             quality: enc.quality,
             shard_bytes: opts.shard_bytes,
             mean_size: enc.mean_size,

@@ -14,8 +14,8 @@ use std::path::Path;
 pub(super) fn fingerprint(split: &SplitInputs, enc: &EncodeOptions, shard_bytes: u64) -> String {
     let mut h = sha2::Sha256::new();
     h.update(format!(
-        "rnim v{FORMAT_VERSION}\n{}\n{}\n{}\n{}\n{}\n",
-        split.name, enc.max_side, enc.quality, enc.mean_size, shard_bytes
+        "rnim v{FORMAT_VERSION}\n{}\n{}\n{}\n{}\n{}\nkeep {}\nthumbnail area-averaged\n",
+        split.name, enc.max_side, enc.quality, enc.mean_size, shard_bytes, enc.keep_up_to
     ));
     for c in &split.classes {
         h.update(format!("class {}\t{}\n", c.wnid, c.name));

@@ -54,6 +54,11 @@ pub struct Cli {
     #[arg(long, default_value_t = 640, value_parser = clap::value_parser!(u32).range(1..))]
     pub val_max_side: u32,
 
+    /// An RGB JPEG up to this many percent above its split's limit keeps
+    /// its bytes instead of being resized and re-encoded (0: strict limit).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub keep_slack: u32,
+
     /// JPEG quality for re-encoded images.
     #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub quality: u8,
@@ -120,6 +125,7 @@ impl Cli {
             readers: cli.readers as usize,
             train_max_side: cli.train_max_side,
             val_max_side: cli.val_max_side,
+            keep_slack_percent: cli.keep_slack,
             quality: cli.quality,
             shard_bytes: (cli.shard_mib * 1024.0 * 1024.0) as u64,
             mean_size: cli.mean_size,
