@@ -23,14 +23,20 @@
 //! On the CPU the layout is NHWC, and each convolution picks its way by
 //! its weight's size ([`plan::ConvGeom::grouped`]): a narrow one (the
 //! CIFAR nets, the first stages of the ImageNet ones) runs by fixed groups
-//! of images, each lowering cache-sized tiles of its images into its own
-//! columns and multiplying them there, so the columns never travel through
-//! memory; a wide one is one matrix product over the whole batch, which
-//! gemm splits among threads. Every reduction has an order fixed by the
+//! of images; where its output channels come in 16s it is computed
+//! directly, forward and both gradients, by the [`direct`] kernels
+//! (AVX-512 or AVX2 tiles of pixels x channels held in registers, no
+//! columns), otherwise each group lowers cache-sized tiles of its images
+//! into its own columns and multiplies them there, so the columns never
+//! travel through memory; a wide one is one matrix product over the whole
+//! batch, which gemm (0.19, AVX-512 where the CPU has it) splits among
+//! threads. Every reduction has an order fixed by the
 //! plan, never by the threads: the weight gradient of a grouped conv is
 //! summed per group, then over the groups in order; BatchNorm sums 32 rows
 //! in f32, then in f64 by fixed chunks. That is what keeps exact resume
-//! bit-exact on any machine with the same build.
+//! bit-exact on one machine, whatever its thread count (gemm picks its
+//! kernels by the CPU, so an AVX2 and an AVX-512 machine part in the last
+//! bits; the direct kernels give the same bits on both).
 //!
 //! Parameters and momentum live in the engine; [`Engine::read_from`],
 //! [`Engine::write_to`], [`Engine::momentum`] and [`Engine::set_momentum`]
