@@ -401,6 +401,24 @@ mod avx512 {
         };
     }
 
+    /// Calls `$f::<V, N>` for `V = $v` registers and a tile of `N = $n`
+    /// (pixels or input channels, at most [`per_tile`]`(V)`).
+    macro_rules! by_lanes {
+        ($v:expr, $n:expr, $f:ident, $args:expr) => {
+            match $v {
+                4 => by_count!($n, $f::<4>, [1 2 3 4], $args),
+                2 => by_count!($n, $f::<2>, [1 2 3 4 5 6 7 8], $args),
+                _ => by_count!($n, $f::<1>, [1 2 3 4 5 6 7 8], $args),
+            }
+        };
+    }
+
+    /// Pixels (conv) or input channels (weight gradient) per tile with `v`
+    /// registers across the outputs: 16-32 accumulators of the 32 registers.
+    fn per_tile(v: usize) -> usize {
+        if v == 4 { 4 } else { 8 }
+    }
+
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn conv_padded(
         xp: &[f32],
@@ -411,10 +429,8 @@ mod avx512 {
         accumulate: bool,
     ) {
         let (xp, w, y) = (xp.as_ptr(), w.as_ptr(), y.as_mut_ptr());
-        // Pixels per tile: 8 with 1 or 2 registers, 4 with 4 (16-32
-        // accumulators of the 32 registers).
         let v = lanes(g.o);
-        let px = if v == 4 { 4 } else { 8 };
+        let px = per_tile(v);
         for oy in 0..g.oh {
             for ob in (0..g.o).step_by(16 * v) {
                 let mut ox = 0;
@@ -423,13 +439,7 @@ mod avx512 {
                     let a = (xp, w, y, g, wp, (oy, ox, ob), accumulate);
                     // SAFETY: as the caller's; the tile's pixels are
                     // ox..ox + n < ow, its channels ob..ob + 16 v <= o.
-                    unsafe {
-                        match v {
-                            4 => by_count!(n, tile::<4>, [1 2 3 4], a),
-                            2 => by_count!(n, tile::<2>, [1 2 3 4 5 6 7 8], a),
-                            _ => by_count!(n, tile::<1>, [1 2 3 4 5 6 7 8], a),
-                        }
-                    }
+                    unsafe { by_lanes!(v, n, tile, a) }
                     ox += n;
                 }
             }
@@ -490,10 +500,8 @@ mod avx512 {
         wp: usize,
     ) {
         let (xp, dy, dw) = (xp.as_ptr(), dy.as_ptr(), dw.as_mut_ptr());
-        // Input channels per tile: 16 accumulators whatever the registers
-        // across the outputs (8, 8, 4 channels for 1, 2, 4 registers).
         let v = lanes(g.o);
-        let cb = if v == 4 { 4 } else { 8 };
+        let cb = per_tile(v);
         for ky in 0..g.k {
             for kx in 0..g.k {
                 let mut ci = 0;
@@ -503,13 +511,7 @@ mod avx512 {
                         let a = (xp, dy, dw, g, wp, (ky, kx, ci, ob));
                         // SAFETY: as the caller's; channels ci..ci + n <= c,
                         // outputs ob..ob + 16 v <= o.
-                        unsafe {
-                            match v {
-                                4 => by_count!(n, wgrad_tile::<4>, [1 2 3 4], a),
-                                2 => by_count!(n, wgrad_tile::<2>, [1 2 3 4 5 6 7 8], a),
-                                _ => by_count!(n, wgrad_tile::<1>, [1 2 3 4 5 6 7 8], a),
-                            }
-                        }
+                        unsafe { by_lanes!(v, n, wgrad_tile, a) }
                     }
                     ci += n;
                 }
