@@ -73,8 +73,9 @@ pub struct DatasetStats {
 pub struct PackSettings {
     /// Images whose shorter side exceeds this are resized to it.
     pub max_side: u32,
-    /// RGB JPEGs whose shorter side is at most this kept their bytes
-    /// (absent in manifests written before 2026-12-05: `max_side`).
+    /// RGB JPEGs whose shorter side is at most this kept their bytes (0 in
+    /// manifests written before 2026-12-05, whose packs kept them only up
+    /// to `max_side`).
     #[serde(default)]
     pub keep_up_to: u32,
     /// JPEG quality for re-encoded images.

@@ -25,11 +25,28 @@ pub struct EncodeOptions {
     pub mean_size: u32,
 }
 
+/// Default of [`super::PackOptions::keep_slack_percent`].
+pub const DEFAULT_KEEP_SLACK_PERCENT: u32 = 5;
+
+impl EncodeOptions {
+    /// The shorter side up to which an RGB JPEG keeps its bytes: `max_side`
+    /// plus `slack_percent` of it.
+    pub fn keep_limit(max_side: u32, slack_percent: u32) -> u32 {
+        let slack = u64::from(max_side) * u64::from(slack_percent) / 100;
+        (u64::from(max_side) + slack).min(u64::from(u32::MAX)) as u32
+    }
+
+    /// Whether an RGB JPEG whose shorter side is `short` keeps its bytes.
+    fn keeps(&self, short: u32) -> bool {
+        short <= self.keep_up_to.max(self.max_side)
+    }
+}
+
 impl Default for EncodeOptions {
     fn default() -> Self {
         EncodeOptions {
             max_side: 480,
-            keep_up_to: 504,
+            keep_up_to: Self::keep_limit(480, DEFAULT_KEEP_SLACK_PERCENT),
             quality: 95,
             mean_size: 64,
         }
@@ -129,7 +146,7 @@ impl Encoder {
         // broken file is still found, in about half the time of a full
         // decode.
         let (info, (dw, dh)) = decode_rgb_reduced(input, &mut self.rgb, |w, h, color| {
-            if color == SourceColor::Rgb && w.min(h) <= opts.keep_up_to.max(opts.max_side) {
+            if color == SourceColor::Rgb && opts.keeps(w.min(h)) {
                 opts.mean_size
             } else {
                 opts.max_side
@@ -147,7 +164,7 @@ impl Encoder {
         }
         let (w, h) = (info.width, info.height);
         let short = w.min(h);
-        let kept = origin == 0 && short <= opts.keep_up_to.max(opts.max_side);
+        let kept = origin == 0 && opts.keeps(short);
         let mut resized = None;
         if short > opts.max_side && !kept {
             origin |= Origin::RESIZED;

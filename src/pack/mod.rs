@@ -86,7 +86,7 @@ impl Default for PackOptions {
             readers: 16,
             train_max_side: 480,
             val_max_side: 640,
-            keep_slack_percent: 5,
+            keep_slack_percent: encode::DEFAULT_KEEP_SLACK_PERCENT,
             quality: 95,
             shard_bytes: 256 << 20,
             mean_size: 64,
@@ -106,10 +106,9 @@ impl PackOptions {
         } else {
             self.train_max_side
         };
-        let slack = u64::from(max_side) * u64::from(self.keep_slack_percent) / 100;
         EncodeOptions {
             max_side,
-            keep_up_to: (u64::from(max_side) + slack).min(u64::from(u32::MAX)) as u32,
+            keep_up_to: EncodeOptions::keep_limit(max_side, self.keep_slack_percent),
             quality: self.quality,
             mean_size: self.mean_size,
         }

@@ -56,7 +56,7 @@ pub struct Cli {
 
     /// An RGB JPEG up to this many percent above its split's limit keeps
     /// its bytes instead of being resized and re-encoded (0: strict limit).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
+    #[arg(long, default_value_t = resnet_imagenet::pack::encode::DEFAULT_KEEP_SLACK_PERCENT, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub keep_slack: u32,
 
     /// JPEG quality for re-encoded images.
