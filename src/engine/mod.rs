@@ -237,6 +237,11 @@ impl Engine {
             .build()
             .map_err(|e| EngineError::Threads(e.to_string()))?;
         let threads = pool.current_num_threads();
+        // gemm keeps one packing slab (the size of L2) per thread that ever
+        // runs a product, made on that thread's first call. Which pool thread
+        // first runs one is up to work stealing, so without this a slab can
+        // appear at any step; made here, the memory a step holds is fixed.
+        pool.broadcast(|_| gemm_common::gemm::L2_SLAB.with(|_| ()));
         Ok(Engine {
             arena: Aligned::zeros(plan.arena_len),
             params: Aligned::zeros(plan.params_len),
