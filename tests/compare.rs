@@ -5,7 +5,7 @@
 use crate::util::packed_sample;
 use assert_cmd::Command;
 use resnet_imagenet::progress::ProgressMode;
-use resnet_imagenet::train::compare::Comparison;
+use resnet_imagenet::train::compare::{Comparison, TEN_CROP_FILE};
 
 #[test]
 fn the_comparison_trains_both_kinds_then_draws_and_tabulates_them() {
@@ -40,9 +40,16 @@ fn the_comparison_trains_both_kinds_then_draws_and_tabulates_them() {
         "{md}"
     );
 
-    // Called again: every run is finished, so nothing trains.
+    // Called again: every run is finished, so nothing trains, and the
+    // ten-crop test kept beside each log is read, not run again.
+    let kept = dir.path().join("resnet20").join(TEN_CROP_FILE);
+    let json = std::fs::read_to_string(&kept).unwrap();
+    assert!(json.contains("\"step\":3"), "{json}");
+    std::fs::write(&kept, r#"{"step":3,"top1_error":0.125}"#).unwrap();
     let again = c.run(ProgressMode::Hidden).unwrap();
     assert_eq!(again.iter().map(|r| r.steps).collect::<Vec<_>>(), [3, 3]);
+    assert_eq!(again[0].ten_crop_test_error, r[0].ten_crop_test_error);
+    assert_eq!(again[1].ten_crop_test_error, Some(0.125));
     let lines = std::fs::read_to_string(dir.path().join("resnet20/log.jsonl")).unwrap();
     assert_eq!(lines.matches("\"type\":\"step\"").count(), 3);
 

@@ -74,6 +74,27 @@ fn training_reduces_the_loss_and_the_step_schedule_shows_in_the_log() {
         (ev.center.top1_error() - e.val_top1_error).abs() < 1e-12,
         "the saved model evaluates as the trained one did"
     );
+    // Checkpoints are evaluated on the engine; dfdx gives the same.
+    let job = train::prepare_eval(dir.path(), None, None, 2).unwrap();
+    let dfdx = train::evaluate_job::<Net>(job.on(train::EngineKind::Dfdx)).unwrap();
+    for (a, b) in [
+        (&ev.center, &dfdx.center),
+        (
+            ev.ten_crop.as_ref().unwrap(),
+            dfdx.ten_crop.as_ref().unwrap(),
+        ),
+    ] {
+        assert_eq!(
+            (a.n, a.top1_error(), a.top5_error()),
+            (b.n, b.top1_error(), b.top5_error())
+        );
+        assert!(
+            (a.loss() - b.loss()).abs() < 1e-5 * b.loss().max(1.0),
+            "{} vs {}",
+            a.loss(),
+            b.loss()
+        );
+    }
 }
 
 /// The engine (the default) and the dfdx reference train the same run to

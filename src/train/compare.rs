@@ -10,7 +10,7 @@ use super::runlog::{self, LogRecord};
 use super::{Resume, Start, TrainError, checkpoint, eval, job, prepare, train};
 use crate::plot::{Chart, Series, panels};
 use crate::progress::ProgressMode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// What to run.
@@ -190,12 +190,7 @@ impl Comparison {
         let train_s: f64 = steps.iter().map(|s| s.step_s).sum();
         let images: f64 = steps.iter().map(|s| s.images_per_sec * s.step_s).sum();
         let ten_crop = match last_epoch {
-            Some(_) => {
-                let job = job::prepare_eval(dir, None, None, self.workers)?;
-                eval::evaluate_checkpoint(job)?
-                    .ten_crop
-                    .map(|a| a.top1_error())
-            }
+            Some(_) => self.ten_crop_error(dir, steps.last().map_or(0, |s| s.step))?,
             None => None,
         };
         Ok(NetResult {
@@ -213,6 +208,38 @@ impl Comparison {
         })
     }
 }
+
+/// A run's ten-crop test error, kept in `RUN/ten-crop.json` beside the
+/// log so that a report, or the next sitting, does not test the same
+/// checkpoint again.
+#[derive(Debug, Serialize, Deserialize)]
+struct TenCrop {
+    /// The run's last logged step when it was measured.
+    step: usize,
+    top1_error: Option<f64>,
+}
+
+impl Comparison {
+    fn ten_crop_error(&self, dir: &Path, step: usize) -> Result<Option<f64>, TrainError> {
+        let path = dir.join(TEN_CROP_FILE);
+        let kept = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<TenCrop>(&b).ok());
+        if let Some(t) = kept.filter(|t| t.step == step) {
+            return Ok(t.top1_error);
+        }
+        let job = job::prepare_eval(dir, None, None, self.workers)?;
+        let top1_error = eval::evaluate_checkpoint(job)?
+            .ten_crop
+            .map(|a| a.top1_error());
+        let json = serde_json::to_vec(&TenCrop { step, top1_error }).expect("plain data");
+        std::fs::write(&path, json).map_err(|source| TrainError::Io { path, source })?;
+        Ok(top1_error)
+    }
+}
+
+/// Where a run's ten-crop result is kept.
+pub const TEN_CROP_FILE: &str = "ten-crop.json";
 
 /// The figure: plain nets left, residual nets right; per depth one colour,
 /// training error thin, test error bold (the paper's Figure 6).

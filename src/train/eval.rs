@@ -3,11 +3,12 @@
 
 use super::TrainError;
 use super::checkpoint;
-use super::config::TrainConfig;
+use super::config::{EngineKind, TrainConfig};
 use super::device::cpu_device;
 use super::job::{EvalJob, eval_loader};
 use super::metrics::{self, Accuracy};
 use crate::augment::{EvalCrop, normalize};
+use crate::engine::Engine;
 use crate::loader::Loader;
 use crate::model::state;
 use crate::model::zoo::{self, Family, Input, Network};
@@ -186,8 +187,22 @@ pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainEr
         },
     )?;
     let (cfg, val) = (&job.cfg, &job.val);
+    // The crops of the crop size run on the engine when the run trained on
+    // it (the same numbers as dfdx's, tests/engine.rs, several times
+    // faster); the multi-scale test's whole images stay on dfdx.
+    let mut engine = match cfg.engine {
+        EngineKind::Engine => {
+            let side = cfg.crop as usize;
+            Some(Engine::new(&model, cfg.batch_size, (side, side), 0)?)
+        }
+        EngineKind::Dfdx => None,
+    };
+    let mut crops = |model: &mut M, loader: &Loader| match engine.as_mut() {
+        Some(e) => evaluate_engine(e, loader),
+        None => evaluate(model, &dev, loader),
+    };
     let center_loader = eval_loader(cfg, Arc::clone(val), center_crop(cfg))?;
-    let center = evaluate(&mut model, &dev, &center_loader)?;
+    let center = crops(&mut model, &center_loader)?;
     let imagenet = zoo::family(&cfg.model) == Some(Family::ImageNet);
     let (ten_crop, multiscale) = if !imagenet {
         // CIFAR nets: ten crops of the crop size from the image resized to
@@ -196,12 +211,12 @@ pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainEr
             resize: cfg.crop + cfg.crop / 8,
             crop: cfg.crop,
         };
-        let ten = evaluate(&mut model, &dev, &eval_loader(cfg, Arc::clone(val), crop)?)?;
+        let ten = crops(&mut model, &eval_loader(cfg, Arc::clone(val), crop)?)?;
         (Some(ten), None)
     } else {
         let (ten, ms) = ten_crop_and_multiscale(
             &mut model,
-            None,
+            engine.as_mut(),
             &dev,
             cfg,
             val,

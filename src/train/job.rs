@@ -275,6 +275,12 @@ impl EvalJob {
     pub fn classes(&self) -> usize {
         self.classes
     }
+    /// Evaluates on `engine` instead of the one the run trained on (the
+    /// crops of the crop size; multi-scale testing is always dfdx's).
+    pub fn on(mut self, engine: super::EngineKind) -> Self {
+        self.cfg.engine = engine;
+        self
+    }
 }
 
 /// Reads a checkpoint (a run folder or a checkpoint folder) for evaluation
