@@ -1,24 +1,20 @@
 //! Allocations in the engine's steady state, counted by a global allocator
 //! (its own test binary: the count is process-wide).
 //!
-//! The engine itself allocates nothing after its first step (arena,
-//! parameters, gradients, momentum and reduction scratch are planned once).
-//! What remains is the `gemm` crate (0.19): it allocates its packing
-//! buffers inside every call (it has no way to take a caller's workspace),
-//! freed before the call returns. So the test bounds the steady-state count
-//! by the step's gemm calls, checks that the live bytes do not grow, and
-//! prints the time spent in the allocator. gemm's other memory, one
-//! L2-sized packing slab per thread, is made on every pool thread when the
-//! engine is built: made lazily, it appeared mid-run on CI's 2-core machine
-//! whenever work stealing first handed a product to the second thread
-//! (+2 MiB).
+//! The engine allocates nothing after its first step: arena, parameters,
+//! gradients, momentum and reduction scratch are planned once, and the
+//! matrix product (`engine::sgemm`) packs into per-thread buffers made on
+//! every pool thread when the engine is built. The test counts the
+//! allocations of three steps after two warm-up steps (none), checks that
+//! the live bytes do not grow, and prints the time spent in the allocator.
 //!
-//! 2026-12-05, 2-core Xeon: ResNet-20 (b16, 16x16) 102 allocations per
-//! step (934 with the direct kernels off, `RESNET_DIRECT_CONV=0`: what is
-//! left is the stride-2 convs' input gradient through columns and the
-//! classifier), 0.12% of the step's thread time in the allocator;
-//! ResNet-50 (b2, 64x64) 724 per step, 0.10%. `cpu::gemm_calls` counts the
-//! im2col path's calls, an upper bound.
+//! History: until 2026-12-05 the products ran on the `gemm` crate (0.19),
+//! which allocates its packing buffers inside every call: ResNet-20 (b16,
+//! 16x16) made 102 allocations per step, ResNet-50 (b2, 64x64) 724, 0.1% of
+//! the step's thread time. Made lazily, gemm's per-thread slab also
+//! appeared mid-run on CI's 2-core machine whenever work stealing first
+//! handed a product to the second thread (+2 MiB); per-thread buffers made
+//! lazily would do the same, hence the engine makes them at start.
 
 use dfdx::prelude::*;
 use resnet_imagenet::engine::Engine;
@@ -98,17 +94,14 @@ fn steady_state<M: Lower + TensorCollection<f32, Cpu>>(
         step_ns / 1e6,
         100.0 * alloc_ns / (2.0 * step_ns)
     );
-    assert!(
-        per_step <= 3 * gemm_calls,
-        "{name}: {per_step} allocations per step for {gemm_calls} gemm calls"
-    );
+    assert_eq!(per_step, 0, "{name}: {per_step} allocations per step");
     assert!(grown <= 0, "{name}: live bytes grew by {grown}");
     per_step
 }
 
 // One test: the counters are process-wide.
 #[test]
-fn steady_state_allocates_only_inside_gemm_and_holds_no_more_memory() {
+fn the_steady_state_allocates_nothing_and_holds_no_more_memory() {
     let dev = Cpu::seed_from_u64(0);
     steady_state(
         "resnet20 b16 16x16",

@@ -1,10 +1,10 @@
 //! The CPU backend: each op of the plan forward and backward, NHWC, on all
-//! the engine's threads (rayon), matrix products by the `gemm` crate.
+//! the engine's threads (rayon), matrix products by [`super::sgemm`].
 //!
 //! Results do not depend on the number of threads: reductions run over
 //! fixed chunks of rows whose partial sums (f64) are combined in order, the
-//! scatter-adds (col2im, pooling) run one image per task, and gemm splits
-//! only the output among threads, never the inner dimension.
+//! scatter-adds (col2im, pooling) run one image per task, and the matrix
+//! product splits only the output among threads, never the inner dimension.
 
 use super::direct;
 use super::plan::{Buf, BufId, ConvGeom, GradOut, Op, Plan};
@@ -82,74 +82,7 @@ pub fn partial_len(plan: &Plan) -> usize {
         .unwrap_or(0)
 }
 
-/// A matrix operand: `data[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-pub(crate) struct Mat<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-pub(crate) fn row_major(data: &[f32], cols: usize) -> Mat<'_> {
-    Mat {
-        data,
-        rs: cols,
-        cs: 1,
-    }
-}
-
-fn transposed(data: &[f32], cols: usize) -> Mat<'_> {
-    Mat {
-        data,
-        rs: 1,
-        cs: cols,
-    }
-}
-
-/// `dst (m x n, row-major) = [dst +] a (m x k) * b (k x n)`.
-pub(crate) fn matmul(
-    dst: &mut [f32],
-    accumulate: bool,
-    a: Mat,
-    b: Mat,
-    (m, n, k): (usize, usize, usize),
-    threads: usize,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let last = |x: Mat, r: usize, c: usize| (r - 1) * x.rs + (c - 1) * x.cs;
-    assert!(dst.len() >= m * n);
-    assert!(k == 0 || (last(a, m, k) < a.data.len() && last(b, k, n) < b.data.len()));
-    // SAFETY: every index gemm reads or writes is inside its slice (checked above).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            },
-        );
-    }
-}
+pub(crate) use super::sgemm::{matmul, row_major, transposed};
 
 /// Calls `f(tap, pixel)` for each tap `ky * k + kx` of output `(oy, ox)`'s
 /// window that falls inside the image, `pixel = iy * w + ix`.

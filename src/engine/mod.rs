@@ -29,14 +29,15 @@
 //! columns), otherwise each group lowers cache-sized tiles of its images
 //! into its own columns and multiplies them there, so the columns never
 //! travel through memory; a wide one is one matrix product over the whole
-//! batch, which gemm (0.19, AVX-512 where the CPU has it) splits among
-//! threads. Every reduction has an order fixed by the
+//! batch, which [`sgemm`] (the engine's own packed product, AVX-512 or
+//! AVX2 microkernels, packing into per-thread buffers made once) splits
+//! among threads by rows or columns, never the inner dimension. Every reduction has an order fixed by the
 //! plan, never by the threads: the weight gradient of a grouped conv is
 //! summed per group, then over the groups in order; BatchNorm sums 32 rows
 //! in f32, then in f64 by fixed chunks. That is what keeps exact resume
-//! bit-exact on one machine, whatever its thread count (gemm picks its
-//! kernels by the CPU, so an AVX2 and an AVX-512 machine part in the last
-//! bits; the direct kernels give the same bits on both).
+//! bit-exact on one machine, whatever its thread count; the AVX-512 and
+//! AVX2 kernels (products and direct convolutions) give the same bits, so
+//! two x86 machines with FMA agree too (tested per kernel).
 //!
 //! Parameters and momentum live in the engine; [`Engine::read_from`],
 //! [`Engine::write_to`], [`Engine::momentum`] and [`Engine::set_momentum`]
@@ -51,6 +52,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod direct;
 pub mod plan;
+pub mod sgemm;
 
 use crate::model::lower::Lower;
 use crate::model::state::{assign_tensors, named_tensors};
@@ -137,9 +139,9 @@ impl Default for SgdSettings {
     }
 }
 
-/// Floats starting at a 64-byte boundary: every buffer then has the same
-/// alignment in every run, and gemm's code path (which depends on it)
-/// with it, so results are reproducible bit for bit.
+/// Floats starting at a 64-byte boundary: every buffer has the same
+/// alignment in every run (vector loads never split a cache line by
+/// chance, so timings do not depend on where the allocator put it).
 struct Aligned {
     data: Vec<f32>,
     shift: usize,
@@ -237,11 +239,10 @@ impl Engine {
             .build()
             .map_err(|e| EngineError::Threads(e.to_string()))?;
         let threads = pool.current_num_threads();
-        // gemm keeps one packing slab (the size of L2) per thread that ever
-        // runs a product, made on that thread's first call. Which pool thread
-        // first runs one is up to work stealing, so without this a slab can
-        // appear at any step; made here, the memory a step holds is fixed.
-        pool.broadcast(|_| gemm_common::gemm::L2_SLAB.with(|_| ()));
+        // Each thread's packing buffers for the matrix product, made now:
+        // which pool thread first runs a product is up to work stealing, so
+        // made lazily they could appear at any step.
+        pool.broadcast(|_| sgemm::reserve());
         Ok(Engine {
             arena: Aligned::zeros(plan.arena_len),
             params: Aligned::zeros(plan.params_len),

@@ -154,8 +154,9 @@ impl NetworkUser<Cpu> for Run<'_> {
 }
 
 /// The fp32 matrix-product peak of this machine on `threads` threads:
-/// GFLOP/s of an `n x n x n` gemm (the same `gemm` crate the engine
-/// uses), median of `reps` after one warm-up.
+/// GFLOP/s of an `n x n x n` product by the engine's own
+/// [`crate::engine::sgemm`] (at 1024^3 as fast as the `gemm` crate,
+/// `cargo bench --bench sgemm`), median of `reps` after one warm-up.
 pub fn gemm_peak(threads: usize, n: usize, reps: usize) -> f64 {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

@@ -1,0 +1,89 @@
+//! The engine's matrix product (`engine::sgemm`) beside the `gemm` crate
+//! it replaced, on the shapes a ResNet step multiplies, 2 threads:
+//! `cargo bench --bench sgemm` (or `-- square` for one group). Throughput
+//! is in floating-point operations (2 m n k per product).
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use resnet_imagenet::engine::sgemm::{self, Mat};
+use std::time::Duration;
+
+/// `(name, m, n, k, A transposed)`, C row-major `m x n`.
+const SHAPES: &[(&str, usize, usize, usize, bool)] = &[
+    ("square_1024", 1024, 1024, 1024, false),
+    // ResNet-50, b8 at 224x224: a 1x1 conv's forward (rows x o x c),
+    ("r50_1x1_fwd", 8 * 56 * 56, 256, 64, false),
+    ("r50_1x1_fwd_deep", 8 * 14 * 14, 1024, 256, false),
+    // its weight gradient (c x o x rows, A = columns transposed),
+    ("r50_1x1_wgrad", 256, 64, 8 * 56 * 56, true),
+    // and a 3x3 conv's input gradient by columns (rows x 9c x o).
+    ("r50_3x3_dcols", 8 * 28 * 28, 9 * 128, 128, false),
+    // CIFAR ResNet-20, b128: a stride-2 conv's input gradient by columns.
+    ("r20_dcols", 128 * 16 * 16, 9 * 16, 32, false),
+];
+
+fn values(len: usize) -> Vec<f32> {
+    (0..len).map(|i| (i % 17) as f32 * 0.01 - 0.08).collect()
+}
+
+fn products(c: &mut Criterion) {
+    let threads = 2;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool");
+    pool.broadcast(|_| sgemm::reserve());
+    for &(name, m, n, k, ta) in SHAPES {
+        let (a, b) = (values(m * k), values(k * n));
+        let mut dst = vec![0f32; m * n];
+        let am: Mat = if ta {
+            sgemm::transposed(&a, m)
+        } else {
+            sgemm::row_major(&a, k)
+        };
+        let bm = sgemm::row_major(&b, n);
+        let mut g = c.benchmark_group(format!("sgemm/{name}"));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_secs(2))
+            .throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_function(BenchmarkId::new("ours", format!("{m}x{n}x{k}")), |bch| {
+            bch.iter(|| pool.install(|| sgemm::matmul(&mut dst, false, am, bm, (m, n, k), threads)))
+        });
+        let (a_cs, a_rs) = if ta { (m as isize, 1) } else { (1, k as isize) };
+        g.bench_function(BenchmarkId::new("gemm", format!("{m}x{n}x{k}")), |bch| {
+            bch.iter(|| {
+                pool.install(|| {
+                    // SAFETY: the strides describe a (m x k), b (k x n) and
+                    // dst (m x n) inside their vectors.
+                    unsafe {
+                        gemm::gemm(
+                            m,
+                            n,
+                            k,
+                            dst.as_mut_ptr(),
+                            1,
+                            n as isize,
+                            false,
+                            a.as_ptr(),
+                            a_cs,
+                            a_rs,
+                            b.as_ptr(),
+                            1,
+                            n as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::Rayon(threads),
+                        )
+                    }
+                })
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, products);
+criterion_main!(benches);

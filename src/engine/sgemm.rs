@@ -1,0 +1,691 @@
+//! The engine's fp32 matrix product, `C [+]= A B`: packed and blocked as in
+//! GotoBLAS and BLIS, with AVX-512 and AVX2+FMA microkernels (chosen at run
+//! time) and a portable one.
+//!
+//! Why our own (the `gemm` crate did this until 2026-12-05): gemm allocates
+//! its packing buffers inside every call and cannot take a caller's, so a
+//! training step made 100-700 allocations. Here each thread's packing
+//! buffers are made once ([`reserve`], which the engine runs on every pool
+//! thread when it starts) and reused, and the engine's steady state
+//! allocates nothing (tests/engine_alloc.rs counts it). On this project's
+//! shapes it is as fast as gemm was (`benches/sgemm.rs`).
+//!
+//! Blocking: k in near-equal blocks of at most [`KC`] (a function of k
+//! alone). For each k block, B's `KC x NC` block is packed into `NR`-wide
+//! strips (the streamed operand, from L2) and A's `MC x KC` block into
+//! `MR`-tall strips (the broadcast operand: one strip stays in L1 while it
+//! meets every strip of B). The microkernel keeps its `MR x NR` tile of C in
+//! registers over the whole k block, then adds it to C (or stores it).
+//!
+//! Threads split the rows of C (or its columns, when C is short and wide)
+//! into one contiguous run of whole tiles each, never k. Each element of C
+//! is therefore the same chain of fused multiply-adds, added to C block by
+//! block in the same order, whatever the thread count; the AVX-512 and AVX2
+//! kernels give the same bits too.
+
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::ops::Range;
+
+/// A matrix operand: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
+}
+
+/// `data` as a row-major matrix of `cols` columns.
+pub fn row_major(data: &[f32], cols: usize) -> Mat<'_> {
+    Mat {
+        data,
+        rs: cols,
+        cs: 1,
+    }
+}
+
+/// The transpose of `data` read as a row-major matrix of `cols` columns.
+pub fn transposed(data: &[f32], cols: usize) -> Mat<'_> {
+    Mat {
+        data,
+        rs: 1,
+        cs: cols,
+    }
+}
+
+/// Largest k block.
+const KC: usize = 384;
+/// Rows of A packed at once (a multiple of every kernel's `MR`).
+const MC: usize = 192;
+/// Columns of B packed at once (a multiple of every kernel's `NR`).
+const NC: usize = 512;
+/// Products of fewer multiply-adds than this run on one thread.
+const PARALLEL_MIN: usize = 1 << 18;
+
+/// The instruction sets a kernel is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// 12 x 32 tiles in 16-lane registers.
+    Avx512,
+    /// 6 x 16 tiles in 8-lane registers, with fused multiply-add.
+    Avx2,
+    /// 4 x 16 tiles in plain Rust.
+    Portable,
+}
+
+/// The best kernel this CPU runs.
+pub fn best_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                Isa::Avx512
+            } else if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                Isa::Avx2
+            } else {
+                Isa::Portable
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Isa::Portable
+    }
+}
+
+/// Every kernel this CPU runs, best first.
+pub fn available_isas() -> Vec<Isa> {
+    ALL.into_iter().filter(|&i| runs_here(i)).collect()
+}
+
+const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+
+/// Whether this CPU runs `isa`'s kernel.
+pub fn runs_here(isa: Isa) -> bool {
+    let rank = |i: Isa| ALL.iter().position(|&x| x == i);
+    rank(isa) >= rank(best_isa())
+}
+
+/// `dst (m x n, row-major) = [dst +] a (m x k) * b (k x n)` on up to
+/// `threads` threads of the current rayon pool.
+///
+/// # Panics
+/// If an operand's last element lies outside its slice.
+pub fn matmul(
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    mnk: (usize, usize, usize),
+    threads: usize,
+) {
+    matmul_with(best_isa(), dst, accumulate, a, b, mnk, threads)
+}
+
+/// [`matmul`] with a given kernel (one [`available_isas`] lists).
+pub fn matmul_with(
+    isa: Isa,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |x: Mat, r: usize, c: usize| (r - 1) * x.rs + (c - 1) * x.cs;
+    assert!(
+        dst.len() >= m * n,
+        "sgemm: C holds {} < {m} x {n}",
+        dst.len()
+    );
+    assert!(
+        k == 0 || (last(a, m, k) < a.data.len() && last(b, k, n) < b.data.len()),
+        "sgemm: an operand is shorter than {m} x {k} x {n}"
+    );
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(runs_here(isa), "sgemm: {isa:?} does not run here");
+    let job = Job {
+        c: SendPtr(dst.as_mut_ptr()),
+        accumulate,
+        a,
+        b,
+        k,
+        n,
+    };
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => run::<x86::Avx512>(&job, m, threads),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => run::<x86::Avx2>(&job, m, threads),
+        _ => run::<Portable>(&job, m, threads),
+    }
+}
+
+/// Makes this thread's packing buffers now (the engine runs it on each
+/// pool thread when it starts), so no product allocates later.
+pub fn reserve() {
+    with_packing(|_| ());
+}
+
+/// One product: `C (row stride n) [+]= A B`, all but its row count.
+struct Job<'a> {
+    c: SendPtr,
+    accumulate: bool,
+    a: Mat<'a>,
+    b: Mat<'a>,
+    k: usize,
+    n: usize,
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: each task writes a disjoint part of C.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// An `MR x NR` microkernel.
+trait Kernel {
+    const MR: usize;
+    const NR: usize;
+    /// `C[i][j] = [C[i][j] +] sum_p a[p * MR + i] * b[p * NR + j]` for
+    /// `i < mr`, `j < nr` of the tile at `c` (row stride `ldc`), the sum a
+    /// chain of fused multiply-adds from `p = 0`, added to C after.
+    ///
+    /// # Safety
+    /// `a` holds `kc * MR` and `b` `kc * NR` floats, `mr <= MR`,
+    /// `nr <= NR`, the `mr x nr` tile lies inside C's allocation, and the
+    /// CPU has the kernel's features.
+    unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        add: bool,
+        edge: (usize, usize),
+    );
+}
+
+fn run<K: Kernel>(job: &Job, m: usize, threads: usize) {
+    let n = job.n;
+    let whole = |tiles: usize, t: usize, len: usize| (tiles * t).min(len);
+    let (mt, nt) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
+    let threads = if m * n * job.k >= PARALLEL_MIN {
+        threads.max(1)
+    } else {
+        1
+    };
+    // Split the side with more tiles; one contiguous run of tiles a thread.
+    let by_rows = mt >= nt || mt >= 2 * threads;
+    let parts = threads.min(if by_rows { mt } else { nt });
+    if parts <= 1 {
+        with_packing(|p| block::<K>(job, 0..m, 0..n, p));
+        return;
+    }
+    let per = (if by_rows { mt } else { nt }).div_ceil(parts);
+    (0..parts).into_par_iter().for_each(|t| {
+        let (rows, cols) = if by_rows {
+            (
+                whole(t * per, K::MR, m)..whole((t + 1) * per, K::MR, m),
+                0..n,
+            )
+        } else {
+            (
+                0..m,
+                whole(t * per, K::NR, n)..whole((t + 1) * per, K::NR, n),
+            )
+        };
+        if !rows.is_empty() && !cols.is_empty() {
+            with_packing(|p| block::<K>(job, rows, cols, p));
+        }
+    });
+}
+
+/// The part `rows x cols` of C, on this thread.
+fn block<K: Kernel>(job: &Job, rows: Range<usize>, cols: Range<usize>, pack: &mut Packing) {
+    let (k, ldc) = (job.k, job.n);
+    let step = k.div_ceil(k.div_ceil(KC));
+    for p0 in (0..k).step_by(step) {
+        let kc = step.min(k - p0);
+        let add = job.accumulate || p0 > 0;
+        for c0 in cols.clone().step_by(NC) {
+            let nc = NC.min(cols.end - c0);
+            pack_b::<K>(&mut pack.b, job.b, (p0, kc), (c0, nc));
+            for r0 in rows.clone().step_by(MC) {
+                let mc = MC.min(rows.end - r0);
+                pack_a::<K>(&mut pack.a, job.a, (r0, mc), (p0, kc));
+                for ir in (0..mc).step_by(K::MR) {
+                    let mr = K::MR.min(mc - ir);
+                    let ap = pack.a[ir * kc..][..K::MR * kc].as_ptr();
+                    for jr in (0..nc).step_by(K::NR) {
+                        let nr = K::NR.min(nc - jr);
+                        let bp = pack.b[jr * kc..][..K::NR * kc].as_ptr();
+                        let at = (r0 + ir) * ldc + c0 + jr;
+                        // SAFETY: the strips hold kc * MR and kc * NR floats
+                        // (sliced above); the tile's rows r0+ir..+mr and
+                        // columns c0+jr..+nr lie inside C (m x n, checked by
+                        // `matmul`), and this task alone writes them; `run`
+                        // picked K for this CPU.
+                        unsafe { K::tile(kc, ap, bp, job.c.0.add(at), ldc, add, (mr, nr)) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A's rows `r0..r0 + mc`, columns `p0..p0 + kc` into `MR`-tall strips:
+/// strip `q`, column `p`, row `i` at `(q * kc + p) * MR + i`, rows past the
+/// block zero.
+fn pack_a<K: Kernel>(dst: &mut [f32], a: Mat, (r0, mc): (usize, usize), (p0, kc): (usize, usize)) {
+    let mr = K::MR;
+    debug_assert!(mr <= 12);
+    for (q, strip) in dst[..mc.div_ceil(mr) * mr * kc]
+        .chunks_exact_mut(mr * kc)
+        .enumerate()
+    {
+        let (top, rows) = (r0 + q * mr, mr.min(mc - q * mr));
+        if a.rs == 1 {
+            // Columns are contiguous.
+            for (p, s) in strip.chunks_exact_mut(mr).enumerate() {
+                s[..rows].copy_from_slice(&a.data[top + (p0 + p) * a.cs..][..rows]);
+                s[rows..].fill(0.0);
+            }
+        } else if a.cs == 1 {
+            // Rows are contiguous: read the strip's rows side by side.
+            let mut src = [&a.data[..0]; 12];
+            for (i, r) in src.iter_mut().enumerate().take(rows) {
+                *r = &a.data[(top + i) * a.rs + p0..][..kc];
+            }
+            for (p, s) in strip.chunks_exact_mut(mr).enumerate() {
+                for i in 0..rows {
+                    // SAFETY: i < rows <= MR = s.len() and p < kc = src[i].len().
+                    unsafe { *s.get_unchecked_mut(i) = *src.get_unchecked(i).get_unchecked(p) };
+                }
+                s[rows..].fill(0.0);
+            }
+        } else {
+            for i in 0..rows {
+                let row = (top + i) * a.rs + p0 * a.cs;
+                for (p, s) in strip.chunks_exact_mut(mr).enumerate() {
+                    s[i] = a.data[row + p * a.cs];
+                }
+            }
+            if rows < mr {
+                strip.chunks_exact_mut(mr).for_each(|s| s[rows..].fill(0.0));
+            }
+        }
+    }
+}
+
+/// B's rows `p0..p0 + kc`, columns `c0..c0 + nc` into `NR`-wide strips:
+/// strip `q`, row `p`, column `j` at `(q * kc + p) * NR + j`, columns past
+/// the block zero.
+fn pack_b<K: Kernel>(dst: &mut [f32], b: Mat, (p0, kc): (usize, usize), (c0, nc): (usize, usize)) {
+    let nr = K::NR;
+    for (q, strip) in dst[..nc.div_ceil(nr) * nr * kc]
+        .chunks_exact_mut(nr * kc)
+        .enumerate()
+    {
+        let (left, cols) = (c0 + q * nr, nr.min(nc - q * nr));
+        if b.cs == 1 {
+            // Rows are contiguous.
+            for (p, s) in strip.chunks_exact_mut(nr).enumerate() {
+                s[..cols].copy_from_slice(&b.data[(p0 + p) * b.rs + left..][..cols]);
+                s[cols..].fill(0.0);
+            }
+        } else {
+            for j in 0..cols {
+                let col = p0 * b.rs + (left + j) * b.cs;
+                for (p, s) in strip.chunks_exact_mut(nr).enumerate() {
+                    s[j] = b.data[col + p * b.rs];
+                }
+            }
+            if cols < nr {
+                strip.chunks_exact_mut(nr).for_each(|s| s[cols..].fill(0.0));
+            }
+        }
+    }
+}
+
+/// One thread's packing buffers, 64-byte aligned.
+struct Packing {
+    a: super::Aligned,
+    b: super::Aligned,
+}
+
+thread_local! {
+    static PACKING: RefCell<Option<Packing>> = const { RefCell::new(None) };
+}
+
+fn with_packing<R>(f: impl FnOnce(&mut Packing) -> R) -> R {
+    PACKING.with(|p| {
+        let mut p = p.borrow_mut();
+        f(p.get_or_insert_with(|| Packing {
+            a: super::Aligned::zeros(MC * KC),
+            b: super::Aligned::zeros(KC * NC),
+        }))
+    })
+}
+
+/// Plain Rust, for CPUs without AVX2 (the compiler vectorizes it to SSE).
+struct Portable;
+
+impl Kernel for Portable {
+    const MR: usize = 4;
+    const NR: usize = 16;
+    unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        add: bool,
+        (mr, nr): (usize, usize),
+    ) {
+        // SAFETY: the caller's contract (sizes of a, b and the tile).
+        let (a, b) = unsafe {
+            (
+                std::slice::from_raw_parts(a, kc * 4),
+                std::slice::from_raw_parts(b, kc * 16),
+            )
+        };
+        let mut acc = [[0f32; 16]; 4];
+        for (ap, bp) in a.chunks_exact(4).zip(b.chunks_exact(16)) {
+            for (row, &ai) in acc.iter_mut().zip(ap) {
+                for (r, &bj) in row.iter_mut().zip(bp) {
+                    *r += ai * bj;
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate().take(mr) {
+            // SAFETY: row i of the tile lies inside C.
+            let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), nr) };
+            for (d, &v) in dst.iter_mut().zip(row) {
+                *d = if add { *d + v } else { v };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Kernel;
+    use std::arch::x86_64::*;
+
+    /// 12 rows x 32 columns: 24 accumulators of 16 lanes.
+    pub struct Avx512;
+
+    impl Kernel for Avx512 {
+        const MR: usize = 12;
+        const NR: usize = 32;
+        unsafe fn tile(
+            kc: usize,
+            a: *const f32,
+            b: *const f32,
+            c: *mut f32,
+            ldc: usize,
+            add: bool,
+            edge: (usize, usize),
+        ) {
+            // SAFETY: the caller's contract.
+            unsafe { tile_avx512(kc, a, b, c, ldc, add, edge) }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_avx512(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        add: bool,
+        (mr, nr): (usize, usize),
+    ) {
+        let mut acc = [_mm512_setzero_ps(); 24];
+        for p in 0..kc {
+            // SAFETY: p < kc, so the reads lie inside the strips.
+            unsafe {
+                let (b0, b1) = (
+                    _mm512_loadu_ps(b.add(p * 32)),
+                    _mm512_loadu_ps(b.add(p * 32 + 16)),
+                );
+                let ap = a.add(p * 12);
+                for i in 0..12 {
+                    let ai = _mm512_set1_ps(*ap.add(i));
+                    acc[2 * i] = _mm512_fmadd_ps(ai, b0, acc[2 * i]);
+                    acc[2 * i + 1] = _mm512_fmadd_ps(ai, b1, acc[2 * i + 1]);
+                }
+            }
+        }
+        // Lanes of the two column vectors inside the tile.
+        let lanes = |v: usize| (1u32 << nr.saturating_sub(16 * v).min(16)) - 1;
+        let (m0, m1) = (lanes(0) as __mmask16, lanes(1) as __mmask16);
+        for i in 0..12 {
+            if i == mr {
+                break;
+            }
+            // SAFETY: the masked lanes of row i lie inside C.
+            unsafe {
+                let row = c.add(i * ldc);
+                let (mut v0, mut v1) = (acc[2 * i], acc[2 * i + 1]);
+                if add {
+                    v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), v0);
+                    v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row.add(16)), v1);
+                }
+                _mm512_mask_storeu_ps(row, m0, v0);
+                _mm512_mask_storeu_ps(row.add(16), m1, v1);
+            }
+        }
+    }
+
+    /// 6 rows x 16 columns: 12 accumulators of 8 lanes.
+    pub struct Avx2;
+
+    impl Kernel for Avx2 {
+        const MR: usize = 6;
+        const NR: usize = 16;
+        unsafe fn tile(
+            kc: usize,
+            a: *const f32,
+            b: *const f32,
+            c: *mut f32,
+            ldc: usize,
+            add: bool,
+            edge: (usize, usize),
+        ) {
+            // SAFETY: the caller's contract.
+            unsafe { tile_avx2(kc, a, b, c, ldc, add, edge) }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile_avx2(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        add: bool,
+        (mr, nr): (usize, usize),
+    ) {
+        let mut acc = [_mm256_setzero_ps(); 12];
+        for p in 0..kc {
+            // SAFETY: p < kc, so the reads lie inside the strips.
+            unsafe {
+                let (b0, b1) = (
+                    _mm256_loadu_ps(b.add(p * 16)),
+                    _mm256_loadu_ps(b.add(p * 16 + 8)),
+                );
+                let ap = a.add(p * 6);
+                for i in 0..6 {
+                    let ai = _mm256_set1_ps(*ap.add(i));
+                    acc[2 * i] = _mm256_fmadd_ps(ai, b0, acc[2 * i]);
+                    acc[2 * i + 1] = _mm256_fmadd_ps(ai, b1, acc[2 * i + 1]);
+                }
+            }
+        }
+        if nr == 16 {
+            for i in 0..6 {
+                if i == mr {
+                    break;
+                }
+                // SAFETY: row i of the tile lies inside C.
+                unsafe {
+                    let row = c.add(i * ldc);
+                    let (mut v0, mut v1) = (acc[2 * i], acc[2 * i + 1]);
+                    if add {
+                        v0 = _mm256_add_ps(_mm256_loadu_ps(row), v0);
+                        v1 = _mm256_add_ps(_mm256_loadu_ps(row.add(8)), v1);
+                    }
+                    _mm256_storeu_ps(row, v0);
+                    _mm256_storeu_ps(row.add(8), v1);
+                }
+            }
+            return;
+        }
+        // An edge tile: through memory, the valid lanes only.
+        let mut spill = [0f32; 16];
+        for i in 0..6 {
+            if i == mr {
+                break;
+            }
+            // SAFETY: spill holds 16 floats; columns j < nr of row i lie
+            // inside C.
+            unsafe {
+                _mm256_storeu_ps(spill.as_mut_ptr(), acc[2 * i]);
+                _mm256_storeu_ps(spill.as_mut_ptr().add(8), acc[2 * i + 1]);
+                let row = c.add(i * ldc);
+                for (j, &v) in spill[..nr].iter().enumerate() {
+                    *row.add(j) = if add { *row.add(j) + v } else { v };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(a: Mat, b: Mat, (m, n, k): (usize, usize, usize)) -> Vec<f64> {
+        let mut c = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|p| {
+                        a.data[i * a.rs + p * a.cs] as f64 * b.data[p * b.rs + j * b.cs] as f64
+                    })
+                    .sum();
+            }
+        }
+        c
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len as u32)
+            .map(|i| {
+                ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every kernel this CPU runs, on shapes that cover edge tiles, several
+    /// k blocks, both layouts of each operand and accumulation, on 1 and 3
+    /// threads: equal to the f64 definition, and 1 and 3 threads give the
+    /// same bits.
+    #[test]
+    fn every_kernel_equals_the_definition_and_threads_do_not_change_bits() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let shapes = [
+            (1, 1, 1),
+            (5, 7, 3),
+            (13, 33, 17),
+            (40, 70, 800),
+            (200, 20, 385),
+            (600, 530, 64),
+            (30, 1100, 50),
+        ];
+        for &(m, n, k) in &shapes {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let (ad, bd) = (values(m * k, 1), values(k * n, 2));
+                let a = if ta {
+                    transposed(&ad, m)
+                } else {
+                    row_major(&ad, k)
+                };
+                let b = if tb {
+                    transposed(&bd, k)
+                } else {
+                    row_major(&bd, n)
+                };
+                let want = reference(a, b, (m, n, k));
+                let start = values(m * n, 3);
+                let mut bits = None;
+                for isa in available_isas() {
+                    for threads in [1, 3] {
+                        for accumulate in [false, true] {
+                            let mut c = start.clone();
+                            pool.install(|| {
+                                matmul_with(isa, &mut c, accumulate, a, b, (m, n, k), threads)
+                            });
+                            for (i, (&got, &w)) in c.iter().zip(&want).enumerate() {
+                                let w = w + if accumulate { start[i] as f64 } else { 0.0 };
+                                let tol = 1e-5 * (k as f64).sqrt() * (1.0 + w.abs());
+                                assert!(
+                                    (got as f64 - w).abs() <= tol,
+                                    "{isa:?} {m}x{n}x{k} ta {ta} tb {tb} acc {accumulate} t {threads}: C[{i}] = {got}, want {w}"
+                                );
+                            }
+                            if accumulate && isa != Isa::Portable {
+                                // AVX-512 and AVX2, any thread count: one result.
+                                match &bits {
+                                    None => bits = Some(c),
+                                    Some(b) => assert_eq!(b, &c, "{isa:?} {m}x{n}x{k} t {threads}"),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_k_clears_or_keeps_c() {
+        let mut c = vec![1.0f32; 6];
+        matmul(
+            &mut c,
+            true,
+            row_major(&[], 0),
+            row_major(&[], 3),
+            (2, 3, 0),
+            1,
+        );
+        assert_eq!(c, vec![1.0; 6]);
+        matmul(
+            &mut c,
+            false,
+            row_major(&[], 0),
+            row_major(&[], 3),
+            (2, 3, 0),
+            1,
+        );
+        assert_eq!(c, vec![0.0; 6]);
+    }
+}
