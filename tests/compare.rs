@@ -45,11 +45,17 @@ fn the_comparison_trains_both_kinds_then_draws_and_tabulates_them() {
     let kept = dir.path().join("resnet20").join(TEN_CROP_FILE);
     let json = std::fs::read_to_string(&kept).unwrap();
     assert!(json.contains("\"step\":3"), "{json}");
-    std::fs::write(&kept, r#"{"step":3,"top1_error":0.125}"#).unwrap();
+    assert!(json.contains("\"views\":\"padded\""), "{json}");
+    std::fs::write(&kept, r#"{"step":3,"views":"padded","top1_error":0.125}"#).unwrap();
     let again = c.run(ProgressMode::Hidden).unwrap();
     assert_eq!(again.iter().map(|r| r.steps).collect::<Vec<_>>(), [3, 3]);
     assert_eq!(again[0].ten_crop_test_error, r[0].ten_crop_test_error);
     assert_eq!(again[1].ten_crop_test_error, Some(0.125));
+    // A result of another kind of ten crops (no "views": the resize-to-36
+    // crops of 2026-12-05) is measured again.
+    std::fs::write(&kept, r#"{"step":3,"top1_error":0.125}"#).unwrap();
+    let third = c.run(ProgressMode::Hidden).unwrap();
+    assert_eq!(third[1].ten_crop_test_error, r[1].ten_crop_test_error);
     let lines = std::fs::read_to_string(dir.path().join("resnet20/log.jsonl")).unwrap();
     assert_eq!(lines.matches("\"type\":\"step\"").count(), 3);
 

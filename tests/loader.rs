@@ -191,6 +191,50 @@ fn ten_crop_views_and_their_mirrors() {
     assert!(view(2, 1) != view(2, 4), "corners differ");
 }
 
+/// The CIFAR nets' ten-crop: the image at the crop size, shifted by the
+/// training padding to the four corners, and mirrored; the padding is zero
+/// and each shifted view shows the centre view's pixels moved.
+#[test]
+fn padded_ten_crop_views_are_the_training_shifts() {
+    let val = Arc::new(Dataset::open(packed_sample().join("val")).unwrap());
+    let l = LoaderBuilder::new()
+        .batch_size(3)
+        .workers(2)
+        .eval(EvalCrop::PaddedTenCrop { pad: 4, crop: 32 })
+        .build(val)
+        .unwrap();
+    let b = l.epoch(0).next().unwrap().unwrap();
+    assert_eq!(b.shape(), [30, 3, 32, 32]);
+    let n = 32 * 32;
+    let at = |r: usize, v: usize, c: usize, y: isize, x: isize| {
+        b.images()[(r * 10 + v) * 3 * n + c * n + (y * 32 + x) as usize]
+    };
+    for r in 0..3 {
+        // (dx, dy) of views 1-4: output (x, y) shows centre pixel (x+dx, y+dy).
+        for (v, (dx, dy)) in [(-4, -4), (4, -4), (-4, 4), (4, 4)].into_iter().enumerate() {
+            for c in 0..3 {
+                for y in 0..32 {
+                    for x in 0..32 {
+                        let (sx, sy) = (x + dx, y + dy);
+                        let want = if (0..32).contains(&sx) && (0..32).contains(&sy) {
+                            at(r, 0, c, sy, sx)
+                        } else {
+                            0.0
+                        };
+                        assert_eq!(at(r, v + 1, c, y, x), want, "record {r} view {}", v + 1);
+                        // Views 5-9 are views 0-4 mirrored.
+                        assert_eq!(at(r, v + 6, c, y, 31 - x), at(r, v + 1, c, y, x));
+                        assert_eq!(at(r, 5, c, y, 31 - x), at(r, 0, c, y, x));
+                    }
+                }
+            }
+        }
+        // The centre view is real pixels, not padding.
+        let centre = &b.images()[r * 30 * n..][..3 * n];
+        assert!(centre.iter().filter(|v| **v != 0.0).count() > 2 * n);
+    }
+}
+
 #[test]
 fn u8_output_is_the_same_picture() {
     let b = || LoaderBuilder::new().batch_size(4).seed(2);

@@ -191,6 +191,19 @@ pub enum EvalCrop {
         /// Crop side.
         crop: u32,
     },
+    /// Ten-crop at the scale a CIFAR net trained at: the whole image
+    /// resized to `crop`, padded by `pad` on each side (zero after
+    /// normalisation, as in [`CifarAugment`]), its centre and four corner
+    /// crops of side `crop`, and their mirrors. These are the extremes of
+    /// the pad-and-crop training draws; [`EvalCrop::TenCrop`] from a
+    /// resized image would zoom the image instead, to a scale the net
+    /// never saw.
+    PaddedTenCrop {
+        /// Padding on each side (4 at 32).
+        pad: u32,
+        /// Crop side, the size the image is resized to.
+        crop: u32,
+    },
 }
 
 impl Default for EvalCrop {
@@ -206,8 +219,34 @@ impl EvalCrop {
     /// Output side.
     pub fn crop_size(&self) -> u32 {
         match *self {
-            EvalCrop::Center { crop, .. } | EvalCrop::TenCrop { crop, .. } => crop,
+            EvalCrop::Center { crop, .. }
+            | EvalCrop::TenCrop { crop, .. }
+            | EvalCrop::PaddedTenCrop { crop, .. } => crop,
         }
+    }
+
+    /// Views per image: 1 or 10.
+    pub fn views(&self) -> usize {
+        match self {
+            EvalCrop::Center { .. } => 1,
+            EvalCrop::TenCrop { .. } | EvalCrop::PaddedTenCrop { .. } => 10,
+        }
+    }
+
+    /// For [`EvalCrop::PaddedTenCrop`], each view's shift of the resized
+    /// image and its mirroring (centre, top-left, top-right, bottom-left,
+    /// bottom-right, then the same mirrored), as the CIFAR augmentation
+    /// places its crops: output pixel `(x, y)` shows `(x + dx, y + dy)`.
+    pub fn padded_views(&self) -> Option<[(isize, isize, bool); 10]> {
+        let EvalCrop::PaddedTenCrop { pad, .. } = *self else {
+            return None;
+        };
+        let p = pad as isize;
+        let at = [(0, 0), (-p, -p), (p, -p), (-p, p), (p, p)];
+        Some(std::array::from_fn(|v| {
+            let (dx, dy) = at[v % 5];
+            (dx, dy, v >= 5)
+        }))
     }
 
     /// Writes the boxes into `out` and returns how many (1 or 10): no allocation.
@@ -218,9 +257,12 @@ impl EvalCrop {
     }
 
     /// The boxes for a `w x h` image: 1 or 10 (in the order centre,
-    /// top-left, top-right, bottom-left, bottom-right, then the same mirrored).
+    /// top-left, top-right, bottom-left, bottom-right, then the same
+    /// mirrored); none for [`EvalCrop::PaddedTenCrop`], whose views are
+    /// shifts of the whole image ([`EvalCrop::padded_views`]).
     pub fn boxes(&self, w: u32, h: u32) -> Vec<CropBox> {
         match *self {
+            EvalCrop::PaddedTenCrop { .. } => Vec::new(),
             EvalCrop::Center { resize, crop } => {
                 let (rw, rh) = resized_dims(w, h, resize);
                 let (x, y) = (rw.saturating_sub(crop) / 2, rh.saturating_sub(crop) / 2);

@@ -60,7 +60,7 @@ impl Augment {
     /// Network inputs produced per record (10 for ten-crop, else 1).
     pub fn views(&self) -> usize {
         match self {
-            Augment::Eval(EvalCrop::TenCrop { .. }) => 10,
+            Augment::Eval(e) => e.views(),
             _ => 1,
         }
     }

@@ -169,9 +169,15 @@ impl Pipeline {
         })?;
         stage(Stage::Decode);
         let rgb = &scratch.rgb;
-        if let Augment::Cifar(c) = &self.augment {
-            // Whole image to the crop size (a no-op copy for CIFAR-sized
-            // records), then pad-crop-flip.
+        // Whole image to the crop size (a no-op copy for CIFAR-sized
+        // records), then shifted views: one random pad-crop-flip for CIFAR
+        // training, ten fixed ones for the padded ten-crop.
+        let shifted = match &self.augment {
+            Augment::Eval(e) => e.padded_views().map(|v| (v, 10)),
+            Augment::Cifar(_) => Some(([(0, 0, false); 10], 1)),
+            Augment::Train(_) => None,
+        };
+        if let Some((mut views, n)) = shifted {
             let full = CropBox {
                 left: 0.0,
                 top: 0.0,
@@ -181,18 +187,18 @@ impl Pipeline {
             };
             let pixels = resizer.crop_resize(rgb, info.width, info.height, &full)?;
             stage(Stage::Resize);
-            let p = c.draw(rng);
-            let (dx, dy) = (
-                p.crop_x as isize - c.pad as isize,
-                p.crop_y as isize - c.pad as isize,
-            );
-            let place = Place::Shifted {
-                dx,
-                dy,
-                flip: p.flip,
-            };
-            out.write(&self.normalizer, pixels, 0, place);
-            stage(Stage::Normalize);
+            if let Augment::Cifar(c) = &self.augment {
+                let p = c.draw(rng);
+                let (dx, dy) = (
+                    p.crop_x as isize - c.pad as isize,
+                    p.crop_y as isize - c.pad as isize,
+                );
+                views[0] = (dx, dy, p.flip);
+            }
+            for (v, &(dx, dy, flip)) in views[..n].iter().enumerate() {
+                out.write(&self.normalizer, pixels, v, Place::Shifted { dx, dy, flip });
+                stage(Stage::Normalize);
+            }
         }
         let light = alpha.map_or([0.0; 3], |a| self.lighting.offset(a));
         for (v, b) in boxes[..n_boxes].iter().enumerate() {

@@ -216,8 +216,15 @@ impl Comparison {
 struct TenCrop {
     /// The run's last logged step when it was measured.
     step: usize,
+    /// Which ten crops ([`TEN_CROP_VIEWS`]; empty in files of the
+    /// 2026-12-05 resize-to-36 kind, measured again).
+    #[serde(default)]
+    views: String,
     top1_error: Option<f64>,
 }
+
+/// The ten crops a CIFAR net is tested with: [`crate::augment::EvalCrop::PaddedTenCrop`].
+const TEN_CROP_VIEWS: &str = "padded";
 
 impl Comparison {
     fn ten_crop_error(&self, dir: &Path, step: usize) -> Result<Option<f64>, TrainError> {
@@ -225,14 +232,19 @@ impl Comparison {
         let kept = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<TenCrop>(&b).ok());
-        if let Some(t) = kept.filter(|t| t.step == step) {
+        if let Some(t) = kept.filter(|t| t.step == step && t.views == TEN_CROP_VIEWS) {
             return Ok(t.top1_error);
         }
         let job = job::prepare_eval(dir, None, None, self.workers)?;
         let top1_error = eval::evaluate_checkpoint(job)?
             .ten_crop
             .map(|a| a.top1_error());
-        let json = serde_json::to_vec(&TenCrop { step, top1_error }).expect("plain data");
+        let json = serde_json::to_vec(&TenCrop {
+            step,
+            views: TEN_CROP_VIEWS.into(),
+            top1_error,
+        })
+        .expect("plain data");
         std::fs::write(&path, json).map_err(|source| TrainError::Io { path, source })?;
         Ok(top1_error)
     }

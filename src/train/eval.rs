@@ -7,7 +7,7 @@ use super::config::{EngineKind, TrainConfig};
 use super::device::cpu_device;
 use super::job::{EvalJob, eval_loader};
 use super::metrics::{self, Accuracy};
-use crate::augment::{EvalCrop, normalize};
+use crate::augment::{CifarAugment, EvalCrop, normalize};
 use crate::engine::Engine;
 use crate::loader::Loader;
 use crate::model::state;
@@ -154,7 +154,7 @@ pub struct EvalReport {
     /// Centre-crop top-1 / top-5 error and loss.
     pub center: Accuracy,
     /// Ten-crop (ImageNet models: from the evaluation resize; CIFAR
-    /// models: 32 crops from 36, the crop size and 9/8 of it).
+    /// models: [`EvalCrop::PaddedTenCrop`], the training's padding).
     pub ten_crop: Option<Accuracy>,
     /// Fully-convolutional multi-scale (ImageNet models).
     pub multiscale: Option<Accuracy>,
@@ -205,10 +205,11 @@ pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainEr
     let center = crops(&mut model, &center_loader)?;
     let imagenet = zoo::family(&cfg.model) == Some(Family::ImageNet);
     let (ten_crop, multiscale) = if !imagenet {
-        // CIFAR nets: ten crops of the crop size from the image resized to
-        // 9/8 of it (the paper's pad-4 margin at 32), no multi-scale test.
-        let crop = EvalCrop::TenCrop {
-            resize: cfg.crop + cfg.crop / 8,
+        // CIFAR nets: the centre and corner crops of the image padded as
+        // in training (pad 4, the default CifarAugment), and their mirrors;
+        // no multi-scale test.
+        let crop = EvalCrop::PaddedTenCrop {
+            pad: CifarAugment::default().pad,
             crop: cfg.crop,
         };
         let ten = crops(&mut model, &eval_loader(cfg, Arc::clone(val), crop)?)?;
