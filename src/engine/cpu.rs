@@ -84,6 +84,11 @@ pub fn partial_len(plan: &Plan) -> usize {
 
 pub(crate) use super::sgemm::{matmul, row_major, transposed};
 
+/// Tap `tap`'s `c x o` block of a `[k, k, c, o]` weight.
+fn tap_block<'a>(w: &'a [f32], g: &ConvGeom, tap: usize) -> &'a [f32] {
+    &w[tap * g.c * g.o..][..g.c * g.o]
+}
+
 /// Calls `f(tap, pixel)` for each tap `ky * k + kx` of output `(oy, ox)`'s
 /// window that falls inside the image, `pixel = iy * w + ix`.
 fn for_each_tap(g: &ConvGeom, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
@@ -415,22 +420,22 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
         Op::Conv {
             g, x, y, w, cols, ..
         } => {
-            let x = mem.r(x);
-            let lhs = match cols {
-                Some(cols) => {
-                    let cols = mem.w(cols);
+            let (x, w) = (mem.r(x), param(plan, t.params, w));
+            let (lhs, w) = match g.single_tap() {
+                Some(tap) => (x, tap_block(w, &g, tap)),
+                None => {
+                    let cols = mem.w(cols.expect("a conv of several taps has columns"));
                     im2col(x, &g, cols);
-                    &*cols
+                    (&*cols, w)
                 }
-                None => x,
             };
-            let w = param(plan, t.params, w);
+            let depth = g.depth();
             matmul(
                 mem.w(y),
                 false,
-                row_major(lhs, g.cols()),
+                row_major(lhs, depth),
                 row_major(w, g.o),
-                (g.rows(), g.o, g.cols()),
+                (g.rows(), g.o, depth),
                 t.threads,
             );
         }
@@ -689,23 +694,36 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             }
             let lhs: &[f32] = cols.as_deref().unwrap_or(x);
             let (rows, kc, o) = (g.rows(), g.cols(), g.o);
-            // dW (kc x o) = cols^T dy.
-            weight_gradient(param_mut(plan, t.grads, w), lhs, dy, (rows, kc, o));
+            let tap = g.single_tap();
+            // dW (kc x o) = cols^T dy; of a single tap, that tap's block
+            // (the others read only padding: zero).
+            let dw = param_mut(plan, t.grads, w);
+            match tap {
+                Some(tap) => {
+                    dw.fill(0.0);
+                    let (c, dw) = (g.c, &mut dw[tap * g.c * o..][..g.c * o]);
+                    weight_gradient(dw, x, dy, (rows, c, o));
+                }
+                None => weight_gradient(dw, lhs, dy, (rows, kc, o)),
+            }
             let Some(GradOut { buf, accumulate }) = dx else {
                 return;
             };
             let w = param(plan, t.params, w);
             let wt = transposed(w, o);
             match cols {
-                // dx = dy W^T.
-                None => matmul(
-                    mem.w(buf),
-                    accumulate,
-                    row_major(dy, o),
-                    wt,
-                    (rows, kc, o),
-                    t.threads,
-                ),
+                // dx = dy W^T (of the one tap's block).
+                None => {
+                    let tap = tap.expect("a conv without columns has a single tap");
+                    matmul(
+                        mem.w(buf),
+                        accumulate,
+                        row_major(dy, o),
+                        transposed(tap_block(w, &g, tap), o),
+                        (rows, g.c, o),
+                        t.threads,
+                    )
+                }
                 // dx as the forward of the input-gradient conv.
                 Some(cols) if g.input_gradient_conv().is_some() => {
                     let gd = g.input_gradient_conv().expect("checked");
@@ -944,7 +962,7 @@ pub fn gemm_calls(op: &Op) -> usize {
             tiles * (2 + dx.is_some() as usize)
         }
         Op::Conv { g, dx, .. } => {
-            1 + g.cols().div_ceil(wgrad_block(g.cols())) + dx.is_some() as usize
+            1 + g.depth().div_ceil(wgrad_block(g.depth())) + dx.is_some() as usize
         }
         Op::Linear { dx, .. } => 2 + dx.is_some() as usize,
         _ => 0,

@@ -149,6 +149,27 @@ impl ConvGeom {
     pub fn is_pointwise(&self) -> bool {
         self.k == 1 && self.s == 1 && self.p == 0
     }
+    /// The one tap of the window that ever touches the input, when there
+    /// is only one: tap 0 of a pointwise conv, and the centre tap `(p, p)`
+    /// of a padded window over a 1x1 map (ResNet-18's last stage at 32x32,
+    /// where the other 8 taps of a 3x3 window read only padding). Such a
+    /// conv is the product of the input itself with that tap's `c x o`
+    /// block of the weight: no columns, a ninth of the work.
+    pub fn single_tap(&self) -> Option<usize> {
+        if self.is_pointwise() {
+            return Some(0);
+        }
+        let one_pixel = self.h == 1 && self.w == 1 && self.oh == 1 && self.ow == 1;
+        (one_pixel && self.p < self.k).then_some(self.p * self.k + self.p)
+    }
+    /// Depth of the forward product: `c` for a [`ConvGeom::single_tap`]
+    /// conv, the im2col columns otherwise.
+    pub fn depth(&self) -> usize {
+        match self.single_tap() {
+            Some(_) => self.c,
+            None => self.cols(),
+        }
+    }
     /// Rows of the im2col matrix (output positions).
     pub fn rows(&self) -> usize {
         self.b * self.oh * self.ow
@@ -170,7 +191,7 @@ impl ConvGeom {
     /// over the whole batch's columns is bound by their memory traffic);
     /// wide layers take one product over all rows, split by gemm.
     pub fn grouped(&self) -> bool {
-        !self.is_pointwise() && self.cols() * self.o <= 1 << 16
+        self.single_tap().is_none() && self.cols() * self.o <= 1 << 16
     }
 
     /// Images in each group of a grouped conv (the last may have fewer):
@@ -361,6 +382,7 @@ impl Op {
         match self {
             Op::Conv { g, .. } if g.is_pointwise() => "conv 1x1",
             Op::Conv { g, .. } if g.k == 1 => "conv 1x1/2",
+            Op::Conv { g, .. } if g.single_tap().is_some() => "conv kxk on 1x1",
             Op::Conv { .. } => "conv kxk",
             Op::BatchNorm { .. } => "batchnorm",
             Op::MaxPool { .. } => "max pool",
@@ -741,6 +763,21 @@ pub fn by_path(specs: &[TensorSpec]) -> HashMap<&str, &TensorSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_window_over_one_pixel_or_a_pointwise_conv_has_a_single_tap() {
+        let tap = |hw, (k, s, p)| ConvGeom::new(2, (hw, hw, 8), 8, (k, s, p)).single_tap();
+        assert_eq!(tap(1, (3, 1, 1)), Some(4));
+        assert_eq!(tap(1, (3, 2, 1)), Some(4));
+        assert_eq!(tap(1, (5, 1, 2)), Some(12));
+        assert_eq!(tap(7, (1, 1, 0)), Some(0));
+        assert_eq!(tap(1, (1, 2, 0)), Some(0), "a strided 1x1 over one pixel");
+        assert_eq!(tap(4, (1, 2, 0)), None, "strided 1x1: columns subsample");
+        assert_eq!(tap(2, (3, 1, 1)), None);
+        assert_eq!(tap(2, (3, 2, 1)), None, "2x2 to 1x1 reads 4 taps");
+        let g = ConvGeom::new(2, (1, 1, 8), 16, (3, 1, 1));
+        assert_eq!((g.depth(), g.cols(), g.grouped()), (8, 72, false));
+    }
 
     #[test]
     fn buffers_share_memory_only_when_their_lives_do_not_overlap() {

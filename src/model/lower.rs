@@ -73,7 +73,9 @@ fn conv(
             (false, true) => g.wide_backward_scratch(),
             (false, false) => g.rows() * g.cols(),
         };
-        (!g.is_pointwise()).then(|| p.buf(format!("{path} {what}"), len))
+        g.single_tap()
+            .is_none()
+            .then(|| p.buf(format!("{path} {what}"), len))
     };
     let cols = scratch(p, "cols", false);
     // Backward: the columns of x (for the weight's gradient), then, in the
