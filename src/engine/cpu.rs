@@ -6,6 +6,7 @@
 //! scatter-adds (col2im, pooling) run one image per task, and the matrix
 //! product splits only the output among threads, never the inner dimension.
 
+use super::SendPtr;
 use super::direct;
 use super::plan::{Buf, BufId, ConvGeom, GradOut, Op, Plan};
 use rayon::prelude::*;
@@ -84,9 +85,9 @@ pub fn partial_len(plan: &Plan) -> usize {
 
 pub(crate) use super::sgemm::{matmul, row_major, transposed};
 
-/// Tap `tap`'s `c x o` block of a `[k, k, c, o]` weight.
-fn tap_block<'a>(w: &'a [f32], g: &ConvGeom, tap: usize) -> &'a [f32] {
-    &w[tap * g.c * g.o..][..g.c * g.o]
+/// Where tap `tap`'s `c x o` block lies in a `[k, k, c, o]` weight.
+fn tap_block(g: &ConvGeom, tap: usize) -> std::ops::Range<usize> {
+    tap * g.c * g.o..(tap + 1) * g.c * g.o
 }
 
 /// Calls `f(tap, pixel)` for each tap `ky * k + kx` of output `(oy, ox)`'s
@@ -422,7 +423,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
         } => {
             let (x, w) = (mem.r(x), param(plan, t.params, w));
             let (lhs, w) = match g.single_tap() {
-                Some(tap) => (x, tap_block(w, &g, tap)),
+                Some(tap) => (x, &w[tap_block(&g, tap)]),
                 None => {
                     let cols = mem.w(cols.expect("a conv of several taps has columns"));
                     im2col(x, &g, cols);
@@ -701,8 +702,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             match tap {
                 Some(tap) => {
                     dw.fill(0.0);
-                    let (c, dw) = (g.c, &mut dw[tap * g.c * o..][..g.c * o]);
-                    weight_gradient(dw, x, dy, (rows, c, o));
+                    weight_gradient(&mut dw[tap_block(&g, tap)], x, dy, (rows, g.c, o));
                 }
                 None => weight_gradient(dw, lhs, dy, (rows, kc, o)),
             }
@@ -719,7 +719,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                         mem.w(buf),
                         accumulate,
                         row_major(dy, o),
-                        transposed(tap_block(w, &g, tap), o),
+                        transposed(&w[tap_block(&g, tap)], o),
                         (rows, g.c, o),
                         t.threads,
                     )
@@ -991,17 +991,6 @@ fn weight_gradient(dw: &mut [f32], lhs: &[f32], dy: &[f32], (rows, kc, o): (usiz
                 1,
             );
         });
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint chunks of one buffer to rayon tasks.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Mean softmax cross-entropy of `logits` (`b x n`) against `labels`, and

@@ -17,6 +17,7 @@
 //! channels), whatever the thread count.
 
 use super::plan::ConvGeom;
+use super::sgemm::{self, Isa};
 
 /// Output channels per tile (two 8-lane registers).
 const OB: usize = 16;
@@ -73,36 +74,18 @@ pub fn padded_len(g: &ConvGeom) -> usize {
 }
 
 fn cpu_has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    sgemm::best_isa() != Isa::Portable
 }
 
 /// Whether the AVX-512 kernels run (`RESNET_DIRECT_AVX512=0` keeps AVX2,
 /// for A/B timing; both give the same bits: each output is the same chain
 /// of fused multiply-adds, lane by lane).
 fn cpu_has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::env::var("RESNET_DIRECT_AVX512").as_deref() != Ok("0")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        sgemm::best_isa() == Isa::Avx512
+            && std::env::var("RESNET_DIRECT_AVX512").as_deref() != Ok("0")
+    })
 }
 
 /// `y (oh x ow x o) [+]= conv(x (h x w x c), w (k*k*c x o, row-major))`

@@ -31,8 +31,8 @@
 //! travel through memory; a wide one is one matrix product over the whole
 //! batch, which [`sgemm`] (the engine's own packed product, AVX-512 or
 //! AVX2 microkernels, packing into per-thread buffers made once) splits
-//! among threads by rows or columns, never the inner dimension. Every reduction has an order fixed by the
-//! plan, never by the threads: the weight gradient of a grouped conv is
+//! among threads by rows or columns, never the inner dimension. Every
+//! reduction has an order fixed by the plan, never by the threads: the weight gradient of a grouped conv is
 //! summed per group, then over the groups in order; BatchNorm sums 32 rows
 //! in f32, then in f64 by fixed chunks. That is what keeps exact resume
 //! bit-exact on one machine, whatever its thread count; the AVX-512 and
@@ -136,6 +136,19 @@ impl Default for SgdSettings {
             momentum: 0.9,
             weight_decay: 1e-4,
         }
+    }
+}
+
+/// A buffer's start, handed to rayon tasks that each write a disjoint part
+/// of it.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint parts of one buffer to rayon tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
     }
 }
 

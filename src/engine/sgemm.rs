@@ -8,7 +8,8 @@
 //! buffers are made once ([`reserve`], which the engine runs on every pool
 //! thread when it starts) and reused, and the engine's steady state
 //! allocates nothing (tests/engine_alloc.rs counts it). On this project's
-//! shapes it is as fast as gemm was (`benches/sgemm.rs`).
+//! shapes it runs at 0.82-0.96 of gemm 0.19's speed, not tuned yet
+//! (`benches/sgemm.rs`, BENCHMARKS.md).
 //!
 //! Blocking: k in near-equal blocks of at most [`KC`] (a function of k
 //! alone). For each k block, B's `KC x NC` block is packed into `NR`-wide
@@ -23,6 +24,7 @@
 //! block in the same order, whatever the thread count; the AVX-512 and AVX2
 //! kernels give the same bits too.
 
+use super::SendPtr;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -73,20 +75,18 @@ pub enum Isa {
     Portable,
 }
 
-/// The best kernel this CPU runs.
+/// The best kernel this CPU runs (the engine's one CPU check: the direct
+/// convolution kernels ask it too).
 pub fn best_isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *ISA.get_or_init(|| {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                Isa::Avx512
-            } else if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                Isa::Avx2
-            } else {
-                Isa::Portable
+            use std::arch::is_x86_feature_detected as has;
+            match (has!("avx2") && has!("fma"), has!("avx512f")) {
+                (true, true) => Isa::Avx512,
+                (true, false) => Isa::Avx2,
+                (false, _) => Isa::Portable,
             }
         })
     }
@@ -188,12 +188,6 @@ struct Job<'a> {
     n: usize,
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: each task writes a disjoint part of C.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
 /// An `MR x NR` microkernel.
 trait Kernel {
     const MR: usize;
@@ -277,7 +271,7 @@ fn block<K: Kernel>(job: &Job, rows: Range<usize>, cols: Range<usize>, pack: &mu
                         // columns c0+jr..+nr lie inside C (m x n, checked by
                         // `matmul`), and this task alone writes them; `run`
                         // picked K for this CPU.
-                        unsafe { K::tile(kc, ap, bp, job.c.0.add(at), ldc, add, (mr, nr)) };
+                        unsafe { K::tile(kc, ap, bp, job.c.get().add(at), ldc, add, (mr, nr)) };
                     }
                 }
             }
