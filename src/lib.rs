@@ -38,6 +38,7 @@
 pub mod augment;
 pub mod cli;
 pub mod decode;
+pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod files;

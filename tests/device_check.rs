@@ -84,7 +84,7 @@ fn loader_fed_training_counts_its_steps_and_waits() {
     cfg.batch_size = 8;
     cfg.workers = 2;
     let ds = Arc::new(Dataset::open(packed_sample().join("train")).unwrap());
-    let loader = train::train_loader(&cfg, ds).unwrap();
+    let loader = train::train_loader(&cfg, ds, Default::default()).unwrap();
     // More steps than an epoch has batches: epochs are chained.
     let steps = loader.batches_per_epoch() + 2;
     let r = timing::time_loader_training::<ResNet20<12, f32, Cpu>, Cpu>(

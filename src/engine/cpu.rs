@@ -1021,7 +1021,7 @@ pub fn sgd(
     params: &mut [f32],
     grads: &[f32],
     velocity: &mut [f32],
-    (lr, momentum, decay): (f32, f32, f32),
+    (lr, momentum, decay, scale): (f32, f32, f32, f32),
     first: bool,
 ) {
     const CHUNK: usize = 1 << 14;
@@ -1031,7 +1031,7 @@ pub fn sgd(
         .zip(velocity.par_chunks_mut(CHUNK))
         .for_each(|((p, g), v)| {
             for ((p, &g), v) in p.iter_mut().zip(g).zip(v) {
-                let g = g + decay * *p;
+                let g = g * scale + decay * *p;
                 *v = if first { g } else { momentum * *v + g };
                 *p -= lr * *v;
             }

@@ -50,12 +50,14 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod data_parallel;
 pub mod direct;
 pub mod plan;
 pub mod sgemm;
 
 use crate::model::lower::Lower;
 use crate::model::state::{assign_tensors, named_tensors};
+pub use data_parallel::{Buckets, StepStats};
 use dfdx::prelude::*;
 use plan::{Layout, Plan, PlanBuilder, TensorSpec};
 use std::sync::Arc;
@@ -119,6 +121,24 @@ pub enum EngineError {
     /// The thread pool could not start.
     #[error("thread pool: {0}")]
     Threads(String),
+    /// The plan's memory is more than the machine has free.
+    #[error(
+        "the plan for {batch} images of {h}x{w} needs {needed} bytes ({:.2} GiB) and {available} bytes ({:.2} GiB) are available: use a smaller --batch-size (or more ranks)",
+        *needed as f64 / (1u64 << 30) as f64,
+        *available as f64 / (1u64 << 30) as f64
+    )]
+    OutOfMemory {
+        /// Batch of the plan.
+        batch: usize,
+        /// Height.
+        h: usize,
+        /// Width.
+        w: usize,
+        /// Bytes the engine would allocate.
+        needed: u64,
+        /// Bytes available (MemAvailable, or the cgroup's limit if lower).
+        available: u64,
+    },
 }
 
 /// SGD settings (the paper's: momentum 0.9, weight decay 1e-4).
@@ -188,6 +208,9 @@ pub struct Engine {
     arena: Aligned,
     params: Aligned,
     grads: Aligned,
+    /// Gradients summed over ranks (empty with one rank).
+    reduced: Aligned,
+    buckets: Buckets,
     velocity: Aligned,
     has_velocity: bool,
     states: Vec<f32>,
@@ -246,6 +269,19 @@ impl Engine {
                 }
             }
         }
+        let (h, w) = plan.input;
+        let needed = Self::bytes_needed(&plan);
+        if let Some(available) = crate::files::available_memory()
+            && needed > available
+        {
+            return Err(EngineError::OutOfMemory {
+                batch: plan.batch,
+                h,
+                w,
+                needed,
+                available,
+            });
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("engine-{i}"))
@@ -260,6 +296,12 @@ impl Engine {
             arena: Aligned::zeros(plan.arena_len),
             params: Aligned::zeros(plan.params_len),
             grads: Aligned::zeros(plan.params_len),
+            reduced: Aligned::zeros(0),
+            buckets: Buckets::new(
+                &plan,
+                data_parallel::FIRST_BUCKET_BYTES,
+                data_parallel::BUCKET_BYTES,
+            ),
             velocity: Aligned::zeros(plan.params_len),
             has_velocity: false,
             states: vec![0.0; plan.states_len],
@@ -270,6 +312,14 @@ impl Engine {
             profile: None,
             plan,
         })
+    }
+
+    /// Bytes the engine allocates for `plan` (arena, parameters, their
+    /// gradients and momentum, running statistics, reduction scratch); a
+    /// data-parallel run adds one more gradient array.
+    pub fn bytes_needed(plan: &Plan) -> u64 {
+        let floats = plan.arena_len + 3 * plan.params_len + plan.states_len;
+        4 * floats as u64 + 8 * cpu::partial_len(plan) as u64
     }
 
     /// Starts (or restarts) timing each op kind, forward and backward.
@@ -526,6 +576,16 @@ impl Engine {
     pub fn forward_backward(&mut self, images: &[f32], labels: &[u32]) -> Result<f32, EngineError> {
         check_batch(&self.plan, images, Some(labels))?;
         self.run_forward(images, true);
+        let loss = self.loss_and_dlogits(labels);
+        if loss.is_finite() {
+            self.run_ops(None);
+        }
+        Ok(loss)
+    }
+
+    /// The mean softmax cross-entropy of the logits of the last forward
+    /// pass, with its gradient written where backward starts.
+    fn loss_and_dlogits(&mut self, labels: &[u32]) -> f32 {
         let (lb, db) = (
             &self.plan.bufs[self.plan.logits],
             &self.plan.bufs[self.plan.dlogits],
@@ -539,11 +599,7 @@ impl Engine {
             let (a, b) = self.arena.split_at_mut(lo);
             (&b[..ll], &mut a[dlo..dlo + dl])
         };
-        let loss = cpu::softmax_cross_entropy(logits, labels, self.plan.classes, dlogits);
-        if loss.is_finite() {
-            self.run_ops(None);
-        }
-        Ok(loss)
+        cpu::softmax_cross_entropy(logits, labels, self.plan.classes, dlogits)
     }
 
     /// One SGD step at learning rate `lr`: [`Engine::forward_backward`],
@@ -565,7 +621,7 @@ impl Engine {
                     &mut self.params,
                     &self.grads,
                     &mut self.velocity,
-                    (lr, s.momentum, s.weight_decay),
+                    (lr, s.momentum, s.weight_decay, 1.0),
                     first,
                 )
             });

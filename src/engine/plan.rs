@@ -377,6 +377,16 @@ pub enum Op {
 }
 
 impl Op {
+    /// The parameters whose gradients the op's backward writes.
+    pub fn params(&self) -> Vec<ParamId> {
+        match self {
+            Op::Conv { w, .. } => vec![*w],
+            Op::BatchNorm { gamma, beta, .. } => vec![*gamma, *beta],
+            Op::Linear { w, bias, .. } => vec![*w, *bias],
+            Op::MaxPool { .. } | Op::ShortcutA { .. } | Op::AvgPool { .. } => Vec::new(),
+        }
+    }
+
     /// The op's kind, for reports.
     pub fn kind(&self) -> &'static str {
         match self {

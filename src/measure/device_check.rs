@@ -221,7 +221,7 @@ pub fn run<D: Device<f32> + Synchronize + Cache>(
         if let Some(w) = check.workers {
             cfg.workers = w;
         }
-        let loader = crate::train::train_loader(&cfg, Arc::new(ds))?;
+        let loader = crate::train::train_loader(&cfg, Arc::new(ds), Default::default())?;
         let user = LoaderSteps {
             name: &check.model,
             dev,

@@ -27,6 +27,9 @@ pub enum Remainder {
     Pad,
     /// Drop the last `n % world` samples of the order so every rank gets `floor(n / world)`.
     Drop,
+    /// Every sample exactly once: the first `n % world` ranks get one more
+    /// (evaluation split over ranks, whose counts are then summed).
+    Uneven,
 }
 
 /// This process's place in a distributed job.
@@ -76,6 +79,7 @@ pub fn epoch_indices(
     let total = match dist.remainder {
         Remainder::Pad => len.div_ceil(w) * w,
         Remainder::Drop => len / w * w,
+        Remainder::Uneven => len,
     };
     if len == 0 {
         return Vec::new();
@@ -88,6 +92,29 @@ pub fn epoch_indices(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn uneven_shares_cover_every_record_once() {
+        for world in 1..5 {
+            let mut all: Vec<u32> = (0..world)
+                .flat_map(|rank| {
+                    epoch_indices(
+                        11,
+                        Order::Sequential,
+                        0,
+                        0,
+                        Distributed {
+                            rank,
+                            world_size: world,
+                            remainder: Remainder::Uneven,
+                        },
+                    )
+                })
+                .collect();
+            all.sort();
+            assert_eq!(all, (0..11).collect::<Vec<u32>>());
+        }
+    }
+
     use super::*;
     use std::collections::HashSet;
 

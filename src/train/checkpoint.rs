@@ -4,6 +4,14 @@
 //! `state.json` (config, schedule, loader position, history). Written into
 //! `NAME.tmp/` and swapped in by renames, so a failure while writing (a full
 //! disk) leaves the previous checkpoint as it was.
+//!
+//! Nothing in a checkpoint can be silently wrong: `state.json` records the
+//! SHA-256 and size of the model and momentum files (`"files"`), and
+//! `SHA256SUMS` (the format of `sha256sum -c`) covers all three;
+//! [`verify`] checks them before a resume, an evaluation or the multi-scale
+//! test, and names the newest intact checkpoint when one is damaged. The
+//! previous checkpoints are kept as `checkpoints/step-NNNNNNNN` (the last
+//! `keep - 1` of them), so one damaged file does not lose the run.
 
 use super::TrainError;
 use crate::model::state::{self, StateError};
@@ -18,14 +26,40 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIM_FILE: &str = "optim.safetensors";
 /// Everything else, as JSON.
 pub const STATE_FILE: &str = "state.json";
+/// Checksums of the three files above, as `sha256sum` writes them.
+pub const SUMS_FILE: &str = "SHA256SUMS";
+
+/// SHA-256 (hex) and size of a file.
+fn digest(path: &Path) -> std::io::Result<(String, u64)> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    let hex = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((hex, n))
+}
 
 /// Writes a checkpoint folder `dir` atomically (see the module docs).
+///
+/// The checkpoint that `dir` held before is kept as `step-NNNNNNNN` beside
+/// it, and only the newest `keep - 1` of those stay.
 pub fn write<D: Device<f32>, M: TensorCollection<f32, D>>(
     dir: &Path,
     model: &M,
     momentum: BTreeMap<String, Vec<f32>>,
     state_json: &str,
     metadata: HashMap<String, String>,
+    keep: usize,
 ) -> Result<(), TrainError> {
     let tmp = sibling(dir, "tmp");
     let old = sibling(dir, "old");
@@ -52,8 +86,26 @@ pub fn write<D: Device<f32>, M: TensorCollection<f32, D>>(
             })
             .collect();
         state::write_safetensors(&m, &[], None, &tmp.join(OPTIM_FILE)).map_err(wrap)?;
-        crate::files::write_file_atomic(&tmp.join(STATE_FILE), state_json.as_bytes())
-            .map_err(io(&tmp.join(STATE_FILE)))
+        let mut files = serde_json::Map::new();
+        let mut sums = String::new();
+        for name in [MODEL_FILE, OPTIM_FILE] {
+            let (sha, bytes) = digest(&tmp.join(name)).map_err(io(&tmp.join(name)))?;
+            sums.push_str(&format!("{sha}  {name}\n"));
+            files.insert(
+                name.into(),
+                serde_json::json!({ "sha256": sha, "bytes": bytes }),
+            );
+        }
+        let mut st: serde_json::Value =
+            serde_json::from_str(state_json).expect("the trainer's state is JSON");
+        st["files"] = serde_json::Value::Object(files);
+        let text = serde_json::to_string_pretty(&st).expect("JSON serialises");
+        crate::files::write_file_atomic(&tmp.join(STATE_FILE), text.as_bytes())
+            .map_err(io(&tmp.join(STATE_FILE)))?;
+        let (sha, _) = digest(&tmp.join(STATE_FILE)).map_err(io(&tmp.join(STATE_FILE)))?;
+        sums.push_str(&format!("{sha}  {STATE_FILE}\n"));
+        crate::files::write_file_atomic(&tmp.join(SUMS_FILE), sums.as_bytes())
+            .map_err(io(&tmp.join(SUMS_FILE)))
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -61,10 +113,117 @@ pub fn write<D: Device<f32>, M: TensorCollection<f32, D>>(
     }
     let _ = std::fs::remove_dir_all(&old);
     if dir.exists() {
-        std::fs::rename(dir, &old).map_err(io(dir))?;
+        // Kept under its step when older checkpoints are kept; else as
+        // NAME.old until the new one is in place.
+        let kept = match step_of(dir) {
+            Some(step) if keep > 1 => dir.with_file_name(format!("step-{step:08}")),
+            _ => old.clone(),
+        };
+        let _ = std::fs::remove_dir_all(&kept);
+        std::fs::rename(dir, &kept).map_err(io(dir))?;
     }
     std::fs::rename(&tmp, dir).map_err(io(dir))?;
     let _ = std::fs::remove_dir_all(&old);
+    for stale in kept_checkpoints(dir)
+        .into_iter()
+        .skip(keep.saturating_sub(1))
+    {
+        let _ = std::fs::remove_dir_all(stale);
+    }
+    Ok(())
+}
+
+/// The step recorded in a checkpoint folder's `state.json`.
+fn step_of(dir: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(dir.join(STATE_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("step")?.as_u64().map(|s| s as usize)
+}
+
+/// The `step-NNNNNNNN` folders beside checkpoint folder `dir`, newest first.
+fn kept_checkpoints(dir: &Path) -> Vec<PathBuf> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let mut v: Vec<(usize, PathBuf)> = std::fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("step-")?.parse::<usize>().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Checks every file of checkpoint folder `dir` against the checksums
+/// written with it. A checkpoint written before checksums existed passes
+/// with a warning. A damaged one is [`TrainError::Corrupt`], naming the
+/// file and the newest intact checkpoint kept beside it.
+pub fn verify(dir: &Path) -> Result<(), TrainError> {
+    let Err((file, why)) = check_files(dir) else {
+        return Ok(());
+    };
+    let newest_intact = std::iter::once(dir.with_file_name("last"))
+        .chain(kept_checkpoints(dir))
+        .filter(|d| d != dir && d.join(STATE_FILE).is_file())
+        .find(|d| check_files(d).is_ok());
+    Err(TrainError::Corrupt {
+        dir: dir.to_owned(),
+        file,
+        why,
+        newest_intact,
+    })
+}
+
+/// `Err((file, why))` for the first file that does not match.
+fn check_files(dir: &Path) -> Result<(), (String, String)> {
+    let sums = match std::fs::read_to_string(dir.join(SUMS_FILE)) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            log::warn!(
+                "{}: no {SUMS_FILE} (written before checkpoints had checksums); not verified",
+                dir.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err((SUMS_FILE.into(), e.to_string())),
+    };
+    let mut listed = Vec::new();
+    for line in sums.lines() {
+        let Some((sha, name)) = line.split_once("  ") else {
+            return Err((SUMS_FILE.into(), format!("unreadable line {line:?}")));
+        };
+        listed.push(name.to_string());
+        let (got, _) = digest(&dir.join(name)).map_err(|e| (name.to_string(), e.to_string()))?;
+        if got != sha {
+            return Err((name.to_string(), format!("SHA-256 {got}, written as {sha}")));
+        }
+    }
+    for name in [MODEL_FILE, OPTIM_FILE, STATE_FILE] {
+        if !listed.iter().any(|l| l == name) {
+            return Err((SUMS_FILE.into(), format!("{name} is not listed")));
+        }
+    }
+    // state.json's own record of the two tensor files (and their sizes).
+    let st: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(STATE_FILE))
+            .map_err(|e| (STATE_FILE.to_string(), e.to_string()))?,
+    )
+    .map_err(|e| (STATE_FILE.to_string(), e.to_string()))?;
+    for name in [MODEL_FILE, OPTIM_FILE] {
+        let rec = &st["files"][name];
+        let bytes = std::fs::metadata(dir.join(name))
+            .map_err(|e| (name.to_string(), e.to_string()))?
+            .len();
+        if rec["bytes"].as_u64() != Some(bytes) {
+            return Err((
+                name.to_string(),
+                format!("{bytes} bytes, written as {}", rec["bytes"]),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -78,14 +237,18 @@ fn sibling(dir: &Path, ext: &str) -> PathBuf {
 /// The checkpoint folder to resume from, given a run's output folder or a
 /// checkpoint folder: `last`, or `last.old` if a crash fell between the two renames.
 pub fn locate(path: &Path) -> Result<PathBuf, TrainError> {
+    let last = path.join("checkpoints").join("last");
     let candidates = [
         path.to_owned(),
-        path.join("checkpoints").join("last"),
+        last.clone(),
         path.join("checkpoints").join("last.old"),
         sibling(path, "old"),
     ];
     candidates
         .into_iter()
+        // A crash between the two renames of a write keeping older
+        // checkpoints leaves the newest as step-NNNNNNNN.
+        .chain(kept_checkpoints(&last).into_iter().take(1))
         .find(|c| c.join(STATE_FILE).is_file())
         .ok_or_else(|| TrainError::NoCheckpoint {
             path: path.to_owned(),

@@ -94,6 +94,17 @@ pub struct TrainConfig {
     /// Which trainer computes the steps.
     #[serde(default = "EngineKind::before_the_engine")]
     pub engine: EngineKind,
+    /// Checkpoints kept: `checkpoints/last` and the K-1 before it
+    /// (`checkpoints/step-NNNNNNNN`), so a damaged newest one leaves older ones.
+    #[serde(default = "default_keep_checkpoints")]
+    pub keep_checkpoints: usize,
+}
+
+/// `--keep-checkpoints`' default.
+pub const DEFAULT_KEEP_CHECKPOINTS: usize = 2;
+
+fn default_keep_checkpoints() -> usize {
+    DEFAULT_KEEP_CHECKPOINTS
 }
 
 impl TrainConfig {
@@ -124,6 +135,7 @@ impl TrainConfig {
             out: PathBuf::from("runs/train"),
             device: DeviceKind::Cpu,
             engine: EngineKind::Engine,
+            keep_checkpoints: DEFAULT_KEEP_CHECKPOINTS,
         }
     }
 
@@ -271,6 +283,8 @@ pub struct Choices {
     pub device: DeviceKind,
     /// Trainer [default: the engine on the CPU, dfdx on CUDA].
     pub engine: Option<EngineKind>,
+    /// Checkpoints kept, at least 1 [default: 2].
+    pub keep_checkpoints: Option<usize>,
 }
 
 impl Choices {
@@ -350,6 +364,7 @@ impl Choices {
         c.workers = self.workers.unwrap_or(c.workers);
         c.zero_init_last_bn = self.zero_init_last_bn;
         c.checkpoint_every = self.checkpoint_every;
+        c.keep_checkpoints = self.keep_checkpoints.unwrap_or(DEFAULT_KEEP_CHECKPOINTS);
         c.final_eval = !self.no_final_eval;
         if let Some(o) = &self.out {
             c.out = o.clone();

@@ -105,4 +105,34 @@ pub enum TrainError {
     /// The planned engine refused the model or a batch.
     #[error("engine: {0}")]
     Engine(#[from] crate::engine::EngineError),
+    /// The ranks of a data-parallel run disagree or cannot run together.
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
+    /// The setup cannot be split over the ranks as asked.
+    #[error("{0}")]
+    Ranks(String),
+    /// A checkpoint file does not hold what its `state.json` says it does.
+    #[error("checkpoint {}: {file} is damaged ({why}); {}", dir.display(), match newest_intact {
+        Some(p) => format!("the newest intact checkpoint is {} (resume or evaluate from it)", p.display()),
+        None => "no intact checkpoint was found beside it".to_string(),
+    })]
+    Corrupt {
+        /// The checkpoint folder.
+        dir: PathBuf,
+        /// The damaged file.
+        file: String,
+        /// What is wrong (checksum or size).
+        why: String,
+        /// The newest kept checkpoint whose files all match.
+        newest_intact: Option<PathBuf>,
+    },
+    /// The ranks hold different parameters after the same steps (a bug,
+    /// or non-deterministic collectives): the run stops.
+    #[error("ranks diverged at step {step}: parameter checksums {checksums:?} (rank order)")]
+    Diverged {
+        /// Step.
+        step: usize,
+        /// Each rank's checksum.
+        checksums: Vec<String>,
+    },
 }

@@ -13,6 +13,7 @@ use crate::loader::Loader;
 use crate::model::state;
 use crate::model::zoo::{self, Family, Input, Network};
 use crate::reader::Dataset;
+use crate::sampler::Distributed;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -131,6 +132,7 @@ pub(super) fn ten_crop_and_multiscale<M: Network<D>, D: Device<f32>>(
             resize: cfg.eval_resize,
             crop: cfg.crop,
         },
+        Distributed::default(),
     )?;
     let ten = match engine {
         Some(e) => evaluate_engine(e, &ten)?,
@@ -201,7 +203,12 @@ pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainEr
         Some(e) => evaluate_engine(e, loader),
         None => evaluate(model, &dev, loader),
     };
-    let center_loader = eval_loader(cfg, Arc::clone(val), center_crop(cfg))?;
+    let center_loader = eval_loader(
+        cfg,
+        Arc::clone(val),
+        center_crop(cfg),
+        Distributed::default(),
+    )?;
     let center = crops(&mut model, &center_loader)?;
     let imagenet = zoo::family(&cfg.model) == Some(Family::ImageNet);
     let (ten_crop, multiscale) = if !imagenet {
@@ -212,7 +219,10 @@ pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainEr
             pad: CifarAugment::default().pad,
             crop: cfg.crop,
         };
-        let ten = crops(&mut model, &eval_loader(cfg, Arc::clone(val), crop)?)?;
+        let ten = crops(
+            &mut model,
+            &eval_loader(cfg, Arc::clone(val), crop, Distributed::default())?,
+        )?;
         (Some(ten), None)
     } else {
         let (ten, ms) = ten_crop_and_multiscale(

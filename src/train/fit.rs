@@ -8,15 +8,17 @@ use super::device::cpu_device;
 use super::eval::{center_crop, evaluate, evaluate_engine, paper_scales, ten_crop_and_multiscale};
 use super::job::{Job, Start, TrainState, eval_loader, metadata, prepare, train_loader};
 use super::metrics::Accuracy;
-use super::runlog::{self, EpochRecord, FinalRecord, LogRecord, StepRecord};
+use super::runlog::{self, CheckpointRecord, EpochRecord, FinalRecord, LogRecord, StepRecord};
 use super::schedule::LrSchedule;
 use super::sgd::Sgd;
+use crate::dist::{self, Communicator, Local};
 use crate::engine::{Engine, SgdSettings};
 use crate::loader::{Loader, LoaderState};
 use crate::model::state;
 use crate::model::zoo;
 use crate::model::zoo::{Family, Input, Logits, Network, NetworkUser};
 use crate::progress::{ProgressMode, progress_bar};
+use crate::sampler::{Distributed, Remainder};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -55,23 +57,9 @@ pub fn train_cpu<M: Network<Cpu>>(
 }
 
 /// Trains a prepared job with the model type its name picks from the zoo,
-/// on the device its config names.
+/// on the device its config names, in one process.
 pub fn train(job: Job) -> Result<TrainReport, TrainError> {
-    struct With<D>(Job, D);
-    impl<D: Device<f32>> NetworkUser<D> for With<D> {
-        type Output = Result<TrainReport, TrainError>;
-        fn run<M: Network<D>>(self) -> Self::Output {
-            run::<M, D>(self.0, self.1)
-        }
-    }
-    let (model, classes, seed) = (job.model().to_string(), job.classes(), job.config.seed);
-    match job.config.device {
-        #[cfg(feature = "dfdx-cuda")]
-        super::DeviceKind::Cuda => {
-            zoo::with_network(&model, classes, With(job, super::cuda_device(seed)?))?
-        }
-        _ => zoo::with_network(&model, classes, With(job, cpu_device(seed)))?,
-    }
+    train_on(job, &mut Local)
 }
 
 pub(crate) fn onehot(labels: &[u32], classes: usize) -> Vec<f32> {
@@ -128,18 +116,40 @@ enum Stepper<D: Device<f32>> {
     Engine(Box<Engine>),
 }
 
+/// What one step of this rank did.
+struct Step {
+    loss: f32,
+    logits: Vec<f32>,
+    all_finite: bool,
+    allreduce_wait_s: f64,
+}
+
 impl<D: Device<f32>> Stepper<D> {
+    /// The stepper of this rank: plans the engine for its share of the
+    /// global batch.
     fn new<M: Network<D>>(
         kind: EngineKind,
         model: &M,
         cfg: &super::TrainConfig,
+        comm: &dyn Communicator,
     ) -> Result<Self, TrainError> {
         let (momentum, weight_decay) = (cfg.momentum as f32, cfg.weight_decay as f32);
+        let world = comm.world_size();
         Ok(match kind {
+            EngineKind::Dfdx if world > 1 => {
+                return Err(TrainError::Ranks(format!(
+                    "training on {world} ranks runs on the engine (--engine engine), not dfdx"
+                )));
+            }
             EngineKind::Dfdx => Stepper::Dfdx(Sgd::new(momentum, weight_decay)),
             EngineKind::Engine => {
                 let side = cfg.crop as usize;
-                let mut e = Engine::new(model, cfg.batch_size, (side, side), 0)?;
+                let threads = if world > 1 {
+                    dist::threads_per_rank()
+                } else {
+                    0
+                };
+                let mut e = Engine::new(model, cfg.batch_size / world, (side, side), threads)?;
                 e.sgd = SgdSettings {
                     momentum,
                     weight_decay,
@@ -166,30 +176,67 @@ impl<D: Device<f32>> Stepper<D> {
         Ok(())
     }
 
-    /// One SGD step: the loss and the logits.
+    /// One SGD step with the ranks of `comm`.
     fn step<M: Network<D>>(
         &mut self,
         model: &mut M,
         dev: &D,
         batch: &crate::loader::Batch,
         lr: f32,
-    ) -> Result<(f32, Vec<f32>), TrainError> {
+        comm: &mut dyn Communicator,
+    ) -> Result<Step, TrainError> {
         let [n, h, w, _] = batch.shape();
         match self {
-            Stepper::Dfdx(sgd) => Ok(sgd_step(
-                model,
-                sgd,
-                dev,
-                batch.images(),
-                (n, h, w),
-                batch.labels(),
-                lr,
-            )),
+            Stepper::Dfdx(sgd) => {
+                let (loss, logits) = sgd_step(
+                    model,
+                    sgd,
+                    dev,
+                    batch.images(),
+                    (n, h, w),
+                    batch.labels(),
+                    lr,
+                );
+                Ok(Step {
+                    loss,
+                    logits,
+                    all_finite: loss.is_finite(),
+                    allreduce_wait_s: 0.0,
+                })
+            }
             Stepper::Engine(e) => {
-                let loss = e.train_step(batch.images(), batch.labels(), lr)?;
-                Ok((loss, e.logits().to_vec()))
+                let s = e.train_step_on(batch.images(), batch.labels(), lr, comm)?;
+                Ok(Step {
+                    loss: s.loss,
+                    logits: e.logits().to_vec(),
+                    all_finite: s.all_finite,
+                    allreduce_wait_s: s.wait_s,
+                })
             }
         }
+    }
+
+    /// Averages the running statistics over the ranks (before evaluation
+    /// and checkpoints) and returns the checksum of every rank's
+    /// parameters and statistics, in rank order.
+    fn agree(&mut self, comm: &dyn Communicator) -> Vec<String> {
+        let mine = match self {
+            Stepper::Engine(e) => {
+                e.average_statistics(comm);
+                e.checksum()
+            }
+            // One rank only (Stepper::new).
+            Stepper::Dfdx(_) => 0,
+        };
+        comm.all_gather(&mine.to_le_bytes())
+            .iter()
+            .map(|b| {
+                format!(
+                    "{:08x}",
+                    u32::from_le_bytes(b[..4].try_into().unwrap_or([0; 4]))
+                )
+            })
+            .collect()
     }
 
     /// Brings the dfdx model up to date (the engine's weights and running
@@ -204,21 +251,112 @@ impl<D: Device<f32>> Stepper<D> {
         })
     }
 
+    /// This rank's share of the validation split, its counts summed over
+    /// the ranks.
     fn evaluate<M: Network<D>>(
         &mut self,
         model: &mut M,
         dev: &D,
         loader: &Loader,
-    ) -> Result<super::metrics::Accuracy, TrainError> {
-        match self {
-            Stepper::Dfdx(_) => evaluate(model, dev, loader),
-            Stepper::Engine(e) => evaluate_engine(e, loader),
+        comm: &dyn Communicator,
+    ) -> Result<Accuracy, TrainError> {
+        let mut acc = match self {
+            Stepper::Dfdx(_) => evaluate(model, dev, loader)?,
+            Stepper::Engine(e) => evaluate_engine(e, loader)?,
+        };
+        sum_accuracy(&mut acc, comm);
+        Ok(acc)
+    }
+}
+
+/// Sums accuracy counts over the ranks.
+fn sum_accuracy(acc: &mut Accuracy, comm: &dyn Communicator) {
+    if comm.world_size() == 1 {
+        return;
+    }
+    let mut v = [acc.n as f64, acc.loss_sum, acc.top1 as f64, acc.top5 as f64];
+    comm.sum_f64(&mut v);
+    *acc = Accuracy {
+        n: v[0] as usize,
+        loss_sum: v[1],
+        top1: v[2] as usize,
+        top5: v[3] as usize,
+    };
+}
+
+/// What rank 0 shows and writes while training: the log and the progress
+/// bar. Other ranks hold neither.
+struct Recorder {
+    logger: Option<runlog::Logger>,
+    bar: indicatif::ProgressBar,
+}
+
+impl Recorder {
+    fn write(&mut self, r: &LogRecord) -> Result<(), TrainError> {
+        match &mut self.logger {
+            Some(l) => l.write(r),
+            None => Ok(()),
         }
     }
 }
 
-/// Trains model type `M` on device `dev` (see [`prepare`]).
+/// Trains model type `M` on device `dev` (see [`prepare`]), in one process.
 pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainReport, TrainError> {
+    run_on::<M, D>(job, dev, &mut Local)
+}
+
+/// [`train`] as one of the ranks of `comm` (data-parallel: each rank
+/// computes its share of the global batch, gradients averaged).
+pub fn train_on(job: Job, comm: &mut dyn Communicator) -> Result<TrainReport, TrainError> {
+    struct With<'c, D>(Job, D, &'c mut dyn Communicator);
+    impl<D: Device<f32>> NetworkUser<D> for With<'_, D> {
+        type Output = Result<TrainReport, TrainError>;
+        fn run<M: Network<D>>(self) -> Self::Output {
+            run_on::<M, D>(self.0, self.1, self.2)
+        }
+    }
+    let (model, classes, seed) = (job.model().to_string(), job.classes(), job.config.seed);
+    match job.config.device {
+        #[cfg(feature = "dfdx-cuda")]
+        super::DeviceKind::Cuda => {
+            zoo::with_network(&model, classes, With(job, super::cuda_device(seed)?, comm))?
+        }
+        _ => zoo::with_network(&model, classes, With(job, cpu_device(seed), comm))?,
+    }
+}
+
+/// What every rank must agree on before the first step: the ranks check it
+/// together ([`dist::check_agreement`]) and all stop on the first difference.
+fn agreement_fields(
+    cfg: &super::TrainConfig,
+    job_start: Option<&TrainState>,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("code version", env!("CARGO_PKG_VERSION").to_string()),
+        ("model", cfg.model.clone()),
+        ("batch size", cfg.batch_size.to_string()),
+        ("crop", cfg.crop.to_string()),
+        ("engine", format!("{:?}", cfg.engine)),
+        ("seed", cfg.seed.to_string()),
+        ("learning rate", cfg.lr.to_string()),
+        ("epochs", cfg.epochs.to_string()),
+        ("max steps", format!("{:?}", cfg.max_steps)),
+        ("data", cfg.data.display().to_string()),
+        ("output folder", cfg.out.display().to_string()),
+        (
+            "resumed at step",
+            job_start.map_or("new run".into(), |s| s.step.to_string()),
+        ),
+    ]
+}
+
+/// Trains model type `M` on device `dev` as one of the ranks of `comm`.
+/// Rank 0 alone writes the log, the progress bar, the checkpoints and the plot.
+pub fn run_on<M: Network<D>, D: Device<f32>>(
+    job: Job,
+    dev: D,
+    comm: &mut dyn Communicator,
+) -> Result<TrainReport, TrainError> {
     if M::CLASSES != job.classes.len() {
         return Err(TrainError::Classes(format!(
             "the model has {} classes, the data {}",
@@ -235,14 +373,48 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
         progress,
         nan_at_step,
     } = job;
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let mut fields = agreement_fields(&cfg, start.as_ref().map(|(_, s)| s));
+    fields.push(("training images", train.len().to_string()));
+    fields.push(("classes", classes.len().to_string()));
+    dist::check_agreement(comm, &fields)?;
+    if cfg.batch_size % world != 0 {
+        return Err(TrainError::Ranks(format!(
+            "--batch-size {} does not divide among {world} ranks (the global batch is split evenly: use a multiple of {world})",
+            cfg.batch_size
+        )));
+    }
+    if let Some((dir, st)) = &start
+        && st.world_size != world
+    {
+        return Err(TrainError::Ranks(format!(
+            "checkpoint {} was written by a run of {} rank(s), this one has {world}: resume with `mpirun -np {}` (a resumed run continues exactly only on as many ranks)",
+            dir.display(),
+            st.world_size,
+            st.world_size
+        )));
+    }
     let n_classes = M::CLASSES;
     let mut model = M::build(&dev);
     if cfg.zero_init_last_bn {
         state::zero_init_last_bn(&mut model);
     }
-    let mut stepper = Stepper::new(cfg.engine, &model, &cfg)?;
-    let train_loader = train_loader(&cfg, Arc::clone(&train))?;
-    let val_loader = eval_loader(&cfg, Arc::clone(&val), center_crop(&cfg))?;
+    let mut stepper = Stepper::new(cfg.engine, &model, &cfg, comm)?;
+    let share = Distributed {
+        rank,
+        world_size: world,
+        remainder: Remainder::Pad,
+    };
+    let train_loader = train_loader(&cfg, Arc::clone(&train), share)?;
+    let val_loader = eval_loader(
+        &cfg,
+        Arc::clone(&val),
+        center_crop(&cfg),
+        Distributed {
+            remainder: Remainder::Uneven,
+            ..share
+        },
+    )?;
     let steps_per_epoch = train_loader.batches_per_epoch();
     let ckpt_dir = cfg.out.join("checkpoints").join("last");
     let mut st = match start {
@@ -269,26 +441,69 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
             schedule: LrSchedule::new(cfg.lr, cfg.schedule.clone(), cfg.warmup_epochs),
             epoch_train: Accuracy::default(),
             history: Vec::new(),
+            world_size: world,
         },
     };
     st.config = cfg.clone();
     let log_path = cfg.out.join("log.jsonl");
-    let mut logger = runlog::Logger::open(&log_path, st.step)?;
+    let mut rec = Recorder {
+        logger: if rank == 0 {
+            Some(runlog::Logger::open(&log_path, st.step)?)
+        } else {
+            None
+        },
+        bar: progress_bar(
+            (cfg.epochs * steps_per_epoch) as u64,
+            "train",
+            if rank == 0 {
+                progress
+            } else {
+                ProgressMode::Hidden
+            },
+        ),
+    };
     let mut last_ckpt: Option<PathBuf> = ckpt_dir
         .join(checkpoint::STATE_FILE)
         .is_file()
         .then(|| ckpt_dir.clone());
-    let save =
-        |model: &mut M, stepper: &Stepper<D>, st: &TrainState| -> Result<PathBuf, TrainError> {
+    // The checkpoint policy, collective: every rank averages its running
+    // statistics and gives its checksum; rank 0 writes; all stop if the
+    // ranks' parameters differ.
+    let save = |model: &mut M,
+                stepper: &mut Stepper<D>,
+                st: &TrainState,
+                rec: &mut Recorder,
+                comm: &dyn Communicator|
+     -> Result<PathBuf, TrainError> {
+        let checksums = stepper.agree(comm);
+        if rank == 0 {
             let momentum = stepper.sync(model)?;
             let json = serde_json::to_string_pretty(st).expect("state serialises");
-            checkpoint::write(&ckpt_dir, model, momentum, &json, metadata(&cfg, &classes))?;
-            Ok(ckpt_dir.clone())
-        };
+            checkpoint::write(
+                &ckpt_dir,
+                model,
+                momentum,
+                &json,
+                metadata(&cfg, &classes),
+                cfg.keep_checkpoints,
+            )?;
+            rec.write(&LogRecord::Checkpoint(CheckpointRecord {
+                step: st.step,
+                world_size: world,
+                param_checksums: checksums.clone(),
+            }))?;
+        }
+        if checksums.iter().any(|c| *c != checksums[0]) {
+            return Err(TrainError::Diverged {
+                step: st.step,
+                checksums,
+            });
+        }
+        Ok(ckpt_dir.clone())
+    };
     let max_steps = cfg.max_steps.unwrap_or(usize::MAX);
     let (mut images, mut busy) = (0usize, 0f64);
-    let bar = progress_bar((cfg.epochs * steps_per_epoch) as u64, "train", progress);
-    bar.set_position(st.step as u64);
+    rec.bar.set_position(st.step as u64);
     'epochs: while st.epoch < cfg.epochs {
         let mut epoch = train_loader
             .resume(st.loader)
@@ -306,53 +521,63 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
             let batch = batch?;
             let wait = epoch.stage_times().wait - last_wait;
             last_wait += wait;
-            let n = batch.shape()[0];
             let t = st.step as f64 / steps_per_epoch as f64;
             let lr = st.schedule.lr(t);
-            let (mut loss_value, scores) = stepper.step(&mut model, &dev, &batch, lr as f32)?;
+            let mut step = stepper.step(&mut model, &dev, &batch, lr as f32, comm)?;
             if nan_at_step == Some(st.step + 1) {
-                loss_value = f32::NAN;
+                step.loss = f32::NAN;
+                step.all_finite = false;
             }
-            if !loss_value.is_finite() {
-                bar.abandon();
+            if !step.all_finite {
+                rec.bar.abandon();
                 return Err(TrainError::NonFinite {
                     step: st.step + 1,
-                    loss: loss_value,
+                    loss: step.loss,
                     checkpoint: last_ckpt,
                 });
             }
             let mut acc = Accuracy::default();
-            acc.add(&scores, n_classes, batch.labels());
+            acc.add(&step.logits, n_classes, batch.labels());
+            sum_accuracy(&mut acc, comm);
             st.epoch_train.merge(&acc);
             st.step += 1;
             st.loader = epoch.state();
             let dt = t0.elapsed().as_secs_f64();
+            let n = acc.n;
             images += n;
             busy += dt;
-            logger.write(&LogRecord::Step(StepRecord {
+            let loss = if world == 1 {
+                step.loss as f64
+            } else {
+                acc.loss()
+            };
+            rec.write(&LogRecord::Step(StepRecord {
                 step: st.step,
                 epoch: st.step as f64 / steps_per_epoch as f64,
-                loss: loss_value as f64,
+                loss,
                 top1_error: acc.top1_error(),
                 lr,
                 images_per_sec: n as f64 / dt,
                 step_s: dt,
                 data_wait_s: wait,
+                allreduce_wait_s: step.allreduce_wait_s,
             }))?;
-            bar.inc(1);
-            bar.set_message(format!(
-                "ep {} loss {loss_value:.3} lr {lr:.3e} {:.0} img/s wait {:.0}%",
+            rec.bar.inc(1);
+            rec.bar.set_message(format!(
+                "ep {} loss {loss:.3} lr {lr:.3e} {:.0} img/s wait {:.0}%",
                 st.epoch,
                 n as f64 / dt,
                 100.0 * wait / dt
             ));
             if cfg.checkpoint_every > 0 && st.step % cfg.checkpoint_every == 0 {
-                last_ckpt = Some(save(&mut model, &stepper, &st)?);
+                last_ckpt = Some(save(&mut model, &mut stepper, &st, &mut rec, comm)?);
             }
         }
         drop(epoch);
-        // Epoch finished: evaluate, adjust the schedule, checkpoint.
-        let v = stepper.evaluate(&mut model, &dev, &val_loader)?;
+        // Epoch finished: evaluate (with the ranks' averaged statistics),
+        // adjust the schedule, checkpoint.
+        stepper.agree(comm);
+        let v = stepper.evaluate(&mut model, &dev, &val_loader, comm)?;
         let lr_fell = st.schedule.epoch_end(v.top1_error());
         let record = EpochRecord {
             epoch: st.epoch + 1,
@@ -366,8 +591,8 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
             lr: st.schedule.lr(st.step as f64 / steps_per_epoch as f64),
             lr_fell,
         };
-        logger.write(&LogRecord::Epoch(record.clone()))?;
-        bar.println(format!(
+        rec.write(&LogRecord::Epoch(record.clone()))?;
+        rec.bar.println(format!(
             "epoch {:>3}: train loss {:.3} top-1 err {:.1}% | val loss {:.3} top-1 err {:.1}% top-5 err {:.1}%{}",
             record.epoch,
             record.train_loss,
@@ -385,15 +610,20 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
             epoch: st.epoch as u64,
             position: 0,
         };
-        last_ckpt = Some(save(&mut model, &stepper, &st)?);
+        last_ckpt = Some(save(&mut model, &mut stepper, &st, &mut rec, comm)?);
     }
-    bar.finish_and_clear();
+    rec.bar.finish_and_clear();
     if st.step >= max_steps && st.loader.position != 0 {
         // Stopped mid-epoch: keep the place.
-        last_ckpt = Some(save(&mut model, &stepper, &st)?);
+        last_ckpt = Some(save(&mut model, &mut stepper, &st, &mut rec, comm)?);
     }
     let mut final_eval = None;
-    if cfg.final_eval && st.epoch >= cfg.epochs && zoo::family(&cfg.model) == Some(Family::ImageNet)
+    // The final ten-crop and multi-scale test runs on rank 0 alone (the
+    // statistics were averaged at the last checkpoint).
+    if rank == 0
+        && cfg.final_eval
+        && st.epoch >= cfg.epochs
+        && zoo::family(&cfg.model) == Some(Family::ImageNet)
     {
         let scales = paper_scales(cfg.crop);
         stepper.sync(&mut model)?;
@@ -401,9 +631,15 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
             Stepper::Engine(e) => Some(&mut **e),
             Stepper::Dfdx(_) => None,
         };
+        let center = eval_loader(
+            &cfg,
+            Arc::clone(&val),
+            center_crop(&cfg),
+            Distributed::default(),
+        )?;
         let (ten, ms) =
-            ten_crop_and_multiscale(&mut model, engine, &dev, &cfg, &val, &val_loader, &scales)?;
-        let rec = FinalRecord {
+            ten_crop_and_multiscale(&mut model, engine, &dev, &cfg, &val, &center, &scales)?;
+        let r = FinalRecord {
             ten_crop_top1_error: ten.top1_error(),
             ten_crop_top5_error: ten.top5_error(),
             multiscale_top1_error: ms.top1_error(),
@@ -411,18 +647,21 @@ pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainRepor
             scales,
             images: ten.n,
         };
-        logger.write(&LogRecord::Final(rec.clone()))?;
-        final_eval = Some(rec);
+        rec.write(&LogRecord::Final(r.clone()))?;
+        final_eval = Some(r);
     }
-    drop(logger);
+    drop(rec);
     let plot_path = cfg.out.join("curves.png");
     // The run is done and its log written: a plot that fails is a warning.
-    let plot = match runlog::plot(&log_path, &plot_path, &cfg.model) {
-        Ok(_) => Some(plot_path),
-        Err(e) => {
-            log::warn!("could not draw {}: {e}", plot_path.display());
-            None
-        }
+    let plot = match rank {
+        0 => match runlog::plot(&log_path, &plot_path, &cfg.model) {
+            Ok(_) => Some(plot_path),
+            Err(e) => {
+                log::warn!("could not draw {}: {e}", plot_path.display());
+                None
+            }
+        },
+        _ => None,
     };
     Ok(TrainReport {
         steps: st.step,

@@ -13,6 +13,7 @@ use crate::loader::{Loader, LoaderBuilder, LoaderState, OutputKind};
 use crate::model::zoo::{self, Family, ZooError};
 use crate::progress::ProgressMode;
 use crate::reader::Dataset;
+use crate::sampler::Distributed;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,13 @@ pub struct TrainState {
     pub epoch_train: Accuracy,
     /// Validation results of the finished epochs.
     pub history: Vec<EpochRecord>,
+    /// Ranks of the data-parallel run (1: one process).
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Opens a split, with a clear error when it is missing.
@@ -197,9 +205,17 @@ impl Job {
 }
 
 /// Builds the training loader of a config.
-pub fn train_loader(cfg: &TrainConfig, ds: Arc<Dataset>) -> Result<Loader, TrainError> {
+///
+/// `share` is this rank's part of every epoch: its batch is the global
+/// batch divided by the ranks.
+pub fn train_loader(
+    cfg: &TrainConfig,
+    ds: Arc<Dataset>,
+    share: Distributed,
+) -> Result<Loader, TrainError> {
     let b = LoaderBuilder::new()
-        .batch_size(cfg.batch_size)
+        .batch_size(cfg.batch_size / share.world_size.max(1))
+        .distributed(share)
         .workers(cfg.workers.max(1))
         .seed(cfg.seed)
         .drop_last(true)
@@ -228,13 +244,19 @@ pub fn train_loader(cfg: &TrainConfig, ds: Arc<Dataset>) -> Result<Loader, Train
 }
 
 /// Builds an evaluation loader (sequential order, every record once).
+///
+/// `share`: this rank's records (every record once over all ranks with
+/// [`crate::sampler::Remainder::Uneven`]).
 pub fn eval_loader(
     cfg: &TrainConfig,
     ds: Arc<Dataset>,
     crop: EvalCrop,
+    share: Distributed,
 ) -> Result<Loader, TrainError> {
+    let batch = cfg.batch_size / share.world_size.max(1);
     LoaderBuilder::new()
-        .batch_size(cfg.batch_size.min(ds.len()).max(1))
+        .batch_size(batch.min(ds.len()).max(1))
+        .distributed(share)
         .workers(cfg.workers.max(1))
         .seed(cfg.seed)
         .output(OutputKind::F32Hwc)

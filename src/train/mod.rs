@@ -38,7 +38,7 @@ pub use error::TrainError;
 pub use eval::{
     EvalReport, evaluate, evaluate_checkpoint, evaluate_job, evaluate_multiscale, paper_scales,
 };
-pub use fit::{TrainReport, run, sgd_step, sgd_step_on_device, train, train_cpu};
+pub use fit::{TrainReport, run, run_on, sgd_step, sgd_step_on_device, train, train_cpu, train_on};
 pub use job::{
     EvalJob, Job, Resume, Start, TrainState, checkpoint_config, eval_loader, open_split, prepare,
     prepare_eval, train_loader,

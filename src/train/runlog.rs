@@ -25,6 +25,22 @@ pub struct StepRecord {
     pub step_s: f64,
     /// Seconds of it spent waiting for the loader.
     pub data_wait_s: f64,
+    /// Seconds of it spent waiting for the gradients' sums over ranks
+    /// after backward (the part of the allreduce not hidden under it).
+    #[serde(default)]
+    pub allreduce_wait_s: f64,
+}
+
+/// A checkpoint written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    /// Steps done.
+    pub step: usize,
+    /// Ranks of the run.
+    pub world_size: usize,
+    /// CRC-32 of each rank's parameters and running statistics, in rank
+    /// order: all equal, or the run stops.
+    pub param_checksums: Vec<String>,
 }
 
 /// One finished epoch.
@@ -79,6 +95,8 @@ pub enum LogRecord {
     Epoch(EpochRecord),
     /// The final evaluation.
     Final(FinalRecord),
+    /// A checkpoint.
+    Checkpoint(CheckpointRecord),
 }
 
 impl LogRecord {
@@ -87,6 +105,7 @@ impl LogRecord {
             LogRecord::Step(s) => s.step,
             LogRecord::Epoch(e) => e.step,
             LogRecord::Final(_) => usize::MAX,
+            LogRecord::Checkpoint(c) => c.step,
         }
     }
 }

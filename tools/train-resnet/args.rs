@@ -121,6 +121,9 @@ pub struct TrainArgs {
     /// Also checkpoint every N steps.
     #[arg(long, default_value_t = 0)]
     pub checkpoint_every: usize,
+    /// Checkpoints kept (checkpoints/last and the ones before it), at least 1 [default: 2].
+    #[arg(long, value_parser = parse::at_least_1)]
+    pub keep_checkpoints: Option<usize>,
     /// Skip the final ten-crop and multi-scale evaluation.
     #[arg(long)]
     pub no_final_eval: bool,
@@ -190,6 +193,7 @@ impl TrainArgs {
             out: a.out.clone(),
             device: a.device,
             engine: a.engine,
+            keep_checkpoints: a.keep_checkpoints,
         };
         Ok(Start::New(choices.config()?))
     }
