@@ -4,6 +4,7 @@
 
 use super::median;
 use super::timing::{self, Timing};
+use crate::dist::{Communicator, Local};
 use crate::engine::{Engine, cpu};
 use crate::measure::parity::synthetic;
 use crate::model::zoo::{self, Network, NetworkUser, ZooError};
@@ -64,6 +65,14 @@ pub struct TrainerRun {
     /// The engine's seconds per step by op kind and direction, largest first
     /// (from one extra profiled step; empty for dfdx).
     pub profile: Vec<(String, f64)>,
+    /// Ranks (processes) the global batch was split over.
+    pub ranks: usize,
+    /// Median seconds per step from the first gradient bucket's allreduce
+    /// starting to the last one's end (0 with one rank).
+    pub allreduce_s: f64,
+    /// Median seconds per step waiting for the allreduce after backward:
+    /// the part not hidden under it.
+    pub allreduce_wait_s: f64,
 }
 
 /// Why the benchmark cannot run.
@@ -76,42 +85,91 @@ pub enum TrainerBenchError {
     /// The engine refused the settings.
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
+    /// The batch or trainer cannot be split over the ranks.
+    #[error("{0}")]
+    Ranks(String),
 }
 
 /// Runs `bench` (on the calling thread's rayon pool for dfdx: set its size
 /// before; the engine makes its own pool of `bench.threads`).
 pub fn run(bench: &TrainerBench) -> Result<TrainerRun, TrainerBenchError> {
-    zoo::with_standard_network::<Cpu, _>(&bench.model, Run(bench))?
+    run_on(bench, &mut Local)
 }
 
-struct Run<'a>(&'a TrainerBench);
+/// [`run`] as one rank of `comm`: the engine steps on this rank's share of
+/// the batch (`batch_size / ranks` images) and averages gradients with the
+/// others, as `train-resnet` does under `mpirun`.
+pub fn run_on(
+    bench: &TrainerBench,
+    comm: &mut dyn Communicator,
+) -> Result<TrainerRun, TrainerBenchError> {
+    let world = comm.world_size();
+    if bench.batch_size % world != 0 {
+        return Err(TrainerBenchError::Ranks(format!(
+            "batch {} does not divide among {world} ranks",
+            bench.batch_size
+        )));
+    }
+    if world > 1 && bench.engine == EngineKind::Dfdx {
+        return Err(TrainerBenchError::Ranks(
+            "several ranks run the engine only (--engine engine)".into(),
+        ));
+    }
+    zoo::with_standard_network::<Cpu, _>(&bench.model, Run(bench, comm))?
+}
 
-impl NetworkUser<Cpu> for Run<'_> {
+/// Seconds of each of `reps` allreduces (sums) of `floats` floats over the
+/// ranks of `comm`, after one untimed; as the gradient buckets are reduced
+/// (non-blocking start, then wait).
+pub fn allreduce_times(comm: &mut dyn Communicator, floats: usize, reps: usize) -> Vec<f64> {
+    let send = vec![1.0f32; floats];
+    let mut recv = vec![0.0f32; floats];
+    (0..=reps)
+        .map(|_| {
+            comm.barrier();
+            let t0 = Instant::now();
+            // SAFETY: both buffers live and are untouched until wait_all.
+            unsafe { comm.start_sum(send.as_ptr(), recv.as_mut_ptr(), floats) };
+            comm.wait_all();
+            t0.elapsed().as_secs_f64()
+        })
+        .skip(1)
+        .collect()
+}
+
+struct Run<'a, 'c>(&'a TrainerBench, &'c mut dyn Communicator);
+
+impl NetworkUser<Cpu> for Run<'_, '_> {
     type Output = Result<TrainerRun, TrainerBenchError>;
     fn run<M: Network<Cpu>>(self) -> Self::Output {
-        let b = self.0;
+        let (b, comm) = (self.0, self.1);
+        let (world, rank) = (comm.world_size(), comm.rank());
+        let share = b.batch_size / world;
         let dev = crate::train::cpu_device(0);
         let model = M::build(&dev);
-        let (x, labels) = synthetic(b.batch_size, b.size, M::CLASSES, 7);
-        // The plan also counts the work (and checks the settings) for dfdx.
-        let mut engine = Engine::new(&model, b.batch_size, (b.size, b.size), b.threads)?;
-        let flops = engine.plan().flops_per_step();
+        // The plan also counts the work (and checks the settings and the
+        // memory, before anything large is allocated) for dfdx.
+        let mut engine = Engine::new(&model, share, (b.size, b.size), b.threads)?;
+        let (x, labels) = synthetic(share, b.size, M::CLASSES, 7 + rank as u64);
+        let flops = engine.plan().flops_per_step() * world as f64;
         let mut profile = Vec::new();
+        let (mut reduce, mut wait) = (Vec::new(), Vec::new());
         let (step_s, arena) = match b.engine {
             EngineKind::Engine => {
                 for _ in 0..b.warmup {
-                    engine.train_step(&x, &labels, 0.01)?;
+                    engine.train_step_on(&x, &labels, 0.01, comm)?;
                 }
                 let times = (0..b.steps)
                     .map(|_| {
                         let t0 = Instant::now();
-                        engine
-                            .train_step(&x, &labels, 0.01)
-                            .map(|_| t0.elapsed().as_secs_f64())
+                        let s = engine.train_step_on(&x, &labels, 0.01, comm)?;
+                        reduce.push(s.allreduce_s);
+                        wait.push(s.wait_s);
+                        Ok(t0.elapsed().as_secs_f64())
                     })
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .collect::<Result<Vec<_>, crate::engine::EngineError>>()?;
                 engine.start_profile();
-                engine.train_step(&x, &labels, 0.01)?;
+                engine.train_step_on(&x, &labels, 0.01, comm)?;
                 profile = engine.profile();
                 (times, Some(engine.plan().arena_bytes()))
             }
@@ -149,6 +207,13 @@ impl NetworkUser<Cpu> for Run<'_> {
             gflops_per_sec: flops / s / 1e9,
             arena_bytes: arena,
             profile,
+            ranks: world,
+            allreduce_s: if reduce.is_empty() {
+                0.0
+            } else {
+                median(&reduce)
+            },
+            allreduce_wait_s: if wait.is_empty() { 0.0 } else { median(&wait) },
         })
     }
 }

@@ -100,6 +100,7 @@ pub fn prepare(start: Start, progress: ProgressMode) -> Result<Job, TrainError> 
         Start::New(config) => (config, None),
         Start::Resume(r) => {
             let dir = checkpoint::locate(&r.from)?;
+            checkpoint::verify(&dir)?;
             let mut st = read_state(&dir)?;
             let c = &mut st.config;
             c.epochs = r.epochs.unwrap_or(c.epochs);
@@ -315,6 +316,7 @@ pub fn prepare_eval(
     workers: usize,
 ) -> Result<EvalJob, TrainError> {
     let dir = checkpoint::locate(path)?;
+    checkpoint::verify(&dir)?;
     let st = read_state(&dir)?;
     let mut cfg = st.config.clone();
     cfg.workers = workers;

@@ -42,6 +42,10 @@ pub struct Cli {
     /// The Python with torch installed.
     #[arg(long, env = "PYTHON", default_value = "python3")]
     pub python: String,
+    /// Also time an allreduce (sum) of this many floats over the ranks
+    /// (ResNet-50's gradients: 25557032).
+    #[arg(long, value_parser = at_least_1)]
+    pub allreduce_floats: Option<usize>,
     /// Print one JSON object instead of lines.
     #[arg(long)]
     pub json: bool,

@@ -10,12 +10,20 @@
 //! `--pytorch`, `pytorch_s_per_step`, `pytorch_rounds_s_per_step`,
 //! `pytorch` (its version and oneDNN's) and `ratio` (PyTorch's seconds per
 //! step over ours: above 1, ours is faster).
+//!
+//! Under `mpirun -np N` (built with `--features mpi`) the batch is split
+//! over N ranks, each on `--threads` threads, with the gradients averaged
+//! as in training; the JSON adds `ranks`, `allreduce_s` and
+//! `allreduce_wait_s` (the part not hidden under backward), and
+//! `--allreduce-floats F` also times a sum of F floats over the ranks
+//! (`allreduce_floats`, `allreduce_only_s`, `allreduce_bus_gbps`). Rank 0 prints.
 
 mod args;
 
 use anyhow::{Context, bail};
 use args::Cli;
 use clap::Parser;
+use resnet_imagenet::dist::{self, Communicator};
 use resnet_imagenet::measure::{median, trainer_bench};
 use std::process::{Command, ExitCode};
 
@@ -45,7 +53,26 @@ fn pytorch(cli: &Cli, threads: usize) -> anyhow::Result<serde_json::Value> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.verbosity.init_logger();
-    resnet_imagenet::cli::main("bench-trainer", || {
+    let mut comm = match dist::from_environment(false) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bench-trainer: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = resnet_imagenet::cli::main("bench-trainer", || bench(&cli, &mut *comm));
+    if comm.world_size() > 1 && code != ExitCode::SUCCESS {
+        comm.abort(2);
+    }
+    code
+}
+
+fn bench(cli: &Cli, comm: &mut dyn Communicator) -> anyhow::Result<ExitCode> {
+    let (world, rank0) = (comm.world_size(), comm.rank() == 0);
+    if world > 1 && cli.pytorch {
+        bail!("--pytorch times one process: run it without mpirun");
+    }
+    {
         let threads = cli
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -56,9 +83,13 @@ fn main() -> ExitCode {
         let peak = trainer_bench::gemm_peak(threads, 1024, 5);
         let bench = cli.bench(threads);
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let mut allreduce = Vec::new();
         for round in 0..cli.rounds {
-            let r = trainer_bench::run(&bench)?;
-            if !cli.json {
+            let r = trainer_bench::run_on(&bench, comm)?;
+            if let Some(f) = cli.allreduce_floats {
+                allreduce.extend(trainer_bench::allreduce_times(comm, f, 5));
+            }
+            if !cli.json && rank0 {
                 println!("round {}: ours {:.4} s/step", round + 1, r.s_per_step);
             }
             ours.push(r);
@@ -76,6 +107,18 @@ fn main() -> ExitCode {
         out["rounds_s_per_step"] = serde_json::json!(ours_s);
         out["gemm_peak_gflops"] = serde_json::json!(peak);
         out["peak_fraction"] = serde_json::json!(median_run.gflops_per_sec / peak);
+        if let Some(f) = cli.allreduce_floats {
+            let t = median(&allreduce);
+            // Bus bandwidth as nccl-tests defines it: 2(n-1)/n of the buffer
+            // crosses each rank's link in a ring allreduce.
+            let bus = 2.0 * (world as f64 - 1.0) / world as f64 * (4 * f) as f64 / t / 1e9;
+            out["allreduce_floats"] = serde_json::json!(f);
+            out["allreduce_only_s"] = serde_json::json!(t);
+            out["allreduce_bus_gbps"] = serde_json::json!(bus);
+        }
+        if !rank0 {
+            return Ok(ExitCode::SUCCESS);
+        }
         if cli.pytorch {
             let ts: Vec<f64> = theirs
                 .iter()
@@ -109,6 +152,22 @@ fn main() -> ExitCode {
             for (what, s) in &r.profile {
                 println!("  {what}: {:.1} ms", s * 1e3);
             }
+            if world > 1 {
+                println!(
+                    "{world} ranks: allreduce {:.1} ms/step, {:.1} ms of it waited for after backward ({:.0}% hidden)",
+                    r.allreduce_s * 1e3,
+                    r.allreduce_wait_s * 1e3,
+                    100.0 * (1.0 - r.allreduce_wait_s / r.allreduce_s.max(1e-12))
+                );
+            }
+            if let Some(t) = out["allreduce_only_s"].as_f64() {
+                println!(
+                    "allreduce of {} floats over {world} ranks: {:.1} ms ({:.2} GB/s bus bandwidth)",
+                    out["allreduce_floats"],
+                    t * 1e3,
+                    out["allreduce_bus_gbps"].as_f64().unwrap_or(0.0)
+                );
+            }
             if let Some(ratio) = out["ratio"].as_f64() {
                 println!(
                     "pytorch {:.4} s/step: ours/pytorch speed = {ratio:.2}",
@@ -117,7 +176,7 @@ fn main() -> ExitCode {
             }
         }
         Ok(ExitCode::SUCCESS)
-    })
+    }
 }
 
 #[cfg(test)]
