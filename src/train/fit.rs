@@ -372,6 +372,7 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
         start,
         progress,
         nan_at_step,
+        panic_at_step,
     } = job;
     let (rank, world) = (comm.rank(), comm.world_size());
     let mut fields = agreement_fields(&cfg, start.as_ref().map(|(_, s)| s));
@@ -502,6 +503,7 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
         Ok(ckpt_dir.clone())
     };
     let max_steps = cfg.max_steps.unwrap_or(usize::MAX);
+    let mut saved_step = None;
     let (mut images, mut busy) = (0usize, 0f64);
     rec.bar.set_position(st.step as u64);
     'epochs: while st.epoch < cfg.epochs {
@@ -521,6 +523,12 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
             let batch = batch?;
             let wait = epoch.stage_times().wait - last_wait;
             last_wait += wait;
+            if panic_at_step == Some(st.step + 1) && rank + 1 == world {
+                panic!(
+                    "injected panic at step {} (--debug-panic-at-step)",
+                    st.step + 1
+                );
+            }
             let t = st.step as f64 / steps_per_epoch as f64;
             let lr = st.schedule.lr(t);
             let mut step = stepper.step(&mut model, &dev, &batch, lr as f32, comm)?;
@@ -571,6 +579,7 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
             ));
             if cfg.checkpoint_every > 0 && st.step % cfg.checkpoint_every == 0 {
                 last_ckpt = Some(save(&mut model, &mut stepper, &st, &mut rec, comm)?);
+                saved_step = Some(st.step);
             }
         }
         drop(epoch);
@@ -611,9 +620,11 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
             position: 0,
         };
         last_ckpt = Some(save(&mut model, &mut stepper, &st, &mut rec, comm)?);
+        saved_step = Some(st.step);
     }
     rec.bar.finish_and_clear();
-    if st.step >= max_steps && st.loader.position != 0 {
+    let saved_here = last_ckpt.is_some() && saved_step == Some(st.step);
+    if st.step >= max_steps && st.loader.position != 0 && !saved_here {
         // Stopped mid-epoch: keep the place.
         last_ckpt = Some(save(&mut model, &mut stepper, &st, &mut rec, comm)?);
     }

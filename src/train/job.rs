@@ -156,6 +156,7 @@ pub fn prepare(start: Start, progress: ProgressMode) -> Result<Job, TrainError> 
         start,
         progress,
         nan_at_step: None,
+        panic_at_step: None,
     })
 }
 
@@ -182,6 +183,7 @@ pub struct Job {
     pub(super) start: Option<(PathBuf, TrainState)>,
     pub(super) progress: ProgressMode,
     pub(super) nan_at_step: Option<usize>,
+    pub(super) panic_at_step: Option<usize>,
 }
 
 impl Job {
@@ -202,6 +204,12 @@ impl Job {
     #[doc(hidden)]
     pub fn inject_nan_at_step(&mut self, step: Option<usize>) {
         self.nan_at_step = step;
+    }
+    /// Testing aid: panic on the last rank at this step (1-based), to test
+    /// that a failing rank ends a data-parallel job instead of hanging it.
+    #[doc(hidden)]
+    pub fn inject_panic_at_step(&mut self, step: Option<usize>) {
+        self.panic_at_step = step;
     }
 }
 

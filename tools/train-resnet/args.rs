@@ -150,6 +150,9 @@ pub struct TrainArgs {
     /// Testing aid: pretend the loss is NaN at this step.
     #[arg(long, hide = true)]
     pub debug_nan_at_step: Option<usize>,
+    /// Testing aid: panic on the last rank at this step.
+    #[arg(long, hide = true)]
+    pub debug_panic_at_step: Option<usize>,
 }
 
 impl TrainArgs {

@@ -81,6 +81,7 @@ fn run(cli: Cli, comm: &mut dyn Communicator) -> anyhow::Result<ExitCode> {
         },
     )?;
     job.inject_nan_at_step(a.debug_nan_at_step);
+    job.inject_panic_at_step(a.debug_panic_at_step);
     let cfg = job.config();
     if comm.world_size() > 1 && rank0 {
         eprintln!(
