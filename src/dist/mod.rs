@@ -98,7 +98,7 @@ impl Communicator for Local {
         vec![bytes.to_vec()]
     }
     unsafe fn start_sum(&mut self, send: *const f32, recv: *mut f32, len: usize) {
-        if send != recv as *const f32 {
+        if !std::ptr::eq(send, recv) {
             // SAFETY: the caller hands two valid, unshared ranges of `len`.
             unsafe { std::ptr::copy_nonoverlapping(send, recv, len) };
         }

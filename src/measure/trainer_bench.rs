@@ -104,7 +104,7 @@ pub fn run_on(
     comm: &mut dyn Communicator,
 ) -> Result<TrainerRun, TrainerBenchError> {
     let world = comm.world_size();
-    if bench.batch_size % world != 0 {
+    if !bench.batch_size.is_multiple_of(world) {
         return Err(TrainerBenchError::Ranks(format!(
             "batch {} does not divide among {world} ranks",
             bench.batch_size

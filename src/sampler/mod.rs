@@ -174,6 +174,7 @@ mod tests {
                         assert_eq!(all.len(), len / world * world);
                         assert_eq!(distinct.len(), all.len(), "disjoint");
                     }
+                    Remainder::Uneven => unreachable!("uneven_shares_cover_every_record_once"),
                 }
                 if len % world == 0 {
                     assert_eq!(distinct.len(), all.len(), "disjoint when it divides");

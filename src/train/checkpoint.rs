@@ -153,7 +153,7 @@ fn kept_checkpoints(dir: &Path) -> Vec<PathBuf> {
             Some((step, e.path()))
         })
         .collect();
-    v.sort_by(|a, b| b.0.cmp(&a.0));
+    v.sort_by_key(|b| std::cmp::Reverse(b.0));
     v.into_iter().map(|(_, p)| p).collect()
 }
 

@@ -379,7 +379,7 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
     fields.push(("training images", train.len().to_string()));
     fields.push(("classes", classes.len().to_string()));
     dist::check_agreement(comm, &fields)?;
-    if cfg.batch_size % world != 0 {
+    if !cfg.batch_size.is_multiple_of(world) {
         return Err(TrainError::Ranks(format!(
             "--batch-size {} does not divide among {world} ranks (the global batch is split evenly: use a multiple of {world})",
             cfg.batch_size

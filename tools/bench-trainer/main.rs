@@ -72,111 +72,109 @@ fn bench(cli: &Cli, comm: &mut dyn Communicator) -> anyhow::Result<ExitCode> {
     if world > 1 && cli.pytorch {
         bail!("--pytorch times one process: run it without mpirun");
     }
-    {
-        let threads = cli
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        // dfdx's ops run on the global pool.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global();
-        let peak = trainer_bench::gemm_peak(threads, 1024, 5);
-        let bench = cli.bench(threads);
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        let mut allreduce = Vec::new();
-        for round in 0..cli.rounds {
-            let r = trainer_bench::run_on(&bench, comm)?;
-            if let Some(f) = cli.allreduce_floats {
-                allreduce.extend(trainer_bench::allreduce_times(comm, f, 5));
-            }
-            if !cli.json && rank0 {
-                println!("round {}: ours {:.4} s/step", round + 1, r.s_per_step);
-            }
-            ours.push(r);
-            if cli.pytorch {
-                let t = pytorch(&cli, threads)?;
-                if !cli.json {
-                    println!("round {}: pytorch {:.4} s/step", round + 1, t["s_per_step"]);
-                }
-                theirs.push(t);
-            }
-        }
-        let ours_s: Vec<f64> = ours.iter().map(|r| r.s_per_step).collect();
-        let median_run = &ours[resnet_imagenet::measure::median_index(&ours_s)];
-        let mut out = serde_json::to_value(median_run)?;
-        out["rounds_s_per_step"] = serde_json::json!(ours_s);
-        out["gemm_peak_gflops"] = serde_json::json!(peak);
-        out["peak_fraction"] = serde_json::json!(median_run.gflops_per_sec / peak);
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // dfdx's ops run on the global pool.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
+    let peak = trainer_bench::gemm_peak(threads, 1024, 5);
+    let bench = cli.bench(threads);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let mut allreduce = Vec::new();
+    for round in 0..cli.rounds {
+        let r = trainer_bench::run_on(&bench, comm)?;
         if let Some(f) = cli.allreduce_floats {
-            let t = median(&allreduce);
-            // Bus bandwidth as nccl-tests defines it: 2(n-1)/n of the buffer
-            // crosses each rank's link in a ring allreduce.
-            let bus = 2.0 * (world as f64 - 1.0) / world as f64 * (4 * f) as f64 / t / 1e9;
-            out["allreduce_floats"] = serde_json::json!(f);
-            out["allreduce_only_s"] = serde_json::json!(t);
-            out["allreduce_bus_gbps"] = serde_json::json!(bus);
+            allreduce.extend(trainer_bench::allreduce_times(comm, f, 5));
         }
-        if !rank0 {
-            return Ok(ExitCode::SUCCESS);
+        if !cli.json && rank0 {
+            println!("round {}: ours {:.4} s/step", round + 1, r.s_per_step);
         }
+        ours.push(r);
         if cli.pytorch {
-            let ts: Vec<f64> = theirs
-                .iter()
-                .filter_map(|t| t["s_per_step"].as_f64())
-                .collect();
-            let pt = median(&ts);
-            out["pytorch_s_per_step"] = serde_json::json!(pt);
-            out["pytorch_rounds_s_per_step"] = serde_json::json!(ts);
-            out["pytorch"] =
-                serde_json::json!({"torch": theirs[0]["torch"], "onednn": theirs[0]["onednn"]});
-            out["ratio"] = serde_json::json!(pt / median_run.s_per_step);
+            let t = pytorch(cli, threads)?;
+            if !cli.json {
+                println!("round {}: pytorch {:.4} s/step", round + 1, t["s_per_step"]);
+            }
+            theirs.push(t);
         }
-        if cli.json {
-            println!("{out}");
-        } else {
-            let r = median_run;
-            println!(
-                "{} b{} {s}x{s}, {} threads, {:?}: {:.4} s/step, {:.1} img/s, {:.1} GFLOP/s ({:.0}% of the {:.1} GFLOP/s gemm peak), peak RSS {:.0} MiB",
-                r.model,
-                r.batch_size,
-                r.threads,
-                r.engine,
-                r.s_per_step,
-                r.images_per_sec,
-                r.gflops_per_sec,
-                100.0 * r.gflops_per_sec / peak,
-                peak,
-                r.peak_rss_bytes as f64 / (1 << 20) as f64,
-                s = r.size
-            );
-            for (what, s) in &r.profile {
-                println!("  {what}: {:.1} ms", s * 1e3);
-            }
-            if world > 1 {
-                println!(
-                    "{world} ranks: allreduce {:.1} ms/step, {:.1} ms of it waited for after backward ({:.0}% hidden)",
-                    r.allreduce_s * 1e3,
-                    r.allreduce_wait_s * 1e3,
-                    100.0 * (1.0 - r.allreduce_wait_s / r.allreduce_s.max(1e-12))
-                );
-            }
-            if let Some(t) = out["allreduce_only_s"].as_f64() {
-                println!(
-                    "allreduce of {} floats over {world} ranks: {:.1} ms ({:.2} GB/s bus bandwidth)",
-                    out["allreduce_floats"],
-                    t * 1e3,
-                    out["allreduce_bus_gbps"].as_f64().unwrap_or(0.0)
-                );
-            }
-            if let Some(ratio) = out["ratio"].as_f64() {
-                println!(
-                    "pytorch {:.4} s/step: ours/pytorch speed = {ratio:.2}",
-                    out["pytorch_s_per_step"]
-                );
-            }
-        }
-        Ok(ExitCode::SUCCESS)
     }
+    let ours_s: Vec<f64> = ours.iter().map(|r| r.s_per_step).collect();
+    let median_run = &ours[resnet_imagenet::measure::median_index(&ours_s)];
+    let mut out = serde_json::to_value(median_run)?;
+    out["rounds_s_per_step"] = serde_json::json!(ours_s);
+    out["gemm_peak_gflops"] = serde_json::json!(peak);
+    out["peak_fraction"] = serde_json::json!(median_run.gflops_per_sec / peak);
+    if let Some(f) = cli.allreduce_floats {
+        let t = median(&allreduce);
+        // Bus bandwidth as nccl-tests defines it: 2(n-1)/n of the buffer
+        // crosses each rank's link in a ring allreduce.
+        let bus = 2.0 * (world as f64 - 1.0) / world as f64 * (4 * f) as f64 / t / 1e9;
+        out["allreduce_floats"] = serde_json::json!(f);
+        out["allreduce_only_s"] = serde_json::json!(t);
+        out["allreduce_bus_gbps"] = serde_json::json!(bus);
+    }
+    if !rank0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if cli.pytorch {
+        let ts: Vec<f64> = theirs
+            .iter()
+            .filter_map(|t| t["s_per_step"].as_f64())
+            .collect();
+        let pt = median(&ts);
+        out["pytorch_s_per_step"] = serde_json::json!(pt);
+        out["pytorch_rounds_s_per_step"] = serde_json::json!(ts);
+        out["pytorch"] =
+            serde_json::json!({"torch": theirs[0]["torch"], "onednn": theirs[0]["onednn"]});
+        out["ratio"] = serde_json::json!(pt / median_run.s_per_step);
+    }
+    if cli.json {
+        println!("{out}");
+    } else {
+        let r = median_run;
+        println!(
+            "{} b{} {s}x{s}, {} threads, {:?}: {:.4} s/step, {:.1} img/s, {:.1} GFLOP/s ({:.0}% of the {:.1} GFLOP/s gemm peak), peak RSS {:.0} MiB",
+            r.model,
+            r.batch_size,
+            r.threads,
+            r.engine,
+            r.s_per_step,
+            r.images_per_sec,
+            r.gflops_per_sec,
+            100.0 * r.gflops_per_sec / peak,
+            peak,
+            r.peak_rss_bytes as f64 / (1 << 20) as f64,
+            s = r.size
+        );
+        for (what, s) in &r.profile {
+            println!("  {what}: {:.1} ms", s * 1e3);
+        }
+        if world > 1 {
+            println!(
+                "{world} ranks: allreduce {:.1} ms/step, {:.1} ms of it waited for after backward ({:.0}% hidden)",
+                r.allreduce_s * 1e3,
+                r.allreduce_wait_s * 1e3,
+                100.0 * (1.0 - r.allreduce_wait_s / r.allreduce_s.max(1e-12))
+            );
+        }
+        if let Some(t) = out["allreduce_only_s"].as_f64() {
+            println!(
+                "allreduce of {} floats over {world} ranks: {:.1} ms ({:.2} GB/s bus bandwidth)",
+                out["allreduce_floats"],
+                t * 1e3,
+                out["allreduce_bus_gbps"].as_f64().unwrap_or(0.0)
+            );
+        }
+        if let Some(ratio) = out["ratio"].as_f64() {
+            println!(
+                "pytorch {:.4} s/step: ours/pytorch speed = {ratio:.2}",
+                out["pytorch_s_per_step"]
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
