@@ -9,9 +9,9 @@
 
 use crate::model::state::{assign_tensors, named_grads, named_tensors, scale_last_bn};
 use crate::model::zoo::{Input, Network};
-use crate::train::fit::onehot;
 use crate::train::sgd::Sgd;
 use crate::train::sgd_step;
+use crate::train::stepper::onehot;
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod runlog;
 pub mod schedule;
 pub mod sgd;
+pub mod stepper;
 
 pub use config::{Choices, DeviceKind, EngineKind, ScheduleKind, TrainConfig};
 pub use device::cpu_device;
@@ -38,8 +39,9 @@ pub use error::TrainError;
 pub use eval::{
     EvalReport, evaluate, evaluate_checkpoint, evaluate_job, evaluate_multiscale, paper_scales,
 };
-pub use fit::{TrainReport, run, run_on, sgd_step, sgd_step_on_device, train, train_cpu, train_on};
+pub use fit::{TrainReport, run, run_on, train, train_cpu, train_on};
 pub use job::{
     EvalJob, Job, Resume, Start, TrainState, checkpoint_config, eval_loader, open_split, prepare,
     prepare_eval, train_loader,
 };
+pub use stepper::{sgd_step, sgd_step_on_device};
