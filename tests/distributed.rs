@@ -303,6 +303,18 @@ fn a_rank_that_panics_ends_the_job() {
     assert!(text(&o).contains("rank 1 of 2 panicked"), "{}", text(&o));
 }
 
+/// A NaN loss on one rank (a NaN pixel in its share) stops every rank
+/// before backward, with the training-problem exit code.
+#[test]
+fn a_nan_loss_on_one_rank_stops_every_rank() {
+    let run = tempfile::tempdir().unwrap();
+    let mut args = train_args(run.path(), 6, 8);
+    args.extend(["--debug-nan-at-step".into(), "3".into()]);
+    let o = train(2, &args);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("loss is NaN at step 3"), "{}", text(&o));
+}
+
 /// `kill -9` of one rank ends every other rank within 60 s with a message
 /// naming it, and the last checkpoint resumes.
 #[test]

@@ -73,6 +73,9 @@ pub struct TrainerRun {
     /// Median seconds per step waiting for the allreduce after backward:
     /// the part not hidden under it.
     pub allreduce_wait_s: f64,
+    /// Median seconds of an allreduce of the whole gradient on its own
+    /// (nothing to hide under): what the step would pay without overlap.
+    pub allreduce_alone_s: f64,
 }
 
 /// Why the benchmark cannot run.
@@ -153,7 +156,7 @@ impl NetworkUser<Cpu> for Run<'_, '_> {
         let (x, labels) = synthetic(share, b.size, M::CLASSES, 7 + rank as u64);
         let flops = engine.plan().flops_per_step() * world as f64;
         let mut profile = Vec::new();
-        let (mut reduce, mut wait) = (Vec::new(), Vec::new());
+        let (mut reduce, mut wait, mut alone) = (Vec::new(), Vec::new(), 0.0);
         let (step_s, arena) = match b.engine {
             EngineKind::Engine => {
                 for _ in 0..b.warmup {
@@ -171,6 +174,9 @@ impl NetworkUser<Cpu> for Run<'_, '_> {
                 engine.start_profile();
                 engine.train_step_on(&x, &labels, 0.01, comm)?;
                 profile = engine.profile();
+                if world > 1 {
+                    alone = median(&allreduce_times(comm, engine.plan().params_len, 5));
+                }
                 (times, Some(engine.plan().arena_bytes()))
             }
             EngineKind::Dfdx => {
@@ -214,6 +220,7 @@ impl NetworkUser<Cpu> for Run<'_, '_> {
                 median(&reduce)
             },
             allreduce_wait_s: if wait.is_empty() { 0.0 } else { median(&wait) },
+            allreduce_alone_s: alone,
         })
     }
 }

@@ -129,27 +129,19 @@ impl<D: Device<f32>> Stepper<D> {
         Ok(())
     }
 
-    /// One SGD step with the ranks of `comm`.
+    /// One SGD step on an NHWC batch `(images, (n, h, w), labels)` with the
+    /// ranks of `comm`.
     pub(super) fn step<M: Network<D>>(
         &mut self,
         model: &mut M,
         dev: &D,
-        batch: &crate::loader::Batch,
+        (images, (n, h, w), labels): (&[f32], (usize, usize, usize), &[u32]),
         lr: f32,
         comm: &mut dyn Communicator,
     ) -> Result<Step, TrainError> {
-        let [n, h, w, _] = batch.shape();
         match self {
             Stepper::Dfdx(sgd) => {
-                let (loss, logits) = sgd_step(
-                    model,
-                    sgd,
-                    dev,
-                    batch.images(),
-                    (n, h, w),
-                    batch.labels(),
-                    lr,
-                );
+                let (loss, logits) = sgd_step(model, sgd, dev, images, (n, h, w), labels, lr);
                 Ok(Step {
                     loss,
                     logits,
@@ -158,7 +150,7 @@ impl<D: Device<f32>> Stepper<D> {
                 })
             }
             Stepper::Engine(e) => {
-                let s = e.train_step_on(batch.images(), batch.labels(), lr, comm)?;
+                let s = e.train_step_on(images, labels, lr, comm)?;
                 Ok(Step {
                     loss: s.loss,
                     logits: e.logits().to_vec(),

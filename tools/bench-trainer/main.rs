@@ -13,8 +13,10 @@
 //!
 //! Under `mpirun -np N` (built with `--features mpi`) the batch is split
 //! over N ranks, each on `--threads` threads, with the gradients averaged
-//! as in training; the JSON adds `ranks`, `allreduce_s` and
-//! `allreduce_wait_s` (the part not hidden under backward), and
+//! as in training; the JSON adds `ranks`, `allreduce_s` (first bucket
+//! started to last sum done, backward running meanwhile),
+//! `allreduce_wait_s` (the part not hidden under backward),
+//! `allreduce_alone_s` (the whole gradient's allreduce on its own), and
 //! `--allreduce-floats F` also times a sum of F floats over the ranks
 //! (`allreduce_floats`, `allreduce_only_s`, `allreduce_bus_gbps`). Rank 0 prints.
 
