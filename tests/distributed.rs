@@ -303,7 +303,7 @@ fn a_rank_that_panics_ends_the_job() {
     assert!(text(&o).contains("rank 1 of 2 panicked"), "{}", text(&o));
 }
 
-/// A NaN loss on one rank (a NaN pixel in its share) stops every rank
+/// A NaN loss on one rank stops every rank
 /// before backward, with the training-problem exit code.
 #[test]
 fn a_nan_loss_on_one_rank_stops_every_rank() {

@@ -229,7 +229,25 @@ fn bad_situations_give_clear_errors() {
         &packed_sample().display().to_string(),
         &packed.path().display().to_string(),
     );
-    std::fs::write(&st, text).unwrap();
+    std::fs::write(&st, &text).unwrap();
+    // Edited on purpose: record the new checksum, as the checkpoint writer would.
+    let sums = st.with_file_name("SHA256SUMS");
+    let digest: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let listed: String = std::fs::read_to_string(&sums)
+        .unwrap()
+        .lines()
+        .map(|l| match l.split_once("  ") {
+            Some((_, "state.json")) => format!("{digest}  state.json\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&sums, listed).unwrap();
     let e = train::train_cpu::<Net>(resumed, ProgressMode::Hidden).unwrap_err();
     assert!(matches!(e, TrainError::Classes(_)), "{e}");
     assert!(e.to_string().contains("12 classes"), "{e}");

@@ -221,6 +221,8 @@ pub struct Engine {
     profile: Option<std::collections::BTreeMap<(&'static str, &'static str), f64>>,
     /// SGD settings.
     pub sgd: SgdSettings,
+    /// Testing aid: the next loss is NaN.
+    poison: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -309,6 +311,7 @@ impl Engine {
             pool: Arc::new(pool),
             threads,
             sgd: SgdSettings::default(),
+            poison: false,
             profile: None,
             plan,
         })
@@ -599,7 +602,18 @@ impl Engine {
             let (a, b) = self.arena.split_at_mut(lo);
             (&b[..ll], &mut a[dlo..dlo + dl])
         };
-        cpu::softmax_cross_entropy(logits, labels, self.plan.classes, dlogits)
+        let loss = cpu::softmax_cross_entropy(logits, labels, self.plan.classes, dlogits);
+        if std::mem::take(&mut self.poison) {
+            return f32::NAN;
+        }
+        loss
+    }
+
+    /// Testing aid: the next step's loss is NaN (what a diverging run does,
+    /// on one rank of several if wanted).
+    #[doc(hidden)]
+    pub fn poison_next_loss(&mut self) {
+        self.poison = true;
     }
 
     /// One SGD step at learning rate `lr`: [`Engine::forward_backward`],

@@ -199,9 +199,8 @@ impl Job {
     pub fn config(&self) -> &TrainConfig {
         &self.config
     }
-    /// Testing aid, not part of the saved configuration: a NaN pixel in the
-    /// last rank's batch at this step (1-based), so its loss is NaN, to test
-    /// what a diverging run does.
+    /// Testing aid, not part of the saved configuration: the last rank's
+    /// loss is NaN at this step (1-based), to test what a diverging run does.
     #[doc(hidden)]
     pub fn inject_nan_at_step(&mut self, step: Option<usize>) {
         self.nan_at_step = step;

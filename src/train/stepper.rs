@@ -130,7 +130,7 @@ impl<D: Device<f32>> Stepper<D> {
     }
 
     /// One SGD step on an NHWC batch `(images, (n, h, w), labels)` with the
-    /// ranks of `comm`.
+    /// ranks of `comm`; `poison` (a testing aid) makes this rank's loss NaN.
     pub(super) fn step<M: Network<D>>(
         &mut self,
         model: &mut M,
@@ -138,10 +138,14 @@ impl<D: Device<f32>> Stepper<D> {
         (images, (n, h, w), labels): (&[f32], (usize, usize, usize), &[u32]),
         lr: f32,
         comm: &mut dyn Communicator,
+        poison: bool,
     ) -> Result<Step, TrainError> {
         match self {
             Stepper::Dfdx(sgd) => {
-                let (loss, logits) = sgd_step(model, sgd, dev, images, (n, h, w), labels, lr);
+                let (mut loss, logits) = sgd_step(model, sgd, dev, images, (n, h, w), labels, lr);
+                if poison {
+                    loss = f32::NAN;
+                }
                 Ok(Step {
                     loss,
                     logits,
@@ -150,6 +154,9 @@ impl<D: Device<f32>> Stepper<D> {
                 })
             }
             Stepper::Engine(e) => {
+                if poison {
+                    e.poison_next_loss();
+                }
                 let s = e.train_step_on(images, labels, lr, comm)?;
                 Ok(Step {
                     loss: s.loss,
