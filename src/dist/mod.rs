@@ -169,20 +169,19 @@ fn num_cpus_online() -> usize {
 }
 
 /// The communicator this process was started for: MPI when a launcher
-/// started it (or `force_mpi`) and the binary has the `mpi` feature, else
+/// started it and the binary has the `mpi` feature, else
 /// [`Local`]. A launcher's world of several ranks without the feature is
 /// an error: each rank would train alone and write the same files.
-pub fn from_environment(force_mpi: bool) -> Result<Box<dyn Communicator>, DistError> {
+pub fn from_environment() -> Result<Box<dyn Communicator>, DistError> {
     let launched = launcher_world_size();
     #[cfg(feature = "mpi")]
     {
-        if launched.is_some() || force_mpi {
+        if launched.is_some() {
             return Ok(Box::new(mpi::Mpi::init()?));
         }
     }
     #[cfg(not(feature = "mpi"))]
     {
-        let _ = force_mpi;
         if let Some((world, var)) = launched
             && world > 1
         {

@@ -7,8 +7,8 @@
 //! ranges untouched until [`Communicator::wait_all`].
 //!
 //! MPI is initialised with `MPI_THREAD_SERIALIZED`: only one thread calls
-//! it at a time, but not always the main one (the engine calls it from its
-//! pool while running backward). Errors in MPI are fatal to the job
+//! it at a time (the engine's overlapped backward calls it between ops,
+//! from the thread that runs the step, never from its pool). Errors in MPI are fatal to the job
 //! (`MPI_ERRORS_ARE_FATAL`, MPI's default), so no rank waits for a dead one.
 
 use super::{Communicator, DistError};
@@ -54,10 +54,14 @@ impl Mpi {
             _universe: universe,
         })
     }
+}
 
-    /// The MPI library's version string.
-    pub fn library_version() -> String {
-        mpi::environment::library_version().unwrap_or_else(|_| "unknown MPI".into())
+impl Mpi {
+    /// Blocking element-wise sum over the ranks, in place.
+    fn sum<T: mpi::datatype::Equivalence + Clone>(&self, values: &mut [T]) {
+        let send = values.to_vec();
+        self.world
+            .all_reduce_into(&send[..], values, SystemOperation::sum());
     }
 }
 
@@ -71,15 +75,11 @@ impl Communicator for Mpi {
     }
 
     fn sum_f64(&self, values: &mut [f64]) {
-        let send = values.to_vec();
-        self.world
-            .all_reduce_into(&send[..], values, SystemOperation::sum());
+        self.sum(values)
     }
 
     fn sum_f32(&self, values: &mut [f32]) {
-        let send = values.to_vec();
-        self.world
-            .all_reduce_into(&send[..], values, SystemOperation::sum());
+        self.sum(values)
     }
 
     fn all_gather(&self, bytes: &[u8]) -> Vec<Vec<u8>> {

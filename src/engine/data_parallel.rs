@@ -225,12 +225,14 @@ impl Engine {
     }
 
     /// Averages the running statistics of BatchNorm over the ranks (in
-    /// place, the same bits on every rank).
+    /// place, the same bits on every rank); nothing to do when no training
+    /// step has changed them since the last call.
     pub fn average_statistics(&mut self, comm: &dyn Communicator) {
         let world = comm.world_size();
-        if world == 1 {
+        if world == 1 || self.statistics_averaged {
             return;
         }
+        self.statistics_averaged = true;
         comm.sum_f32(&mut self.states);
         let scale = 1.0 / world as f32;
         for v in &mut self.states {

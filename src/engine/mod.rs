@@ -223,6 +223,9 @@ pub struct Engine {
     pub sgd: SgdSettings,
     /// Testing aid: the next loss is NaN.
     poison: bool,
+    /// The running statistics were averaged over the ranks and no training
+    /// forward has changed them since.
+    statistics_averaged: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -312,6 +315,7 @@ impl Engine {
             threads,
             sgd: SgdSettings::default(),
             poison: false,
+            statistics_averaged: false,
             profile: None,
             plan,
         })
@@ -534,6 +538,7 @@ impl Engine {
     }
 
     fn run_forward(&mut self, images: &[f32], train: bool) {
+        self.statistics_averaged &= !train;
         let xb = &self.plan.bufs[self.plan.x];
         self.arena[xb.offset..xb.offset + xb.len].copy_from_slice(images);
         self.run_ops(Some(train));

@@ -251,7 +251,7 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
                 rec: &mut Recorder,
                 comm: &dyn Communicator|
      -> Result<PathBuf, TrainError> {
-        let checksums = stepper.agree(comm);
+        let checksums = stepper.checksums(comm);
         if rank == 0 {
             let momentum = stepper.sync(model)?;
             let json = serde_json::to_string_pretty(st).expect("state serialises");
@@ -367,7 +367,7 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
         drop(epoch);
         // Epoch finished: evaluate (with the ranks' averaged statistics),
         // adjust the schedule, checkpoint.
-        stepper.agree(comm);
+        stepper.average_statistics(comm);
         let v = stepper.evaluate(&mut model, &dev, &val_loader, comm)?;
         let lr_fell = st.schedule.epoch_end(v.top1_error());
         let record = EpochRecord {
@@ -405,8 +405,7 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
         saved_step = Some(st.step);
     }
     rec.bar.finish_and_clear();
-    let saved_here = last_ckpt.is_some() && saved_step == Some(st.step);
-    if st.step >= max_steps && st.loader.position != 0 && !saved_here {
+    if st.step >= max_steps && st.loader.position != 0 && saved_step != Some(st.step) {
         // Stopped mid-epoch: keep the place.
         last_ckpt = Some(save(&mut model, &mut stepper, &st, &mut rec, comm)?);
     }

@@ -169,14 +169,19 @@ impl<D: Device<f32>> Stepper<D> {
     }
 
     /// Averages the running statistics over the ranks (before evaluation
-    /// and checkpoints) and returns the checksum of every rank's
+    /// and checkpoints; once per change).
+    pub(super) fn average_statistics(&mut self, comm: &dyn Communicator) {
+        if let Stepper::Engine(e) = self {
+            e.average_statistics(comm);
+        }
+    }
+
+    /// The statistics averaged, then the checksum of every rank's
     /// parameters and statistics, in rank order.
-    pub(super) fn agree(&mut self, comm: &dyn Communicator) -> Vec<String> {
+    pub(super) fn checksums(&mut self, comm: &dyn Communicator) -> Vec<String> {
+        self.average_statistics(comm);
         let mine = match self {
-            Stepper::Engine(e) => {
-                e.average_statistics(comm);
-                e.checksum()
-            }
+            Stepper::Engine(e) => e.checksum(),
             // One rank only (Stepper::new).
             Stepper::Dfdx(_) => 0,
         };

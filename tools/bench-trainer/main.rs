@@ -55,7 +55,7 @@ fn pytorch(cli: &Cli, threads: usize) -> anyhow::Result<serde_json::Value> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.verbosity.init_logger();
-    let mut comm = match dist::from_environment(false) {
+    let mut comm = match dist::from_environment() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("bench-trainer: error: {e}");

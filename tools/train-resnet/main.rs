@@ -131,7 +131,7 @@ fn main() -> ExitCode {
     // and --summary run alone).
     let trains = cli.command.is_none() && !cli.train.list_models && !cli.train.summary;
     let mut comm: Box<dyn Communicator> = if trains {
-        match dist::from_environment(false) {
+        match dist::from_environment() {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("train-resnet: error: {e}");
