@@ -1,10 +1,10 @@
-//! The engine's matrix product (`engine::sgemm`) beside the `gemm` crate
+//! The engine's matrix product (`engine::cpu::sgemm`) beside the `gemm` crate
 //! it replaced, on the shapes a ResNet step multiplies, 2 threads:
 //! `cargo bench --bench sgemm` (or `-- square` for one group). Throughput
 //! is in floating-point operations (2 m n k per product).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use resnet_imagenet::engine::sgemm::{self, Mat};
+use resnet_imagenet::engine::cpu::sgemm::{self, Mat};
 use std::time::Duration;
 
 /// `(name, m, n, k, A transposed)`, C row-major `m x n`.

@@ -71,11 +71,11 @@ fn matches_dfdx<M: Network<Cpu> + Clone>(
     let grads = loss.backward();
     let want_grads = named_grads(&reference, &grads);
     let got_loss = engine.forward_backward(&x, &labels).unwrap();
-    let mut got_grads = engine.gradients();
+    let mut got_grads = engine.gradients().unwrap();
     got_grads.sort_by(|a, b| a.0.cmp(&b.0));
     let mut want_grads = want_grads;
     want_grads.sort_by(|a, b| a.0.cmp(&b.0));
-    let e = rel_err(engine.logits(), &want_logits);
+    let e = rel_err(&engine.logits().unwrap(), &want_logits);
     assert!(e < 1e-5, "{name}: logits differ by {e:.1e}");
     let e = rel_err(&[got_loss], &[want_loss]);
     assert!(e < 1e-5, "{name}: loss {got_loss} vs {want_loss}");
@@ -123,7 +123,7 @@ fn matches_dfdx<M: Network<Cpu> + Clone>(
             e < 1e-4,
             "{name}: step {step} from the same weights: {e:.1e} (worst {w:.1e} at {at})"
         );
-        let got: Vec<(String, Vec<f32>)> = engine.momentum().into_iter().collect();
+        let got: Vec<(String, Vec<f32>)> = engine.momentum().unwrap().into_iter().collect();
         let want: Vec<(String, Vec<f32>)> = sgd.buffers().into_iter().collect();
         let m = rel_err(&all(&got), &all(&want));
         assert!(m < 1e-3, "{name}: step {step}: momentum differs by {m:.1e}");
@@ -136,7 +136,7 @@ fn matches_dfdx<M: Network<Cpu> + Clone>(
     // ~1e-4 the 3 steps leave).
     let xt: Input<Cpu> = dev.tensor_from_vec(x.clone(), (batch, side, side, Const::<3>));
     let want = copy.forward_eval(xt).as_vec();
-    let e = rel_err(engine.eval(&x).unwrap(), &want);
+    let e = rel_err(&engine.eval(&x).unwrap(), &want);
     assert!(e < 1e-4, "{name}: eval logits differ by {e:.1e}");
 }
 
@@ -181,7 +181,10 @@ fn momentum_matches_sgd_and_restores_exactly() {
     let mut reference = ResNet20::<10, f32, Cpu>::build(&dev);
     let (x, labels) = synthetic(4, 16, 10, 4);
     let mut a = Engine::new(&reference, 4, (16, 16), 2).unwrap();
-    assert!(a.momentum().is_empty(), "no momentum before the first step");
+    assert!(
+        a.momentum().unwrap().is_empty(),
+        "no momentum before the first step"
+    );
     let mut sgd = Sgd::new(0.9, 1e-4);
     for _ in 0..2 {
         sgd_step(
@@ -195,7 +198,7 @@ fn momentum_matches_sgd_and_restores_exactly() {
         );
         a.train_step(&x, &labels, 0.01).unwrap();
     }
-    let (got, want) = (a.momentum(), sgd.buffers());
+    let (got, want) = (a.momentum().unwrap(), sgd.buffers());
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>()
@@ -208,7 +211,7 @@ fn momentum_matches_sgd_and_restores_exactly() {
     let mut m = reference.clone();
     a.write_to(&mut m).unwrap();
     let mut b = Engine::new(&m, 4, (16, 16), 2).unwrap();
-    b.set_momentum(&a.momentum()).unwrap();
+    b.set_momentum(&a.momentum().unwrap()).unwrap();
     for _ in 0..2 {
         let (la, lb) = (
             a.train_step(&x, &labels, 0.01).unwrap(),
@@ -222,7 +225,7 @@ fn momentum_matches_sgd_and_restores_exactly() {
     assert_eq!(all(&tensors(&ma)), all(&tensors(&mb)));
 
     // Momentum for some parameters only is refused, not half-restored.
-    let mut part = a.momentum();
+    let mut part = a.momentum().unwrap();
     let first = part.keys().next().unwrap().clone();
     part.remove(&first);
     let e = b.set_momentum(&part).unwrap_err().to_string();

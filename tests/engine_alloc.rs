@@ -3,7 +3,7 @@
 //!
 //! The engine allocates nothing after its first step: arena, parameters,
 //! gradients, momentum and reduction scratch are planned once, and the
-//! matrix product (`engine::sgemm`) packs into per-thread buffers made on
+//! matrix product (`engine::cpu::sgemm`) packs into per-thread buffers made on
 //! every pool thread when the engine is built. The test counts the
 //! allocations of three steps after two warm-up steps (none), checks that
 //! the live bytes do not grow, and prints the time spent in the allocator.

@@ -373,3 +373,50 @@ fn cli_summary_and_model_list() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown model"));
 }
+
+/// `--device cuda` runs the engine's CUDA backend (feature `cuda`). Where
+/// there is no GPU (or no driver) it is an error naming what is missing,
+/// exit 2, never a panic; in a build without the feature, an error naming
+/// the feature to build with. Where a GPU and the libraries are, it trains.
+#[test]
+fn the_cuda_device_trains_or_says_what_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = Command::cargo_bin("train-resnet")
+        .unwrap()
+        .args(["--data".as_ref(), packed_sample().as_os_str()])
+        .args([
+            "--model",
+            "resnet20",
+            "--device",
+            "cuda",
+            "--max-steps",
+            "2",
+        ])
+        .args(["--batch-size", "8", "--quiet", "--no-final-eval"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    if o.status.success() {
+        assert_eq!(step_losses(&out).len(), 2, "a GPU was found: two steps");
+        return;
+    }
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    let names_it = if cfg!(feature = "cuda") {
+        [
+            "libcuda",
+            "libnvrtc",
+            "libcublas",
+            "libcudnn",
+            "CUDA driver",
+        ]
+        .iter()
+        .any(|s| stderr.contains(s))
+    } else {
+        stderr.contains("--features cuda")
+    };
+    assert!(names_it, "{stderr}");
+}

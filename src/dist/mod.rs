@@ -129,7 +129,20 @@ pub fn launcher_world_size() -> Option<(usize, &'static str)> {
     })
 }
 
-/// Ranks on this machine, as the launcher says (1 if none does).
+/// This rank's index among the ranks on its machine, as the launcher says
+/// (0 if none does): the GPU a rank takes.
+pub fn local_rank() -> usize {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "MPI_LOCALRANKID",
+        "SLURM_LOCALID",
+    ]
+    .into_iter()
+    .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+    .unwrap_or(0)
+}
+
+/// Ranks the launcher started on this machine (1 when not launched).
 pub fn local_ranks() -> usize {
     [
         "OMPI_COMM_WORLD_LOCAL_SIZE",

@@ -16,11 +16,14 @@
 //!   DDP); [`Engine::average_statistics`] averages the running statistics
 //!   over ranks before evaluation and checkpoints.
 //!
-//! The sums land in a second gradient array, so the one backward writes is
-//! never touched by MPI while an op still runs; SGD then reads the sums
-//! scaled by `1 / world`.
+//! The sums land in a second gradient array ([`super::Flat::Summed`]), so
+//! the one backward writes is never touched by the collective while an op
+//! still runs; SGD then reads the sums scaled by `1 / world`. This order
+//! is the engine's, the same for every backend; each backend sums its
+//! buckets with what fits its memory (the CPU through the communicator,
+//! MPI; the CUDA backend through NCCL, joined over the communicator).
 
-use super::{Aligned, Engine, EngineError, check_batch, cpu};
+use super::{Engine, EngineError, Flat};
 use crate::dist::Communicator;
 
 /// DDP's first bucket: small, so the first sum starts early in backward.
@@ -106,7 +109,7 @@ impl Engine {
 
     /// Sets the bucket sizes (bytes) of the data-parallel step.
     pub fn set_bucket_bytes(&mut self, first: usize, rest: usize) {
-        self.buckets = Buckets::new(&self.plan, first, rest);
+        self.buckets = Buckets::new(self.plan(), first, rest);
     }
 
     /// One data-parallel SGD step on this rank's share (`images`,
@@ -129,9 +132,11 @@ impl Engine {
                 wait_s: 0.0,
             });
         }
-        check_batch(&self.plan, images, Some(labels))?;
-        self.run_forward(images, true);
-        let loss = self.loss_and_dlogits(labels);
+        if !self.joined {
+            self.backend.join(comm)?;
+            self.joined = true;
+        }
+        let loss = self.forward_loss(images, labels)?;
         let mut bad = [if loss.is_finite() { 0.0 } else { 1.0 }];
         comm.sum_f64(&mut bad);
         if bad[0] != 0.0 {
@@ -142,113 +147,63 @@ impl Engine {
                 wait_s: 0.0,
             });
         }
-        if self.reduced.len() != self.grads.len() {
-            self.reduced = Aligned::zeros(self.grads.len());
-        }
-        let first_start = self.backward_overlapped(comm);
-        let wait_s = comm.wait_all();
-        let allreduce_s = first_start.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        let s = self.sgd;
+        let r = self.backend.backward(Some((comm, &self.buckets)))?;
         let first = !self.has_velocity;
         let scale = 1.0 / world as f32;
-        let pool = self.pool.clone();
-        pool.install(|| {
-            cpu::sgd(
-                &mut self.params,
-                &self.reduced,
-                &mut self.velocity,
-                (lr, s.momentum, s.weight_decay, scale),
-                first,
-            )
-        });
+        self.backend.sgd(lr, self.sgd, scale, first, true)?;
         self.has_velocity = true;
         Ok(StepStats {
             loss,
             all_finite: true,
-            allreduce_s,
-            wait_s,
+            allreduce_s: r.allreduce_s,
+            wait_s: r.wait_s,
         })
-    }
-
-    /// Backward, op by op on the engine's pool, starting each bucket's sum
-    /// as soon as its gradients are final. Returns when the first started.
-    fn backward_overlapped(&mut self, comm: &mut dyn Communicator) -> Option<std::time::Instant> {
-        let pool = self.pool.clone();
-        let n = self.plan.ops.len();
-        let send = self.grads.as_ptr();
-        let recv = self.reduced.as_mut_ptr();
-        let mut next = 0;
-        let mut first_start = None;
-        for i in (0..n).rev() {
-            let t0 = std::time::Instant::now();
-            pool.install(|| {
-                let mem = cpu::Mem::new(&mut self.arena, &self.plan);
-                let mut t = cpu::Tensors {
-                    params: &self.params,
-                    grads: &mut self.grads,
-                    states: &mut self.states,
-                    partial: &mut self.partial,
-                    threads: self.threads,
-                };
-                cpu::backward(&self.plan.ops[i], &self.plan, &mem, &mut t);
-            });
-            if let Some(p) = &mut self.profile {
-                *p.entry((self.plan.ops[i].kind(), "backward")).or_default() +=
-                    t0.elapsed().as_secs_f64();
-            }
-            while let Some(&(op, lo, hi)) = self.buckets.ranges.get(next)
-                && op == i
-            {
-                first_start.get_or_insert_with(std::time::Instant::now);
-                // SAFETY: backward writes each parameter's gradient in its
-                // own op only, and ops later in backward own lower offsets
-                // (Buckets::new checks), so nothing touches lo..hi of
-                // `grads` again this step, nor `reduced` before wait_all.
-                unsafe { comm.start_sum(send.add(lo), recv.add(lo), hi - lo) };
-                next += 1;
-            }
-            comm.progress();
-        }
-        first_start
     }
 
     /// The gradients summed over ranks and divided by their number, by
     /// dfdx path and layout, after [`Engine::train_step_on`] with several
     /// ranks (with one, [`Engine::gradients`]).
-    pub fn averaged_gradients(&self, world: usize) -> Vec<(String, Vec<f32>)> {
+    pub fn averaged_gradients(&self, world: usize) -> Result<Vec<(String, Vec<f32>)>, EngineError> {
         if world == 1 {
             return self.gradients();
         }
         let scale = 1.0 / world as f32;
-        let scaled: Vec<f32> = self.reduced.iter().map(|g| g * scale).collect();
-        self.per_param(&scaled)
+        let scaled: Vec<f32> = self.flat(Flat::Summed)?.iter().map(|g| g * scale).collect();
+        Ok(self.per_param(&scaled))
     }
 
     /// Averages the running statistics of BatchNorm over the ranks (in
     /// place, the same bits on every rank); nothing to do when no training
     /// step has changed them since the last call.
-    pub fn average_statistics(&mut self, comm: &dyn Communicator) {
+    pub fn average_statistics(&mut self, comm: &dyn Communicator) -> Result<(), EngineError> {
         let world = comm.world_size();
         if world == 1 || self.statistics_averaged {
-            return;
+            return Ok(());
         }
-        self.statistics_averaged = true;
-        comm.sum_f32(&mut self.states);
+        let mut states = self.flat(Flat::States)?;
+        comm.sum_f32(&mut states);
         let scale = 1.0 / world as f32;
-        for v in &mut self.states {
+        for v in &mut states {
             *v *= scale;
         }
+        self.backend.write(Flat::States, &states)?;
+        self.statistics_averaged = true;
+        Ok(())
     }
 
     /// CRC-32 of the parameters and the running statistics, as stored:
     /// equal on every rank of a data-parallel run (after
     /// [`Engine::average_statistics`]).
-    pub fn checksum(&self) -> u32 {
+    pub fn checksum(&self) -> Result<u32, EngineError> {
         let mut h = crc32fast::Hasher::new();
-        for v in self.params.iter().chain(self.states.iter()) {
+        for v in self
+            .flat(Flat::Params)?
+            .iter()
+            .chain(&self.flat(Flat::States)?)
+        {
             h.update(&v.to_le_bytes());
         }
-        h.finalize()
+        Ok(h.finalize())
     }
 }
 

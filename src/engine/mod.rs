@@ -16,9 +16,13 @@
 //!   [`plan::Plan::unshared_bytes`]). Parameters, their gradients, the
 //!   momentum and the running statistics are four flat arrays.
 //! - **Runs** the ops forward, then each op's own backward in reverse order
-//!   (no tape), then SGD as one pass over the flat arrays, on a thread pool
-//!   of its own. The backend is [`cpu`]; results do not depend on the
-//!   number of threads.
+//!   (no tape), then SGD as one pass over the flat arrays, on a
+//!   [`backend::Backend`]: [`cpu::Cpu`] (a thread pool of its own; results
+//!   do not depend on the number of threads) or, with feature `cuda`,
+//!   `cuda::Cuda` (cuDNN, cuBLAS and kernels of its own; NCCL between
+//!   ranks with feature `mpi`). [`Engine`] is what is the same on both:
+//!   the dfdx paths and layouts, the order of a step, the data-parallel
+//!   agreement between ranks ([`data_parallel`]).
 //!
 //! On the CPU the layout is NHWC, and each convolution picks its way by
 //! its weight's size ([`plan::ConvGeom::grouped`]): a narrow one (the
@@ -39,7 +43,7 @@
 //! AVX2 kernels (products and direct convolutions) give the same bits, so
 //! two x86 machines with FMA agree too (tested per kernel).
 //!
-//! Parameters and momentum live in the engine; [`Engine::read_from`],
+//! Parameters and momentum live in the backend; [`Engine::read_from`],
 //! [`Engine::write_to`], [`Engine::momentum`] and [`Engine::set_momentum`]
 //! copy them from and to the dfdx model and the trainer's SGD buffers (for
 //! checkpoints, the multi-scale test, and tests), by dfdx path. The
@@ -47,20 +51,19 @@
 //! default; [`Engine::eval_rows`] evaluates any number of images on the
 //! training plan.
 
+pub mod backend;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod data_parallel;
-pub mod direct;
 pub mod plan;
-pub mod sgemm;
 
 use crate::model::lower::Lower;
 use crate::model::state::{assign_tensors, named_tensors};
+pub use backend::{Backend, Flat, Reduction};
 pub use data_parallel::{Buckets, StepStats};
 use dfdx::prelude::*;
 use plan::{Layout, Plan, PlanBuilder, TensorSpec};
-use std::sync::Arc;
 
 /// Why the engine cannot run as asked.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -118,6 +121,12 @@ pub enum EngineError {
     /// Momentum given for some parameters but not this one.
     #[error("no momentum for {0:?} (a checkpoint's momentum must cover every parameter or none)")]
     MissingMomentum(String),
+    /// The backend failed (a device call, a collective of its own).
+    #[error("{0}")]
+    Backend(String),
+    /// The device asked for is not in this build.
+    #[error("this build has no {0} backend (rebuild with --features {0})")]
+    NotBuilt(&'static str),
     /// The thread pool could not start.
     #[error("thread pool: {0}")]
     Threads(String),
@@ -159,88 +168,51 @@ impl Default for SgdSettings {
     }
 }
 
-/// A buffer's start, handed to rayon tasks that each write a disjoint part
-/// of it.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint parts of one buffer to rayon tasks.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
+/// Where an engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// This machine's cores: `threads` of them (0: all).
+    Cpu {
+        /// Threads (0: one per core).
+        threads: usize,
+    },
+    /// NVIDIA GPU `ordinal`, fp32 (feature `cuda`).
+    Cuda {
+        /// The GPU's index.
+        ordinal: usize,
+    },
 }
 
-/// Floats starting at a 64-byte boundary: every buffer has the same
-/// alignment in every run (vector loads never split a cache line by
-/// chance, so timings do not depend on where the allocator put it).
-struct Aligned {
-    data: Vec<f32>,
-    shift: usize,
-    len: usize,
-}
-
-impl Aligned {
-    fn zeros(len: usize) -> Self {
-        let data = vec![0.0f32; len + 16];
-        let shift = data.as_ptr().align_offset(64);
-        Aligned { data, shift, len }
-    }
-}
-
-impl std::ops::Deref for Aligned {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        &self.data[self.shift..self.shift + self.len]
-    }
-}
-
-impl std::ops::DerefMut for Aligned {
-    fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.data[self.shift..self.shift + self.len]
-    }
-}
-
-/// A model's training step, planned for one batch and input size.
+/// A model's training step, planned for one batch and input size, run by
+/// a [`Backend`].
 pub struct Engine {
-    plan: Plan,
-    arena: Aligned,
-    params: Aligned,
-    grads: Aligned,
-    /// Gradients summed over ranks (empty with one rank).
-    reduced: Aligned,
+    backend: Box<dyn Backend>,
     buckets: Buckets,
-    velocity: Aligned,
-    has_velocity: bool,
-    states: Vec<f32>,
-    partial: Vec<f64>,
-    pool: Arc<rayon::ThreadPool>,
-    threads: usize,
-    /// Seconds per (op kind, direction) since profiling was switched on.
-    profile: Option<std::collections::BTreeMap<(&'static str, &'static str), f64>>,
     /// SGD settings.
     pub sgd: SgdSettings,
+    has_velocity: bool,
     /// Testing aid: the next loss is NaN.
     poison: bool,
     /// The running statistics were averaged over the ranks and no training
     /// forward has changed them since.
     statistics_averaged: bool,
+    /// The backend has joined the ranks of a data-parallel run.
+    joined: bool,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("ops", &self.plan.ops.len())
-            .field("arena_bytes", &self.plan.arena_bytes())
-            .field("threads", &self.threads)
+            .field("backend", &self.backend.describe())
+            .field("ops", &self.plan().ops.len())
+            .field("arena_bytes", &self.plan().arena_bytes())
             .finish()
     }
 }
 
 impl Engine {
-    /// Plans `model` for `batch` images of `h x w` and copies its tensors
-    /// in; runs on `threads` threads (0: all cores).
+    /// Plans `model` for `batch` images of `h x w` on the CPU and copies
+    /// its tensors in; runs on `threads` threads (0: all cores).
     pub fn new<M, D>(
         model: &M,
         batch: usize,
@@ -251,109 +223,120 @@ impl Engine {
         M: Lower + TensorCollection<f32, D>,
         D: Device<f32>,
     {
+        Self::on(model, batch, (h, w), Target::Cpu { threads })
+    }
+
+    /// Plans `model` for `batch` images of `h x w` on `target` and copies
+    /// its tensors in.
+    pub fn on<M, D>(
+        model: &M,
+        batch: usize,
+        (h, w): (usize, usize),
+        target: Target,
+    ) -> Result<Self, EngineError>
+    where
+        M: Lower + TensorCollection<f32, D>,
+        D: Device<f32>,
+    {
+        let plan = Self::lower(model, batch, (h, w))?;
+        let backend: Box<dyn Backend> = match target {
+            Target::Cpu { threads } => Box::new(cpu::Cpu::new(plan, threads)?),
+            #[cfg(feature = "cuda")]
+            Target::Cuda { ordinal } => {
+                Box::new(cuda::Cuda::new(plan, ordinal, cuda::Precision::Fp32)?)
+            }
+            #[cfg(not(feature = "cuda"))]
+            Target::Cuda { .. } => return Err(EngineError::NotBuilt("cuda")),
+        };
+        Self::with_backend(model, backend)
+    }
+
+    /// `model`'s plan for `batch` images of `h x w`, checked: every
+    /// BatchNorm must see at least two values per channel in training.
+    pub fn lower<M: Lower>(
+        model: &M,
+        batch: usize,
+        (h, w): (usize, usize),
+    ) -> Result<Plan, EngineError> {
         let (mut p, x) = PlanBuilder::new(batch, (h, w));
         let logits = model.lower(&mut p, "", x);
         let plan = p.finish(logits, logits.c);
-        Self::from_plan(plan, threads).and_then(|mut e| e.read_from(model).map(|()| e))
-    }
-
-    fn from_plan(plan: Plan, threads: usize) -> Result<Self, EngineError> {
         for op in &plan.ops {
-            if let plan::Op::BatchNorm { rows, c, .. } = op {
-                if *c > cpu::MAX_CHANNELS {
-                    return Err(EngineError::TooWide(*c));
-                }
-                if *rows < 2 {
-                    let (h, w) = plan.input;
-                    return Err(EngineError::BatchTooSmall {
-                        batch: plan.batch,
-                        h,
-                        w,
-                        rows: *rows,
-                    });
-                }
+            if let plan::Op::BatchNorm { rows, .. } = op
+                && *rows < 2
+            {
+                return Err(EngineError::BatchTooSmall {
+                    batch,
+                    h,
+                    w,
+                    rows: *rows,
+                });
             }
         }
-        let (h, w) = plan.input;
-        let needed = Self::bytes_needed(&plan);
-        if let Some(available) = crate::files::available_memory()
-            && needed > available
-        {
-            return Err(EngineError::OutOfMemory {
-                batch: plan.batch,
-                h,
-                w,
-                needed,
-                available,
-            });
-        }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("engine-{i}"))
-            .build()
-            .map_err(|e| EngineError::Threads(e.to_string()))?;
-        let threads = pool.current_num_threads();
-        // Each thread's packing buffers for the matrix product, made now:
-        // which pool thread first runs a product is up to work stealing, so
-        // made lazily they could appear at any step.
-        pool.broadcast(|_| sgemm::reserve());
-        Ok(Engine {
-            arena: Aligned::zeros(plan.arena_len),
-            params: Aligned::zeros(plan.params_len),
-            grads: Aligned::zeros(plan.params_len),
-            reduced: Aligned::zeros(0),
-            buckets: Buckets::new(
-                &plan,
-                data_parallel::FIRST_BUCKET_BYTES,
-                data_parallel::BUCKET_BYTES,
-            ),
-            velocity: Aligned::zeros(plan.params_len),
-            has_velocity: false,
-            states: vec![0.0; plan.states_len],
-            partial: vec![0.0; cpu::partial_len(&plan)],
-            pool: Arc::new(pool),
-            threads,
-            sgd: SgdSettings::default(),
-            poison: false,
-            statistics_averaged: false,
-            profile: None,
-            plan,
-        })
+        Ok(plan)
     }
 
-    /// Bytes the engine allocates for `plan` (arena, parameters, their
-    /// gradients and momentum, running statistics, reduction scratch); a
-    /// data-parallel run adds one more gradient array.
-    pub fn bytes_needed(plan: &Plan) -> u64 {
-        let floats = plan.arena_len + 3 * plan.params_len + plan.states_len;
-        4 * floats as u64 + 8 * cpu::partial_len(plan) as u64
+    /// An engine on `backend` (made from [`Engine::lower`]'s plan of
+    /// `model`), with `model`'s tensors copied in.
+    pub fn with_backend<M, D>(model: &M, backend: Box<dyn Backend>) -> Result<Self, EngineError>
+    where
+        M: TensorCollection<f32, D>,
+        D: Device<f32>,
+    {
+        let buckets = Buckets::new(
+            backend.plan(),
+            data_parallel::FIRST_BUCKET_BYTES,
+            data_parallel::BUCKET_BYTES,
+        );
+        let mut e = Engine {
+            backend,
+            buckets,
+            sgd: SgdSettings::default(),
+            has_velocity: false,
+            poison: false,
+            statistics_averaged: false,
+            joined: false,
+        };
+        e.read_from(model)?;
+        Ok(e)
+    }
+
+    /// The backend in words.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
     }
 
     /// Starts (or restarts) timing each op kind, forward and backward.
     pub fn start_profile(&mut self) {
-        self.profile = Some(Default::default());
+        self.backend.start_profile();
     }
 
-    /// Seconds per (op kind, direction) since [`Engine::start_profile`], largest first.
+    /// Seconds per (op kind, direction) since [`Engine::start_profile`],
+    /// largest first (empty where the backend does not time its ops).
     pub fn profile(&self) -> Vec<(String, f64)> {
-        let mut v: Vec<(String, f64)> = self
-            .profile
-            .iter()
-            .flatten()
-            .map(|((k, d), s)| (format!("{k} {d}"), *s))
-            .collect();
-        v.sort_by(|a, b| b.1.total_cmp(&a.1));
-        v
+        self.backend.profile()
     }
 
     /// The plan.
     pub fn plan(&self) -> &Plan {
-        &self.plan
+        self.backend.plan()
     }
 
-    /// Threads the engine runs on.
+    /// Host threads the backend computes on (0 on a GPU).
     pub fn threads(&self) -> usize {
-        self.threads
+        self.backend.threads()
+    }
+
+    /// A copy of the flat array `which`.
+    pub fn flat(&self, which: Flat) -> Result<Vec<f32>, EngineError> {
+        let plan = self.plan();
+        let len = match which {
+            Flat::States => plan.states_len,
+            _ => plan.params_len,
+        };
+        let mut v = vec![0.0; len];
+        self.backend.read(which, &mut v)?;
+        Ok(v)
     }
 
     /// Copies every parameter and running statistic from `model`.
@@ -365,7 +348,8 @@ impl Engine {
             .into_iter()
             .map(|t| (t.path, t.data))
             .collect();
-        let load = |specs: &[TensorSpec], flat: &mut [f32]| -> Result<(), EngineError> {
+        let load = |specs: &[TensorSpec], len: usize| -> Result<Vec<f32>, EngineError> {
+            let mut flat = vec![0.0; len];
             for s in specs {
                 let data = tensors
                     .get(&s.path)
@@ -379,10 +363,13 @@ impl Engine {
                 }
                 to_engine(s.layout, data, &mut flat[s.offset..s.offset + s.len]);
             }
-            Ok(())
+            Ok(flat)
         };
-        load(&self.plan.params, &mut self.params)?;
-        load(&self.plan.states, &mut self.states)
+        let plan = self.plan();
+        let params = load(&plan.params, plan.params_len)?;
+        let states = load(&plan.states, plan.states_len)?;
+        self.backend.write(Flat::Params, &params)?;
+        self.backend.write(Flat::States, &states)
     }
 
     /// Copies every parameter and running statistic into `model`.
@@ -390,11 +377,10 @@ impl Engine {
         &self,
         model: &mut M,
     ) -> Result<(), EngineError> {
+        let (params, states) = (self.flat(Flat::Params)?, self.flat(Flat::States)?);
+        let plan = self.plan();
         let mut values = std::collections::HashMap::new();
-        for (specs, flat) in [
-            (&self.plan.params, &self.params[..]),
-            (&self.plan.states, &self.states),
-        ] {
+        for (specs, flat) in [(&plan.params, &params), (&plan.states, &states)] {
             for s in specs.iter() {
                 values.insert(
                     s.path.as_str(),
@@ -419,14 +405,14 @@ impl Engine {
 
     /// Every parameter's gradient from the last [`Engine::forward_backward`],
     /// by dfdx path and in dfdx's layout.
-    pub fn gradients(&self) -> Vec<(String, Vec<f32>)> {
-        self.per_param(&self.grads)
+    pub fn gradients(&self) -> Result<Vec<(String, Vec<f32>)>, EngineError> {
+        Ok(self.per_param(&self.flat(Flat::Grads)?))
     }
 
     /// Each parameter's slice of `flat` (laid out as the parameters), by
     /// dfdx path and in dfdx's layout.
     fn per_param<C: FromIterator<(String, Vec<f32>)>>(&self, flat: &[f32]) -> C {
-        self.plan
+        self.plan()
             .params
             .iter()
             .map(|s| {
@@ -439,22 +425,19 @@ impl Engine {
     }
 
     /// Every parameter by dfdx path, in dfdx's layout.
-    pub fn parameters(&self) -> Vec<(String, Vec<f32>)> {
-        self.per_param(&self.params)
+    pub fn parameters(&self) -> Result<Vec<(String, Vec<f32>)>, EngineError> {
+        Ok(self.per_param(&self.flat(Flat::Params)?))
     }
 
     /// Every running statistic by dfdx path.
-    pub fn statistics(&self) -> Vec<(String, Vec<f32>)> {
-        self.plan
+    pub fn statistics(&self) -> Result<Vec<(String, Vec<f32>)>, EngineError> {
+        let states = self.flat(Flat::States)?;
+        Ok(self
+            .plan()
             .states
             .iter()
-            .map(|s| {
-                (
-                    s.path.clone(),
-                    self.states[s.offset..s.offset + s.len].to_vec(),
-                )
-            })
-            .collect()
+            .map(|s| (s.path.clone(), states[s.offset..s.offset + s.len].to_vec()))
+            .collect())
     }
 
     /// Multiplies every parameter by `1 + rel` or `1 - rel` (signs from a
@@ -462,21 +445,23 @@ impl Engine {
     /// (`f32::EPSILON / 2`), what a run from such weights ends at measures
     /// the network's own float32 sensitivity, the yardstick for results
     /// computed in another order (another backend, another device).
-    pub fn nudge_parameters(&mut self, rel: f32, seed: u32) {
+    pub fn nudge_parameters(&mut self, rel: f32, seed: u32) -> Result<(), EngineError> {
+        let mut params = self.flat(Flat::Params)?;
         let mut k = seed;
-        for v in self.params.iter_mut() {
+        for v in params.iter_mut() {
             k = k.wrapping_mul(747796405).wrapping_add(2891336453);
             *v *= if k >> 31 == 1 { 1.0 + rel } else { 1.0 - rel };
         }
+        self.backend.write(Flat::Params, &params)
     }
 
     /// The SGD momentum of every parameter by dfdx path, in dfdx's layout
     /// (the trainer's [`crate::train::Sgd::buffers`]); empty before the first step.
-    pub fn momentum(&self) -> std::collections::BTreeMap<String, Vec<f32>> {
+    pub fn momentum(&self) -> Result<std::collections::BTreeMap<String, Vec<f32>>, EngineError> {
         if !self.has_velocity {
-            return Default::default();
+            return Ok(Default::default());
         }
-        self.per_param(&self.velocity)
+        Ok(self.per_param(&self.flat(Flat::Velocity)?))
     }
 
     /// Restores momentum saved by [`Engine::momentum`] (or by the dfdx
@@ -486,12 +471,14 @@ impl Engine {
         &mut self,
         buffers: &std::collections::BTreeMap<String, Vec<f32>>,
     ) -> Result<(), EngineError> {
+        let plan = self.plan();
+        let mut velocity = vec![0.0; plan.params_len];
         if buffers.is_empty() {
+            self.backend.write(Flat::Velocity, &velocity)?;
             self.has_velocity = false;
-            self.velocity.fill(0.0);
             return Ok(());
         }
-        for s in &self.plan.params {
+        for s in &plan.params {
             let v = buffers
                 .get(&s.path)
                 .ok_or_else(|| EngineError::MissingMomentum(s.path.clone()))?;
@@ -505,113 +492,56 @@ impl Engine {
         }
         if let Some(k) = buffers
             .keys()
-            .find(|k| !self.plan.params.iter().any(|s| &s.path == *k))
+            .find(|k| !plan.params.iter().any(|s| &s.path == *k))
         {
             return Err(EngineError::MissingTensor(k.clone()));
         }
-        for s in &self.plan.params {
+        for s in &plan.params {
             to_engine(
                 s.layout,
                 &buffers[&s.path],
-                &mut self.velocity[s.offset..s.offset + s.len],
+                &mut velocity[s.offset..s.offset + s.len],
             );
         }
+        self.backend.write(Flat::Velocity, &velocity)?;
         self.has_velocity = true;
         Ok(())
     }
 
     /// The logits of the last forward pass, `batch x classes`.
-    pub fn logits(&self) -> &[f32] {
-        let b = &self.plan.bufs[self.plan.logits];
-        &self.arena[b.offset..b.offset + b.len]
+    pub fn logits(&self) -> Result<Vec<f32>, EngineError> {
+        self.backend.logits()
     }
 
     /// The current contents of the buffer named `name` (see [`plan::Buf::name`]),
-    /// valid only while the plan has not reused its memory.
-    pub fn buffer(&self, name: &str) -> Option<&[f32]> {
-        let b = self.plan.bufs.iter().find(|b| b.name == name)?;
-        Some(&self.arena[b.offset..b.offset + b.len])
+    /// valid only while the plan has not reused its memory; `None` where
+    /// there is no such buffer or the backend cannot show it.
+    pub fn buffer(&self, name: &str) -> Option<Vec<f32>> {
+        self.backend.buffer(name)
     }
 
-    fn check_input(&self, images: &[f32]) -> Result<(), EngineError> {
-        check_batch(&self.plan, images, None)
-    }
-
-    fn run_forward(&mut self, images: &[f32], train: bool) {
-        self.statistics_averaged &= !train;
-        let xb = &self.plan.bufs[self.plan.x];
-        self.arena[xb.offset..xb.offset + xb.len].copy_from_slice(images);
-        self.run_ops(Some(train));
-    }
-
-    /// Every op forward (`Some(train)`) or, in reverse order, backward
-    /// (`None`), on the engine's pool, timed per op kind while profiling.
-    fn run_ops(&mut self, forward: Option<bool>) {
-        let pool = self.pool.clone();
-        pool.install(|| {
-            let mem = cpu::Mem::new(&mut self.arena, &self.plan);
-            let mut t = cpu::Tensors {
-                params: &self.params,
-                grads: &mut self.grads,
-                states: &mut self.states,
-                partial: &mut self.partial,
-                threads: self.threads,
-            };
-            let n = self.plan.ops.len();
-            for i in 0..n {
-                let t0 = std::time::Instant::now();
-                let (op, direction) = match forward {
-                    Some(train) => {
-                        let op = &self.plan.ops[i];
-                        cpu::forward(op, &self.plan, &mem, &mut t, train);
-                        (op, "forward")
-                    }
-                    None => {
-                        let op = &self.plan.ops[n - 1 - i];
-                        cpu::backward(op, &self.plan, &mem, &mut t);
-                        (op, "backward")
-                    }
-                };
-                if let Some(p) = &mut self.profile {
-                    *p.entry((op.kind(), direction)).or_default() += t0.elapsed().as_secs_f64();
-                }
-            }
-        });
+    /// Forward in training mode (running statistics updated) and the loss
+    /// (mean softmax cross-entropy), with the poisoning of the testing aid.
+    fn forward_loss(&mut self, images: &[f32], labels: &[u32]) -> Result<f32, EngineError> {
+        check_batch(self.plan(), images, Some(labels))?;
+        self.statistics_averaged = false;
+        self.backend.forward(images, true)?;
+        let loss = self.backend.loss(labels)?;
+        Ok(if std::mem::take(&mut self.poison) {
+            f32::NAN
+        } else {
+            loss
+        })
     }
 
     /// Forward in training mode (running statistics updated), the loss
     /// (mean softmax cross-entropy) and, where it is finite, every gradient.
     pub fn forward_backward(&mut self, images: &[f32], labels: &[u32]) -> Result<f32, EngineError> {
-        check_batch(&self.plan, images, Some(labels))?;
-        self.run_forward(images, true);
-        let loss = self.loss_and_dlogits(labels);
+        let loss = self.forward_loss(images, labels)?;
         if loss.is_finite() {
-            self.run_ops(None);
+            self.backend.backward(None)?;
         }
         Ok(loss)
-    }
-
-    /// The mean softmax cross-entropy of the logits of the last forward
-    /// pass, with its gradient written where backward starts.
-    fn loss_and_dlogits(&mut self, labels: &[u32]) -> f32 {
-        let (lb, db) = (
-            &self.plan.bufs[self.plan.logits],
-            &self.plan.bufs[self.plan.dlogits],
-        );
-        let ((lo, ll), (dlo, dl)) = ((lb.offset, lb.len), (db.offset, db.len));
-        // Both live at the loss, so they do not overlap.
-        let (logits, dlogits) = if lo < dlo {
-            let (a, b) = self.arena.split_at_mut(dlo);
-            (&a[lo..lo + ll], &mut b[..dl])
-        } else {
-            let (a, b) = self.arena.split_at_mut(lo);
-            (&b[..ll], &mut a[dlo..dlo + dl])
-        };
-        let loss = cpu::softmax_cross_entropy(logits, labels, self.plan.classes, dlogits);
-        if std::mem::take(&mut self.poison) {
-            return f32::NAN;
-        }
-        loss
     }
 
     /// Testing aid: the next step's loss is NaN (what a diverging run does,
@@ -630,40 +560,34 @@ impl Engine {
         labels: &[u32],
         lr: f32,
     ) -> Result<f32, EngineError> {
-        let loss = self.forward_backward(images, labels)?;
+        if self.poison {
+            return self.forward_loss(images, labels);
+        }
+        check_batch(self.plan(), images, Some(labels))?;
+        self.statistics_averaged = false;
+        let first = !self.has_velocity;
+        let loss = self
+            .backend
+            .train_step(images, labels, lr, self.sgd, first)?;
         if loss.is_finite() {
-            let s = self.sgd;
-            let first = !self.has_velocity;
-            let pool = self.pool.clone();
-            pool.install(|| {
-                cpu::sgd(
-                    &mut self.params,
-                    &self.grads,
-                    &mut self.velocity,
-                    (lr, s.momentum, s.weight_decay, 1.0),
-                    first,
-                )
-            });
             self.has_velocity = true;
         }
         Ok(loss)
     }
 
-    /// Evaluation forward (running statistics): the logits.
-    pub fn eval(&mut self, images: &[f32]) -> Result<&[f32], EngineError> {
-        self.check_input(images)?;
-        self.run_forward(images, false);
-        Ok(self.logits())
+    /// Evaluation forward (running statistics): the logits, `batch x classes`.
+    pub fn eval(&mut self, images: &[f32]) -> Result<Vec<f32>, EngineError> {
+        check_batch(self.plan(), images, None)?;
+        self.backend.forward(images, false)?;
+        self.backend.logits()
     }
-}
 
-impl Engine {
     /// Evaluation logits of `rows` images of the plan's size, any number of
     /// them: run in chunks of the plan's batch, the last one padded with
     /// zeros (in evaluation each image's logits depend on that image alone).
     /// Returns `rows x classes`.
     pub fn eval_rows(&mut self, images: &[f32], rows: usize) -> Result<Vec<f32>, EngineError> {
-        let (h, w) = self.plan.input;
+        let (h, w) = self.plan().input;
         let per = h * w * 3;
         if images.len() != rows * per {
             return Err(EngineError::Input {
@@ -674,7 +598,7 @@ impl Engine {
                 w,
             });
         }
-        let (b, classes) = (self.plan.batch, self.plan.classes);
+        let (b, classes) = (self.plan().batch, self.plan().classes);
         let mut out = Vec::with_capacity(rows * classes);
         let mut padded = Vec::new();
         for chunk in images.chunks(b * per) {
@@ -696,7 +620,11 @@ impl Engine {
 /// Whether `images` (and `labels`) are a batch of `plan`'s: the count and
 /// size of the images, one label per image, each below the class count.
 /// Every backend checks its input with this.
-fn check_batch(plan: &Plan, images: &[f32], labels: Option<&[u32]>) -> Result<(), EngineError> {
+pub(crate) fn check_batch(
+    plan: &Plan,
+    images: &[f32],
+    labels: Option<&[u32]>,
+) -> Result<(), EngineError> {
     let (h, w) = plan.input;
     let expected = plan.batch * h * w * 3;
     if images.len() != expected {
@@ -708,9 +636,14 @@ fn check_batch(plan: &Plan, images: &[f32], labels: Option<&[u32]>) -> Result<()
             w,
         });
     }
-    let Some(labels) = labels else {
-        return Ok(());
-    };
+    match labels {
+        Some(labels) => check_labels(plan, labels),
+        None => Ok(()),
+    }
+}
+
+/// One label per image of `plan`'s batch, each below its class count.
+pub(crate) fn check_labels(plan: &Plan, labels: &[u32]) -> Result<(), EngineError> {
     if labels.len() != plan.batch {
         return Err(EngineError::Labels(format!(
             "{} labels for a batch of {}",

@@ -12,7 +12,7 @@
 //! or under 10x that sensitivity (a chaotic network amplifies any rounding).
 
 use crate::engine::Engine;
-use crate::engine::cuda::{CudaEngine, CudaError, Precision};
+use crate::engine::cuda::{Cuda, CudaError, Precision};
 use crate::measure::median;
 use crate::measure::parity::synthetic;
 use crate::model::zoo::{self, Network, NetworkUser};
@@ -248,10 +248,23 @@ fn err(got: &[(String, Vec<f32>)], want: &[(String, Vec<f32>)]) -> Err {
 }
 
 /// Every parameter and running statistic of `e`, by path.
-fn tensors(e: &Engine) -> Vec<(String, Vec<f32>)> {
-    let mut v = e.parameters();
-    v.extend(e.statistics());
-    v
+fn tensors(e: &Engine) -> Result<Vec<(String, Vec<f32>)>, CudaError> {
+    let mut v = e.parameters()?;
+    v.extend(e.statistics()?);
+    Ok(v)
+}
+
+/// `model` planned for `b` images of `side`, on the CUDA backend.
+fn on_gpu<M: Network<Cpu>>(
+    model: &M,
+    (b, side): (usize, usize),
+    c: &EngineCheck,
+    mode: Precision,
+) -> Result<(Engine, usize, String), CudaError> {
+    let mut cuda = Cuda::new(Engine::lower(model, b, (side, side))?, c.ordinal, mode)?;
+    cuda.graphs = c.graphs;
+    let (bytes, name) = (cuda.device_bytes(), cuda.device_name());
+    Ok((Engine::with_backend(model, Box::new(cuda))?, bytes, name))
 }
 
 struct Compare<'a> {
@@ -277,31 +290,27 @@ impl NetworkUser<Cpu> for Compare<'_> {
         let cpu_run = |nudge: bool| -> Result<_, CudaError> {
             let mut e = Engine::new(&model, b, (side, side), 0)?;
             if nudge {
-                e.nudge_parameters(f32::EPSILON / 2.0, 7);
+                e.nudge_parameters(f32::EPSILON / 2.0, 7)?;
             }
             let loss = e.forward_backward(&x, &labels)?;
-            let (logits, grads) = (e.logits().to_vec(), e.gradients());
+            let (logits, grads) = (e.logits()?, e.gradients()?);
             for _ in 0..steps {
                 e.train_step(&x, &labels, lr)?;
             }
-            let eval = e.eval(&x)?.to_vec();
-            Ok((loss, logits, grads, tensors(&e), eval))
+            let eval = e.eval(&x)?;
+            Ok((loss, logits, grads, tensors(&e)?, eval))
         };
         let want = cpu_run(false)?;
         let own = cpu_run(true)?;
-        let mut host = Engine::new(&model, b, (side, side), 0)?;
-        let mut gpu = CudaEngine::new(&host, c.ordinal, self.mode)?;
-        gpu.graphs = c.graphs;
+        let (mut gpu, _, _) = on_gpu(&model, (b, side), c, self.mode)?;
         let loss = gpu.forward_backward(&x, &labels)?;
         let logits = gpu.logits()?;
-        gpu.download(&mut host)?;
-        let grads = host.gradients();
+        let grads = gpu.gradients()?;
         for _ in 0..steps {
             gpu.train_step(&x, &labels, lr)?;
         }
         let eval = gpu.eval(&x)?;
-        gpu.download(&mut host)?;
-        let after = tensors(&host);
+        let after = tensors(&gpu)?;
         let loss_rel = |a: f32| ((a as f64 - want.0 as f64) / want.0 as f64).abs();
         let t = Thresholds::for_precision(self.mode);
         let sensitivity = (
@@ -353,12 +362,7 @@ impl NetworkUser<Cpu> for Time<'_> {
         let model = M::build(&dev);
         let (x, labels) = synthetic(b, side, M::CLASSES, 7);
         let t0 = Instant::now();
-        // The host engine only hands over the plan and the weights (its
-        // arena is never touched, so never resident).
-        let host = Engine::new(&model, b, (side, side), 1)?;
-        let mut gpu = CudaEngine::new(&host, c.ordinal, self.mode)?;
-        gpu.graphs = c.graphs;
-        drop(host);
+        let (mut gpu, memory_bytes, name) = on_gpu(&model, (b, side), c, self.mode)?;
         let setup_s = t0.elapsed().as_secs_f64();
         for _ in 0..c.warmup {
             gpu.train_step(&x, &labels, 0.01)?;
@@ -384,10 +388,11 @@ impl NetworkUser<Cpu> for Time<'_> {
             median_s: m,
             images_per_sec: b as f64 / m,
             steps: times.len(),
-            memory_bytes: gpu.device_bytes(),
+            memory_bytes,
             setup_s,
-            gpu: gpu.device_name(),
-            graphs: gpu.graphs,
+            gpu: name,
+            // A failed capture falls back to kernel by kernel (and says so).
+            graphs: gpu.describe().ends_with("CUDA graphs)"),
         })
     }
 }

@@ -227,7 +227,7 @@ impl NetworkUser<Cpu> for Run<'_, '_> {
 
 /// The fp32 matrix-product peak of this machine on `threads` threads:
 /// GFLOP/s of an `n x n x n` product by the engine's own
-/// [`crate::engine::sgemm`] (at 1024^3 as fast as the `gemm` crate,
+/// [`crate::engine::cpu::sgemm`] (at 1024^3 as fast as the `gemm` crate,
 /// `cargo bench --bench sgemm`), median of `reps` after one warm-up.
 pub fn gemm_peak(threads: usize, n: usize, reps: usize) -> f64 {
     let pool = rayon::ThreadPoolBuilder::new()
@@ -241,11 +241,11 @@ pub fn gemm_peak(threads: usize, n: usize, reps: usize) -> f64 {
         (0..=reps)
             .map(|_| {
                 let t0 = Instant::now();
-                cpu::matmul(
+                cpu::sgemm::matmul(
                     &mut c,
                     false,
-                    cpu::row_major(&a, n),
-                    cpu::row_major(&b, n),
+                    cpu::sgemm::row_major(&a, n),
+                    cpu::sgemm::row_major(&b, n),
                     (n, n, n),
                     threads,
                 );

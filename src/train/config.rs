@@ -17,7 +17,9 @@ pub enum DeviceKind {
     /// dfdx's CPU device (with this crate's multi-threaded ops).
     #[default]
     Cpu,
-    /// The first CUDA GPU (a build with `--features dfdx-cuda`).
+    /// An NVIDIA GPU (the engine's CUDA backend: a build with `--features
+    /// cuda`; dfdx's with `--features dfdx-cuda`): each rank of a
+    /// multi-process run takes the GPU of its local rank.
     Cuda,
 }
 
@@ -27,12 +29,19 @@ pub enum DeviceKind {
 pub enum EngineKind {
     /// The planned engine ([`crate::engine`]): the default on the CPU.
     Engine,
-    /// dfdx's tape with the crate's ops: the reference, and the CUDA path
-    /// until the engine has a CUDA backend.
+    /// dfdx's tape with the crate's ops: the reference.
     Dfdx,
 }
 
 impl EngineKind {
+    /// The name `--engine` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Engine => "engine",
+            EngineKind::Dfdx => "dfdx",
+        }
+    }
+
     /// What a run written before the choice existed used.
     fn before_the_engine() -> Self {
         EngineKind::Dfdx
@@ -204,19 +213,25 @@ impl TrainConfig {
                 expected: "at least 2 values per channel for BatchNorm: a larger batch or crop",
             });
         }
-        if self.device == DeviceKind::Cuda && !cfg!(feature = "dfdx-cuda") {
-            return Err(TrainError::Setting {
-                setting: "device",
-                value: "cuda".into(),
-                expected: "cpu in this build (build with --features dfdx-cuda for cuda)",
-            });
-        }
-        if self.device == DeviceKind::Cuda && self.engine == EngineKind::Engine {
-            return Err(TrainError::Setting {
-                setting: "engine",
-                value: "engine with --device cuda".into(),
-                expected: "dfdx on cuda (the engine runs on the CPU; its CUDA backend is not written yet)",
-            });
+        if self.device == DeviceKind::Cuda {
+            let built = match self.engine {
+                EngineKind::Engine => cfg!(feature = "cuda"),
+                EngineKind::Dfdx => cfg!(feature = "dfdx-cuda"),
+            };
+            if !built {
+                return Err(TrainError::Setting {
+                    setting: "device",
+                    value: format!("cuda with --engine {}", self.engine.name()),
+                    expected: match self.engine {
+                        EngineKind::Engine => {
+                            "cpu in this build (build with --features cuda for the engine on a GPU)"
+                        }
+                        EngineKind::Dfdx => {
+                            "cpu in this build (build with --features dfdx-cuda for dfdx on a GPU)"
+                        }
+                    },
+                });
+            }
         }
         Ok(())
     }
@@ -281,7 +296,7 @@ pub struct Choices {
     pub out: Option<PathBuf>,
     /// Device [default: cpu].
     pub device: DeviceKind,
-    /// Trainer [default: the engine on the CPU, dfdx on CUDA].
+    /// Trainer [default: the engine].
     pub engine: Option<EngineKind>,
     /// Checkpoints kept, at least 1 [default: 2].
     pub keep_checkpoints: Option<usize>,
@@ -370,10 +385,7 @@ impl Choices {
             c.out = o.clone();
         }
         c.device = self.device;
-        c.engine = self.engine.unwrap_or(match self.device {
-            DeviceKind::Cpu => EngineKind::Engine,
-            DeviceKind::Cuda => EngineKind::Dfdx,
-        });
+        c.engine = self.engine.unwrap_or(EngineKind::Engine);
         c.validate()?;
         Ok(c)
     }

@@ -5,17 +5,19 @@ use super::TrainError;
 use super::checkpoint;
 use super::device::cpu_device;
 use super::eval::{center_crop, paper_scales, ten_crop_and_multiscale};
-use super::job::{Job, Start, TrainState, eval_loader, metadata, prepare, train_loader};
+use super::job::{Job, Start, TrainState, eval_loader, prepare, train_loader};
 use super::metrics::Accuracy;
-use super::runlog::{self, CheckpointRecord, EpochRecord, FinalRecord, LogRecord, StepRecord};
+use super::recorder::Recorder;
+use super::runlog::{EpochRecord, FinalRecord, LogRecord, StepRecord};
 use super::schedule::LrSchedule;
 use super::stepper::{Stepper, sum_accuracy};
 use crate::dist::{self, Communicator, Local};
-use crate::loader::LoaderState;
+use crate::loader::{Batch, Loader, LoaderState};
 use crate::model::state;
 use crate::model::zoo;
 use crate::model::zoo::{Family, Network, NetworkUser};
-use crate::progress::{ProgressMode, progress_bar};
+use crate::progress::ProgressMode;
+use crate::reader::Dataset;
 use crate::sampler::{Distributed, Remainder};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -59,22 +61,6 @@ pub fn train(job: Job) -> Result<TrainReport, TrainError> {
     train_on(job, &mut Local)
 }
 
-/// What rank 0 shows and writes while training: the log and the progress
-/// bar. Other ranks hold neither.
-struct Recorder {
-    logger: Option<runlog::Logger>,
-    bar: indicatif::ProgressBar,
-}
-
-impl Recorder {
-    fn write(&mut self, r: &LogRecord) -> Result<(), TrainError> {
-        match &mut self.logger {
-            Some(l) => l.write(r),
-            None => Ok(()),
-        }
-    }
-}
-
 /// Trains model type `M` on device `dev` (see [`prepare`]), in one process.
 pub fn run<M: Network<D>, D: Device<f32>>(job: Job, dev: D) -> Result<TrainReport, TrainError> {
     run_on::<M, D>(job, dev, &mut Local)
@@ -91,9 +77,9 @@ pub fn train_on(job: Job, comm: &mut dyn Communicator) -> Result<TrainReport, Tr
         }
     }
     let (model, classes, seed) = (job.model().to_string(), job.classes(), job.config.seed);
-    match job.config.device {
+    match (job.config.device, job.config.engine) {
         #[cfg(feature = "dfdx-cuda")]
-        super::DeviceKind::Cuda => {
+        (super::DeviceKind::Cuda, super::EngineKind::Dfdx) => {
             zoo::with_network(&model, classes, With(job, super::cuda_device(seed)?, comm))?
         }
         _ => zoo::with_network(&model, classes, With(job, cpu_device(seed), comm))?,
@@ -112,6 +98,7 @@ fn agreement_fields(
         ("batch size", cfg.batch_size.to_string()),
         ("crop", cfg.crop.to_string()),
         ("engine", format!("{:?}", cfg.engine)),
+        ("device", format!("{:?}", cfg.device)),
         ("seed", cfg.seed.to_string()),
         ("learning rate", cfg.lr.to_string()),
         ("epochs", cfg.epochs.to_string()),
@@ -126,7 +113,8 @@ fn agreement_fields(
 }
 
 /// Trains model type `M` on device `dev` as one of the ranks of `comm`.
-/// Rank 0 alone writes the log, the progress bar, the checkpoints and the plot.
+/// Rank 0 alone writes the log, the progress bar, the checkpoints and the
+/// plot ([`Recorder`]).
 pub fn run_on<M: Network<D>, D: Device<f32>>(
     job: Job,
     dev: D,
@@ -139,20 +127,21 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
             job.classes.len()
         )));
     }
-    let Job {
-        config: cfg,
-        classes,
-        train,
-        val,
-        start,
-        progress,
-        nan_at_step,
-        panic_at_step,
-    } = job;
-    let (rank, world) = (comm.rank(), comm.world_size());
-    let mut fields = agreement_fields(&cfg, start.as_ref().map(|(_, s)| s));
-    fields.push(("training images", train.len().to_string()));
-    fields.push(("classes", classes.len().to_string()));
+    check_ranks(&job, comm)?;
+    let mut run = Run::<M, D>::start(job, dev, comm)?;
+    run.train()?;
+    let final_eval = run.final_test()?;
+    Ok(run.finish(final_eval))
+}
+
+/// What must hold across the ranks before the first step: the same
+/// settings, data and code everywhere, a global batch that divides among
+/// them, and (resuming) as many ranks as wrote the checkpoint.
+fn check_ranks(job: &Job, comm: &dyn Communicator) -> Result<(), TrainError> {
+    let (cfg, world) = (&job.config, comm.world_size());
+    let mut fields = agreement_fields(cfg, job.start.as_ref().map(|(_, s)| s));
+    fields.push(("training images", job.train.len().to_string()));
+    fields.push(("classes", job.classes.len().to_string()));
     dist::check_agreement(comm, &fields)?;
     if !cfg.batch_size.is_multiple_of(world) {
         return Err(TrainError::Ranks(format!(
@@ -160,7 +149,7 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
             cfg.batch_size
         )));
     }
-    if let Some((dir, st)) = &start
+    if let Some((dir, st)) = &job.start
         && st.world_size != world
     {
         return Err(TrainError::Ranks(format!(
@@ -170,205 +159,263 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
             st.world_size
         )));
     }
-    let n_classes = M::CLASSES;
-    let mut model = M::build(&dev);
-    if cfg.zero_init_last_bn {
-        state::zero_init_last_bn(&mut model);
-    }
-    let mut stepper = Stepper::new(cfg.engine, &model, &cfg, comm)?;
-    let share = Distributed {
-        rank,
-        world_size: world,
-        remainder: Remainder::Pad,
-    };
-    let train_loader = train_loader(&cfg, Arc::clone(&train), share)?;
-    let val_loader = eval_loader(
-        &cfg,
-        Arc::clone(&val),
-        center_crop(&cfg),
-        Distributed {
-            remainder: Remainder::Uneven,
-            ..share
-        },
-    )?;
-    let steps_per_epoch = train_loader.batches_per_epoch();
-    let ckpt_dir = cfg.out.join("checkpoints").join("last");
-    let mut st = match start {
-        Some((dir, st)) => {
-            state::load_safetensors(&mut model, &dir.join(checkpoint::MODEL_FILE)).map_err(
-                |source| TrainError::Checkpoint {
-                    path: dir.clone(),
-                    source,
-                },
-            )?;
-            stepper.resume(&model, &dev, checkpoint::read_momentum(&dir, &model)?)?;
-            st
+    Ok(())
+}
+
+/// Testing aids of a [`Job`] (never saved).
+struct Faults {
+    nan_at_step: Option<usize>,
+    panic_at_step: Option<usize>,
+}
+
+/// A run in progress on one rank: the model and what steps it, the state
+/// a checkpoint saves, the loaders of this rank's shares, the recorder.
+struct Run<'c, M, D: Device<f32>> {
+    cfg: super::TrainConfig,
+    model: M,
+    dev: D,
+    stepper: Stepper<D>,
+    st: TrainState,
+    rec: Recorder,
+    comm: &'c mut dyn Communicator,
+    train_loader: Loader,
+    val_loader: Loader,
+    val: Arc<Dataset>,
+    steps_per_epoch: usize,
+    last_ckpt: Option<PathBuf>,
+    saved_step: Option<usize>,
+    /// Training images and seconds of the steps run here.
+    images: usize,
+    busy: f64,
+    faults: Faults,
+}
+
+impl<'c, M: Network<D>, D: Device<f32>> Run<'c, M, D> {
+    /// The model built (or loaded from the checkpoint resumed), the
+    /// stepper planned, this rank's loaders and recorder made.
+    fn start(job: Job, dev: D, comm: &'c mut dyn Communicator) -> Result<Self, TrainError> {
+        let Job {
+            config: cfg,
+            classes,
+            train,
+            val,
+            start,
+            progress,
+            nan_at_step,
+            panic_at_step,
+        } = job;
+        let (rank, world) = (comm.rank(), comm.world_size());
+        let mut model = M::build(&dev);
+        if cfg.zero_init_last_bn {
+            state::zero_init_last_bn(&mut model);
         }
-        None => TrainState {
-            config: cfg.clone(),
-            classes: classes.clone(),
-            epoch: 0,
-            step: 0,
-            loader: LoaderState {
-                seed: cfg.seed,
-                epoch: 0,
-                position: 0,
-            },
-            schedule: LrSchedule::new(cfg.lr, cfg.schedule.clone(), cfg.warmup_epochs),
-            epoch_train: Accuracy::default(),
-            history: Vec::new(),
+        let mut stepper = Stepper::new(cfg.engine, &model, &cfg, comm)?;
+        let share = Distributed {
+            rank,
             world_size: world,
-        },
-    };
-    st.config = cfg.clone();
-    let log_path = cfg.out.join("log.jsonl");
-    let mut rec = Recorder {
-        logger: if rank == 0 {
-            Some(runlog::Logger::open(&log_path, st.step)?)
-        } else {
-            None
-        },
-        bar: progress_bar(
-            (cfg.epochs * steps_per_epoch) as u64,
-            "train",
-            if rank == 0 {
-                progress
-            } else {
-                ProgressMode::Hidden
+            remainder: Remainder::Pad,
+        };
+        let train_loader = train_loader(&cfg, Arc::clone(&train), share)?;
+        let val_loader = eval_loader(
+            &cfg,
+            Arc::clone(&val),
+            center_crop(&cfg),
+            Distributed {
+                remainder: Remainder::Uneven,
+                ..share
             },
-        ),
-    };
-    let mut last_ckpt: Option<PathBuf> = ckpt_dir
-        .join(checkpoint::STATE_FILE)
-        .is_file()
-        .then(|| ckpt_dir.clone());
-    // The checkpoint policy, collective: every rank averages its running
-    // statistics and gives its checksum; rank 0 writes; all stop if the
-    // ranks' parameters differ.
-    let save = |model: &mut M,
-                stepper: &mut Stepper<D>,
-                st: &TrainState,
-                rec: &mut Recorder,
-                comm: &dyn Communicator|
-     -> Result<PathBuf, TrainError> {
-        let checksums = stepper.checksums(comm);
-        if rank == 0 {
-            let momentum = stepper.sync(model)?;
-            let json = serde_json::to_string_pretty(st).expect("state serialises");
-            checkpoint::write(
-                &ckpt_dir,
-                model,
-                momentum,
-                &json,
-                metadata(&cfg, &classes),
-                cfg.keep_checkpoints,
-            )?;
-            rec.write(&LogRecord::Checkpoint(CheckpointRecord {
-                step: st.step,
+        )?;
+        let steps_per_epoch = train_loader.batches_per_epoch();
+        let mut st = match start {
+            Some((dir, st)) => {
+                state::load_safetensors(&mut model, &dir.join(checkpoint::MODEL_FILE)).map_err(
+                    |source| TrainError::Checkpoint {
+                        path: dir.clone(),
+                        source,
+                    },
+                )?;
+                stepper.resume(&model, &dev, checkpoint::read_momentum(&dir, &model)?)?;
+                st
+            }
+            None => TrainState {
+                config: cfg.clone(),
+                classes: classes.clone(),
+                epoch: 0,
+                step: 0,
+                loader: LoaderState {
+                    seed: cfg.seed,
+                    epoch: 0,
+                    position: 0,
+                },
+                schedule: LrSchedule::new(cfg.lr, cfg.schedule.clone(), cfg.warmup_epochs),
+                epoch_train: Accuracy::default(),
+                history: Vec::new(),
                 world_size: world,
-                param_checksums: checksums.clone(),
-            }))?;
+            },
+        };
+        st.config = cfg.clone();
+        let rec = Recorder::new(
+            rank,
+            &cfg,
+            &classes,
+            st.step,
+            cfg.epochs * steps_per_epoch,
+            progress,
+        )?;
+        let last_ckpt = rec
+            .checkpoint_dir()
+            .join(checkpoint::STATE_FILE)
+            .is_file()
+            .then(|| rec.checkpoint_dir().to_owned());
+        Ok(Run {
+            cfg,
+            model,
+            dev,
+            stepper,
+            st,
+            rec,
+            comm,
+            train_loader,
+            val_loader,
+            val,
+            steps_per_epoch,
+            last_ckpt,
+            saved_step: None,
+            images: 0,
+            busy: 0.0,
+            faults: Faults {
+                nan_at_step,
+                panic_at_step,
+            },
+        })
+    }
+
+    /// Epochs until the last or `--max-steps`; a run stopped mid-epoch
+    /// checkpoints its place.
+    fn train(&mut self) -> Result<(), TrainError> {
+        let max_steps = self.cfg.max_steps.unwrap_or(usize::MAX);
+        while self.st.epoch < self.cfg.epochs {
+            if !self.epoch(max_steps)? {
+                break;
+            }
+            self.end_epoch()?;
         }
-        if checksums.iter().any(|c| *c != checksums[0]) {
-            return Err(TrainError::Diverged {
-                step: st.step,
-                checksums,
-            });
+        self.rec.bar.finish_and_clear();
+        if self.st.step >= max_steps
+            && self.st.loader.position != 0
+            && self.saved_step != Some(self.st.step)
+        {
+            self.checkpoint()?;
         }
-        Ok(ckpt_dir.clone())
-    };
-    let max_steps = cfg.max_steps.unwrap_or(usize::MAX);
-    let mut saved_step = None;
-    let (mut images, mut busy) = (0usize, 0f64);
-    rec.bar.set_position(st.step as u64);
-    'epochs: while st.epoch < cfg.epochs {
-        let mut epoch = train_loader
-            .resume(st.loader)
-            .map_err(|source| TrainError::Loader {
-                what: "training",
-                source,
-            })?;
+        Ok(())
+    }
+
+    /// The steps of the current epoch from where the loader stands;
+    /// `false` when `max_steps` stopped it first.
+    fn epoch(&mut self, max_steps: usize) -> Result<bool, TrainError> {
+        let mut epoch =
+            self.train_loader
+                .resume(self.st.loader)
+                .map_err(|source| TrainError::Loader {
+                    what: "training",
+                    source,
+                })?;
         let mut last_wait = 0.0;
         loop {
-            if st.step >= max_steps {
-                break 'epochs;
+            if self.st.step >= max_steps {
+                return Ok(false);
             }
             let t0 = Instant::now();
-            let Some(batch) = epoch.next() else { break };
+            let Some(batch) = epoch.next() else {
+                return Ok(true);
+            };
             let batch = batch?;
             let wait = epoch.stage_times().wait - last_wait;
             last_wait += wait;
-            if panic_at_step == Some(st.step + 1) && rank + 1 == world {
-                panic!(
-                    "injected panic at step {} (--debug-panic-at-step)",
-                    st.step + 1
-                );
-            }
-            let t = st.step as f64 / steps_per_epoch as f64;
-            let lr = st.schedule.lr(t);
-            let [n, h, w, _] = batch.shape();
-            // Testing aid: a NaN loss on the last rank, which the ranks
-            // then agree on as they would on a real one.
-            let poison = nan_at_step == Some(st.step + 1) && rank + 1 == world;
-            let step = stepper.step(
-                &mut model,
-                &dev,
-                (batch.images(), (n, h, w), batch.labels()),
-                lr as f32,
-                comm,
-                poison,
-            )?;
-            if !step.all_finite {
-                rec.bar.abandon();
-                return Err(TrainError::NonFinite {
-                    step: st.step + 1,
-                    loss: step.loss,
-                    checkpoint: last_ckpt,
-                });
-            }
-            let mut acc = Accuracy::default();
-            acc.add(&step.logits, n_classes, batch.labels());
-            sum_accuracy(&mut acc, comm);
-            st.epoch_train.merge(&acc);
-            st.step += 1;
-            st.loader = epoch.state();
-            let dt = t0.elapsed().as_secs_f64();
-            let n = acc.n;
-            images += n;
-            busy += dt;
-            let loss = if world == 1 {
-                step.loss as f64
-            } else {
-                acc.loss()
-            };
-            rec.write(&LogRecord::Step(StepRecord {
-                step: st.step,
-                epoch: st.step as f64 / steps_per_epoch as f64,
-                loss,
-                top1_error: acc.top1_error(),
-                lr,
-                images_per_sec: n as f64 / dt,
-                step_s: dt,
-                data_wait_s: wait,
-                allreduce_wait_s: step.allreduce_wait_s,
-            }))?;
-            rec.bar.inc(1);
-            rec.bar.set_message(format!(
-                "ep {} loss {loss:.3} lr {lr:.3e} {:.0} img/s wait {:.0}%",
-                st.epoch,
-                n as f64 / dt,
-                100.0 * wait / dt
-            ));
-            if cfg.checkpoint_every > 0 && st.step % cfg.checkpoint_every == 0 {
-                last_ckpt = Some(save(&mut model, &mut stepper, &st, &mut rec, comm)?);
-                saved_step = Some(st.step);
+            self.step(&batch, t0, wait)?;
+            self.st.loader = epoch.state();
+            if self.cfg.checkpoint_every > 0
+                && self.st.step.is_multiple_of(self.cfg.checkpoint_every)
+            {
+                self.checkpoint()?;
             }
         }
-        drop(epoch);
-        // Epoch finished: evaluate (with the ranks' averaged statistics),
-        // adjust the schedule, checkpoint.
-        stepper.average_statistics(comm);
-        let v = stepper.evaluate(&mut model, &dev, &val_loader, comm)?;
+    }
+
+    /// One SGD step over the ranks on `batch` (this rank's share), logged.
+    fn step(&mut self, batch: &Batch, t0: Instant, wait: f64) -> Result<(), TrainError> {
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        let next = self.st.step + 1;
+        let last_rank = rank + 1 == world;
+        if self.faults.panic_at_step == Some(next) && last_rank {
+            panic!("injected panic at step {next} (--debug-panic-at-step)");
+        }
+        let lr = self
+            .st
+            .schedule
+            .lr(self.st.step as f64 / self.steps_per_epoch as f64);
+        let [n, h, w, _] = batch.shape();
+        // Testing aid: a NaN loss on the last rank, which the ranks then
+        // agree on as they would on a real one.
+        let poison = self.faults.nan_at_step == Some(next) && last_rank;
+        let step = self.stepper.step(
+            &mut self.model,
+            &self.dev,
+            (batch.images(), (n, h, w), batch.labels()),
+            lr as f32,
+            &mut *self.comm,
+            poison,
+        )?;
+        if !step.all_finite {
+            self.rec.bar.abandon();
+            return Err(TrainError::NonFinite {
+                step: next,
+                loss: step.loss,
+                checkpoint: self.last_ckpt.clone(),
+            });
+        }
+        let mut acc = Accuracy::default();
+        acc.add(&step.logits, M::CLASSES, batch.labels());
+        sum_accuracy(&mut acc, &*self.comm);
+        self.st.epoch_train.merge(&acc);
+        self.st.step = next;
+        let dt = t0.elapsed().as_secs_f64();
+        self.images += acc.n;
+        self.busy += dt;
+        let loss = if world == 1 {
+            step.loss as f64
+        } else {
+            acc.loss()
+        };
+        self.rec.write(&LogRecord::Step(StepRecord {
+            step: next,
+            epoch: next as f64 / self.steps_per_epoch as f64,
+            loss,
+            top1_error: acc.top1_error(),
+            lr,
+            images_per_sec: acc.n as f64 / dt,
+            step_s: dt,
+            data_wait_s: wait,
+            allreduce_wait_s: step.allreduce_wait_s,
+        }))?;
+        self.rec.bar.inc(1);
+        self.rec.bar.set_message(format!(
+            "ep {} loss {loss:.3} lr {lr:.3e} {:.0} img/s wait {:.0}%",
+            self.st.epoch,
+            acc.n as f64 / dt,
+            100.0 * wait / dt
+        ));
+        Ok(())
+    }
+
+    /// The epoch's end: evaluation with the ranks' averaged statistics,
+    /// the schedule, the record, a checkpoint.
+    fn end_epoch(&mut self) -> Result<(), TrainError> {
+        self.stepper.average_statistics(&*self.comm)?;
+        let v = self
+            .stepper
+            .evaluate(&mut self.model, &self.dev, &self.val_loader, &*self.comm)?;
+        let st = &mut self.st;
         let lr_fell = st.schedule.epoch_end(v.top1_error());
         let record = EpochRecord {
             epoch: st.epoch + 1,
@@ -379,11 +426,11 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
             val_top1_error: v.top1_error(),
             val_top5_error: v.top5_error(),
             val_images: v.n,
-            lr: st.schedule.lr(st.step as f64 / steps_per_epoch as f64),
+            lr: st.schedule.lr(st.step as f64 / self.steps_per_epoch as f64),
             lr_fell,
         };
-        rec.write(&LogRecord::Epoch(record.clone()))?;
-        rec.bar.println(format!(
+        self.rec.write(&LogRecord::Epoch(record.clone()))?;
+        self.rec.bar.println(format!(
             "epoch {:>3}: train loss {:.3} top-1 err {:.1}% | val loss {:.3} top-1 err {:.1}% top-5 err {:.1}%{}",
             record.epoch,
             record.train_loss,
@@ -397,40 +444,56 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
         st.epoch += 1;
         st.epoch_train = Accuracy::default();
         st.loader = LoaderState {
-            seed: cfg.seed,
+            seed: self.cfg.seed,
             epoch: st.epoch as u64,
             position: 0,
         };
-        last_ckpt = Some(save(&mut model, &mut stepper, &st, &mut rec, comm)?);
-        saved_step = Some(st.step);
+        self.checkpoint()
     }
-    rec.bar.finish_and_clear();
-    if st.step >= max_steps && st.loader.position != 0 && saved_step != Some(st.step) {
-        // Stopped mid-epoch: keep the place.
-        last_ckpt = Some(save(&mut model, &mut stepper, &st, &mut rec, comm)?);
+
+    /// A checkpoint now ([`Recorder::checkpoint`], collective).
+    fn checkpoint(&mut self) -> Result<(), TrainError> {
+        let dir = self
+            .rec
+            .checkpoint(&mut self.model, &mut self.stepper, &self.st, &*self.comm)?;
+        self.last_ckpt = Some(dir);
+        self.saved_step = Some(self.st.step);
+        Ok(())
     }
-    let mut final_eval = None;
-    // The final ten-crop and multi-scale test runs on rank 0 alone (the
-    // statistics were averaged at the last checkpoint).
-    if rank == 0
-        && cfg.final_eval
-        && st.epoch >= cfg.epochs
-        && zoo::family(&cfg.model) == Some(Family::ImageNet)
-    {
+
+    /// The final ten-crop and multi-scale test of an ImageNet net whose
+    /// epochs all ran: on rank 0 alone, over the whole validation split
+    /// (the statistics were averaged at the last checkpoint).
+    fn final_test(&mut self) -> Result<Option<FinalRecord>, TrainError> {
+        let cfg = &self.cfg;
+        if !self.rec.writes()
+            || !cfg.final_eval
+            || self.st.epoch < cfg.epochs
+            || zoo::family(&cfg.model) != Some(Family::ImageNet)
+        {
+            return Ok(None);
+        }
         let scales = paper_scales(cfg.crop);
-        stepper.sync(&mut model)?;
-        let engine = match &mut stepper {
+        self.stepper.sync(&mut self.model)?;
+        let engine = match &mut self.stepper {
             Stepper::Engine(e) => Some(&mut **e),
             Stepper::Dfdx(_) => None,
         };
         let center = eval_loader(
-            &cfg,
-            Arc::clone(&val),
-            center_crop(&cfg),
+            cfg,
+            Arc::clone(&self.val),
+            center_crop(cfg),
             Distributed::default(),
         )?;
-        let (ten, ms) =
-            ten_crop_and_multiscale(&mut model, engine, &dev, &cfg, &val, &center, &scales)?;
+        let (ten, ms) = ten_crop_and_multiscale(
+            &mut self.model,
+            engine,
+            &self.dev,
+            cfg,
+            &self.val,
+            &center,
+            &scales,
+        )?;
         let r = FinalRecord {
             ten_crop_top1_error: ten.top1_error(),
             ten_crop_top5_error: ten.top5_error(),
@@ -439,31 +502,24 @@ pub fn run_on<M: Network<D>, D: Device<f32>>(
             scales,
             images: ten.n,
         };
-        rec.write(&LogRecord::Final(r.clone()))?;
-        final_eval = Some(r);
+        self.rec.write(&LogRecord::Final(r.clone()))?;
+        Ok(Some(r))
     }
-    drop(rec);
-    let plot_path = cfg.out.join("curves.png");
-    // The run is done and its log written: a plot that fails is a warning.
-    let plot = match rank {
-        0 => match runlog::plot(&log_path, &plot_path, &cfg.model) {
-            Ok(_) => Some(plot_path),
-            Err(e) => {
-                log::warn!("could not draw {}: {e}", plot_path.display());
-                None
-            }
-        },
-        _ => None,
-    };
-    Ok(TrainReport {
-        steps: st.step,
-        last_epoch: st.history.last().cloned(),
-        final_eval,
-        log: log_path,
-        plot,
-        checkpoint: last_ckpt,
-        images_per_sec: images as f64 / busy.max(1e-9),
-    })
+
+    /// The log closed, the plot drawn (rank 0): what the run reports.
+    fn finish(self, final_eval: Option<FinalRecord>) -> TrainReport {
+        let log = self.rec.log_path().to_owned();
+        let plot = self.rec.finish(&self.cfg.model);
+        TrainReport {
+            steps: self.st.step,
+            last_epoch: self.st.history.last().cloned(),
+            final_eval,
+            log,
+            plot,
+            checkpoint: self.last_ckpt,
+            images_per_sec: self.images as f64 / self.busy.max(1e-9),
+        }
+    }
 }
 
 fn pct(x: f64) -> String {

@@ -26,6 +26,7 @@ pub mod eval;
 pub mod fit;
 pub mod job;
 pub mod metrics;
+mod recorder;
 pub mod runlog;
 pub mod schedule;
 pub mod sgd;

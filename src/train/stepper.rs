@@ -4,12 +4,12 @@
 //! training loop needs (statistics averaged, checksums, accuracy summed).
 
 use super::TrainError;
-use super::config::EngineKind;
+use super::config::{DeviceKind, EngineKind};
 use super::eval::{evaluate, evaluate_engine};
 use super::metrics::Accuracy;
 use super::sgd::Sgd;
 use crate::dist::{self, Communicator};
-use crate::engine::{Engine, SgdSettings};
+use crate::engine::{Engine, SgdSettings, Target};
 use crate::loader::Loader;
 use crate::model::zoo::{Input, Logits, Network};
 use dfdx::prelude::*;
@@ -97,12 +97,16 @@ impl<D: Device<f32>> Stepper<D> {
             EngineKind::Dfdx => Stepper::Dfdx(Sgd::new(momentum, weight_decay)),
             EngineKind::Engine => {
                 let side = cfg.crop as usize;
-                let threads = if world > 1 {
-                    dist::threads_per_rank()
-                } else {
-                    0
+                let target = match cfg.device {
+                    DeviceKind::Cpu if world > 1 => Target::Cpu {
+                        threads: dist::threads_per_rank(),
+                    },
+                    DeviceKind::Cpu => Target::Cpu { threads: 0 },
+                    DeviceKind::Cuda => Target::Cuda {
+                        ordinal: dist::local_rank(),
+                    },
                 };
-                let mut e = Engine::new(model, cfg.batch_size / world, (side, side), threads)?;
+                let mut e = Engine::on(model, cfg.batch_size / world, (side, side), target)?;
                 e.sgd = SgdSettings {
                     momentum,
                     weight_decay,
@@ -160,7 +164,7 @@ impl<D: Device<f32>> Stepper<D> {
                 let s = e.train_step_on(images, labels, lr, comm)?;
                 Ok(Step {
                     loss: s.loss,
-                    logits: e.logits().to_vec(),
+                    logits: e.logits()?,
                     all_finite: s.all_finite,
                     allreduce_wait_s: s.wait_s,
                 })
@@ -170,22 +174,24 @@ impl<D: Device<f32>> Stepper<D> {
 
     /// Averages the running statistics over the ranks (before evaluation
     /// and checkpoints; once per change).
-    pub(super) fn average_statistics(&mut self, comm: &dyn Communicator) {
+    pub(super) fn average_statistics(&mut self, comm: &dyn Communicator) -> Result<(), TrainError> {
         if let Stepper::Engine(e) = self {
-            e.average_statistics(comm);
+            e.average_statistics(comm)?;
         }
+        Ok(())
     }
 
     /// The statistics averaged, then the checksum of every rank's
     /// parameters and statistics, in rank order.
-    pub(super) fn checksums(&mut self, comm: &dyn Communicator) -> Vec<String> {
-        self.average_statistics(comm);
+    pub(super) fn checksums(&mut self, comm: &dyn Communicator) -> Result<Vec<String>, TrainError> {
+        self.average_statistics(comm)?;
         let mine = match self {
-            Stepper::Engine(e) => e.checksum(),
+            Stepper::Engine(e) => e.checksum()?,
             // One rank only (Stepper::new).
             Stepper::Dfdx(_) => 0,
         };
-        comm.all_gather(&mine.to_le_bytes())
+        Ok(comm
+            .all_gather(&mine.to_le_bytes())
             .iter()
             .map(|b| {
                 format!(
@@ -193,7 +199,7 @@ impl<D: Device<f32>> Stepper<D> {
                     u32::from_le_bytes(b[..4].try_into().unwrap_or([0; 4]))
                 )
             })
-            .collect()
+            .collect())
     }
 
     /// Brings the dfdx model up to date (the engine's weights and running
@@ -206,7 +212,7 @@ impl<D: Device<f32>> Stepper<D> {
             Stepper::Dfdx(sgd) => sgd.buffers(),
             Stepper::Engine(e) => {
                 e.write_to(model)?;
-                e.momentum()
+                e.momentum()?
             }
         })
     }

@@ -362,14 +362,16 @@ extern "C" __global__ void loss_flag(const float* __restrict__ loss, int b, int*
     skip[0] = bad;
 }
 
-// SGD with momentum and weight decay (PyTorch's formulation), unless skip[0].
+// SGD with momentum and weight decay (PyTorch's formulation) on the
+// gradient g * scale (1 / ranks for summed gradients), unless skip[0].
 extern "C" __global__ void sgd(float* __restrict__ p, const float* __restrict__ g,
                                float* __restrict__ v, i64 n, float lr, float momentum,
-                               float decay, int first, const int* __restrict__ skip) {
+                               float decay, float scale, int first,
+                               const int* __restrict__ skip) {
     if (skip[0]) return;
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n;
          i += (i64)gridDim.x * blockDim.x) {
-        float d = g[i] + decay * p[i];
+        float d = __fmul_rn(g[i], scale) + decay * p[i];
         float nv = first ? d : momentum * v[i] + d;
         v[i] = nv;
         p[i] -= lr * nv;

@@ -16,8 +16,8 @@
 //! Each output element's sum runs in one fixed order (taps, then input
 //! channels), whatever the thread count.
 
-use super::plan::ConvGeom;
 use super::sgemm::{self, Isa};
+use crate::engine::plan::ConvGeom;
 
 /// Output channels per tile (two 8-lane registers).
 const OB: usize = 16;

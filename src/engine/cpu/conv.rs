@@ -1,0 +1,296 @@
+//! Convolutions by lowering: im2col / col2im, and the grouped convolution
+//! (fixed groups of images, cache-sized tiles of columns multiplied where
+//! they were made) forward and backward.
+
+use super::ops::{matmul, row_major, transposed};
+use super::{SendPtr, direct};
+use crate::engine::plan::ConvGeom;
+use rayon::prelude::*;
+
+/// Where tap `tap`'s `c x o` block lies in a `[k, k, c, o]` weight.
+pub(super) fn tap_block(g: &ConvGeom, tap: usize) -> std::ops::Range<usize> {
+    tap * g.c * g.o..(tap + 1) * g.c * g.o
+}
+
+/// Calls `f(tap, pixel)` for each tap `ky * k + kx` of output `(oy, ox)`'s
+/// window that falls inside the image, `pixel = iy * w + ix`.
+pub(super) fn for_each_tap(g: &ConvGeom, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
+    for ky in 0..g.k {
+        let iy = (oy * g.s + ky) as isize - g.p as isize;
+        if iy < 0 || iy as usize >= g.h {
+            continue;
+        }
+        for kx in 0..g.k {
+            let ix = (ox * g.s + kx) as isize - g.p as isize;
+            if ix >= 0 && (ix as usize) < g.w {
+                f(ky * g.k + kx, iy as usize * g.w + ix as usize);
+            }
+        }
+    }
+}
+
+/// im2col of rows `r0..r0 + dst.len() / kc` (row `(n, oy, ox)` is the
+/// window's `k*k` taps of `c` channels, zeros in the padding) into `dst`.
+fn im2col_rows(x: &[f32], g: &ConvGeom, r0: usize, dst: &mut [f32]) {
+    let (kc, c) = (g.cols(), g.c);
+    for (i, dst) in dst.chunks_exact_mut(kc).enumerate() {
+        let r = r0 + i;
+        let (n, pos) = (r / (g.oh * g.ow), r % (g.oh * g.ow));
+        let (oy, ox) = (pos / g.ow, pos % g.ow);
+        for ky in 0..g.k {
+            let iy = (oy * g.s + ky) as isize - g.p as isize;
+            for kx in 0..g.k {
+                let ix = (ox * g.s + kx) as isize - g.p as isize;
+                let d = &mut dst[(ky * g.k + kx) * c..][..c];
+                if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                    d.fill(0.0);
+                } else {
+                    let at = ((n * g.h + iy as usize) * g.w + ix as usize) * c;
+                    d.copy_from_slice(&x[at..at + c]);
+                }
+            }
+        }
+    }
+}
+
+/// im2col of the whole batch, a row of outputs per task.
+pub(super) fn im2col(x: &[f32], g: &ConvGeom, cols: &mut [f32]) {
+    let kc = g.cols();
+    cols[..g.rows() * kc]
+        .par_chunks_mut(kc * g.ow)
+        .enumerate()
+        .for_each(|(row, out)| im2col_rows(x, g, row * g.ow, out));
+}
+
+/// The adjoint of [`im2col_rows`] for rows `r0..` of one image (`pos` the
+/// row's position in the image): scatter-adds the columns into that
+/// image's `dxi`.
+fn col2im_rows(src: &[f32], g: &ConvGeom, pos0: usize, dxi: &mut [f32]) {
+    let (kc, c) = (g.cols(), g.c);
+    for (i, src) in src.chunks_exact(kc).enumerate() {
+        let pos = pos0 + i;
+        for_each_tap(g, pos / g.ow, pos % g.ow, |tap, pixel| {
+            let d = &mut dxi[pixel * c..][..c];
+            let s = &src[tap * c..][..c];
+            d.iter_mut().zip(s).for_each(|(d, s)| *d += s);
+        });
+    }
+}
+
+/// The adjoint of [`im2col`]: scatter-adds the columns into `dx`, one image per task.
+pub(super) fn col2im(dcols: &[f32], g: &ConvGeom, dx: &mut [f32], accumulate: bool) {
+    let per_image = g.oh * g.ow * g.cols();
+    dx.par_chunks_mut(g.h * g.w * g.c)
+        .zip(dcols[..g.rows() * g.cols()].par_chunks(per_image))
+        .for_each(|(dxi, cols)| {
+            if !accumulate {
+                dxi.fill(0.0);
+            }
+            col2im_rows(cols, g, 0, dxi);
+        });
+}
+
+/// Calls `f(group, scratch, tiles)` for each image group of a grouped conv
+/// in parallel, `tiles` its `(image, first row in the image, rows)` in order.
+fn for_each_group(
+    g: &ConvGeom,
+    scratch: &mut [f32],
+    per_group: usize,
+    f: impl Fn(usize, &mut [f32], &mut dyn Iterator<Item = (usize, usize, usize)>) + Sync,
+) {
+    let (ipg, t, per_image) = (g.images_per_group(), g.tile_rows(), g.oh * g.ow);
+    scratch[..g.groups() * per_group]
+        .par_chunks_mut(per_group)
+        .enumerate()
+        .for_each(|(gi, s)| {
+            let images = gi * ipg..((gi + 1) * ipg).min(g.b);
+            let mut tiles = images.flat_map(|n| {
+                (0..per_image)
+                    .step_by(t)
+                    .map(move |p| (n, p, t.min(per_image - p)))
+            });
+            f(gi, s, &mut tiles)
+        });
+}
+
+/// Forward of a grouped conv (see [`ConvGeom::grouped`]).
+pub(super) fn conv_grouped_forward(
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    g: &ConvGeom,
+    scratch: &mut [f32],
+) {
+    let (kc, o, per_image) = (g.cols(), g.o, g.oh * g.ow);
+    let tile = g.tile_rows() * kc;
+    let ys = SendPtr(y.as_mut_ptr());
+    if direct::available(g) && direct::padded_len(g) <= tile {
+        let (ipg, len) = (g.images_per_group(), g.h * g.w * g.c);
+        for_each_group(g, scratch, tile, |gi, pad, _| {
+            for n in gi * ipg..((gi + 1) * ipg).min(g.b) {
+                // SAFETY: image n's output belongs to this group alone.
+                let yi = unsafe {
+                    std::slice::from_raw_parts_mut(ys.get().add(n * per_image * o), per_image * o)
+                };
+                direct::conv_image(&x[n * len..][..len], w, yi, g, false, pad);
+            }
+        });
+        return;
+    }
+    for_each_group(g, scratch, tile, |_, cols, tiles| {
+        for (n, p, rows) in tiles {
+            let r0 = n * per_image + p;
+            let cols = &mut cols[..rows * kc];
+            im2col_rows(x, g, r0, cols);
+            // SAFETY: each tile's rows of y belong to one group alone.
+            let yt = unsafe { std::slice::from_raw_parts_mut(ys.get().add(r0 * o), rows * o) };
+            matmul(
+                yt,
+                false,
+                row_major(cols, kc),
+                row_major(w, o),
+                (rows, o, kc),
+                1,
+            );
+        }
+    });
+}
+
+/// The weight of [`ConvGeom::input_gradient_conv`]:
+/// `wf[(tap * o + co) * c + ci] = w[(flip(tap) * c + ci) * o + co]`,
+/// `flip` the window turned by 180 degrees.
+pub(super) fn flip_weight(w: &[f32], g: &ConvGeom, wf: &mut [f32]) {
+    let (kk, c, o) = (g.k * g.k, g.c, g.o);
+    for tap in 0..kk {
+        for co in 0..o {
+            let row = &mut wf[(tap * o + co) * c..][..c];
+            for (ci, v) in row.iter_mut().enumerate() {
+                *v = w[((kk - 1 - tap) * c + ci) * o + co];
+            }
+        }
+    }
+}
+
+/// Backward of a grouped conv: dW, and dx (written or added to) if asked.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_grouped_backward(
+    g: &ConvGeom,
+    (x, dy): (&[f32], &[f32]),
+    w: &[f32],
+    dw: &mut [f32],
+    dx: Option<(&mut [f32], bool)>,
+    scratch: &mut [f32],
+) {
+    let (kc, o, per_image) = (g.cols(), g.o, g.oh * g.ow);
+    let tile = g.tile_rows() * kc;
+    let per_group = tile + kc * o;
+    let (groups_s, wf) = scratch.split_at_mut(g.groups() * per_group);
+    let wf = &mut wf[..kc * o];
+    let gd = g.input_gradient_conv();
+    if gd.is_some() && dx.is_some() {
+        flip_weight(w, g, wf);
+    }
+    let wf = &*wf;
+    let dxp = dx.map(|(d, acc)| (SendPtr(d.as_mut_ptr()), acc));
+    let wt = transposed(w, o);
+    let ipg = g.images_per_group();
+    // dW directly when no dx needs the columns (a stride-1 conv's dx is the
+    // input-gradient conv, or there is no dx).
+    let direct_dw = (gd.is_some() || dxp.is_none())
+        && direct::for_weight_gradient()
+        && direct::available(g)
+        && direct::padded_len(g) <= tile;
+    for_each_group(g, groups_s, per_group, |gi, s, tiles| {
+        let (cols, dwg) = s.split_at_mut(tile);
+        let mut first = true;
+        let images = gi * ipg..((gi + 1) * ipg).min(g.b);
+        if direct_dw {
+            let dwg = &mut dwg[..kc * o];
+            dwg.fill(0.0);
+            let len = g.h * g.w * g.c;
+            for n in images.clone() {
+                let dyi = &dy[n * per_image * o..][..per_image * o];
+                direct::weight_gradient_image(&x[n * len..][..len], dyi, dwg, g, cols);
+            }
+        }
+        for (n, p, rows) in tiles.filter(|_| !direct_dw) {
+            let r0 = n * per_image + p;
+            let cols = &mut cols[..rows * kc];
+            im2col_rows(x, g, r0, cols);
+            let dyt = &dy[r0 * o..(r0 + rows) * o];
+            matmul(
+                dwg,
+                !first,
+                transposed(cols, kc),
+                row_major(dyt, o),
+                (kc, o, rows),
+                1,
+            );
+            first = false;
+            if gd.is_some() {
+                continue;
+            }
+            // dx by columns: dcols = dy W^T, scattered back.
+            if let Some((d, accumulate)) = dxp {
+                matmul(cols, false, row_major(dyt, o), wt, (rows, kc, o), 1);
+                let len = g.h * g.w * g.c;
+                // SAFETY: image n's gradient belongs to this group alone.
+                let dxi = unsafe { std::slice::from_raw_parts_mut(d.get().add(n * len), len) };
+                if p == 0 && !accumulate {
+                    dxi.fill(0.0);
+                }
+                col2im_rows(cols, g, p, dxi);
+            }
+        }
+        // dx as the forward of the input-gradient conv, over its own tiles.
+        if let (Some(gd), Some((d, accumulate))) = (&gd, dxp) {
+            let (kd, c, hw) = (gd.cols(), g.c, g.h * g.w);
+            let td = (tile / kd).clamp(1, hw);
+            if direct::for_input_gradient()
+                && direct::available(gd)
+                && direct::padded_len(gd) <= tile
+            {
+                for n in images {
+                    // SAFETY: image n's gradient belongs to this group alone.
+                    let dxi =
+                        unsafe { std::slice::from_raw_parts_mut(d.get().add(n * hw * c), hw * c) };
+                    let dyi = &dy[n * per_image * o..][..per_image * o];
+                    direct::conv_image(dyi, wf, dxi, gd, accumulate, cols);
+                }
+                return;
+            }
+            for n in images {
+                for p in (0..hw).step_by(td) {
+                    let rows = td.min(hw - p);
+                    let r0 = n * hw + p;
+                    let cols = &mut cols[..rows * kd];
+                    im2col_rows(dy, gd, r0, cols);
+                    // SAFETY: image n's gradient belongs to this group alone.
+                    let dxt =
+                        unsafe { std::slice::from_raw_parts_mut(d.get().add(r0 * c), rows * c) };
+                    matmul(
+                        dxt,
+                        accumulate,
+                        row_major(cols, kd),
+                        row_major(wf, c),
+                        (rows, c, kd),
+                        1,
+                    );
+                }
+            }
+        }
+    });
+    // dW: the groups' sums, added in group order.
+    let groups = &groups_s[..];
+    dw[..kc * o]
+        .par_chunks_mut(4096)
+        .enumerate()
+        .for_each(|(i, d)| {
+            let at = i * 4096;
+            d.fill(0.0);
+            for gs in groups.chunks_exact(per_group) {
+                let part = &gs[tile + at..tile + at + d.len()];
+                d.iter_mut().zip(part).for_each(|(d, v)| *d += v);
+            }
+        });
+}

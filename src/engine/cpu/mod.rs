@@ -1,0 +1,391 @@
+//! The CPU backend: the plan's ops in NHWC on a rayon pool of the
+//! backend's own, one arena laid out by the plan, the flat parameter,
+//! gradient, momentum and statistic arrays in host memory.
+//!
+//! - [`ops`]: each op forward and backward (BatchNorm with its add and
+//!   ReLU, pooling, the classifier, softmax cross-entropy, SGD).
+//! - [`conv`]: convolutions by im2col in fixed groups of images.
+//! - [`direct`]: direct convolutions (AVX-512 / AVX2 register tiles).
+//! - [`sgemm`]: the packed matrix product.
+//!
+//! Results do not depend on the number of threads (every reduction has an
+//! order fixed by the plan), so exact resume holds whatever `--threads`.
+
+pub mod conv;
+pub mod direct;
+pub mod ops;
+pub mod sgemm;
+
+pub use ops::{
+    CHUNK_ROWS, MAX_CHANNELS, Mem, Tensors, backward, forward, gemm_calls, partial_len, sgd,
+    softmax_cross_entropy,
+};
+
+use super::backend::{Backend, Flat, Reduction};
+use super::data_parallel::Buckets;
+use super::plan::{self, Plan};
+use super::{EngineError, SgdSettings};
+use crate::dist::Communicator;
+use std::sync::Arc;
+
+/// A buffer's start, handed to rayon tasks that each write a disjoint part
+/// of it.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint parts of one buffer to rayon tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Floats starting at a 64-byte boundary: every buffer has the same
+/// alignment in every run (vector loads never split a cache line by
+/// chance, so timings do not depend on where the allocator put it).
+struct Aligned {
+    data: Vec<f32>,
+    shift: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn zeros(len: usize) -> Self {
+        let data = vec![0.0f32; len + 16];
+        let shift = data.as_ptr().align_offset(64);
+        Aligned { data, shift, len }
+    }
+}
+
+impl std::ops::Deref for Aligned {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.data[self.shift..self.shift + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Aligned {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.data[self.shift..self.shift + self.len]
+    }
+}
+
+/// The plan run on this machine's cores.
+pub struct Cpu {
+    plan: Plan,
+    arena: Aligned,
+    params: Aligned,
+    grads: Aligned,
+    /// Gradients summed over ranks (empty until a data-parallel step).
+    summed: Aligned,
+    velocity: Aligned,
+    states: Vec<f32>,
+    partial: Vec<f64>,
+    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+    /// Seconds per (op kind, direction) since profiling was switched on.
+    profile: Option<std::collections::BTreeMap<(&'static str, &'static str), f64>>,
+}
+
+impl std::fmt::Debug for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cpu")
+            .field("ops", &self.plan.ops.len())
+            .field("arena_bytes", &self.plan.arena_bytes())
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl Cpu {
+    /// Allocates `plan`'s memory (after checking that the machine has it
+    /// free) and starts `threads` threads (0: one per core).
+    pub fn new(plan: Plan, threads: usize) -> Result<Self, EngineError> {
+        for op in &plan.ops {
+            if let plan::Op::BatchNorm { c, .. } = op
+                && *c > MAX_CHANNELS
+            {
+                return Err(EngineError::TooWide(*c));
+            }
+        }
+        let (h, w) = plan.input;
+        let needed = Self::bytes_needed(&plan);
+        if let Some(available) = crate::files::available_memory()
+            && needed > available
+        {
+            return Err(EngineError::OutOfMemory {
+                batch: plan.batch,
+                h,
+                w,
+                needed,
+                available,
+            });
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("engine-{i}"))
+            .build()
+            .map_err(|e| EngineError::Threads(e.to_string()))?;
+        let threads = pool.current_num_threads();
+        // Each thread's packing buffers for the matrix product, made now:
+        // which pool thread first runs a product is up to work stealing, so
+        // made lazily they could appear at any step.
+        pool.broadcast(|_| sgemm::reserve());
+        Ok(Cpu {
+            arena: Aligned::zeros(plan.arena_len),
+            params: Aligned::zeros(plan.params_len),
+            grads: Aligned::zeros(plan.params_len),
+            summed: Aligned::zeros(0),
+            velocity: Aligned::zeros(plan.params_len),
+            states: vec![0.0; plan.states_len],
+            partial: vec![0.0; partial_len(&plan)],
+            pool: Arc::new(pool),
+            threads,
+            profile: None,
+            plan,
+        })
+    }
+
+    /// Bytes the backend allocates for `plan` (arena, parameters, their
+    /// gradients and momentum, running statistics, reduction scratch); a
+    /// data-parallel run adds one more gradient array.
+    pub fn bytes_needed(plan: &Plan) -> u64 {
+        let floats = plan.arena_len + 3 * plan.params_len + plan.states_len;
+        4 * floats as u64 + 8 * partial_len(plan) as u64
+    }
+
+    /// Threads the backend runs on.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn flat(&self, which: Flat) -> &[f32] {
+        match which {
+            Flat::Params => &self.params,
+            Flat::Grads => &self.grads,
+            Flat::Velocity => &self.velocity,
+            Flat::States => &self.states,
+            Flat::Summed => &self.summed,
+        }
+    }
+
+    /// Runs op `i` forward (`Some(train)`) or backward (`None`) on the
+    /// pool, timed while profiling.
+    fn run_op(&mut self, i: usize, forward: Option<bool>) {
+        let t0 = std::time::Instant::now();
+        let pool = self.pool.clone();
+        pool.install(|| {
+            let mem = Mem::new(&mut self.arena, &self.plan);
+            let mut t = Tensors {
+                params: &self.params,
+                grads: &mut self.grads,
+                states: &mut self.states,
+                partial: &mut self.partial,
+                threads: self.threads,
+            };
+            let op = &self.plan.ops[i];
+            match forward {
+                Some(train) => ops::forward(op, &self.plan, &mem, &mut t, train),
+                None => ops::backward(op, &self.plan, &mem, &mut t),
+            }
+        });
+        if let Some(p) = &mut self.profile {
+            let direction = if forward.is_some() {
+                "forward"
+            } else {
+                "backward"
+            };
+            *p.entry((self.plan.ops[i].kind(), direction)).or_default() +=
+                t0.elapsed().as_secs_f64();
+        }
+    }
+
+    /// Backward, op by op, starting each bucket's sum over the ranks as
+    /// soon as its gradients are final and letting the communicator move
+    /// the started ones on after every later op. Returns when the first
+    /// sum started.
+    fn backward_overlapped(
+        &mut self,
+        comm: &mut dyn Communicator,
+        buckets: &Buckets,
+    ) -> Option<std::time::Instant> {
+        if self.summed.len() != self.grads.len() {
+            self.summed = Aligned::zeros(self.grads.len());
+        }
+        let send = self.grads.as_ptr();
+        let recv = self.summed.as_mut_ptr();
+        let mut next = 0;
+        let mut first_start = None;
+        for i in (0..self.plan.ops.len()).rev() {
+            self.run_op(i, None);
+            while let Some(&(op, lo, hi)) = buckets.ranges.get(next)
+                && op == i
+            {
+                first_start.get_or_insert_with(std::time::Instant::now);
+                // SAFETY: backward writes each parameter's gradient in its
+                // own op only, and ops later in backward own lower offsets
+                // (Buckets::new checks), so nothing touches lo..hi of
+                // `grads` again this step, nor `summed` before wait_all.
+                unsafe { comm.start_sum(send.add(lo), recv.add(lo), hi - lo) };
+                next += 1;
+            }
+            comm.progress();
+        }
+        first_start
+    }
+}
+
+impl Backend for Cpu {
+    fn describe(&self) -> String {
+        format!(
+            "cpu ({} thread{}, {:?} kernels)",
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            sgemm::best_isa()
+        )
+    }
+
+    fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    fn read(&self, which: Flat, dst: &mut [f32]) -> Result<(), EngineError> {
+        let src = self.flat(which);
+        if src.len() != dst.len() {
+            return Err(EngineError::TensorSize {
+                path: format!("{which:?}"),
+                expected: src.len(),
+                got: dst.len(),
+            });
+        }
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write(&mut self, which: Flat, src: &[f32]) -> Result<(), EngineError> {
+        let dst: &mut [f32] = match which {
+            Flat::Params => &mut self.params,
+            Flat::Grads => &mut self.grads,
+            Flat::Velocity => &mut self.velocity,
+            Flat::States => &mut self.states,
+            Flat::Summed => &mut self.summed,
+        };
+        if src.len() != dst.len() {
+            return Err(EngineError::TensorSize {
+                path: format!("{which:?}"),
+                expected: dst.len(),
+                got: src.len(),
+            });
+        }
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn forward(&mut self, images: &[f32], train: bool) -> Result<(), EngineError> {
+        super::check_batch(&self.plan, images, None)?;
+        let xb = &self.plan.bufs[self.plan.x];
+        self.arena[xb.offset..xb.offset + xb.len].copy_from_slice(images);
+        for i in 0..self.plan.ops.len() {
+            self.run_op(i, Some(train));
+        }
+        Ok(())
+    }
+
+    fn loss(&mut self, labels: &[u32]) -> Result<f32, EngineError> {
+        super::check_labels(&self.plan, labels)?;
+        let (lb, db) = (
+            &self.plan.bufs[self.plan.logits],
+            &self.plan.bufs[self.plan.dlogits],
+        );
+        let ((lo, ll), (dlo, dl)) = ((lb.offset, lb.len), (db.offset, db.len));
+        // Both live at the loss, so they do not overlap.
+        let (logits, dlogits) = if lo < dlo {
+            let (a, b) = self.arena.split_at_mut(dlo);
+            (&a[lo..lo + ll], &mut b[..dl])
+        } else {
+            let (a, b) = self.arena.split_at_mut(lo);
+            (&b[..ll], &mut a[dlo..dlo + dl])
+        };
+        Ok(softmax_cross_entropy(
+            logits,
+            labels,
+            self.plan.classes,
+            dlogits,
+        ))
+    }
+
+    fn backward(
+        &mut self,
+        reduce: Option<(&mut dyn Communicator, &Buckets)>,
+    ) -> Result<Reduction, EngineError> {
+        let Some((comm, buckets)) = reduce else {
+            for i in (0..self.plan.ops.len()).rev() {
+                self.run_op(i, None);
+            }
+            return Ok(Reduction::default());
+        };
+        let first_start = self.backward_overlapped(comm, buckets);
+        let wait_s = comm.wait_all();
+        Ok(Reduction {
+            allreduce_s: first_start.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            wait_s,
+        })
+    }
+
+    fn sgd(
+        &mut self,
+        lr: f32,
+        settings: SgdSettings,
+        scale: f32,
+        first: bool,
+        summed: bool,
+    ) -> Result<(), EngineError> {
+        let pool = self.pool.clone();
+        let grads: &[f32] = if summed { &self.summed } else { &self.grads };
+        if grads.len() != self.params.len() {
+            return Err(EngineError::Backend(
+                "SGD on summed gradients before any data-parallel backward".into(),
+            ));
+        }
+        pool.install(|| {
+            sgd(
+                &mut self.params,
+                grads,
+                &mut self.velocity,
+                (lr, settings.momentum, settings.weight_decay, scale),
+                first,
+            )
+        });
+        Ok(())
+    }
+
+    fn logits(&self) -> Result<Vec<f32>, EngineError> {
+        let b = &self.plan.bufs[self.plan.logits];
+        Ok(self.arena[b.offset..b.offset + b.len].to_vec())
+    }
+
+    fn buffer(&self, name: &str) -> Option<Vec<f32>> {
+        let b = self.plan.bufs.iter().find(|b| b.name == name)?;
+        Some(self.arena[b.offset..b.offset + b.len].to_vec())
+    }
+
+    fn start_profile(&mut self) {
+        self.profile = Some(Default::default());
+    }
+
+    fn profile(&self) -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = self
+            .profile
+            .iter()
+            .flatten()
+            .map(|((k, d), s)| (format!("{k} {d}"), *s))
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
+
+    fn threads(&self) -> usize {
+        self.threads
+    }
+}
