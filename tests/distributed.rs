@@ -387,3 +387,36 @@ fn killing_a_rank_ends_the_job_and_the_last_checkpoint_resumes() {
     );
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// The final ten-crop and multi-scale test of an ImageNet net trained on
+/// two ranks runs split across them, the counts summed: the same images
+/// and the same results as one process evaluating the checkpoint.
+#[test]
+fn the_final_test_is_split_across_ranks_and_summed() {
+    let run = tempfile::tempdir().unwrap();
+    let mut args = train_args(run.path(), 1000, 16);
+    let m = args.iter().position(|a| a == "resnet20").unwrap();
+    args[m] = "resnet18".into();
+    args.extend(["--crop", "32", "--epochs", "1"].map(String::from));
+    let o = train(2, &args);
+    assert!(o.status.success(), "{}", text(&o));
+    let log = log(run.path());
+    let last = log.last().unwrap();
+    assert_eq!(last["type"], "final", "{last}");
+    let job = resnet_imagenet::train::prepare_eval(run.path(), None, None, 1).unwrap();
+    let one = resnet_imagenet::train::evaluate_checkpoint(job).unwrap();
+    let (ten, ms) = (one.ten_crop.unwrap(), one.multiscale.unwrap());
+    assert_eq!(last["images"], ten.n, "every validation image once");
+    for (key, want) in [
+        ("ten_crop_top1_error", ten.top1_error()),
+        ("ten_crop_top5_error", ten.top5_error()),
+        ("multiscale_top1_error", ms.top1_error()),
+        ("multiscale_top5_error", ms.top5_error()),
+    ] {
+        let got = last[key].as_f64().unwrap();
+        assert!(
+            (got - want).abs() < 1e-9,
+            "{key}: 2 ranks {got}, one process {want}"
+        );
+    }
+}

@@ -111,32 +111,42 @@ pub(super) fn center_crop(cfg: &TrainConfig) -> EvalCrop {
     }
 }
 
-/// Ten-crop, then multi-scale at `scales` (through `center_loader`'s
-/// normalisation): the end-of-run tests of ImageNet models. With an
-/// `engine` (planned at the crop size, holding `model`'s weights) the
-/// ten crops run on it; the multi-scale test, one whole image of its own
-/// size at a time, runs on `model`.
-pub(super) fn ten_crop_and_multiscale<M: Network<D>, D: Device<f32>>(
-    model: &mut M,
-    engine: Option<&mut crate::engine::Engine>,
-    dev: &D,
+/// The ten-crop test's loader: shorter side `eval_resize`, ten crops of
+/// the crop size, over `share` of the validation split.
+pub(super) fn ten_crop_loader(
     cfg: &TrainConfig,
     val: &Arc<Dataset>,
-    center_loader: &Loader,
-    scales: &[u32],
-) -> Result<(Accuracy, Accuracy), TrainError> {
-    let ten = eval_loader(
+    share: Distributed,
+) -> Result<Loader, TrainError> {
+    eval_loader(
         cfg,
         Arc::clone(val),
         EvalCrop::TenCrop {
             resize: cfg.eval_resize,
             crop: cfg.crop,
         },
-        Distributed::default(),
-    )?;
+        share,
+    )
+}
+
+/// Ten-crop (`ten_loader`, [`ten_crop_loader`]), then multi-scale at
+/// `scales` (through `center_loader`'s normalisation and records): the
+/// end-of-run tests of ImageNet models, on the records the loaders hold
+/// (a rank's share: the caller sums the counts). With an `engine`
+/// (planned at the crop size, holding `model`'s weights) the ten crops run
+/// on it; the multi-scale test, one whole image of its own size at a time,
+/// runs on `model`.
+pub(super) fn ten_crop_and_multiscale<M: Network<D>, D: Device<f32>>(
+    model: &mut M,
+    engine: Option<&mut crate::engine::Engine>,
+    dev: &D,
+    ten_loader: &Loader,
+    center_loader: &Loader,
+    scales: &[u32],
+) -> Result<(Accuracy, Accuracy), TrainError> {
     let ten = match engine {
-        Some(e) => evaluate_engine(e, &ten)?,
-        None => evaluate(model, dev, &ten)?,
+        Some(e) => evaluate_engine(e, ten_loader)?,
+        None => evaluate(model, dev, ten_loader)?,
     };
     let ms = evaluate_multiscale(model, dev, center_loader, scales)?;
     Ok((ten, ms))
@@ -225,12 +235,12 @@ pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainEr
         )?;
         (Some(ten), None)
     } else {
+        let ten_loader = ten_crop_loader(cfg, val, Distributed::default())?;
         let (ten, ms) = ten_crop_and_multiscale(
             &mut model,
             engine.as_mut(),
             &dev,
-            cfg,
-            val,
+            &ten_loader,
             &center_loader,
             &job.scales,
         )?;

@@ -4,7 +4,7 @@
 use super::TrainError;
 use super::checkpoint;
 use super::device::cpu_device;
-use super::eval::{center_crop, paper_scales, ten_crop_and_multiscale};
+use super::eval::{center_crop, paper_scales, ten_crop_and_multiscale, ten_crop_loader};
 use super::job::{Job, Start, TrainState, eval_loader, prepare, train_loader};
 use super::metrics::Accuracy;
 use super::recorder::Recorder;
@@ -462,12 +462,11 @@ impl<'c, M: Network<D>, D: Device<f32>> Run<'c, M, D> {
     }
 
     /// The final ten-crop and multi-scale test of an ImageNet net whose
-    /// epochs all ran: on rank 0 alone, over the whole validation split
-    /// (the statistics were averaged at the last checkpoint).
+    /// epochs all ran, each rank on its share of the validation split (the
+    /// statistics were averaged at the last checkpoint), the counts summed.
     fn final_test(&mut self) -> Result<Option<FinalRecord>, TrainError> {
         let cfg = &self.cfg;
-        if !self.rec.writes()
-            || !cfg.final_eval
+        if !cfg.final_eval
             || self.st.epoch < cfg.epochs
             || zoo::family(&cfg.model) != Some(Family::ImageNet)
         {
@@ -479,21 +478,23 @@ impl<'c, M: Network<D>, D: Device<f32>> Run<'c, M, D> {
             Stepper::Engine(e) => Some(&mut **e),
             Stepper::Dfdx(_) => None,
         };
-        let center = eval_loader(
-            cfg,
-            Arc::clone(&self.val),
-            center_crop(cfg),
-            Distributed::default(),
-        )?;
-        let (ten, ms) = ten_crop_and_multiscale(
+        let share = Distributed {
+            rank: self.comm.rank(),
+            world_size: self.comm.world_size(),
+            remainder: Remainder::Uneven,
+        };
+        let center = eval_loader(cfg, Arc::clone(&self.val), center_crop(cfg), share)?;
+        let ten_loader = ten_crop_loader(cfg, &self.val, share)?;
+        let (mut ten, mut ms) = ten_crop_and_multiscale(
             &mut self.model,
             engine,
             &self.dev,
-            cfg,
-            &self.val,
+            &ten_loader,
             &center,
             &scales,
         )?;
+        sum_accuracy(&mut ten, &*self.comm);
+        sum_accuracy(&mut ms, &*self.comm);
         let r = FinalRecord {
             ten_crop_top1_error: ten.top1_error(),
             ten_crop_top5_error: ten.top5_error(),

@@ -75,11 +75,6 @@ impl Recorder {
         &self.ckpt_dir
     }
 
-    /// Whether this recorder writes (rank 0).
-    pub(super) fn writes(&self) -> bool {
-        self.writer.is_some()
-    }
-
     /// Appends a record to the log (rank 0).
     pub(super) fn write(&mut self, r: &LogRecord) -> Result<(), TrainError> {
         match &mut self.writer {

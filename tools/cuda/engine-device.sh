@@ -3,9 +3,12 @@
 # root, with .gpu/gpu-check (built here: bash tools/cuda/engine-bundle.sh)
 # carried along. Builds nothing there.
 #
-#   PARTS="compare time torch" bash tools/cuda/engine-device.sh
+#   PARTS="compare train time torch" bash tools/cuda/engine-device.sh
 #
 # compare: gpu-check --compare (GPU vs the CPU engine, fp32 and tf32)
+# train:   train-resnet --device cuda on the packed sample (ResNet-20 at
+#          32, 2 epochs, then ResNet-18 at 64 for 20 steps), exit codes,
+#          the logs' last records
 # time:    gpu-check --time, ResNet-50 at BATCHES, ResNet-18 at BATCHES18
 # torch:   tools/cuda/pytorch_bench.py, the same networks and batches
 #          (fp32, TF32, bf16 autocast; channels_last, cudnn.benchmark)
@@ -44,10 +47,23 @@ pt() {
   PYTHONUNBUFFERED=1 timeout "$limit" python3 tools/cuda/pytorch_bench.py "$@" --json /tmp/part.jsonl 2>&1 | tee -a "$out/torch.log"
   cat /tmp/part.jsonl >> "$out/torch.jsonl" 2>/dev/null; rm -f /tmp/part.jsonl
 }
-parts=" ${PARTS:-compare time torch} "
+parts=" ${PARTS:-compare train time torch} "
 has() { [[ $parts == *" $1 "* ]]; }
 has compare && gc "${COMPARE_LIMIT:-150}" --compare "${COMPARE:-resnet20,resnet18,resnet50}" \
   --compare-batch 4 --compare-side "${COMPARE_SIDE:-224}" --compare-steps 3 --time ""
+if has train; then
+  chmod +x .gpu/train-resnet
+  for args in "--model resnet20 --epochs 2 --batch-size 64" \
+              "--model resnet18 --crop 64 --max-steps 20 --batch-size 32 --no-final-eval"; do
+    stamp "train-resnet --device cuda $args"
+    run="$out/train-$(echo "$args" | cut -d' ' -f2)"
+    # shellcheck disable=SC2086
+    timeout "${TRAIN_LIMIT:-120}" .gpu/train-resnet --device cuda --data .gpu/sample-packed \
+      $args --out "$run" --quiet 2>&1 | tail -8 | tee -a "$out/train.log"
+    echo "exit ${PIPESTATUS[0]}" | tee -a "$out/train.log"
+    tail -3 "$run/log.jsonl" 2>/dev/null | tee -a "$out/train.log"
+  done
+fi
 has time && gc "${TIME_LIMIT:-200}" --compare "" --time resnet50 --batch-sizes "$batches" \
   --warmup 3 --min-steps 5 --max-seconds "${SECONDS_EACH:-2}"
 has time && [ -n "$batches18" ] && gc 60 --compare "" --time resnet18 --batch-sizes "$batches18" \
