@@ -170,10 +170,12 @@ impl Cpu {
         }
     }
 
-    /// Runs op `i` forward (`Some(train)`) or backward (`None`) on the
-    /// pool, timed while profiling.
-    fn run_op(&mut self, i: usize, forward: Option<bool>) {
-        let t0 = std::time::Instant::now();
+    /// Runs ops `ops` (in that order) forward (`Some(train)`) or backward
+    /// (`None`) inside one entry into the pool (each entry from outside it
+    /// queues a job, and rayon's queue grows by a block every few dozen:
+    /// one entry per pass keeps a step free of allocations), timed per op
+    /// while profiling.
+    fn run_ops(&mut self, ops: impl Iterator<Item = usize> + Send, forward: Option<bool>) {
         let pool = self.pool.clone();
         pool.install(|| {
             let mem = Mem::new(&mut self.arena, &self.plan);
@@ -184,21 +186,24 @@ impl Cpu {
                 partial: &mut self.partial,
                 threads: self.threads,
             };
-            let op = &self.plan.ops[i];
-            match forward {
-                Some(train) => ops::forward(op, &self.plan, &mem, &mut t, train),
-                None => ops::backward(op, &self.plan, &mem, &mut t),
+            for i in ops {
+                let t0 = std::time::Instant::now();
+                let op = &self.plan.ops[i];
+                let direction = match forward {
+                    Some(train) => {
+                        ops::forward(op, &self.plan, &mem, &mut t, train);
+                        "forward"
+                    }
+                    None => {
+                        ops::backward(op, &self.plan, &mem, &mut t);
+                        "backward"
+                    }
+                };
+                if let Some(p) = &mut self.profile {
+                    *p.entry((op.kind(), direction)).or_default() += t0.elapsed().as_secs_f64();
+                }
             }
         });
-        if let Some(p) = &mut self.profile {
-            let direction = if forward.is_some() {
-                "forward"
-            } else {
-                "backward"
-            };
-            *p.entry((self.plan.ops[i].kind(), direction)).or_default() +=
-                t0.elapsed().as_secs_f64();
-        }
     }
 
     /// Backward, op by op, starting each bucket's sum over the ranks as
@@ -218,7 +223,9 @@ impl Cpu {
         let mut next = 0;
         let mut first_start = None;
         for i in (0..self.plan.ops.len()).rev() {
-            self.run_op(i, None);
+            // One op per entry into the pool: the communicator is called
+            // from this thread between ops.
+            self.run_ops(std::iter::once(i), None);
             while let Some(&(op, lo, hi)) = buckets.ranges.get(next)
                 && op == i
             {
@@ -286,9 +293,7 @@ impl Backend for Cpu {
         super::check_batch(&self.plan, images, None)?;
         let xb = &self.plan.bufs[self.plan.x];
         self.arena[xb.offset..xb.offset + xb.len].copy_from_slice(images);
-        for i in 0..self.plan.ops.len() {
-            self.run_op(i, Some(train));
-        }
+        self.run_ops(0..self.plan.ops.len(), Some(train));
         Ok(())
     }
 
@@ -320,9 +325,7 @@ impl Backend for Cpu {
         reduce: Option<(&mut dyn Communicator, &Buckets)>,
     ) -> Result<Reduction, EngineError> {
         let Some((comm, buckets)) = reduce else {
-            for i in (0..self.plan.ops.len()).rev() {
-                self.run_op(i, None);
-            }
+            self.run_ops((0..self.plan.ops.len()).rev(), None);
             return Ok(Reduction::default());
         };
         let first_start = self.backward_overlapped(comm, buckets);
