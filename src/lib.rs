@@ -17,7 +17,12 @@
 //! - [`train`]: the trainer (SGD, schedules, evaluation, checkpoints, logs).
 //! - [`measure`]: medians, the loader against its decode-only ceiling, the CPU-vs-device parity check, step timings; [`plot`]: charts.
 //! - Shared by the stages: [`files`] (atomic writes), [`seed`] (seed mixing), [`error`];
-//!   by the binaries: [`cli`].
+//!   by the binaries: [`cli`]; [`sample`]: the bundled sample, packed.
+//!
+//! The data half (`pack` to `loader`, `files`, `seed`, `progress`, the
+//! loader's benchmark) is its own crate, `resnet-imagenet-data` (no dfdx,
+//! no clap, no plotters: what the Python package is built from); it is
+//! re-exported here under the same paths.
 //!
 //! ```no_run
 //! use resnet_imagenet::{augment::TrainAugment, loader::LoaderBuilder, pack, reader::Dataset};
@@ -35,23 +40,18 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod augment;
 pub mod cli;
-pub mod decode;
 pub mod dist;
 pub mod engine;
 pub mod error;
-pub mod files;
-pub mod format;
-pub mod loader;
 pub mod measure;
 pub mod model;
-pub mod pack;
 pub mod plot;
-pub mod progress;
-pub mod reader;
-pub mod sampler;
-pub mod seed;
+pub mod sample;
 pub mod train;
+
+pub use resnet_imagenet_data::{
+    augment, decode, files, format, loader, pack, progress, reader, sampler, seed,
+};
 
 pub use error::{Error, Result};

@@ -28,7 +28,7 @@ echo "ImageId,PredictionString" > "$OUT/LOC_val_solution.csv"
 v=0
 while read -r wnid src; do
   d="$OUT/train/$wnid"; mkdir -p "$d"
-  name=$(grep -P "^\d+\t$wnid\t" datasets/imagenet/classes.tsv | cut -f3)
+  name=$(grep -P "^\d+\t$wnid\t" crates/data/imagenet/classes.tsv | cut -f3)
   echo "$wnid $name" >> "$OUT/LOC_synset_mapping.txt"
   # the photo itself, re-saved as a baseline JPEG (quality 92)
   convert "$src" -strip -quality 92 "$d/${wnid}_1.JPEG"

@@ -3,7 +3,6 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use resnet_imagenet::cli::parse;
-use resnet_imagenet::pack;
 use resnet_imagenet::train::{self, Choices, DeviceKind, EngineKind, ScheduleKind, Start};
 use std::path::PathBuf;
 
@@ -172,7 +171,8 @@ impl TrainArgs {
             sample: a.data.is_none(),
             data: match &a.data {
                 Some(d) => d.clone(),
-                None => pack::bundled_sample().context("packing the bundled sample")?,
+                None => resnet_imagenet::sample::bundled_sample()
+                    .context("packing the bundled sample")?,
             },
             model: a.model.clone(),
             batch_size: a.batch_size,

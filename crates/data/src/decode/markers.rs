@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn reads_size_and_restart_interval_of_real_files() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/odd-jpeg");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/odd-jpeg");
         let read = |name: &str| scan(&std::fs::read(dir.join(name)).unwrap());
         let l = read("app13.jpg");
         assert_eq!((l.width, l.height, l.restart_interval), (4, 4, 1));

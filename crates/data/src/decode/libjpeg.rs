@@ -291,7 +291,7 @@ mod tests {
 
     /// Every JPEG of the bundled sample (real photos, with the oddities).
     fn sample_jpegs() -> Vec<(PathBuf, Vec<u8>)> {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/sample");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/sample");
         let mut v = Vec::new();
         for dir in ["train", "val"] {
             let mut stack = vec![root.join(dir)];

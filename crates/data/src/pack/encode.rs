@@ -323,7 +323,8 @@ mod tests {
     #[test]
     fn encoded_photos_decode_to_their_pixels() {
         use crate::decode::{decode_rgb, markers};
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/sample/train");
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/sample/train");
         let input = std::fs::read(root.join("n03785016/n03785016_1.JPEG")).unwrap();
         let mut px = Vec::new();
         let info = decode_rgb(&input, &mut px).unwrap();
@@ -365,7 +366,8 @@ mod tests {
     #[test]
     fn large_photos_pack_like_a_full_decode_resized() {
         use crate::decode::decode_rgb;
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/sample/train");
+        let root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/sample/train");
         for (file, max_side, want) in [
             ("n03877845/n03877845_huge.JPEG", 480, (640, 480)),
             ("n07747607/n07747607_1.JPEG", 256, (256, 256)),
@@ -413,7 +415,7 @@ mod tests {
     #[test]
     fn kept_files_are_checked_like_a_full_decode() {
         use crate::decode::{decode_rgb, jpeg_has_eoi};
-        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets");
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets");
         let mut files = Vec::new();
         let mut stack = vec![data.join("sample"), data.join("odd-jpeg")];
         while let Some(d) = stack.pop() {

@@ -30,11 +30,10 @@ use std::path::{Path, PathBuf};
 
 /// The 1000 ILSVRC2012 classes, `label\twnid\tname` per line, label = index
 /// of the wnid in sorted order (torchvision's and the devkit's convention).
-pub const IMAGENET_CLASSES_TSV: &str = include_str!("../../datasets/imagenet/classes.tsv");
+pub const IMAGENET_CLASSES_TSV: &str = include_str!("../../imagenet/classes.tsv");
 /// Labels (sorted-wnid index) of the 50,000 ILSVRC2012 val images, line i for
 /// `ILSVRC2012_val_{i+1:08}.JPEG`.
-pub const IMAGENET_VAL_LABELS: &str =
-    include_str!("../../datasets/imagenet/ILSVRC2012_val_labels.txt");
+pub const IMAGENET_VAL_LABELS: &str = include_str!("../../imagenet/ILSVRC2012_val_labels.txt");
 
 /// The ILSVRC2012 class list, in label order.
 pub fn imagenet_classes() -> Vec<ClassInfo> {
