@@ -24,7 +24,7 @@ def packed(tmp_path_factory):
     out = tmp_path_factory.mktemp("packed")
     summary = ri.pack(SAMPLE, out, threads=2, progress=False)
     assert set(summary) == {"train", "val"}
-    assert summary["train"]["records"] > 0
+    assert summary["train"]["packed"] > 0 and len(summary["train"]["skipped"]) == 2
     return out
 
 
@@ -58,8 +58,10 @@ def digest(images, labels):
 def test_batches_equal_the_rust_loaders_bit_for_bit(packed, augment, crop, output):
     split = packed / ("train" if augment in ("train", "cifar") else "val")
     want = rust_batches(split, 8, 5, augment, crop, output, epoch=1)
+    # The Rust tool keeps an evaluation's last, partial batch.
     loader = ri.Loader(split, 8, workers=3, seed=5, augment=augment, crop=crop, output=output,
-                       tensors="numpy", rank=0, world_size=1)
+                       tensors="numpy", rank=0, world_size=1,
+                       drop_last=augment in ("train", "cifar"))
     loader.set_epoch(1)
     got = [digest(x, y) for x, y in loader]
     assert len(got) == len(want) == len(loader)
@@ -202,15 +204,18 @@ def test_torch_tensors_and_a_real_training_loop(packed):
     assert isinstance(x, torch.Tensor) and x.shape == (16, 3, 64, 64) and x.dtype == torch.float32
     assert y.dtype == torch.int64
     model = torchvision.models.resnet18(num_classes=len(loader.classes))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for epoch in range(6):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    per_epoch = []
+    for epoch in range(8):
         loader.set_epoch(epoch)
+        losses = []
         for x, y in loader:
             loss = torch.nn.functional.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(loss.item())
-    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
-    assert last < first, f"loss {first:.3f} -> {last:.3f}"
+        per_epoch.append(np.mean(losses))
+    # Seen on this machine: 2.52 in the first epoch, 1.9-2.2 in the last three.
+    first, last = per_epoch[0], np.mean(per_epoch[-3:])
+    assert last < first - 0.15, f"mean loss by epoch: {per_epoch}"
