@@ -150,9 +150,7 @@ impl NativeLoader {
             other => {
                 return Err(value_error(
                     "augment",
-                    format!(
-                        "{other:?}: expected \"train\", \"center\", \"ten_crop\" or \"cifar\""
-                    ),
+                    format!("{other:?}: expected \"train\", \"center\", \"ten_crop\" or \"cifar\""),
                 ));
             }
         };
@@ -161,9 +159,7 @@ impl NativeLoader {
             world_size,
             remainder,
         });
-        let loader = b
-            .build(Arc::new(ds))
-            .map_err(|e| value_error("path", e))?;
+        let loader = b.build(Arc::new(ds)).map_err(|e| value_error("path", e))?;
         Ok(NativeLoader {
             loader,
             seed,
