@@ -2,12 +2,13 @@
 
 use crate::util::{copy_tree, packed_sample, within};
 use resnet_imagenet::augment::{EvalCrop, TrainAugment};
-use resnet_imagenet::loader::{Loader, LoaderBuilder, OnError, OutputKind};
+use resnet_imagenet::loader::{Loader, LoaderBuilder, Next, OnError, OutputKind};
 use resnet_imagenet::reader::Dataset;
 use resnet_imagenet::sampler::{Distributed, Remainder};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn train_set() -> Arc<Dataset> {
     Arc::new(Dataset::open(packed_sample().join("train")).unwrap())
@@ -273,6 +274,33 @@ fn dropping_an_epoch_mid_way_stops_promptly() {
         drop(e);
         assert_eq!(kept.len(), 2);
     });
+}
+
+#[test]
+fn waiting_in_slices_yields_the_same_batches_as_the_iterator() {
+    let b = || LoaderBuilder::new().batch_size(8).seed(3);
+    let want = collect(&loader(2, b()), 0);
+    let l = loader(2, b());
+    let mut e = l.epoch(0);
+    // A batch of eight decodes cannot be ready the instant the epoch starts.
+    assert!(matches!(e.next_within(Duration::ZERO), Next::Pending));
+    let mut got = Vec::new();
+    loop {
+        match e.next_within(Duration::from_millis(1)) {
+            Next::Pending => {}
+            Next::End => break,
+            Next::Ready(b) => {
+                let b = b.unwrap();
+                got.push((
+                    b.images().to_vec(),
+                    b.labels().to_vec(),
+                    b.indices().to_vec(),
+                ));
+            }
+        }
+    }
+    assert!(got == want, "the same batches, in order");
+    assert!(matches!(e.next_within(Duration::ZERO), Next::End));
 }
 
 fn corrupt_copy(dir: &Path, record: usize) -> Arc<Dataset> {

@@ -11,14 +11,16 @@
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use resnet_imagenet_data::augment::{CifarAugment, EvalCrop, TrainAugment};
-use resnet_imagenet_data::loader::{Batch, Epoch, Loader, LoaderBuilder, LoaderState, OutputKind};
+use resnet_imagenet_data::loader::{
+    Batch, Epoch, Loader, LoaderBuilder, LoaderState, Next, OutputKind,
+};
 use resnet_imagenet_data::pack::{PackOptions, pack as pack_folder};
 use resnet_imagenet_data::progress::ProgressMode;
 use resnet_imagenet_data::reader::Dataset;
-use resnet_imagenet_data::sampler::{Distributed, Remainder};
+use resnet_imagenet_data::sampler::Distributed;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pyo3::create_exception!(
     _native,
@@ -119,41 +121,14 @@ impl NativeLoader {
                 ));
             }
         };
-        // The eval resize keeps the paper's 256/224.
-        let resize = (crop * 256).div_ceil(224);
-        let b = LoaderBuilder::new()
+        let (b, remainder) = LoaderBuilder::new()
             .batch_size(batch_size)
             .workers(workers.max(1))
             .seed(seed)
             .drop_last(drop_last)
-            .output(output);
-        let (b, remainder) = match augment {
-            "train" => (
-                b.train(TrainAugment {
-                    crop,
-                    ..TrainAugment::default()
-                }),
-                Remainder::Pad,
-            ),
-            "cifar" => (
-                b.cifar(CifarAugment {
-                    crop,
-                    ..CifarAugment::default()
-                }),
-                Remainder::Pad,
-            ),
-            "center" => (b.eval(EvalCrop::Center { resize, crop }), Remainder::Uneven),
-            "ten_crop" => (
-                b.eval(EvalCrop::TenCrop { resize, crop }),
-                Remainder::Uneven,
-            ),
-            other => {
-                return Err(value_error(
-                    "augment",
-                    format!("{other:?}: expected \"train\", \"center\", \"ten_crop\" or \"cifar\""),
-                ));
-            }
-        };
+            .output(output)
+            .augment_named(augment, crop)
+            .map_err(|e| value_error("augment", e))?;
         let b = b.distributed(Distributed {
             rank,
             world_size,
@@ -202,22 +177,29 @@ impl NativeLoader {
 
     /// The next batch of the started epoch as `(images, labels)`, labels
     /// as little-endian int64 bytes; `None` at its end. The GIL is
-    /// released while waiting.
+    /// released while waiting, and the wait is cut into slices between
+    /// which Python's signal handlers run, so Ctrl-C stops it promptly
+    /// (`KeyboardInterrupt`; the caller's `stop` then joins the workers).
     fn next_batch(&mut self, py: Python<'_>) -> PyResult<Option<(Images, Vec<u8>)>> {
         let Some(epoch) = self.epoch.as_mut() else {
             return Err(PyRuntimeError::new_err("no epoch started"));
         };
-        let next = py.detach(|| epoch.next());
+        let next = loop {
+            match py.detach(|| epoch.next_within(Duration::from_millis(50))) {
+                Next::Pending => py.check_signals()?,
+                ready_or_end => break ready_or_end,
+            }
+        };
         match next {
-            None => {
+            Next::End | Next::Pending => {
                 self.epoch = None;
                 Ok(None)
             }
-            Some(Err(e)) => {
+            Next::Ready(Err(e)) => {
                 self.epoch = None;
                 Err(LoaderError::new_err(e.to_string()))
             }
-            Some(Ok(batch)) => {
+            Next::Ready(Ok(batch)) => {
                 let labels = batch
                     .labels()
                     .iter()

@@ -6,7 +6,10 @@ import gc
 import json
 import os
 import resource
+import signal
 import subprocess
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -193,6 +196,32 @@ def test_a_corrupt_record_raises_loader_error_naming_the_shard(packed, tmp_path)
     with pytest.raises(ri.LoaderError, match=shard.name):
         for _ in loader:
             pass
+
+
+def test_ctrl_c_stops_a_wait_for_a_batch_promptly(packed):
+    # One batch of every training photo enlarged to 1024 pixels on one
+    # worker: long enough to interrupt in the middle of the wait.
+    loader = ri.Loader(packed / "train", 56, workers=1, augment="center", crop=1024,
+                       drop_last=False, tensors="numpy", rank=0, world_size=1)
+    t0 = time.monotonic()
+    next(iter(loader))
+    whole = time.monotonic() - t0
+    if whole < 0.4:
+        pytest.skip(f"a batch took {whole:.2f} s here: too short to interrupt in the middle")
+    loader.set_epoch(0)
+    timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+    t0 = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        next(iter(loader))
+    took = time.monotonic() - t0
+    timer.join()
+    # Promptly: not after the batch's end (the wait is cut into 50 ms slices).
+    assert took < 0.05 + whole / 2, f"KeyboardInterrupt after {took:.2f} s; a batch takes {whole:.2f} s"
+    # The loader is still usable afterwards.
+    loader.set_epoch(0)
+    x, _ = next(iter(loader))
+    assert x.shape[0] == 56
 
 
 def test_torch_tensors_and_a_real_training_loop(packed):

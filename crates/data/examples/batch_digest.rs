@@ -7,10 +7,9 @@
 //! ```
 //! (AUGMENT: train, center, ten_crop, cifar; OUTPUT: float32, uint8.)
 
-use resnet_imagenet_data::augment::{CifarAugment, EvalCrop, TrainAugment};
 use resnet_imagenet_data::loader::{LoaderBuilder, OutputKind};
 use resnet_imagenet_data::reader::Dataset;
-use resnet_imagenet_data::sampler::{Distributed, Remainder};
+use resnet_imagenet_data::sampler::Distributed;
 use std::sync::Arc;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,33 +25,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "uint8" => OutputKind::U8Hwc,
         _ => OutputKind::F32Chw,
     };
-    let resize = (crop * 256).div_ceil(224);
-    let b = LoaderBuilder::new()
+    let (b, remainder) = LoaderBuilder::new()
         .batch_size(batch)
         .workers(2)
         .seed(seed)
-        .output(output);
-    let (b, remainder) = match a[3].as_str() {
-        "train" => (
-            b.train(TrainAugment {
-                crop,
-                ..TrainAugment::default()
-            }),
-            Remainder::Pad,
-        ),
-        "cifar" => (
-            b.cifar(CifarAugment {
-                crop,
-                ..CifarAugment::default()
-            }),
-            Remainder::Pad,
-        ),
-        "center" => (b.eval(EvalCrop::Center { resize, crop }), Remainder::Uneven),
-        _ => (
-            b.eval(EvalCrop::TenCrop { resize, crop }),
-            Remainder::Uneven,
-        ),
-    };
+        .output(output)
+        .augment_named(&a[3], crop)?;
     let loader = b
         .distributed(Distributed {
             rank,

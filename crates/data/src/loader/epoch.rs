@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 impl Loader {
     pub(super) fn start(&self, epoch: u64, position: usize) -> Epoch {
@@ -185,21 +185,43 @@ impl Epoch {
     }
 }
 
-impl Iterator for Epoch {
-    type Item = Result<Batch, LoadError>;
+/// What [`Epoch::next_within`] found.
+pub enum Next {
+    /// The next batch, or the error that ended the epoch.
+    Ready(Result<Batch, LoadError>),
+    /// The epoch is over.
+    End,
+    /// Not ready within the time given (ask again).
+    Pending,
+}
 
-    fn next(&mut self) -> Option<Self::Item> {
+impl Epoch {
+    /// The next batch if it is ready within `timeout`: lets a caller that
+    /// must stay responsive (a Python loop that honours Ctrl-C, a progress
+    /// display) wait in slices.
+    pub fn next_within(&mut self, timeout: Duration) -> Next {
+        self.next_until(Some(Instant::now() + timeout))
+    }
+
+    fn next_until(&mut self, deadline: Option<Instant>) -> Next {
         if self.finished || self.position >= self.n_batches {
             if !self.finished {
                 self.finished = true;
                 self.shutdown();
             }
-            return None;
+            return Next::End;
         }
         self.dispatch();
         let t0 = Instant::now();
         while !self.ready.contains_key(&self.position) {
-            match self.done_rx.recv() {
+            let done = match deadline {
+                None => self.done_rx.recv().map_err(|_| true),
+                Some(d) => self
+                    .done_rx
+                    .recv_deadline(d)
+                    .map_err(|e| e.is_disconnected()),
+            };
+            match done {
                 Ok(Done::Batch(b)) => {
                     self.ready.insert(b, Ok(()));
                 }
@@ -207,7 +229,11 @@ impl Iterator for Epoch {
                     // Reported when the consumer reaches that batch; the first error wins.
                     self.ready.entry(b).or_insert(Err(err));
                 }
-                Err(_) => {
+                Err(false) => {
+                    self.wait += t0.elapsed().as_secs_f64();
+                    return Next::Pending;
+                }
+                Err(true) => {
                     // Every worker has exited without reporting this batch
                     // (a panic outside the per-sample guard): fail, don't hang.
                     self.finished = true;
@@ -215,7 +241,7 @@ impl Iterator for Epoch {
                     let first =
                         self.records_in(self.position).first().copied().unwrap_or(0) as usize;
                     let kind = LoadErrorKind::Panic("all loader workers exited".into());
-                    return Some(Err(load_error(&self.shared, first, kind)));
+                    return Next::Ready(Err(load_error(&self.shared, first, kind)));
                 }
             }
         }
@@ -223,7 +249,7 @@ impl Iterator for Epoch {
         if let Some(Err(err)) = self.ready.remove(&self.position) {
             self.finished = true;
             self.shutdown();
-            return Some(Err(err));
+            return Next::Ready(Err(err));
         }
         let mem = self.in_flight.remove(&self.position).expect("dispatched");
         let batch = Batch {
@@ -236,7 +262,19 @@ impl Iterator for Epoch {
         };
         self.position += 1;
         self.dispatch(); // keep the workers busy while the consumer computes
-        Some(Ok(batch))
+        Next::Ready(Ok(batch))
+    }
+}
+
+impl Iterator for Epoch {
+    type Item = Result<Batch, LoadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_until(None) {
+            Next::Ready(r) => Some(r),
+            Next::End => None,
+            Next::Pending => unreachable!("no deadline"),
+        }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

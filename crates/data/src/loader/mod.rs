@@ -26,7 +26,10 @@ mod epoch;
 mod worker;
 
 pub use batch::{Batch, OutputKind};
-pub use epoch::Epoch;
+pub use epoch::{Epoch, Next};
+
+/// The names [`LoaderBuilder::augment_named`] knows.
+pub const AUGMENT_NAMES: [&str; 4] = ["train", "center", "ten_crop", "cifar"];
 
 use crate::augment::{
     Augment, CifarAugment, EvalCrop, Lighting, Normalization, Normalizer, Pipeline, SampleParams,
@@ -34,7 +37,7 @@ use crate::augment::{
 };
 use crate::error::{LoadError, ReadError};
 use crate::reader::Dataset;
-use crate::sampler::{Distributed, Order, epoch_indices};
+use crate::sampler::{Distributed, Order, Remainder, epoch_indices};
 use batch::BatchMem;
 use crossbeam::channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
@@ -164,6 +167,45 @@ impl LoaderBuilder {
     /// Evaluation crops (sequential order unless [`LoaderBuilder::order`] says otherwise).
     pub fn eval(self, e: EvalCrop) -> Self {
         self.augment(Augment::Eval(e))
+    }
+    /// The augmentation by the name the Python package and the tools give
+    /// it, at `crop` pixels: `train` (the paper's), `cifar`, `center` or
+    /// `ten_crop` (shorter side resized to 256/224 of `crop`, as the
+    /// paper's 256 for 224). Returns the builder and how a rank's share of
+    /// a split that does not divide is made: training pads (as PyTorch's
+    /// `DistributedSampler`), evaluation visits every record once.
+    pub fn augment_named(self, name: &str, crop: u32) -> Result<(Self, Remainder), String> {
+        let resize = (crop * 256).div_ceil(224);
+        Ok(match name {
+            "train" => (
+                self.train(TrainAugment {
+                    crop,
+                    ..TrainAugment::default()
+                }),
+                Remainder::Pad,
+            ),
+            "cifar" => (
+                self.cifar(CifarAugment {
+                    crop,
+                    ..CifarAugment::default()
+                }),
+                Remainder::Pad,
+            ),
+            "center" => (
+                self.eval(EvalCrop::Center { resize, crop }),
+                Remainder::Uneven,
+            ),
+            "ten_crop" => (
+                self.eval(EvalCrop::TenCrop { resize, crop }),
+                Remainder::Uneven,
+            ),
+            other => {
+                return Err(format!(
+                    "{other:?}: expected one of {}",
+                    AUGMENT_NAMES.join(", ")
+                ));
+            }
+        })
     }
     /// Epoch order (default: shuffled for training, sequential for evaluation).
     pub fn order(mut self, o: Order) -> Self {
