@@ -4,16 +4,23 @@ steps (forward, cross-entropy, backward, update; momentum 0.9, weight decay
 1e-4) on one random NCHW batch, CPU, after warm-up steps; median.
 
     python3 tools/pytorch-bench.py --model resnet20 --batch-size 128 --size 32 \
-        --steps 6 --warmup 2 --threads 2
+        --steps 6 --warmup 2 --threads 2 --mode bf16-autocast-channels-last [--peak]
 
-Prints one JSON object: s_per_step, step_s, torch version, the oneDNN
-(mkldnn) version, threads. `bench-trainer --pytorch` runs it beside ours.
+--mode: fp32-nchw (PyTorch's default), fp32-channels-last (its fastest fp32
+on CPUs with oneDNN), bf16-autocast-channels-last (torch.autocast("cpu",
+torch.bfloat16) around forward and loss, fp32 master weights: its fastest
+bf16). --peak adds the GFLOP/s of 1024^3 matrix products in fp32 and in bf16
+on the same threads (oneDNN picks AMX, AVX512-BF16 or emulation itself).
+
+Prints one JSON object: s_per_step, step_s, mode, torch version, the
+oneDNN (mkldnn) version, threads (and with --peak, matmul_gflops). `bench-trainer --pytorch` runs it beside ours.
 Models: resnet20/32/44/56/110 and plain20..110 (the paper's CIFAR nets,
 option A), resnet18/34/50/101/152 (ImageNet, option B; bottlenecks with the
 stride on the first 1x1 as ours, v1) and resnet50/101/152-v1.5, plain18/34.
 """
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -103,6 +110,20 @@ def onednn_version():
     return m.group(1) if m else None
 
 
+MODES = ("fp32-nchw", "fp32-channels-last", "bf16-autocast-channels-last")
+
+
+def matmul_gflops(dtype, n=1024, reps=5):
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="resnet20")
@@ -111,6 +132,8 @@ def main():
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--mode", choices=MODES, default="fp32-nchw")
+    p.add_argument("--peak", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -119,21 +142,32 @@ def main():
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(a.batch_size, 3, a.size, a.size)
     y = torch.randint(0, classes, (a.batch_size,))
+    if a.mode != "fp32-nchw":
+        m = m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    bf16 = a.mode.startswith("bf16")
     times = []
     for step in range(a.warmup + a.steps):
         t0 = time.perf_counter()
         opt.zero_grad()
-        F.cross_entropy(m(x), y).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(m(x), y)
+        loss.backward()
         opt.step()
         if step >= a.warmup:
             times.append(time.perf_counter() - t0)
-    print(json.dumps({
+    out = {
         "model": a.model, "batch_size": a.batch_size, "size": a.size, "threads": a.threads,
-        "s_per_step": statistics.median(times), "step_s": times,
+        "mode": a.mode, "s_per_step": statistics.median(times), "step_s": times,
         "torch": torch.__version__, "mkldnn": torch.backends.mkldnn.is_available(),
         "onednn": onednn_version(),
         "parameters": sum(q.numel() for q in m.parameters()),
-    }))
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+    if a.peak:
+        out["matmul_gflops"] = {"fp32": matmul_gflops(torch.float32),
+                                "bf16": matmul_gflops(torch.bfloat16)}
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

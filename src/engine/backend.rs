@@ -43,7 +43,7 @@ pub struct Reduction {
 /// summing gradients over ranks as it goes), SGD, and copies of its flat
 /// arrays in and out.
 pub trait Backend: Send {
-    /// The device in words (`"cpu (2 threads, Avx512 kernels)"`).
+    /// The device in words (`"cpu (2 threads, fp32 Avx512 kernels)"`).
     fn describe(&self) -> String;
 
     /// The plan it runs.
@@ -134,5 +134,10 @@ pub trait Backend: Send {
     /// Host threads the backend computes on (0 for a device).
     fn threads(&self) -> usize {
         0
+    }
+
+    /// The arithmetic of its convolutions and classifier.
+    fn precision(&self) -> super::Precision {
+        super::Precision::Fp32
     }
 }

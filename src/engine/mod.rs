@@ -57,11 +57,13 @@ pub mod cpu;
 pub mod cuda;
 pub mod data_parallel;
 pub mod plan;
+pub mod precision;
 
 use crate::model::lower::Lower;
 use crate::model::state::{assign_tensors, named_tensors};
 pub use backend::{Backend, Flat, Reduction};
 pub use data_parallel::{Buckets, StepStats};
+pub use precision::Precision;
 use dfdx::prelude::*;
 use plan::{Layout, Plan, PlanBuilder, TensorSpec};
 
@@ -227,7 +229,7 @@ impl Engine {
     }
 
     /// Plans `model` for `batch` images of `h x w` on `target` and copies
-    /// its tensors in.
+    /// its tensors in (fp32).
     pub fn on<M, D>(
         model: &M,
         batch: usize,
@@ -238,12 +240,34 @@ impl Engine {
         M: Lower + TensorCollection<f32, D>,
         D: Device<f32>,
     {
+        Self::build(model, batch, (h, w), target, Precision::Fp32)
+    }
+
+    /// [`Engine::on`] computing convolutions and the classifier in
+    /// `precision` ([`precision`]).
+    pub fn build<M, D>(
+        model: &M,
+        batch: usize,
+        (h, w): (usize, usize),
+        target: Target,
+        precision: Precision,
+    ) -> Result<Self, EngineError>
+    where
+        M: Lower + TensorCollection<f32, D>,
+        D: Device<f32>,
+    {
         let plan = Self::lower(model, batch, (h, w))?;
         let backend: Box<dyn Backend> = match target {
-            Target::Cpu { threads } => Box::new(cpu::Cpu::new(plan, threads)?),
+            Target::Cpu { threads } => {
+                Box::new(cpu::Cpu::with_precision(plan, threads, precision)?)
+            }
             #[cfg(feature = "cuda")]
             Target::Cuda { ordinal } => {
-                Box::new(cuda::Cuda::new(plan, ordinal, cuda::Precision::Fp32)?)
+                let precision = match precision {
+                    Precision::Fp32 => cuda::Precision::Fp32,
+                    Precision::Bf16 => cuda::Precision::Bf16,
+                };
+                Box::new(cuda::Cuda::new(plan, ordinal, precision)?)
             }
             #[cfg(not(feature = "cuda"))]
             Target::Cuda { .. } => return Err(EngineError::NotBuilt("cuda")),
@@ -320,6 +344,11 @@ impl Engine {
     /// The plan.
     pub fn plan(&self) -> &Plan {
         self.backend.plan()
+    }
+
+    /// The arithmetic of convolutions and the classifier.
+    pub fn precision(&self) -> Precision {
+        self.backend.precision()
     }
 
     /// Host threads the backend computes on (0 on a GPU).

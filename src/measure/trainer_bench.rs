@@ -5,7 +5,8 @@
 use super::median;
 use super::timing::{self, Timing};
 use crate::dist::{Communicator, Local};
-use crate::engine::{Engine, cpu};
+use crate::engine::precision::Kernels;
+use crate::engine::{Engine, Precision, Target, cpu};
 use crate::measure::parity::synthetic;
 use crate::model::zoo::{self, Network, NetworkUser, ZooError};
 use dfdx::prelude::*;
@@ -31,6 +32,8 @@ pub struct TrainerBench {
     pub threads: usize,
     /// Which trainer.
     pub engine: EngineKind,
+    /// The engine's precision (dfdx: fp32 only).
+    pub precision: Precision,
 }
 
 /// The result, as `bench-trainer --json` prints it (plus the PyTorch fields
@@ -41,6 +44,12 @@ pub struct TrainerRun {
     pub model: String,
     /// Trainer timed.
     pub engine: EngineKind,
+    /// Its precision.
+    pub precision: Precision,
+    /// The kernels that ran, in words (the engine's; dfdx: its own).
+    pub kernels: String,
+    /// The matrix-product instruction sets of this CPU.
+    pub cpu_kernels: String,
     /// Images per step.
     pub batch_size: usize,
     /// Image side.
@@ -113,6 +122,11 @@ pub fn run_on(
             bench.batch_size
         )));
     }
+    if bench.precision != Precision::Fp32 && bench.engine == EngineKind::Dfdx {
+        return Err(TrainerBenchError::Ranks(
+            "dfdx runs fp32 only: bf16 is the engine's (--engine engine)".into(),
+        ));
+    }
     if world > 1 && bench.engine == EngineKind::Dfdx {
         return Err(TrainerBenchError::Ranks(
             "several ranks run the engine only (--engine engine)".into(),
@@ -152,7 +166,17 @@ impl NetworkUser<Cpu> for Run<'_, '_> {
         let model = M::build(&dev);
         // The plan also counts the work (and checks the settings and the
         // memory, before anything large is allocated) for dfdx.
-        let mut engine = Engine::new(&model, share, (b.size, b.size), b.threads)?;
+        let mut engine = Engine::build(
+            &model,
+            share,
+            (b.size, b.size),
+            Target::Cpu { threads: b.threads },
+            b.precision,
+        )?;
+        let kernels = match b.engine {
+            EngineKind::Engine => engine.describe(),
+            EngineKind::Dfdx => "dfdx's cpu kernels (gemm crate)".into(),
+        };
         let (x, labels) = synthetic(share, b.size, M::CLASSES, 7 + rank as u64);
         let flops = engine.plan().flops_per_step() * world as f64;
         let mut profile = Vec::new();
@@ -202,6 +226,9 @@ impl NetworkUser<Cpu> for Run<'_, '_> {
         Ok(TrainerRun {
             model: b.model.clone(),
             engine: b.engine,
+            precision: b.precision,
+            kernels,
+            cpu_kernels: Kernels::detect().cpu(),
             batch_size: b.batch_size,
             size: b.size,
             threads: b.threads,

@@ -4,6 +4,7 @@
 //! run), and the bundled sample's small job. `train-resnet` only fills a
 //! [`Choices`] from its arguments.
 
+use crate::engine::Precision;
 use super::TrainError;
 use super::schedule::Schedule;
 use crate::model::zoo::{self, Family, ZooError};
@@ -103,6 +104,10 @@ pub struct TrainConfig {
     /// Which trainer computes the steps.
     #[serde(default = "EngineKind::before_the_engine")]
     pub engine: EngineKind,
+    /// Arithmetic of convolutions and the classifier (runs saved before
+    /// it existed were fp32).
+    #[serde(default)]
+    pub precision: Precision,
     /// Checkpoints kept: `checkpoints/last` and the K-1 before it
     /// (`checkpoints/step-NNNNNNNN`), so a damaged newest one leaves older ones.
     #[serde(default = "default_keep_checkpoints")]
@@ -144,6 +149,7 @@ impl TrainConfig {
             out: PathBuf::from("runs/train"),
             device: DeviceKind::Cpu,
             engine: EngineKind::Engine,
+            precision: Precision::Fp32,
             keep_checkpoints: DEFAULT_KEEP_CHECKPOINTS,
         }
     }
@@ -211,6 +217,13 @@ impl TrainConfig {
                     self.batch_size, self.crop
                 ),
                 expected: "at least 2 values per channel for BatchNorm: a larger batch or crop",
+            });
+        }
+        if self.precision == Precision::Bf16 && self.engine == EngineKind::Dfdx {
+            return Err(TrainError::Setting {
+                setting: "precision",
+                value: "bf16 with --engine dfdx".into(),
+                expected: "fp32 with --engine dfdx (bf16 runs on the engine)",
             });
         }
         if self.device == DeviceKind::Cuda {
@@ -298,6 +311,8 @@ pub struct Choices {
     pub device: DeviceKind,
     /// Trainer [default: the engine].
     pub engine: Option<EngineKind>,
+    /// Precision [default: fp32].
+    pub precision: Option<Precision>,
     /// Checkpoints kept, at least 1 [default: 2].
     pub keep_checkpoints: Option<usize>,
 }
@@ -386,6 +401,7 @@ impl Choices {
         }
         c.device = self.device;
         c.engine = self.engine.unwrap_or(EngineKind::Engine);
+        c.precision = self.precision.unwrap_or_default();
         c.validate()?;
         Ok(c)
     }

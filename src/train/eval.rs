@@ -205,7 +205,14 @@ pub fn evaluate_job<M: Network<Cpu>>(job: EvalJob) -> Result<EvalReport, TrainEr
     let mut engine = match cfg.engine {
         EngineKind::Engine => {
             let side = cfg.crop as usize;
-            Some(Engine::new(&model, cfg.batch_size, (side, side), 0)?)
+            // In the precision it trained in.
+            Some(Engine::build(
+                &model,
+                cfg.batch_size,
+                (side, side),
+                crate::engine::Target::Cpu { threads: 0 },
+                cfg.precision,
+            )?)
         }
         EngineKind::Dfdx => None,
     };

@@ -98,6 +98,7 @@ fn agreement_fields(
         ("batch size", cfg.batch_size.to_string()),
         ("crop", cfg.crop.to_string()),
         ("engine", format!("{:?}", cfg.engine)),
+        ("precision", cfg.precision.to_string()),
         ("device", format!("{:?}", cfg.device)),
         ("seed", cfg.seed.to_string()),
         ("learning rate", cfg.lr.to_string()),

@@ -106,7 +106,13 @@ impl<D: Device<f32>> Stepper<D> {
                         ordinal: dist::local_rank(),
                     },
                 };
-                let mut e = Engine::on(model, cfg.batch_size / world, (side, side), target)?;
+                let mut e = Engine::build(
+                    model,
+                    cfg.batch_size / world,
+                    (side, side),
+                    target,
+                    cfg.precision,
+                )?;
                 e.sgd = SgdSettings {
                     momentum,
                     weight_decay,

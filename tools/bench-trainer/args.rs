@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use resnet_imagenet::cli::parse::at_least_1;
+use resnet_imagenet::engine::Precision;
 use resnet_imagenet::measure::trainer_bench::{EngineKind, TrainerBench};
 
 /// Time SGD steps of a zoo model on a synthetic batch, on the CPU, beside
@@ -33,9 +34,17 @@ pub struct Cli {
     /// Which trainer.
     #[arg(long, value_enum, default_value_t = EngineKind::Engine)]
     pub engine: EngineKind,
+    /// `fp32`, or `bf16` (bf16 operands, fp32 accumulation, as PyTorch's
+    /// bf16 autocast; the engine only).
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
     /// Also time the same network in PyTorch (tools/pytorch-bench.py), alternating rounds.
     #[arg(long)]
     pub pytorch: bool,
+    /// PyTorch's mode [default: its fastest for --precision on CPUs:
+    /// fp32-channels-last, or bf16-autocast-channels-last].
+    #[arg(long, value_parser = ["fp32-nchw", "fp32-channels-last", "bf16-autocast-channels-last"])]
+    pub pytorch_mode: Option<String>,
     /// Rounds (ours, then PyTorch with --pytorch); medians over them.
     #[arg(long, default_value_t = 3, value_parser = at_least_1)]
     pub rounds: usize,
@@ -62,6 +71,16 @@ impl Cli {
             warmup: self.warmup,
             threads,
             engine: self.engine,
+            precision: self.precision,
+        }
+    }
+
+    /// PyTorch's mode to compare with.
+    pub fn pytorch_mode(&self) -> &str {
+        match (&self.pytorch_mode, self.precision) {
+            (Some(m), _) => m,
+            (None, Precision::Fp32) => "fp32-channels-last",
+            (None, Precision::Bf16) => "bf16-autocast-channels-last",
         }
     }
 }

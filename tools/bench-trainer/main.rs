@@ -29,8 +29,9 @@ use resnet_imagenet::dist::{self, Communicator};
 use resnet_imagenet::measure::{median, trainer_bench};
 use std::process::{Command, ExitCode};
 
-/// Runs the PyTorch side once; its JSON object.
-fn pytorch(cli: &Cli, threads: usize) -> anyhow::Result<serde_json::Value> {
+/// Runs the PyTorch side once (with `peak`, its fp32 and bf16 matrix
+/// products too); its JSON object.
+fn pytorch(cli: &Cli, threads: usize, peak: bool) -> anyhow::Result<serde_json::Value> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/pytorch-bench.py");
     let out = Command::new(&cli.python)
         .arg(script)
@@ -40,6 +41,8 @@ fn pytorch(cli: &Cli, threads: usize) -> anyhow::Result<serde_json::Value> {
         .args(["--steps", &cli.steps.to_string()])
         .args(["--warmup", &cli.warmup.to_string()])
         .args(["--threads", &threads.to_string()])
+        .args(["--mode", cli.pytorch_mode()])
+        .args(peak.then_some("--peak"))
         .output()
         .with_context(|| format!("running {} {script}", cli.python))?;
     if !out.status.success() {
@@ -95,7 +98,7 @@ fn bench(cli: &Cli, comm: &mut dyn Communicator) -> anyhow::Result<ExitCode> {
         }
         ours.push(r);
         if cli.pytorch {
-            let t = pytorch(cli, threads)?;
+            let t = pytorch(cli, threads, round == 0)?;
             if !cli.json {
                 println!("round {}: pytorch {:.4} s/step", round + 1, t["s_per_step"]);
             }
@@ -128,8 +131,13 @@ fn bench(cli: &Cli, comm: &mut dyn Communicator) -> anyhow::Result<ExitCode> {
         let pt = median(&ts);
         out["pytorch_s_per_step"] = serde_json::json!(pt);
         out["pytorch_rounds_s_per_step"] = serde_json::json!(ts);
-        out["pytorch"] =
-            serde_json::json!({"torch": theirs[0]["torch"], "onednn": theirs[0]["onednn"]});
+        out["pytorch"] = serde_json::json!({
+            "torch": theirs[0]["torch"],
+            "onednn": theirs[0]["onednn"],
+            "mode": cli.pytorch_mode(),
+            "peak_rss_bytes": theirs.iter().filter_map(|t| t["peak_rss_bytes"].as_u64()).max(),
+            "matmul_gflops": theirs[0]["matmul_gflops"],
+        });
         out["ratio"] = serde_json::json!(pt / median_run.s_per_step);
     }
     if cli.json {
@@ -137,11 +145,12 @@ fn bench(cli: &Cli, comm: &mut dyn Communicator) -> anyhow::Result<ExitCode> {
     } else {
         let r = median_run;
         println!(
-            "{} b{} {s}x{s}, {} threads, {:?}: {:.4} s/step, {:.1} img/s, {:.1} GFLOP/s ({:.0}% of the {:.1} GFLOP/s gemm peak), peak RSS {:.0} MiB",
+            "{} b{} {s}x{s}, {} threads, {:?} {}: {:.4} s/step, {:.1} img/s, {:.1} GFLOP/s ({:.0}% of the {:.1} GFLOP/s gemm peak), peak RSS {:.0} MiB",
             r.model,
             r.batch_size,
             r.threads,
             r.engine,
+            r.precision,
             r.s_per_step,
             r.images_per_sec,
             r.gflops_per_sec,
@@ -150,6 +159,7 @@ fn bench(cli: &Cli, comm: &mut dyn Communicator) -> anyhow::Result<ExitCode> {
             r.peak_rss_bytes as f64 / (1 << 20) as f64,
             s = r.size
         );
+        println!("kernels: {}; this CPU has {}", r.kernels, r.cpu_kernels);
         for (what, s) in &r.profile {
             println!("  {what}: {:.1} ms", s * 1e3);
         }
@@ -171,9 +181,18 @@ fn bench(cli: &Cli, comm: &mut dyn Communicator) -> anyhow::Result<ExitCode> {
         }
         if let Some(ratio) = out["ratio"].as_f64() {
             println!(
-                "pytorch {:.4} s/step: ours/pytorch speed = {ratio:.2}",
+                "pytorch ({}) {:.4} s/step: ours/pytorch speed = {ratio:.2}",
+                cli.pytorch_mode(),
                 out["pytorch_s_per_step"]
             );
+            if let Some(m) = out["pytorch"]["matmul_gflops"].as_object() {
+                println!(
+                    "1024^3 matrix products in PyTorch on {} threads: fp32 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s",
+                    r.threads,
+                    m["fp32"].as_f64().unwrap_or(0.0),
+                    m["bf16"].as_f64().unwrap_or(0.0)
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use resnet_imagenet::cli::parse;
+use resnet_imagenet::engine::Precision;
 use resnet_imagenet::train::{self, Choices, DeviceKind, EngineKind, ScheduleKind, Start};
 use std::path::PathBuf;
 
@@ -140,6 +141,12 @@ pub struct TrainArgs {
     /// (the reference; the default with --device cuda).
     #[arg(long, value_enum)]
     pub engine: Option<EngineKind>,
+    /// `fp32`, or `bf16`: convolutions and the classifier on bf16 operands
+    /// with fp32 accumulation, weights, momentum, BatchNorm and loss in fp32
+    /// (PyTorch's bf16 autocast; the engine only) [default: fp32]. A resumed
+    /// run keeps its own.
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    pub precision: Option<Precision>,
     /// No progress bar, and only errors logged.
     #[arg(long, short)]
     pub quiet: bool,
@@ -196,6 +203,7 @@ impl TrainArgs {
             out: a.out.clone(),
             device: a.device,
             engine: a.engine,
+            precision: a.precision,
             keep_checkpoints: a.keep_checkpoints,
         };
         Ok(Start::New(choices.config()?))

@@ -24,6 +24,7 @@ pub use ops::{
 use super::backend::{Backend, Flat, Reduction};
 use super::data_parallel::Buckets;
 use super::plan::{self, Plan};
+use super::precision::{Kernels, Precision, round_slice_bf16};
 use super::{EngineError, SgdSettings};
 use crate::dist::Communicator;
 use std::sync::Arc;
@@ -76,6 +77,12 @@ pub struct Cpu {
     plan: Plan,
     arena: Aligned,
     params: Aligned,
+    /// In bf16: `params` with every convolution and classifier weight
+    /// rounded to bf16 (what the products read), remade before a forward
+    /// pass after the parameters changed. Empty in fp32.
+    weights: Aligned,
+    weights_stale: bool,
+    precision: Precision,
     grads: Aligned,
     /// Gradients summed over ranks (empty until a data-parallel step).
     summed: Aligned,
@@ -102,6 +109,15 @@ impl Cpu {
     /// Allocates `plan`'s memory (after checking that the machine has it
     /// free) and starts `threads` threads (0: one per core).
     pub fn new(plan: Plan, threads: usize) -> Result<Self, EngineError> {
+        Self::with_precision(plan, threads, Precision::Fp32)
+    }
+
+    /// [`Cpu::new`] computing convolutions and the classifier in `precision`.
+    pub fn with_precision(
+        plan: Plan,
+        threads: usize,
+        precision: Precision,
+    ) -> Result<Self, EngineError> {
         for op in &plan.ops {
             if let plan::Op::BatchNorm { c, .. } = op
                 && *c > MAX_CHANNELS
@@ -110,7 +126,7 @@ impl Cpu {
             }
         }
         let (h, w) = plan.input;
-        let needed = Self::bytes_needed(&plan);
+        let needed = Self::bytes_needed(&plan, precision);
         if let Some(available) = crate::files::available_memory()
             && needed > available
         {
@@ -135,6 +151,12 @@ impl Cpu {
         Ok(Cpu {
             arena: Aligned::zeros(plan.arena_len),
             params: Aligned::zeros(plan.params_len),
+            weights: Aligned::zeros(match precision {
+                Precision::Fp32 => 0,
+                Precision::Bf16 => plan.params_len,
+            }),
+            weights_stale: true,
+            precision,
             grads: Aligned::zeros(plan.params_len),
             summed: Aligned::zeros(0),
             velocity: Aligned::zeros(plan.params_len),
@@ -149,15 +171,26 @@ impl Cpu {
 
     /// Bytes the backend allocates for `plan` (arena, parameters, their
     /// gradients and momentum, running statistics, reduction scratch); a
-    /// data-parallel run adds one more gradient array.
-    pub fn bytes_needed(plan: &Plan) -> u64 {
-        let floats = plan.arena_len + 3 * plan.params_len + plan.states_len;
+    /// data-parallel run adds one more gradient array; bf16 adds the
+    /// rounded copy of the parameters.
+    pub fn bytes_needed(plan: &Plan, precision: Precision) -> u64 {
+        let copies = match precision {
+            Precision::Fp32 => 3,
+            Precision::Bf16 => 4,
+        };
+        let floats = plan.arena_len + copies * plan.params_len + plan.states_len;
         4 * floats as u64 + 8 * partial_len(plan) as u64
     }
 
     /// Threads the backend runs on.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// The kernels a step runs, in words (`fp32 Avx512 kernels`, or in
+    /// bf16 how its operands are multiplied on this CPU).
+    pub fn kernels(&self) -> String {
+        Kernels::detect().running(self.precision, &format!("{:?} kernels", sgemm::best_isa()))
     }
 
     fn flat(&self, which: Flat) -> &[f32] {
@@ -177,10 +210,16 @@ impl Cpu {
     /// while profiling.
     fn run_ops(&mut self, ops: impl Iterator<Item = usize> + Send, forward: Option<bool>) {
         let pool = self.pool.clone();
+        let bf16 = self.precision == Precision::Bf16;
         pool.install(|| {
+            if bf16 && self.weights_stale {
+                self.round_weights();
+            }
             let mem = Mem::new(&mut self.arena, &self.plan);
             let mut t = Tensors {
                 params: &self.params,
+                weights: if bf16 { &self.weights } else { &self.params },
+                bf16,
                 grads: &mut self.grads,
                 states: &mut self.states,
                 partial: &mut self.partial,
@@ -204,6 +243,20 @@ impl Cpu {
                 }
             }
         });
+    }
+
+    /// Remakes the bf16 copy of the weights from the parameters: the
+    /// weights of convolutions and the classifier rounded, BatchNorm's and
+    /// the classifier's bias as they are (they never enter a product).
+    fn round_weights(&mut self) {
+        self.weights.copy_from_slice(&self.params);
+        for op in &self.plan.ops {
+            if let plan::Op::Conv { w, .. } | plan::Op::Linear { w, .. } = op {
+                let spec = &self.plan.params[*w];
+                round_slice_bf16(&mut self.weights[spec.offset..spec.offset + spec.len]);
+            }
+        }
+        self.weights_stale = false;
     }
 
     /// Backward, op by op, starting each bucket's sum over the ranks as
@@ -246,11 +299,15 @@ impl Cpu {
 impl Backend for Cpu {
     fn describe(&self) -> String {
         format!(
-            "cpu ({} thread{}, {:?} kernels)",
+            "cpu ({} thread{}, {})",
             self.threads,
             if self.threads == 1 { "" } else { "s" },
-            sgemm::best_isa()
+            self.kernels()
         )
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
     }
 
     fn plan(&self) -> &Plan {
@@ -286,6 +343,9 @@ impl Backend for Cpu {
             });
         }
         dst.copy_from_slice(src);
+        if which == Flat::Params {
+            self.weights_stale = true;
+        }
         Ok(())
     }
 
@@ -360,6 +420,7 @@ impl Backend for Cpu {
                 first,
             )
         });
+        self.weights_stale = true;
         Ok(())
     }
 

@@ -12,6 +12,7 @@ use super::conv::{
     tap_block,
 };
 use crate::engine::plan::{Buf, BufId, GradOut, Op, Plan};
+use crate::engine::precision::round_slice_bf16;
 use rayon::prelude::*;
 
 /// Rows per reduction chunk.
@@ -54,6 +55,13 @@ impl<'a> Mem<'a> {
 pub struct Tensors<'a> {
     /// Parameters (flat).
     pub params: &'a [f32],
+    /// The weights convolutions and the classifier multiply by: `params`
+    /// in fp32, a bf16-rounded copy of it in bf16 (same offsets).
+    pub weights: &'a [f32],
+    /// bf16 operands: convolution and classifier inputs and output
+    /// gradients are rounded in place before their products
+    /// ([`crate::engine::precision`]).
+    pub bf16: bool,
     /// Their gradients (flat, same offsets).
     pub grads: &'a mut [f32],
     /// Running statistics (flat).
@@ -72,6 +80,17 @@ fn param<'a>(plan: &Plan, all: &'a [f32], id: usize) -> &'a [f32] {
 fn param_mut<'a>(plan: &Plan, all: &'a mut [f32], id: usize) -> &'a mut [f32] {
     let s = &plan.params[id];
     &mut all[s.offset..s.offset + s.len]
+}
+
+/// Rounds buffer `id` to bf16 in place when `bf16`: an operand of a
+/// product (an input activation, kept rounded for the weight gradient, or
+/// an output gradient). Rounding is idempotent, so a buffer two products
+/// read (a block's input, read by its first convolution and its
+/// projection) is rounded once in effect.
+fn operand(mem: &Mem, id: BufId, bf16: bool) {
+    if bf16 {
+        round_slice_bf16(mem.w(id));
+    }
 }
 
 /// Partial-sum slots the plan's reductions need.
@@ -136,13 +155,15 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
         Op::Conv {
             g, x, y, w, cols, ..
         } if g.grouped() => {
+            operand(mem, x, t.bf16);
             let cols = mem.w(cols.expect("a grouped conv has scratch"));
-            conv_grouped_forward(mem.r(x), param(plan, t.params, w), mem.w(y), &g, cols);
+            conv_grouped_forward(mem.r(x), param(plan, t.weights, w), mem.w(y), &g, cols);
         }
         Op::Conv {
             g, x, y, w, cols, ..
         } => {
-            let (x, w) = (mem.r(x), param(plan, t.params, w));
+            operand(mem, x, t.bf16);
+            let (x, w) = (mem.r(x), param(plan, t.weights, w));
             let (lhs, w) = match g.single_tap() {
                 Some(tap) => (x, &w[tap_block(&g, tap)]),
                 None => {
@@ -311,6 +332,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
             bias,
             ..
         } => {
+            operand(mem, x, t.bf16);
             let y = mem.w(y);
             let bias = param(plan, t.params, bias);
             for row in y[..b * n].chunks_exact_mut(n) {
@@ -320,7 +342,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                 y,
                 true,
                 row_major(mem.r(x), c),
-                row_major(param(plan, t.params, w), n),
+                row_major(param(plan, t.weights, w), n),
                 (b, n, c),
                 t.threads,
             );
@@ -392,14 +414,17 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             dy,
             bcols,
             ..
-        } if g.grouped() => conv_grouped_backward(
-            &g,
-            (mem.r(x), mem.r(dy)),
-            param(plan, t.params, w),
-            param_mut(plan, t.grads, w),
-            dx.map(|d| (mem.w(d.buf), d.accumulate)),
-            mem.w(bcols.expect("a grouped conv has scratch")),
-        ),
+        } if g.grouped() => {
+            operand(mem, dy, t.bf16);
+            conv_grouped_backward(
+                &g,
+                (mem.r(x), mem.r(dy)),
+                param(plan, t.weights, w),
+                param_mut(plan, t.grads, w),
+                dx.map(|d| (mem.w(d.buf), d.accumulate)),
+                mem.w(bcols.expect("a grouped conv has scratch")),
+            )
+        }
         Op::Conv {
             g,
             x,
@@ -409,6 +434,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             bcols,
             ..
         } => {
+            operand(mem, dy, t.bf16);
             let (x, dy) = (mem.r(x), mem.r(dy));
             let mut cols = bcols.map(|b| mem.w(b));
             if let Some(cols) = cols.as_deref_mut() {
@@ -430,7 +456,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             let Some(GradOut { buf, accumulate }) = dx else {
                 return;
             };
-            let w = param(plan, t.params, w);
+            let w = param(plan, t.weights, w);
             let wt = transposed(w, o);
             match cols {
                 // dx = dy W^T (of the one tap's block).
@@ -641,6 +667,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             dy,
             ..
         } => {
+            operand(mem, dy, t.bf16);
             let (x, dy) = (mem.r(x), mem.r(dy));
             matmul(
                 param_mut(plan, t.grads, w),
@@ -656,7 +683,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                 db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
             }
             if let Some(GradOut { buf, accumulate }) = dx {
-                let wt = transposed(param(plan, t.params, w), n);
+                let wt = transposed(param(plan, t.weights, w), n);
                 matmul(
                     mem.w(buf),
                     accumulate,
