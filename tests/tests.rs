@@ -12,6 +12,7 @@ mod loader;
 mod model;
 mod odd_jpeg;
 mod pack;
+mod precision;
 mod regression;
 mod train;
 mod util;

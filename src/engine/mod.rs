@@ -63,9 +63,9 @@ use crate::model::lower::Lower;
 use crate::model::state::{assign_tensors, named_tensors};
 pub use backend::{Backend, Flat, Reduction};
 pub use data_parallel::{Buckets, StepStats};
-pub use precision::Precision;
 use dfdx::prelude::*;
 use plan::{Layout, Plan, PlanBuilder, TensorSpec};
+pub use precision::Precision;
 
 /// Why the engine cannot run as asked.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -366,6 +366,11 @@ impl Engine {
         let mut v = vec![0.0; len];
         self.backend.read(which, &mut v)?;
         Ok(v)
+    }
+
+    /// Overwrites the flat array `which` (laid out as [`Engine::flat`]'s).
+    pub fn set_flat(&mut self, which: Flat, values: &[f32]) -> Result<(), EngineError> {
+        self.backend.write(which, values)
     }
 
     /// Copies every parameter and running statistic from `model`.

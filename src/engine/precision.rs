@@ -223,11 +223,21 @@ mod tests {
         }
         let mut v = xs.clone();
         round_slice_bf16(&mut v);
-        assert!(v.iter().zip(&xs).all(|(r, &x)| r.to_bits() == nearest(x).to_bits()));
+        assert!(
+            v.iter()
+                .zip(&xs)
+                .all(|(r, &x)| r.to_bits() == nearest(x).to_bits())
+        );
         assert!(is_bf16(&v));
         // Ties go to even.
-        assert_eq!(round_bf16(f32::from_bits(0x3f80_8000)).to_bits(), 0x3f80_0000);
-        assert_eq!(round_bf16(f32::from_bits(0x3f81_8000)).to_bits(), 0x3f82_0000);
+        assert_eq!(
+            round_bf16(f32::from_bits(0x3f80_8000)).to_bits(),
+            0x3f80_0000
+        );
+        assert_eq!(
+            round_bf16(f32::from_bits(0x3f81_8000)).to_bits(),
+            0x3f82_0000
+        );
     }
 
     #[test]

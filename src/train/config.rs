@@ -4,9 +4,9 @@
 //! run), and the bundled sample's small job. `train-resnet` only fills a
 //! [`Choices`] from its arguments.
 
-use crate::engine::Precision;
 use super::TrainError;
 use super::schedule::Schedule;
+use crate::engine::Precision;
 use crate::model::zoo::{self, Family, ZooError};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
