@@ -15,7 +15,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
-    /// dfdx's CPU device (with this crate's multi-threaded ops).
+    /// This machine's cores.
     #[default]
     Cpu,
     /// An NVIDIA GPU (the engine's CUDA backend: a build with `--features

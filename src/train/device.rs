@@ -8,7 +8,7 @@ use dfdx::prelude::*;
 
 /// The CPU device for a run: seeded, with dfdx's allocation cache on
 /// (without it every step page-faults in fresh buffers: ResNet-20, batch 128,
-/// 3.3 s/step without, 1.7 s with, on the 2-core machine of the README).
+/// 3.3 s/step without, 1.7 s with, on the 2-core machine of BENCHMARKS.md).
 pub fn cpu_device(seed: u64) -> Cpu {
     let dev = Cpu::seed_from_u64(seed);
     dev.enable_cache();

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the `cuda` feature on a machine without a GPU or a CUDA install,
+# Builds dfdx's CUDA path (`--features dfdx-cuda`) on a machine without a GPU or a CUDA install,
 # from CUDA 13.0 pip wheels and Debian's libcuda1 (only linked against):
 #
 #   bash tools/cuda/build.sh [cargo build args...]   # default: --bin gpu-check --bin train-resnet

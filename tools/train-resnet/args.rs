@@ -94,7 +94,7 @@ pub struct TrainArgs {
     /// Plateau: epochs without improvement before the lr falls [default: 5].
     #[arg(long)]
     pub patience: Option<usize>,
-    /// Plateau: smallest improvement of the val top-1 error that counts (0..1) [default: 0.001].
+    /// Plateau: smallest improvement of the val top-1 error that counts (at least 0) [default: 0.001].
     #[arg(long, value_parser = parse::non_negative)]
     pub threshold: Option<f64>,
     /// Step: epochs at which the lr falls; values below 1 are fractions of the run (0.5,0.75: the CIFAR recipe).
@@ -134,11 +134,12 @@ pub struct TrainArgs {
     /// saved settings; --epochs, --max-steps, --workers and --out may change.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// `cpu`, or `cuda` (built with --features dfdx-cuda).
+    /// `cpu`, or `cuda` (the engine: a build with --features cuda; with
+    /// --engine dfdx, --features dfdx-cuda).
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
-    /// `engine` (the planned engine, the default on the CPU) or `dfdx`
-    /// (the reference; the default with --device cuda).
+    /// `engine` (the planned engine, the default on every device) or
+    /// `dfdx` (the reference).
     #[arg(long, value_enum)]
     pub engine: Option<EngineKind>,
     /// `fp32`, or `bf16`: convolutions and the classifier on bf16 operands

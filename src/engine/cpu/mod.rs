@@ -83,6 +83,8 @@ pub struct Cpu {
     weights: Aligned,
     weights_stale: bool,
     precision: Precision,
+    /// Buffers stored rounded in bf16 by their writer ([`ops::rounded_at_write`]).
+    rounded: Vec<bool>,
     grads: Aligned,
     /// Gradients summed over ranks (empty until a data-parallel step).
     summed: Aligned,
@@ -157,6 +159,7 @@ impl Cpu {
             }),
             weights_stale: true,
             precision,
+            rounded: ops::rounded_at_write(&plan),
             grads: Aligned::zeros(plan.params_len),
             summed: Aligned::zeros(0),
             velocity: Aligned::zeros(plan.params_len),
@@ -220,6 +223,7 @@ impl Cpu {
                 params: &self.params,
                 weights: if bf16 { &self.weights } else { &self.params },
                 bf16,
+                rounded: &self.rounded,
                 grads: &mut self.grads,
                 states: &mut self.states,
                 partial: &mut self.partial,

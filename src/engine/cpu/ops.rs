@@ -12,7 +12,7 @@ use super::conv::{
     tap_block,
 };
 use crate::engine::plan::{Buf, BufId, GradOut, Op, Plan};
-use crate::engine::precision::round_slice_bf16;
+use crate::engine::precision::{round_bf16, round_slice_bf16};
 use rayon::prelude::*;
 
 /// Rows per reduction chunk.
@@ -62,6 +62,11 @@ pub struct Tensors<'a> {
     /// gradients are rounded in place before their products
     /// ([`crate::engine::precision`]).
     pub bf16: bool,
+    /// In bf16, by buffer: its writer stores it rounded (BatchNorm's
+    /// output, max pooling of it, BatchNorm's input gradient where it is a
+    /// convolution's output gradient), so the product that reads it needs
+    /// no pass of its own ([`rounded_at_write`]).
+    pub rounded: &'a [bool],
     /// Their gradients (flat, same offsets).
     pub grads: &'a mut [f32],
     /// Running statistics (flat).
@@ -87,10 +92,44 @@ fn param_mut<'a>(plan: &Plan, all: &'a mut [f32], id: usize) -> &'a mut [f32] {
 /// an output gradient). Rounding is idempotent, so a buffer two products
 /// read (a block's input, read by its first convolution and its
 /// projection) is rounded once in effect.
-fn operand(mem: &Mem, id: BufId, bf16: bool) {
-    if bf16 {
+fn operand(mem: &Mem, id: BufId, t: &Tensors) {
+    if t.bf16 && !t.rounded[id] {
         round_slice_bf16(mem.w(id));
     }
+}
+
+/// The buffers whose writer stores them rounded in bf16 (see
+/// [`Tensors::rounded`]): every BatchNorm output (activations are bf16, as
+/// in PyTorch's autocast), a max pool's output when its input is one, and
+/// a convolution's output gradient, which only its BatchNorm writes.
+pub fn rounded_at_write(plan: &Plan) -> Vec<bool> {
+    let mut r = vec![false; plan.bufs.len()];
+    let conv_dy: Vec<BufId> = plan
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Conv { dy, .. } => Some(*dy),
+            _ => None,
+        })
+        .collect();
+    for op in &plan.ops {
+        match op {
+            Op::BatchNorm { y, dx, .. } => {
+                r[*y] = true;
+                if let Some(GradOut {
+                    buf,
+                    accumulate: false,
+                }) = dx
+                    && conv_dy.contains(buf)
+                {
+                    r[*buf] = true;
+                }
+            }
+            Op::MaxPool { x, y, .. } if r[*x] => r[*y] = true,
+            _ => {}
+        }
+    }
+    r
 }
 
 /// Partial-sum slots the plan's reductions need.
@@ -155,14 +194,14 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
         Op::Conv {
             g, x, y, w, cols, ..
         } if g.grouped() => {
-            operand(mem, x, t.bf16);
+            operand(mem, x, t);
             let cols = mem.w(cols.expect("a grouped conv has scratch"));
             conv_grouped_forward(mem.r(x), param(plan, t.weights, w), mem.w(y), &g, cols);
         }
         Op::Conv {
             g, x, y, w, cols, ..
         } => {
-            operand(mem, x, t.bf16);
+            operand(mem, x, t);
             let (x, w) = (mem.r(x), param(plan, t.weights, w));
             let (lhs, w) = match g.single_tap() {
                 Some(tap) => (x, &w[tap_block(&g, tap)]),
@@ -198,6 +237,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
             saved,
             ..
         } => {
+            let y_id = y;
             let (x, y, saved) = (mem.r(x), mem.w(y), mem.w(saved));
             let (gamma, beta) = (param(plan, t.params, gamma), param(plan, t.params, beta));
             let (ms, vs) = (&plan.states[mean], &plan.states[var]);
@@ -249,6 +289,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                     relu,
                     (scale, shift),
                     (gamma, beta),
+                    t.bf16 && t.rounded[y_id],
                 );
             } else {
                 let states = &*t.states;
@@ -265,6 +306,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                     relu,
                     (scale, shift),
                     (gamma, beta),
+                    t.bf16 && t.rounded[y_id],
                 );
             }
         }
@@ -332,7 +374,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
             bias,
             ..
         } => {
-            operand(mem, x, t.bf16);
+            operand(mem, x, t);
             let y = mem.w(y);
             let bias = param(plan, t.params, bias);
             for row in y[..b * n].chunks_exact_mut(n) {
@@ -360,6 +402,7 @@ fn normalize(
     relu: bool,
     (mean, rstd): (&[f32], &[f32]),
     (gamma, beta): (&[f32], &[f32]),
+    round: bool,
 ) {
     let mut k = [0f32; MAX_CHANNELS];
     let k = &mut k[..c];
@@ -380,13 +423,15 @@ fn normalize(
                         let r = &r[j * c..(j + 1) * c];
                         for (((y, &x), ((&m, &k), &b)), &r) in lanes.zip(r) {
                             let v = (x - m) * k + b + r;
-                            *y = if relu { v.max(0.0) } else { v };
+                            let v = if relu { v.max(0.0) } else { v };
+                            *y = if round { round_bf16(v) } else { v };
                         }
                     }
                     None => {
                         for ((y, &x), ((&m, &k), &b)) in lanes {
                             let v = (x - m) * k + b;
-                            *y = if relu { v.max(0.0) } else { v };
+                            let v = if relu { v.max(0.0) } else { v };
+                            *y = if round { round_bf16(v) } else { v };
                         }
                     }
                 }
@@ -415,7 +460,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             bcols,
             ..
         } if g.grouped() => {
-            operand(mem, dy, t.bf16);
+            operand(mem, dy, t);
             conv_grouped_backward(
                 &g,
                 (mem.r(x), mem.r(dy)),
@@ -434,7 +479,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             bcols,
             ..
         } => {
-            operand(mem, dy, t.bf16);
+            operand(mem, dy, t);
             let (x, dy) = (mem.r(x), mem.r(dy));
             let mut cols = bcols.map(|b| mem.w(b));
             if let Some(cols) = cols.as_deref_mut() {
@@ -552,6 +597,8 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                 .and_then(|(_, d)| d)
                 .map(|d| (SendPtr(mem.w(d.buf).as_mut_ptr()), d.accumulate));
             let dxo = dx.map(|d| (SendPtr(mem.w(d.buf).as_mut_ptr()), d.accumulate));
+            // A convolution's output gradient, stored rounded (rounded_at_write).
+            let round_dx = t.bf16 && dx.is_some_and(|d| t.rounded[d.buf]);
             // Each chunk writes its own rows of dx and of the residual's gradient.
             (0..rows.div_ceil(CHUNK_ROWS))
                 .into_par_iter()
@@ -594,6 +641,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                             {
                                 let g = if relu && y <= 0.0 { 0.0 } else { g };
                                 let v = k * (g - mb - (x - m) * r * mg);
+                                let v = if round_dx { round_bf16(v) } else { v };
                                 *d = if *acc { *d + v } else { v };
                             }
                         }
@@ -667,7 +715,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             dy,
             ..
         } => {
-            operand(mem, dy, t.bf16);
+            operand(mem, dy, t);
             let (x, dy) = (mem.r(x), mem.r(dy));
             matmul(
                 param_mut(plan, t.grads, w),
