@@ -214,3 +214,30 @@ fn bf16_where_it_cannot_run_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("fp16"));
 }
+
+#[test]
+fn every_product_operand_but_the_input_is_stored_rounded() {
+    use resnet_imagenet::engine::cpu::ops::rounded_at_write;
+    use resnet_imagenet::engine::plan::Op;
+    use resnet_imagenet::model::resnet::ResNet50;
+    let dev = Cpu::seed_from_u64(1);
+    let check = |plan: &resnet_imagenet::engine::plan::Plan, name: &str| {
+        let r = rounded_at_write(plan);
+        for op in &plan.ops {
+            if let Op::Conv { x, dy, .. } = op {
+                assert!(
+                    *x == plan.x || r[*x],
+                    "{name}: a conv input is rounded by a pass"
+                );
+                assert!(
+                    r[*dy],
+                    "{name}: a conv output gradient is rounded by a pass"
+                );
+            }
+        }
+    };
+    let m = ResNet50::<1000, f32, Cpu>::build(&dev);
+    check(&Engine::lower(&m, 2, (64, 64)).unwrap(), "resnet50");
+    let m = ResNet20::<10, f32, Cpu>::build(&dev);
+    check(&Engine::lower(&m, 2, (32, 32)).unwrap(), "resnet20");
+}

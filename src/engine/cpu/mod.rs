@@ -216,7 +216,12 @@ impl Cpu {
         let bf16 = self.precision == Precision::Bf16;
         pool.install(|| {
             if bf16 && self.weights_stale {
+                let t0 = std::time::Instant::now();
                 self.round_weights();
+                if let Some(p) = &mut self.profile {
+                    *p.entry(("bf16 weight copy", "forward")).or_default() +=
+                        t0.elapsed().as_secs_f64();
+                }
             }
             let mem = Mem::new(&mut self.arena, &self.plan);
             let mut t = Tensors {
