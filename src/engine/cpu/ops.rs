@@ -393,7 +393,8 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
 }
 
 /// `y = (x - mean) * (rstd * gamma) + beta` (+ residual), ReLU'd if asked,
-/// over rows of `c`.
+/// over rows of `c`; stored rounded to bf16 if `round`.
+#[allow(clippy::too_many_arguments)]
 fn normalize(
     x: &[f32],
     y: &mut [f32],
