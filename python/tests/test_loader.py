@@ -209,13 +209,19 @@ def test_ctrl_c_stops_a_wait_for_a_batch_promptly(packed):
     if whole < 0.4:
         pytest.skip(f"a batch took {whole:.2f} s here: too short to interrupt in the middle")
     loader.set_epoch(0)
-    timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
-    t0 = time.monotonic()
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        next(iter(loader))
-    took = time.monotonic() - t0
-    timer.join()
+    # Python's own handler, whatever the process inherited (a job started
+    # in the background by a shell starts with SIGINT ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+        t0 = time.monotonic()
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            next(iter(loader))
+        took = time.monotonic() - t0
+        timer.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     # Promptly: not after the batch's end (the wait is cut into 50 ms slices).
     assert took < 0.05 + whole / 2, f"KeyboardInterrupt after {took:.2f} s; a batch takes {whole:.2f} s"
     # The loader is still usable afterwards.
