@@ -154,6 +154,23 @@ fn train(out: &std::path::Path, extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The last checkpoint's `state.json` of the run in `dir`.
+fn saved_state(dir: &std::path::Path) -> serde_json::Value {
+    let path = dir.join("checkpoints/last/state.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// `train-resnet --resume dir` with `args`.
+fn resume(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::cargo_bin("train-resnet")
+        .unwrap()
+        .arg("--resume")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_trainer_saves_its_precision_and_a_resume_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,38 +180,19 @@ fn the_trainer_saves_its_precision_and_a_resume_keeps_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("checkpoints/last/state.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(state["config"]["precision"], "bf16");
+    assert_eq!(saved_state(dir.path())["config"]["precision"], "bf16");
     // Resumed: still bf16 (the saved config), with more steps.
-    let out = Command::cargo_bin("train-resnet")
-        .unwrap()
-        .arg("--resume")
-        .arg(dir.path())
-        .args(["--max-steps", "3", "-q"])
-        .output()
-        .unwrap();
+    let out = resume(dir.path(), &["--max-steps", "3", "-q"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("checkpoints/last/state.json")).unwrap(),
-    )
-    .unwrap();
+    let state = saved_state(dir.path());
     assert_eq!(state["config"]["precision"], "bf16");
     assert_eq!(state["step"], 3);
     // A resume cannot change it.
-    let out = Command::cargo_bin("train-resnet")
-        .unwrap()
-        .arg("--resume")
-        .arg(dir.path())
-        .args(["--precision", "fp32", "-q"])
-        .output()
-        .unwrap();
+    let out = resume(dir.path(), &["--precision", "fp32", "-q"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--precision"));
 }

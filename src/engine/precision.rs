@@ -66,11 +66,11 @@ impl std::str::FromStr for Precision {
 #[inline(always)]
 pub fn round_bf16(x: f32) -> f32 {
     let bits = x.to_bits();
-    if x.is_nan() {
-        return f32::from_bits((bits | 0x0040_0000) & 0xffff_0000);
-    }
     let lsb = (bits >> 16) & 1;
-    f32::from_bits(bits.wrapping_add(0x7fff + lsb) & 0xffff_0000)
+    let rounded = f32::from_bits(bits.wrapping_add(0x7fff + lsb) & 0xffff_0000);
+    // A select, not a branch, so that loops over it vectorise.
+    let quiet_nan = f32::from_bits((bits | 0x0040_0000) & 0xffff_0000);
+    if x.is_nan() { quiet_nan } else { rounded }
 }
 
 /// [`round_bf16`] over `v`, in place (a loop the compiler vectorises; on
@@ -86,13 +86,7 @@ pub fn round_slice_bf16(v: &mut [f32]) {
 }
 
 fn round_chunk(v: &mut [f32]) {
-    for x in v.iter_mut() {
-        // A select, not a branch, so that the loop vectorises.
-        let bits = x.to_bits();
-        let lsb = (bits >> 16) & 1;
-        let rounded = f32::from_bits(bits.wrapping_add(0x7fff + lsb) & 0xffff_0000);
-        *x = if x.is_nan() { f32::NAN } else { rounded };
-    }
+    v.iter_mut().for_each(|x| *x = round_bf16(*x));
 }
 
 /// Whether every value of `v` is a bf16 value (low 16 bits zero).
