@@ -1,9 +1,12 @@
 //! The engine's matrix product (`engine::cpu::sgemm`) beside the `gemm` crate
-//! it replaced, on the shapes a ResNet step multiplies, 2 threads:
-//! `cargo bench --bench sgemm` (or `-- square` for one group). Throughput
-//! is in floating-point operations (2 m n k per product).
+//! it replaced, and its bf16 product (`engine::cpu::bf16gemm`) on every
+//! bf16 kernel this CPU runs (AMX, AVX512-BF16; none is skipped silently),
+//! on the shapes a ResNet step multiplies, 2 threads: `cargo bench --bench
+//! sgemm` (or `-- square` for one group). Throughput is in floating-point
+//! operations (2 m n k per product).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use resnet_imagenet::engine::cpu::bf16gemm::{self, Bf16Kernel};
 use resnet_imagenet::engine::cpu::sgemm::{self, Mat};
 use std::time::Duration;
 
@@ -31,7 +34,20 @@ fn products(c: &mut Criterion) {
         .num_threads(threads)
         .build()
         .expect("a thread pool");
-    pool.broadcast(|_| sgemm::reserve());
+    pool.broadcast(|_| {
+        sgemm::reserve();
+        bf16gemm::reserve();
+    });
+    let bf16: Vec<Bf16Kernel> = [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16]
+        .into_iter()
+        .filter(|k| match k.why_not() {
+            None => true,
+            Some(why) => {
+                eprintln!("bf16 {}: not measured: {why}", k.name());
+                false
+            }
+        })
+        .collect();
     for &(name, m, n, k, ta) in SHAPES {
         let (a, b) = (values(m * k), values(k * n));
         let mut dst = vec![0f32; m * n];
@@ -49,6 +65,18 @@ fn products(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("ours", format!("{m}x{n}x{k}")), |bch| {
             bch.iter(|| pool.install(|| sgemm::matmul(&mut dst, false, am, bm, (m, n, k), threads)))
         });
+        for &kernel in &bf16 {
+            g.bench_function(
+                BenchmarkId::new(kernel.name(), format!("{m}x{n}x{k}")),
+                |bch| {
+                    bch.iter(|| {
+                        pool.install(|| {
+                            bf16gemm::matmul(kernel, &mut dst, false, am, bm, (m, n, k), threads)
+                        })
+                    })
+                },
+            );
+        }
         let (a_cs, a_rs) = if ta { (m as isize, 1) } else { (1, k as isize) };
         g.bench_function(BenchmarkId::new("gemm", format!("{m}x{n}x{k}")), |bch| {
             bch.iter(|| {

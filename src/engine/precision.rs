@@ -13,10 +13,10 @@
 //! bf16 dot-product instruction (AVX512-BF16's `VDPBF16PS`, AMX's
 //! `TDPBF16PS`) does, up to the order of the fp32 additions.
 //!
-//! Which kernels run is told by [`Kernels::detect`]; this build multiplies
-//! bf16-rounded operands with its fp32 AVX-512 / AVX2 kernels on every CPU
-//! (the numerics of bf16, the speed of fp32): bf16 dot-product and AMX tile
-//! kernels are not written yet.
+//! Which kernels run is chosen by [`crate::engine::cpu::bf16gemm::native`]
+//! from what [`Kernels::detect`] finds: AMX tiles, else AVX512-BF16 dot
+//! products, else the fp32 AVX-512 / AVX2 kernels on the rounded operands
+//! (the numerics of bf16, the speed of fp32).
 
 use serde::{Deserialize, Serialize};
 
@@ -156,16 +156,32 @@ impl Kernels {
         }
     }
 
-    /// The kernels a step in `precision` runs here, in words.
-    pub fn running(&self, precision: Precision, fp32_isa: &str) -> String {
-        match precision {
-            Precision::Fp32 => format!("fp32 {fp32_isa}"),
-            Precision::Bf16 => format!(
-                "bf16 operands rounded, fp32 {fp32_isa} products (bf16 instructions of this CPU unused: {})",
+    /// The kernels a step in `precision` runs here, in words: `fp32_isa`
+    /// the fp32 kernels, `bf16` the bf16 kernel if one multiplies.
+    pub fn running(
+        &self,
+        precision: Precision,
+        fp32_isa: &str,
+        bf16: Option<crate::engine::cpu::bf16gemm::Bf16Kernel>,
+    ) -> String {
+        use crate::engine::cpu::bf16gemm::Bf16Kernel;
+        match (precision, bf16) {
+            (Precision::Fp32, _) => format!("fp32 {fp32_isa}"),
+            (Precision::Bf16, Some(k)) => format!(
+                "bf16 {}, fp32 accumulation",
+                match k {
+                    Bf16Kernel::Amx => "AMX tiles (TDPBF16PS)",
+                    Bf16Kernel::Avx512Bf16 => "AVX512-BF16 (VDPBF16PS)",
+                    Bf16Kernel::AmxModel => "TDPBF16PS model in plain Rust (test)",
+                    Bf16Kernel::Avx512Bf16Model => "VDPBF16PS model in plain Rust (test)",
+                }
+            ),
+            (Precision::Bf16, None) => format!(
+                "bf16 operands rounded, fp32 {fp32_isa} products ({})",
                 if self.amx_bf16 || self.avx512_bf16 {
-                    "no kernel for them yet"
+                    "its bf16 instructions unused: RESNET_BF16_KERNEL=fp32, or the OS refused AMX"
                 } else {
-                    "it has none"
+                    "this CPU has no bf16 instructions"
                 }
             ),
         }

@@ -2,7 +2,7 @@
 //! (fixed groups of images, cache-sized tiles of columns multiplied where
 //! they were made) forward and backward.
 
-use super::ops::{matmul, row_major, transposed};
+use super::ops::{Gemm, row_major, transposed};
 use super::{SendPtr, direct};
 use crate::engine::plan::ConvGeom;
 use rayon::prelude::*;
@@ -120,11 +120,12 @@ pub(super) fn conv_grouped_forward(
     y: &mut [f32],
     g: &ConvGeom,
     scratch: &mut [f32],
+    gemm: Gemm,
 ) {
     let (kc, o, per_image) = (g.cols(), g.o, g.oh * g.ow);
     let tile = g.tile_rows() * kc;
     let ys = SendPtr(y.as_mut_ptr());
-    if direct::available(g) && direct::padded_len(g) <= tile {
+    if gemm.direct() && direct::available(g) && direct::padded_len(g) <= tile {
         let (ipg, len) = (g.images_per_group(), g.h * g.w * g.c);
         for_each_group(g, scratch, tile, |gi, pad, _| {
             for n in gi * ipg..((gi + 1) * ipg).min(g.b) {
@@ -144,7 +145,7 @@ pub(super) fn conv_grouped_forward(
             im2col_rows(x, g, r0, cols);
             // SAFETY: each tile's rows of y belong to one group alone.
             let yt = unsafe { std::slice::from_raw_parts_mut(ys.get().add(r0 * o), rows * o) };
-            matmul(
+            gemm.matmul(
                 yt,
                 false,
                 row_major(cols, kc),
@@ -180,6 +181,7 @@ pub(super) fn conv_grouped_backward(
     dw: &mut [f32],
     dx: Option<(&mut [f32], bool)>,
     scratch: &mut [f32],
+    gemm: Gemm,
 ) {
     let (kc, o, per_image) = (g.cols(), g.o, g.oh * g.ow);
     let tile = g.tile_rows() * kc;
@@ -197,6 +199,7 @@ pub(super) fn conv_grouped_backward(
     // dW directly when no dx needs the columns (a stride-1 conv's dx is the
     // input-gradient conv, or there is no dx).
     let direct_dw = (gd.is_some() || dxp.is_none())
+        && gemm.direct()
         && direct::for_weight_gradient()
         && direct::available(g)
         && direct::padded_len(g) <= tile;
@@ -218,7 +221,7 @@ pub(super) fn conv_grouped_backward(
             let cols = &mut cols[..rows * kc];
             im2col_rows(x, g, r0, cols);
             let dyt = &dy[r0 * o..(r0 + rows) * o];
-            matmul(
+            gemm.matmul(
                 dwg,
                 !first,
                 transposed(cols, kc),
@@ -232,7 +235,7 @@ pub(super) fn conv_grouped_backward(
             }
             // dx by columns: dcols = dy W^T, scattered back.
             if let Some((d, accumulate)) = dxp {
-                matmul(cols, false, row_major(dyt, o), wt, (rows, kc, o), 1);
+                gemm.matmul(cols, false, row_major(dyt, o), wt, (rows, kc, o), 1);
                 let len = g.h * g.w * g.c;
                 // SAFETY: image n's gradient belongs to this group alone.
                 let dxi = unsafe { std::slice::from_raw_parts_mut(d.get().add(n * len), len) };
@@ -246,7 +249,8 @@ pub(super) fn conv_grouped_backward(
         if let (Some(gd), Some((d, accumulate))) = (&gd, dxp) {
             let (kd, c, hw) = (gd.cols(), g.c, g.h * g.w);
             let td = (tile / kd).clamp(1, hw);
-            if direct::for_input_gradient()
+            if gemm.direct()
+                && direct::for_input_gradient()
                 && direct::available(gd)
                 && direct::padded_len(gd) <= tile
             {
@@ -268,7 +272,7 @@ pub(super) fn conv_grouped_backward(
                     // SAFETY: image n's gradient belongs to this group alone.
                     let dxt =
                         unsafe { std::slice::from_raw_parts_mut(d.get().add(r0 * c), rows * c) };
-                    matmul(
+                    gemm.matmul(
                         dxt,
                         accumulate,
                         row_major(cols, kd),

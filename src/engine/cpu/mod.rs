@@ -11,6 +11,7 @@
 //! Results do not depend on the number of threads (every reduction has an
 //! order fixed by the plan), so exact resume holds whatever `--threads`.
 
+pub mod bf16gemm;
 pub mod conv;
 pub mod direct;
 pub mod ops;
@@ -27,6 +28,7 @@ use super::plan::{self, Plan};
 use super::precision::{Kernels, Precision, round_slice_bf16};
 use super::{EngineError, SgdSettings};
 use crate::dist::Communicator;
+use bf16gemm::Bf16Kernel;
 use std::sync::Arc;
 
 /// A buffer's start, handed to rayon tasks that each write a disjoint part
@@ -83,6 +85,8 @@ pub struct Cpu {
     weights: Aligned,
     weights_stale: bool,
     precision: Precision,
+    /// What multiplies (in bf16: the CPU's bf16 kernel, if it has one).
+    gemm: ops::Gemm,
     /// Buffers stored rounded in bf16 by their writer ([`ops::rounded_at_write`]).
     rounded: Vec<bool>,
     grads: Aligned,
@@ -114,12 +118,47 @@ impl Cpu {
         Self::with_precision(plan, threads, Precision::Fp32)
     }
 
-    /// [`Cpu::new`] computing convolutions and the classifier in `precision`.
+    /// [`Cpu::new`] computing convolutions and the classifier in
+    /// `precision`; in bf16 on the fastest bf16 kernel this machine runs
+    /// ([`bf16gemm::native`]), else on the fp32 kernels.
     pub fn with_precision(
         plan: Plan,
         threads: usize,
         precision: Precision,
     ) -> Result<Self, EngineError> {
+        let kernel = match precision {
+            Precision::Fp32 => None,
+            Precision::Bf16 => bf16gemm::native().map_err(EngineError::Backend)?,
+        };
+        Self::with_kernel(plan, threads, precision, kernel)
+    }
+
+    /// [`Cpu::with_precision`] with the bf16 products on `kernel` (`None`:
+    /// on the fp32 kernels, operands rounded), e.g. a kernel's model in a test.
+    pub fn with_kernel(
+        plan: Plan,
+        threads: usize,
+        precision: Precision,
+        kernel: Option<Bf16Kernel>,
+    ) -> Result<Self, EngineError> {
+        let gemm = match (precision, kernel) {
+            (_, None) => ops::Gemm::Fp32,
+            (Precision::Bf16, Some(k)) => match k.why_not() {
+                None => ops::Gemm::Bf16(k),
+                Some(why) => {
+                    return Err(EngineError::Backend(format!(
+                        "bf16 kernel {}: {why}",
+                        k.name()
+                    )));
+                }
+            },
+            (Precision::Fp32, Some(k)) => {
+                return Err(EngineError::Backend(format!(
+                    "bf16 kernel {} asked for an fp32 run",
+                    k.name()
+                )));
+            }
+        };
         for op in &plan.ops {
             if let plan::Op::BatchNorm { c, .. } = op
                 && *c > MAX_CHANNELS
@@ -149,7 +188,12 @@ impl Cpu {
         // Each thread's packing buffers for the matrix product, made now:
         // which pool thread first runs a product is up to work stealing, so
         // made lazily they could appear at any step.
-        pool.broadcast(|_| sgemm::reserve());
+        pool.broadcast(|_| {
+            sgemm::reserve();
+            if gemm != ops::Gemm::Fp32 {
+                bf16gemm::reserve();
+            }
+        });
         Ok(Cpu {
             arena: Aligned::zeros(plan.arena_len),
             params: Aligned::zeros(plan.params_len),
@@ -159,6 +203,7 @@ impl Cpu {
             }),
             weights_stale: true,
             precision,
+            gemm,
             rounded: ops::rounded_at_write(&plan),
             grads: Aligned::zeros(plan.params_len),
             summed: Aligned::zeros(0),
@@ -193,7 +238,15 @@ impl Cpu {
     /// The kernels a step runs, in words (`fp32 Avx512 kernels`, or in
     /// bf16 how its operands are multiplied on this CPU).
     pub fn kernels(&self) -> String {
-        Kernels::detect().running(self.precision, &format!("{:?} kernels", sgemm::best_isa()))
+        let bf16 = match self.gemm {
+            ops::Gemm::Bf16(k) => Some(k),
+            ops::Gemm::Fp32 => None,
+        };
+        Kernels::detect().running(
+            self.precision,
+            &format!("{:?} kernels", sgemm::best_isa()),
+            bf16,
+        )
     }
 
     fn flat(&self, which: Flat) -> &[f32] {
@@ -233,6 +286,7 @@ impl Cpu {
                 states: &mut self.states,
                 partial: &mut self.partial,
                 threads: self.threads,
+                gemm: self.gemm,
             };
             for i in ops {
                 let t0 = std::time::Instant::now();

@@ -75,6 +75,8 @@ pub struct Tensors<'a> {
     pub partial: &'a mut [f64],
     /// Threads gemm may use.
     pub threads: usize,
+    /// What multiplies.
+    pub gemm: Gemm,
 }
 
 fn param<'a>(plan: &Plan, all: &'a [f32], id: usize) -> &'a [f32] {
@@ -144,7 +146,44 @@ pub fn partial_len(plan: &Plan) -> usize {
         .unwrap_or(0)
 }
 
-pub(crate) use super::sgemm::{matmul, row_major, transposed};
+use super::bf16gemm::{self, Bf16Kernel};
+use super::sgemm::{self, Mat};
+pub(crate) use super::sgemm::{row_major, transposed};
+
+/// What multiplies a step's matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gemm {
+    /// The fp32 kernels ([`sgemm`]), on the operands as stored (in bf16,
+    /// rounded before: the numerics of bf16, the speed of fp32).
+    Fp32,
+    /// A bf16 dot-product kernel ([`bf16gemm`]).
+    Bf16(Bf16Kernel),
+}
+
+impl Gemm {
+    /// `dst (m x n) = [dst +] a (m x k) * b (k x n)` on up to `threads`
+    /// threads of the current pool.
+    pub fn matmul(
+        self,
+        dst: &mut [f32],
+        accumulate: bool,
+        a: Mat,
+        b: Mat,
+        mnk: (usize, usize, usize),
+        threads: usize,
+    ) {
+        match self {
+            Gemm::Fp32 => sgemm::matmul(dst, accumulate, a, b, mnk, threads),
+            Gemm::Bf16(k) => bf16gemm::matmul(k, dst, accumulate, a, b, mnk, threads),
+        }
+    }
+
+    /// Whether the direct fp32 convolution kernels may stand in for a
+    /// product (not when a bf16 kernel does the products).
+    pub fn direct(self) -> bool {
+        self == Gemm::Fp32
+    }
+}
 
 /// Rows summed in f32 before their sum joins the f64 total (short enough
 /// to keep f32's rounding small, long enough to stay vectorised).
@@ -196,7 +235,14 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
         } if g.grouped() => {
             operand(mem, x, t);
             let cols = mem.w(cols.expect("a grouped conv has scratch"));
-            conv_grouped_forward(mem.r(x), param(plan, t.weights, w), mem.w(y), &g, cols);
+            conv_grouped_forward(
+                mem.r(x),
+                param(plan, t.weights, w),
+                mem.w(y),
+                &g,
+                cols,
+                t.gemm,
+            );
         }
         Op::Conv {
             g, x, y, w, cols, ..
@@ -212,7 +258,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                 }
             };
             let depth = g.depth();
-            matmul(
+            t.gemm.matmul(
                 mem.w(y),
                 false,
                 row_major(lhs, depth),
@@ -380,7 +426,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
             for row in y[..b * n].chunks_exact_mut(n) {
                 row.copy_from_slice(bias);
             }
-            matmul(
+            t.gemm.matmul(
                 y,
                 true,
                 row_major(mem.r(x), c),
@@ -469,6 +515,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                 param_mut(plan, t.grads, w),
                 dx.map(|d| (mem.w(d.buf), d.accumulate)),
                 mem.w(bcols.expect("a grouped conv has scratch")),
+                t.gemm,
             )
         }
         Op::Conv {
@@ -495,9 +542,9 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             match tap {
                 Some(tap) => {
                     dw.fill(0.0);
-                    weight_gradient(&mut dw[tap_block(&g, tap)], x, dy, (rows, g.c, o));
+                    weight_gradient(t.gemm, &mut dw[tap_block(&g, tap)], x, dy, (rows, g.c, o));
                 }
-                None => weight_gradient(dw, lhs, dy, (rows, kc, o)),
+                None => weight_gradient(t.gemm, dw, lhs, dy, (rows, kc, o)),
             }
             let Some(GradOut { buf, accumulate }) = dx else {
                 return;
@@ -508,7 +555,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                 // dx = dy W^T (of the one tap's block).
                 None => {
                     let tap = tap.expect("a conv without columns has a single tap");
-                    matmul(
+                    t.gemm.matmul(
                         mem.w(buf),
                         accumulate,
                         row_major(dy, o),
@@ -524,7 +571,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                     flip_weight(w, &g, wf);
                     im2col(dy, &gd, dcols);
                     let (kd, c) = (gd.cols(), g.c);
-                    matmul(
+                    t.gemm.matmul(
                         mem.w(buf),
                         accumulate,
                         row_major(dcols, kd),
@@ -535,7 +582,8 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                 }
                 // dx by columns: dcols = dy W^T, scattered back.
                 Some(cols) => {
-                    matmul(cols, false, row_major(dy, o), wt, (rows, kc, o), t.threads);
+                    t.gemm
+                        .matmul(cols, false, row_major(dy, o), wt, (rows, kc, o), t.threads);
                     col2im(cols, &g, mem.w(buf), accumulate);
                 }
             }
@@ -718,7 +766,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
         } => {
             operand(mem, dy, t);
             let (x, dy) = (mem.r(x), mem.r(dy));
-            matmul(
+            t.gemm.matmul(
                 param_mut(plan, t.grads, w),
                 false,
                 transposed(x, c),
@@ -733,7 +781,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             }
             if let Some(GradOut { buf, accumulate }) = dx {
                 let wt = transposed(param(plan, t.weights, w), n);
-                matmul(
+                t.gemm.matmul(
                     mem.w(buf),
                     accumulate,
                     row_major(dy, n),
@@ -772,6 +820,7 @@ pub fn gemm_calls(op: &Op) -> usize {
 /// reduction would mostly run on one; each output element is still one
 /// product over all rows, so the result does not depend on the threads.
 pub(super) fn weight_gradient(
+    gemm: Gemm,
     dw: &mut [f32],
     lhs: &[f32],
     dy: &[f32],
@@ -784,7 +833,7 @@ pub(super) fn weight_gradient(
         .for_each(|(i, dst)| {
             let k0 = i * block;
             let m = dst.len() / o;
-            matmul(
+            gemm.matmul(
                 dst,
                 false,
                 transposed(&lhs[k0..], kc),

@@ -135,23 +135,7 @@ pub fn matmul_with(
     (m, n, k): (usize, usize, usize),
     threads: usize,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let last = |x: Mat, r: usize, c: usize| (r - 1) * x.rs + (c - 1) * x.cs;
-    assert!(
-        dst.len() >= m * n,
-        "sgemm: C holds {} < {m} x {n}",
-        dst.len()
-    );
-    assert!(
-        k == 0 || (last(a, m, k) < a.data.len() && last(b, k, n) < b.data.len()),
-        "sgemm: an operand is shorter than {m} x {k} x {n}"
-    );
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
+    if !checked(dst, accumulate, a, b, (m, n, k)) {
         return;
     }
     assert!(runs_here(isa), "sgemm: {isa:?} does not run here");
@@ -170,6 +154,41 @@ pub fn matmul_with(
         Isa::Avx2 => run::<x86::Avx2>(&job, m, threads),
         _ => run::<Portable>(&job, m, threads),
     }
+}
+
+/// Checks that the operands of `dst (m x n) [+]= a (m x k) b (k x n)` hold
+/// their elements and does an empty product (`m`, `n` or `k` zero): false
+/// when nothing is left to multiply.
+///
+/// # Panics
+/// If an operand's last element lies outside its slice.
+pub(super) fn checked(
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+) -> bool {
+    if m == 0 || n == 0 {
+        return false;
+    }
+    let last = |x: Mat, r: usize, c: usize| (r - 1) * x.rs + (c - 1) * x.cs;
+    assert!(
+        dst.len() >= m * n,
+        "matmul: C holds {} < {m} x {n}",
+        dst.len()
+    );
+    assert!(
+        k == 0 || (last(a, m, k) < a.data.len() && last(b, k, n) < b.data.len()),
+        "matmul: an operand is shorter than {m} x {k} x {n}"
+    );
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return false;
+    }
+    true
 }
 
 /// Makes this thread's packing buffers now (the engine runs it on each
@@ -212,36 +231,45 @@ trait Kernel {
 }
 
 fn run<K: Kernel>(job: &Job, m: usize, threads: usize) {
-    let n = job.n;
+    for_each_part(m, job.n, job.k, (K::MR, K::NR), threads, |rows, cols| {
+        with_packing(|p| block::<K>(job, rows, cols, p))
+    });
+}
+
+/// Calls `f(rows, cols)` for each thread's part of an `m x n` product of
+/// depth `k` in `mr x nr` tiles: the side with more tiles split into one
+/// contiguous run of whole tiles per thread (k never split), on the
+/// current rayon pool; small products on this thread alone.
+pub(super) fn for_each_part(
+    m: usize,
+    n: usize,
+    k: usize,
+    (mr, nr): (usize, usize),
+    threads: usize,
+    f: impl Fn(Range<usize>, Range<usize>) + Sync,
+) {
     let whole = |tiles: usize, t: usize, len: usize| (tiles * t).min(len);
-    let (mt, nt) = (m.div_ceil(K::MR), n.div_ceil(K::NR));
-    let threads = if m * n * job.k >= PARALLEL_MIN {
+    let (mt, nt) = (m.div_ceil(mr), n.div_ceil(nr));
+    let threads = if m * n * k >= PARALLEL_MIN {
         threads.max(1)
     } else {
         1
     };
-    // Split the side with more tiles; one contiguous run of tiles a thread.
     let by_rows = mt >= nt || mt >= 2 * threads;
     let parts = threads.min(if by_rows { mt } else { nt });
     if parts <= 1 {
-        with_packing(|p| block::<K>(job, 0..m, 0..n, p));
+        f(0..m, 0..n);
         return;
     }
     let per = (if by_rows { mt } else { nt }).div_ceil(parts);
     (0..parts).into_par_iter().for_each(|t| {
         let (rows, cols) = if by_rows {
-            (
-                whole(t * per, K::MR, m)..whole((t + 1) * per, K::MR, m),
-                0..n,
-            )
+            (whole(t * per, mr, m)..whole((t + 1) * per, mr, m), 0..n)
         } else {
-            (
-                0..m,
-                whole(t * per, K::NR, n)..whole((t + 1) * per, K::NR, n),
-            )
+            (0..m, whole(t * per, nr, n)..whole((t + 1) * per, nr, n))
         };
         if !rows.is_empty() && !cols.is_empty() {
-            with_packing(|p| block::<K>(job, rows, cols, p));
+            f(rows, cols);
         }
     });
 }
@@ -414,7 +442,7 @@ impl Kernel for Portable {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::Kernel;
     use std::arch::x86_64::*;
 
@@ -464,6 +492,24 @@ mod x86 {
                 }
             }
         }
+        // SAFETY: the caller's contract (the tile lies inside C).
+        unsafe { store_12x32(&acc, c, ldc, add, (mr, nr)) }
+    }
+
+    /// Adds the `mr x nr` corner of a 12 x 32 tile held in 24 registers
+    /// (row `i`: `acc[2i]`, `acc[2i + 1]`) to, or stores it in, C at `c`.
+    ///
+    /// # Safety
+    /// The tile's `mr x nr` corner lies inside C; the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(in crate::engine::cpu) unsafe fn store_12x32(
+        acc: &[__m512; 24],
+        c: *mut f32,
+        ldc: usize,
+        add: bool,
+        (mr, nr): (usize, usize),
+    ) {
         // Lanes of the two column vectors inside the tile.
         let lanes = |v: usize| (1u32 << nr.saturating_sub(16 * v).min(16)) - 1;
         let (m0, m1) = (lanes(0) as __mmask16, lanes(1) as __mmask16);

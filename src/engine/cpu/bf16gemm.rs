@@ -1,0 +1,882 @@
+//! The engine's bf16 matrix product, `C [+]= A B` with A and B rounded to
+//! bf16 (round to nearest even) and every product accumulated in fp32, on
+//! the CPU's bf16 dot-product instructions: AMX tiles (`TDPBF16PS`, 32 x 32
+//! tiles of C in four tile registers) or AVX512-BF16 (`VDPBF16PS`, 12 x 32
+//! tiles in 24 vector registers), chosen at run time ([`native`]).
+//!
+//! Both instructions multiply *pairs*: a 32-bit lane holds two bf16 values
+//! adjacent in k, so the packed operands hold `u32` pairs (the lower half
+//! the even k). B is packed in pairs of rows ("VNNI" order); A's pairs are
+//! adjacent in its rows. The blocking, threading and packing are
+//! [`super::sgemm`]'s (k blocks fixed by k alone, threads split only C), so
+//! a result does not depend on the thread count here either.
+//!
+//! Each native kernel has a *model*: the instruction's definition in plain
+//! Rust, reading the same packed layout. The models run on any CPU (slowly)
+//! and are what the packing, blocking and edge handling are tested with on
+//! machines without the instructions; on a machine with them the native
+//! kernels are tested against the f64 definition and the models.
+//!
+//! Linux hands a process the AMX tile state only on request
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); without it the
+//! first tile instruction dies with SIGILL. [`native`] asks once and falls
+//! back to AVX512-BF16 or fp32 when refused.
+
+use super::sgemm::{self, Mat};
+use crate::engine::precision::{Kernels, round_bf16};
+use std::cell::RefCell;
+use std::ops::Range;
+
+/// Largest k block (elements; a multiple of [`KSTEP`]).
+const KC: usize = 512;
+/// k blocks are padded to a multiple of this (one AMX tile's 32 bf16).
+const KSTEP: usize = 32;
+/// Rows of A packed at once (a multiple of every kernel's `MR`).
+const MC: usize = 192;
+/// Columns of B packed at once (a multiple of every kernel's `NR`).
+const NC: usize = 512;
+
+/// A bf16 dot-product kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bf16Kernel {
+    /// AMX: `TDPBF16PS` on 16 x 16 tiles of C, four at once.
+    Amx,
+    /// AVX512-BF16: `VDPBF16PS` on 12 x 32 register tiles.
+    Avx512Bf16,
+    /// [`Bf16Kernel::Amx`]'s instruction in plain Rust, same layout (tests).
+    AmxModel,
+    /// [`Bf16Kernel::Avx512Bf16`]'s instruction in plain Rust, same layout (tests).
+    Avx512Bf16Model,
+}
+
+impl Bf16Kernel {
+    /// Its name in `RESNET_BF16_KERNEL` and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Amx => "amx",
+            Bf16Kernel::Avx512Bf16 => "avx512bf16",
+            Bf16Kernel::AmxModel => "amx-model",
+            Bf16Kernel::Avx512Bf16Model => "avx512bf16-model",
+        }
+    }
+
+    /// Whether it runs on this CPU (for AMX: and the OS lent this process
+    /// the tile state). The models run everywhere.
+    pub fn runs_here(self) -> bool {
+        match self {
+            Bf16Kernel::Amx => Kernels::detect().amx_bf16 && amx_permitted(),
+            Bf16Kernel::Avx512Bf16 => Kernels::detect().avx512_bf16,
+            Bf16Kernel::AmxModel | Bf16Kernel::Avx512Bf16Model => true,
+        }
+    }
+
+    /// Why it does not run here, in words (`None` if it does).
+    pub fn why_not(self) -> Option<String> {
+        if self.runs_here() {
+            return None;
+        }
+        let k = Kernels::detect();
+        Some(match self {
+            Bf16Kernel::Amx if k.amx_bf16 => {
+                "the OS refused this process the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM)"
+                    .into()
+            }
+            _ => format!(
+                "this CPU has no {} (it has: {})",
+                match self {
+                    Bf16Kernel::Amx => "AMX-BF16",
+                    _ => "AVX512-BF16",
+                },
+                k.cpu()
+            ),
+        })
+    }
+}
+
+/// The fastest bf16 kernel this machine runs, if any: AMX, then
+/// AVX512-BF16. `RESNET_BF16_KERNEL=fp32` says none (bf16 operands
+/// multiplied by the fp32 kernels, for A/B timing), `=amx` or
+/// `=avx512bf16` asks for one (refused with the reason if it cannot run).
+pub fn native() -> Result<Option<Bf16Kernel>, String> {
+    match std::env::var("RESNET_BF16_KERNEL").as_deref() {
+        Ok("fp32") => Ok(None),
+        Ok("amx") => ask(Bf16Kernel::Amx),
+        Ok("avx512bf16") => ask(Bf16Kernel::Avx512Bf16),
+        Ok(other) if !other.is_empty() => Err(format!(
+            "RESNET_BF16_KERNEL={other:?}: expected amx, avx512bf16 or fp32"
+        )),
+        _ => Ok([Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16]
+            .into_iter()
+            .find(|k| k.runs_here())),
+    }
+}
+
+fn ask(k: Bf16Kernel) -> Result<Option<Bf16Kernel>, String> {
+    match k.why_not() {
+        None => Ok(Some(k)),
+        Some(why) => Err(format!("RESNET_BF16_KERNEL={}: {why}", k.name())),
+    }
+}
+
+/// Asks Linux, once per process, for the AMX tile-data state
+/// (`ARCH_REQ_XCOMP_PERM` = 0x1023, `XFEATURE_XTILEDATA` = 18). The
+/// permission covers every thread of the process, present and future.
+fn amx_permitted() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: arch_prctl with this code only changes the process's
+            // permitted xstate features; it reads and writes no memory of ours.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_arch_prctl,
+                    ARCH_REQ_XCOMP_PERM,
+                    XFEATURE_XTILEDATA,
+                ) == 0
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        false
+    })
+}
+
+/// `dst (m x n, row-major) = [dst +] round(a) (m x k) * round(b) (k x n)`,
+/// `round` to bf16, products exact and summed in fp32, on up to `threads`
+/// threads of the current rayon pool.
+///
+/// # Panics
+/// If an operand's last element lies outside its slice, or `kernel` does
+/// not run here.
+pub fn matmul(
+    kernel: Bf16Kernel,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+    threads: usize,
+) {
+    if !sgemm::checked(dst, accumulate, a, b, (m, n, k)) {
+        return;
+    }
+    assert!(
+        kernel.runs_here(),
+        "bf16 gemm: {kernel:?} does not run here"
+    );
+    let job = Job {
+        c: super::SendPtr(dst.as_mut_ptr()),
+        accumulate,
+        a,
+        b,
+        k,
+        n,
+    };
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Amx => run::<x86::Amx>(&job, m, threads),
+        #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Avx512Bf16 => run::<x86::Avx512Bf16>(&job, m, threads),
+        Bf16Kernel::AmxModel => run::<Model<AmxLayout>>(&job, m, threads),
+        Bf16Kernel::Avx512Bf16Model => run::<Model<VnniLayout>>(&job, m, threads),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("runs_here checked"),
+    }
+}
+
+/// Makes this thread's packing buffers now, so no product allocates later.
+pub fn reserve() {
+    with_packing(|_| ());
+}
+
+/// One product: `C (row stride n) [+]= A B`, all but its row count.
+struct Job<'a> {
+    c: super::SendPtr,
+    accumulate: bool,
+    a: Mat<'a>,
+    b: Mat<'a>,
+    k: usize,
+    n: usize,
+}
+
+/// How a kernel's `MR x NR` tile reads its packed operands.
+trait Layout {
+    const MR: usize;
+    const NR: usize;
+    /// Where pair `p` (k = 2p, 2p+1) of row `i` lies in an A strip.
+    fn a_at(p: usize, i: usize) -> usize;
+    /// Where pair `p` of column `j` lies in a B strip.
+    fn b_at(p: usize, j: usize) -> usize;
+    /// Whether the instruction adds the product of the pairs' upper halves
+    /// before the lower ones' (its definition in the Intel SDM).
+    const UPPER_FIRST: bool;
+}
+
+/// A kernel on pairs.
+trait Dot {
+    type L: Layout;
+    /// Run on a thread before its first tile of a product.
+    ///
+    /// # Safety
+    /// The CPU has the kernel's features.
+    unsafe fn begin() {}
+    /// Run on a thread after its last tile of a product.
+    ///
+    /// # Safety
+    /// As [`Dot::begin`], after it.
+    unsafe fn end() {}
+    /// `C[i][j] = [C[i][j] +] sum_p dot(a pair (p, i), b pair (p, j))` for
+    /// `i < mr`, `j < nr` of the tile at `c` (row stride `ldc`).
+    ///
+    /// # Safety
+    /// `a` holds `pairs * L::MR` and `b` `pairs * L::NR` pairs, `pairs` is a
+    /// multiple of `KSTEP / 2`, `mr <= L::MR`, `nr <= L::NR`, the tile lies
+    /// inside C's allocation, [`Dot::begin`] ran on this thread, and the
+    /// CPU has the kernel's features.
+    unsafe fn tile(
+        pairs: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        add: bool,
+        edge: (usize, usize),
+    );
+}
+
+fn run<K: Dot>(job: &Job, m: usize, threads: usize) {
+    sgemm::for_each_part(
+        m,
+        job.n,
+        job.k,
+        (K::L::MR, K::L::NR),
+        threads,
+        |rows, cols| {
+            with_packing(|p| {
+                // SAFETY: `matmul` checked that the kernel runs here.
+                unsafe { K::begin() };
+                block::<K>(job, rows, cols, p);
+                // SAFETY: after `begin`, on this thread.
+                unsafe { K::end() };
+            })
+        },
+    );
+}
+
+/// The k blocks of a product of depth `k`: near-equal, each a multiple of
+/// [`KSTEP`] but the last, at most [`KC`] (a function of `k` alone).
+fn k_step(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(KC)).next_multiple_of(KSTEP)
+}
+
+/// The part `rows x cols` of C, on this thread.
+fn block<K: Dot>(job: &Job, rows: Range<usize>, cols: Range<usize>, pack: &mut Packing) {
+    let (k, ldc) = (job.k, job.n);
+    let step = k_step(k);
+    for p0 in (0..k).step_by(step) {
+        let kc = step.min(k - p0);
+        let pairs = kc.next_multiple_of(KSTEP) / 2;
+        let add = job.accumulate || p0 > 0;
+        for c0 in cols.clone().step_by(NC) {
+            let nc = NC.min(cols.end - c0);
+            pack_b::<K::L>(pack.b(), job.b, (p0, kc), (c0, nc), pairs);
+            for r0 in rows.clone().step_by(MC) {
+                let mc = MC.min(rows.end - r0);
+                pack_a::<K::L>(pack.a(), job.a, (r0, mc), (p0, kc), pairs);
+                let (a, b) = pack.both();
+                let (mr_max, nr_max) = (K::L::MR, K::L::NR);
+                for ir in (0..mc).step_by(mr_max) {
+                    let mr = mr_max.min(mc - ir);
+                    let ap = a[ir * pairs..][..mr_max * pairs].as_ptr();
+                    for jr in (0..nc).step_by(nr_max) {
+                        let nr = nr_max.min(nc - jr);
+                        let bp = b[jr * pairs..][..nr_max * pairs].as_ptr();
+                        let at = (r0 + ir) * ldc + c0 + jr;
+                        // SAFETY: the strips hold pairs * MR and pairs * NR
+                        // pairs (sliced above), pairs is a multiple of
+                        // KSTEP / 2; the tile's rows r0+ir..+mr and columns
+                        // c0+jr..+nr lie inside C (m x n, checked by
+                        // `matmul`), and this task alone writes them; `run`
+                        // ran `begin` on this thread.
+                        unsafe { K::tile(pairs, ap, bp, job.c.get().add(at), ldc, add, (mr, nr)) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Two values as one pair of bf16: `lo` (the even k) in the lower half.
+#[inline(always)]
+fn pair(lo: f32, hi: f32) -> u32 {
+    (round_bf16(lo).to_bits() >> 16) | (round_bf16(hi).to_bits() & 0xffff_0000)
+}
+
+/// A's rows `r0..r0 + mc`, columns `p0..p0 + kc` into `MR`-tall strips of
+/// `pairs` pairs each (strip `q` at `q * MR * pairs`, laid out by
+/// [`Layout::a_at`]); rows past the block and k past `kc` are zero.
+fn pack_a<L: Layout>(
+    dst: &mut [u32],
+    a: Mat,
+    rows: (usize, usize),
+    ks: (usize, usize),
+    pairs: usize,
+) {
+    pack(dst, a, rows, ks, pairs, (L::MR, L::a_at));
+}
+
+/// B's rows `p0..p0 + kc`, columns `c0..c0 + nc` into `NR`-wide strips of
+/// `pairs` pairs of rows each (strip `q` at `q * NR * pairs`, laid out by
+/// [`Layout::b_at`]): B's transpose packed as A is.
+fn pack_b<L: Layout>(
+    dst: &mut [u32],
+    b: Mat,
+    ks: (usize, usize),
+    cols: (usize, usize),
+    pairs: usize,
+) {
+    let bt = Mat {
+        data: b.data,
+        rs: b.cs,
+        cs: b.rs,
+    };
+    pack(dst, bt, cols, ks, pairs, (L::NR, L::b_at));
+}
+
+/// `x`'s rows `r0..r0 + mc`, columns `p0..p0 + kc` into strips of `width`
+/// rows of `pairs` pairs each, pair `p` of row `i` of a strip at `at(p,
+/// i)`; rows past the block and k past `kc` are zero.
+fn pack(
+    dst: &mut [u32],
+    x: Mat,
+    (r0, mc): (usize, usize),
+    (p0, kc): (usize, usize),
+    pairs: usize,
+    (width, at): (usize, fn(usize, usize) -> usize),
+) {
+    let whole = kc / 2;
+    for (q, strip) in dst[..mc.div_ceil(width) * width * pairs]
+        .chunks_exact_mut(width * pairs)
+        .enumerate()
+    {
+        let (top, rows) = (r0 + q * width, width.min(mc - q * width));
+        if x.rs == 1 {
+            // Columns are contiguous: pair p of every row from columns 2p, 2p+1.
+            for p in 0..whole {
+                let c0 = &x.data[top + (p0 + 2 * p) * x.cs..][..rows];
+                let c1 = &x.data[top + (p0 + 2 * p + 1) * x.cs..][..rows];
+                for (i, (&lo, &hi)) in c0.iter().zip(c1).enumerate() {
+                    strip[at(p, i)] = pair(lo, hi);
+                }
+            }
+        } else {
+            for i in 0..rows {
+                let row = (top + i) * x.rs + p0 * x.cs;
+                if x.cs == 1 {
+                    let src = &x.data[row..][..2 * whole];
+                    for (p, v) in src.chunks_exact(2).enumerate() {
+                        strip[at(p, i)] = pair(v[0], v[1]);
+                    }
+                } else {
+                    for p in 0..whole {
+                        let e = row + 2 * p * x.cs;
+                        strip[at(p, i)] = pair(x.data[e], x.data[e + x.cs]);
+                    }
+                }
+            }
+        }
+        // An odd k's last pair, the padding of k, and the rows past the block.
+        for i in 0..width {
+            for p in whole..pairs {
+                let lo = if i < rows && 2 * p < kc {
+                    x.data[(top + i) * x.rs + (p0 + 2 * p) * x.cs]
+                } else {
+                    0.0
+                };
+                strip[at(p, i)] = pair(lo, 0.0);
+            }
+            if i >= rows {
+                for p in 0..whole {
+                    strip[at(p, i)] = 0;
+                }
+            }
+        }
+    }
+}
+
+/// One thread's packing buffers (pairs), 64-byte aligned.
+struct Packing {
+    a: super::Aligned,
+    b: super::Aligned,
+}
+
+impl Packing {
+    fn a(&mut self) -> &mut [u32] {
+        as_u32(&mut self.a)
+    }
+    fn b(&mut self) -> &mut [u32] {
+        as_u32(&mut self.b)
+    }
+    fn both(&mut self) -> (&[u32], &[u32]) {
+        (as_u32(&mut self.a), as_u32(&mut self.b))
+    }
+}
+
+fn as_u32(v: &mut [f32]) -> &mut [u32] {
+    // SAFETY: f32 and u32 have the same size and alignment, and every bit
+    // pattern is a valid value of both.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len()) }
+}
+
+thread_local! {
+    static PACKING: RefCell<Option<Packing>> = const { RefCell::new(None) };
+}
+
+fn with_packing<R>(f: impl FnOnce(&mut Packing) -> R) -> R {
+    PACKING.with(|p| {
+        let mut p = p.borrow_mut();
+        f(p.get_or_insert_with(|| Packing {
+            a: super::Aligned::zeros(MC * KC / 2),
+            b: super::Aligned::zeros(KC / 2 * NC),
+        }))
+    })
+}
+
+/// The bf16 halves of a pair as f32: (lower, upper).
+#[inline(always)]
+fn halves(v: u32) -> (f32, f32) {
+    (f32::from_bits(v << 16), f32::from_bits(v & 0xffff_0000))
+}
+
+/// Adds the `mr x nr` corner of `acc` (row stride `NR`) to, or stores it
+/// in, the tile of C at `c`.
+///
+/// # Safety
+/// The tile lies inside C's allocation.
+unsafe fn store(
+    acc: &[f32],
+    nr_max: usize,
+    c: *mut f32,
+    ldc: usize,
+    add: bool,
+    (mr, nr): (usize, usize),
+) {
+    for (i, row) in acc.chunks_exact(nr_max).take(mr).enumerate() {
+        // SAFETY: row i of the tile lies inside C (the caller's contract).
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), nr) };
+        for (d, &v) in dst.iter_mut().zip(row) {
+            *d = if add { *d + v } else { v };
+        }
+    }
+}
+
+/// The AMX layout: per 16 pairs (one tile's depth), A's 32 rows as two
+/// 16 x 16 tiles of pairs (row-major: row `i` holds its 16 pairs), B's 32
+/// columns as two tiles of 16 rows of pairs x 16 columns (VNNI).
+/// `TDPBF16PS` adds the lower halves' product first.
+struct AmxLayout;
+
+impl Layout for AmxLayout {
+    const MR: usize = 32;
+    const NR: usize = 32;
+    fn a_at(p: usize, i: usize) -> usize {
+        (p / 16) * 32 * 16 + i * 16 + p % 16
+    }
+    fn b_at(p: usize, j: usize) -> usize {
+        (p / 16) * 16 * 32 + (j / 16) * 256 + (p % 16) * 16 + j % 16
+    }
+    const UPPER_FIRST: bool = false;
+}
+
+/// The AVX512-BF16 layout: A strips of 12 rows of pairs, pair-major (`p *
+/// 12 + i`: one broadcast per row and pair); B strips of 32 columns of
+/// pairs, pair-major (`p * 32 + j`: two 16-lane loads per pair).
+/// `VDPBF16PS` adds the upper halves' product first.
+struct VnniLayout;
+
+impl Layout for VnniLayout {
+    const MR: usize = 12;
+    const NR: usize = 32;
+    fn a_at(p: usize, i: usize) -> usize {
+        p * 12 + i
+    }
+    fn b_at(p: usize, j: usize) -> usize {
+        p * 32 + j
+    }
+    const UPPER_FIRST: bool = true;
+}
+
+/// A bf16 dot-product instruction as the Intel SDM defines it, in plain
+/// Rust on its kernel's layout `L`: for each element of C, pair by pair,
+/// the two products added one at a time in the instruction's order, each
+/// addition rounded to fp32 (a product of two bf16 is exact in fp32).
+/// Denormals are not flushed here (the instructions flush them; the
+/// engine's values are far from them).
+struct Model<L>(std::marker::PhantomData<L>);
+
+impl<L: Layout> Dot for Model<L> {
+    type L = L;
+    unsafe fn tile(
+        pairs: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        add: bool,
+        edge: (usize, usize),
+    ) {
+        // SAFETY: the caller's contract (sizes of a and b).
+        let (a, b) = unsafe {
+            (
+                std::slice::from_raw_parts(a, pairs * L::MR),
+                std::slice::from_raw_parts(b, pairs * L::NR),
+            )
+        };
+        let mut acc = [0f32; 32 * 32];
+        for p in 0..pairs {
+            for i in 0..L::MR {
+                let (a0, a1) = halves(a[L::a_at(p, i)]);
+                for j in 0..L::NR {
+                    let (b0, b1) = halves(b[L::b_at(p, j)]);
+                    let c = &mut acc[i * L::NR + j];
+                    if L::UPPER_FIRST {
+                        *c += a1 * b1;
+                        *c += a0 * b0;
+                    } else {
+                        *c += a0 * b0;
+                        *c += a1 * b1;
+                    }
+                }
+            }
+        }
+        // SAFETY: the caller's contract (the tile lies inside C).
+        unsafe { store(&acc, L::NR, c, ldc, add, edge) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{AmxLayout, Dot, VnniLayout, store};
+    use crate::engine::cpu::sgemm::x86::store_12x32;
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+
+    /// The tile configuration every AMX product uses: palette 1, tiles 0-7
+    /// of 16 rows x 64 bytes (C: 16 x 16 fp32; A: 16 rows x 16 pairs; B:
+    /// 16 rows of pairs x 16 columns).
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    static TILES: TileConfig = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64; // bytes per row (u16, little-endian)
+            c[48 + t] = 16; // rows
+            t += 1;
+        }
+        TileConfig(c)
+    };
+
+    /// 32 x 32 tiles of C in tmm0-3 (rows 0-15 / 16-31 x columns 0-15 /
+    /// 16-31), A's two row tiles in tmm4-5, B's two column tiles in tmm6-7:
+    /// four `TDPBF16PS` per 16 pairs of depth, each 16 x 16 x 32 products.
+    pub struct Amx;
+
+    impl Dot for Amx {
+        type L = AmxLayout;
+        unsafe fn begin() {
+            // SAFETY: the CPU has AMX and the process its tile state (the
+            // caller's contract); the configuration is 64 valid bytes.
+            unsafe { asm!("ldtilecfg [{}]", in(reg) &TILES, options(nostack, readonly)) };
+        }
+        unsafe fn end() {
+            // SAFETY: as in `begin`; releasing tiles has no operands.
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        }
+        unsafe fn tile(
+            pairs: usize,
+            a: *const u32,
+            b: *const u32,
+            c: *mut f32,
+            ldc: usize,
+            add: bool,
+            edge: (usize, usize),
+        ) {
+            #[repr(C, align(64))]
+            struct Out([f32; 32 * 32]);
+            let mut out = Out([0.0; 32 * 32]);
+            let chunks = pairs / 16;
+            // SAFETY: per chunk, A's and B's 2048 bytes lie inside the
+            // strips (pairs * 32 pairs each, the caller's contract); `out`
+            // is 32 rows of 128 bytes; `begin` configured tiles 0-7 on
+            // this thread. Memory operands are written base + index*1: a
+            // bare [base] would assemble with no index (stride 0).
+            unsafe {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    "2:",
+                    "tileloadd tmm4, [{a} + {s64}*1]",
+                    "tileloadd tmm6, [{b} + {s64}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a} + {s64}*1 + 1024]",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    "add {a}, 2048",
+                    "add {b}, 2048",
+                    "dec {n}",
+                    "jnz 2b",
+                    "tilestored [{c} + {s128}*1], tmm0",
+                    "tilestored [{c} + {s128}*1 + 64], tmm1",
+                    "tilestored [{c} + {s128}*1 + 2048], tmm2",
+                    "tilestored [{c} + {s128}*1 + 2112], tmm3",
+                    a = inout(reg) a => _,
+                    b = inout(reg) b => _,
+                    n = inout(reg) chunks => _,
+                    c = in(reg) out.0.as_mut_ptr(),
+                    s64 = in(reg) 64usize,
+                    s128 = in(reg) 128usize,
+                    out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+                    out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+                    options(nostack),
+                );
+                store(&out.0, 32, c, ldc, add, edge);
+            }
+        }
+    }
+
+    /// 12 rows x 32 columns: 24 accumulators of 16 lanes, one `VDPBF16PS`
+    /// per row, column half and pair.
+    pub struct Avx512Bf16;
+
+    impl Dot for Avx512Bf16 {
+        type L = VnniLayout;
+        unsafe fn tile(
+            pairs: usize,
+            a: *const u32,
+            b: *const u32,
+            c: *mut f32,
+            ldc: usize,
+            add: bool,
+            edge: (usize, usize),
+        ) {
+            // SAFETY: the caller's contract.
+            unsafe { tile_avx512bf16(pairs, a, b, c, ldc, add, edge) }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn tile_avx512bf16(
+        pairs: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        ldc: usize,
+        add: bool,
+        edge: (usize, usize),
+    ) {
+        let mut acc = [_mm512_setzero_ps(); 24];
+        for p in 0..pairs {
+            // SAFETY: p < pairs, so the reads lie inside the strips.
+            unsafe {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * 32).cast()));
+                let b1: __m512bh =
+                    std::mem::transmute(_mm512_loadu_si512(b.add(p * 32 + 16).cast()));
+                let ap = a.add(p * 12);
+                for i in 0..12 {
+                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i) as i32));
+                    acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, b0);
+                    acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], ai, b1);
+                }
+            }
+        }
+        // SAFETY: the caller's contract (the tile lies inside C).
+        unsafe { store_12x32(&acc, c, ldc, add, edge) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::cpu::sgemm::{row_major, transposed};
+
+    /// The definition in f64 on the operands rounded to bf16, and the sum
+    /// of the products' magnitudes (the scale of fp32's rounding).
+    fn reference(a: Mat, b: Mat, (m, n, k): (usize, usize, usize)) -> (Vec<f64>, Vec<f64>) {
+        let mut c = vec![0f64; m * n];
+        let mut size = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    let x = round_bf16(a.data[i * a.rs + p * a.cs]) as f64
+                        * round_bf16(b.data[p * b.rs + j * b.cs]) as f64;
+                    c[i * n + j] += x;
+                    size[i * n + j] += x.abs();
+                }
+            }
+        }
+        (c, size)
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len as u32)
+            .map(|i| {
+                ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 20001) as f32 / 10000.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    /// `kernel` on shapes that cover edge tiles in both directions, odd and
+    /// padded depths, several k blocks, every layout of each operand and
+    /// accumulation, on 1 and 3 threads: within fp32's rounding of the f64
+    /// definition on the bf16-rounded operands, and 1 and 3 threads give
+    /// the same bits.
+    fn check(kernel: Bf16Kernel, shapes: &[(usize, usize, usize)]) {
+        if let Some(why) = kernel.why_not() {
+            eprintln!("skipped {}: {why}", kernel.name());
+            return;
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for &(m, n, k) in shapes {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let (ad, bd) = (values(m * k, 1), values(k * n, 2));
+                let a = if ta {
+                    transposed(&ad, m)
+                } else {
+                    row_major(&ad, k)
+                };
+                let b = if tb {
+                    transposed(&bd, k)
+                } else {
+                    row_major(&bd, n)
+                };
+                let (want, size) = reference(a, b, (m, n, k));
+                let start = values(m * n, 3);
+                for accumulate in [false, true] {
+                    let mut bits: Option<Vec<f32>> = None;
+                    for threads in [1, 3] {
+                        let mut c = start.clone();
+                        pool.install(|| {
+                            matmul(kernel, &mut c, accumulate, a, b, (m, n, k), threads)
+                        });
+                        for (i, &got) in c.iter().enumerate() {
+                            let w = want[i] + if accumulate { start[i] as f64 } else { 0.0 };
+                            // fp32 sums: each addition rounds by at most
+                            // 2^-24 of a partial sum no larger than `size`.
+                            let tol = 2.0 * k as f64 * f32::EPSILON as f64 * (size[i] + 1.0);
+                            assert!(
+                                (got as f64 - w).abs() <= tol,
+                                "{} {m}x{n}x{k} ta {ta} tb {tb} acc {accumulate} t {threads}: C[{i}] = {got}, want {w}",
+                                kernel.name()
+                            );
+                        }
+                        match &bits {
+                            None => bits = Some(c),
+                            Some(b) => assert_eq!(b, &c, "{} {m}x{n}x{k} threads", kernel.name()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    const SHAPES: [(usize, usize, usize); 7] = [
+        (1, 1, 1),
+        (5, 7, 3),
+        (13, 33, 17),
+        (40, 70, 1100),
+        (200, 20, 385),
+        (250, 530, 64),
+        (33, 600, 31),
+    ];
+
+    #[test]
+    fn the_amx_model_equals_the_definition() {
+        check(Bf16Kernel::AmxModel, &SHAPES);
+    }
+
+    #[test]
+    fn the_avx512_bf16_model_equals_the_definition() {
+        check(Bf16Kernel::Avx512Bf16Model, &SHAPES);
+    }
+
+    #[test]
+    fn amx_equals_the_definition() {
+        check(Bf16Kernel::Amx, &SHAPES);
+    }
+
+    #[test]
+    fn avx512_bf16_equals_the_definition() {
+        check(Bf16Kernel::Avx512Bf16, &SHAPES);
+    }
+
+    /// On a CPU with the instruction, the native kernel and its model
+    /// agree to fp32 rounding on a ResNet-shaped product (the native order
+    /// of additions inside one instruction is the hardware's).
+    #[test]
+    fn native_kernels_agree_with_their_models() {
+        for (native, model) in [
+            (Bf16Kernel::Amx, Bf16Kernel::AmxModel),
+            (Bf16Kernel::Avx512Bf16, Bf16Kernel::Avx512Bf16Model),
+        ] {
+            if let Some(why) = native.why_not() {
+                eprintln!("skipped {} against its model: {why}", native.name());
+                continue;
+            }
+            let (m, n, k) = (784, 64, 576);
+            let (ad, bd) = (values(m * k, 5), values(k * n, 6));
+            let (a, b) = (row_major(&ad, k), row_major(&bd, n));
+            let (mut x, mut y) = (vec![0f32; m * n], vec![0f32; m * n]);
+            matmul(native, &mut x, false, a, b, (m, n, k), 2);
+            matmul(model, &mut y, false, a, b, (m, n, k), 2);
+            let (_, size) = reference(a, b, (m, n, k));
+            for (i, (&p, &q)) in x.iter().zip(&y).enumerate() {
+                let tol = 2.0 * k as f64 * f32::EPSILON as f64 * (size[i] + 1.0);
+                assert!(
+                    (p as f64 - q as f64).abs() <= tol,
+                    "{}: C[{i}] {p} vs model {q}",
+                    native.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_k_clears_or_keeps_c() {
+        let mut c = vec![1.0f32; 6];
+        let (a, b) = (row_major(&[], 0), row_major(&[], 3));
+        matmul(Bf16Kernel::AmxModel, &mut c, true, a, b, (2, 3, 0), 1);
+        assert_eq!(c, vec![1.0; 6]);
+        matmul(Bf16Kernel::AmxModel, &mut c, false, a, b, (2, 3, 0), 1);
+        assert_eq!(c, vec![0.0; 6]);
+    }
+
+    #[test]
+    fn the_amx_layout_places_every_pair_once() {
+        let (pairs, mr, nr) = (48, AmxLayout::MR, AmxLayout::NR);
+        let mut seen = vec![false; pairs * mr];
+        for p in 0..pairs {
+            for i in 0..mr {
+                assert!(!std::mem::replace(&mut seen[AmxLayout::a_at(p, i)], true));
+            }
+        }
+        let mut seen = vec![false; pairs * nr];
+        for p in 0..pairs {
+            for j in 0..nr {
+                assert!(!std::mem::replace(&mut seen[AmxLayout::b_at(p, j)], true));
+            }
+        }
+    }
+}
