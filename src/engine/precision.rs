@@ -109,8 +109,13 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// This CPU's.
+    /// This CPU's (asked once: CPUID may trap to the hypervisor in a VM).
     pub fn detect() -> Self {
+        static KERNELS: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
+        *KERNELS.get_or_init(Self::ask_cpu)
+    }
+
+    fn ask_cpu() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::__cpuid_count;

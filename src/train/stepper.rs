@@ -113,6 +113,7 @@ impl<D: Device<f32>> Stepper<D> {
                     target,
                     cfg.precision,
                 )?;
+                log::info!("engine: {}", e.describe());
                 e.sgd = SgdSettings {
                     momentum,
                     weight_decay,

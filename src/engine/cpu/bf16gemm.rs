@@ -27,10 +27,8 @@ use crate::engine::precision::{Kernels, round_bf16};
 use std::cell::RefCell;
 use std::ops::Range;
 
-/// Largest k block (elements; a multiple of [`KSTEP`]).
+/// Largest k block (elements; a multiple of every kernel's [`Layout::KSTEP`]).
 const KC: usize = 512;
-/// k blocks are padded to a multiple of this (one AMX tile's 32 bf16).
-const KSTEP: usize = 32;
 /// Rows of A packed at once (a multiple of every kernel's `MR`).
 const MC: usize = 192;
 /// Columns of B packed at once (a multiple of every kernel's `NR`).
@@ -209,9 +207,22 @@ trait Layout {
     fn a_at(p: usize, i: usize) -> usize;
     /// Where pair `p` of column `j` lies in a B strip.
     fn b_at(p: usize, j: usize) -> usize;
-    /// Whether the instruction adds the product of the pairs' upper halves
-    /// before the lower ones' (its definition in the Intel SDM).
-    const UPPER_FIRST: bool;
+    /// k blocks are padded to a multiple of this many elements.
+    const KSTEP: usize;
+    /// Order of the additions in the instruction, as the Intel SDM defines it.
+    const ORDER: Order;
+}
+
+/// How a bf16 dot-product instruction adds its products to C.
+#[derive(PartialEq, Eq)]
+enum Order {
+    /// `VDPBF16PS`, per pair: `c += a.hi * b.hi`, then `c += a.lo * b.lo`.
+    UpperFirst,
+    /// `TDPBF16PS`, per 16 pairs (one tile's depth): the lower halves'
+    /// products summed from zero, the upper halves' likewise, then `c +=
+    /// lower + upper` (the AMX kernel starts a whole 32 x 32 tile of C
+    /// from C when it adds to C, an edge tile from zero).
+    TileSums,
 }
 
 /// A kernel on pairs.
@@ -232,7 +243,7 @@ trait Dot {
     ///
     /// # Safety
     /// `a` holds `pairs * L::MR` and `b` `pairs * L::NR` pairs, `pairs` is a
-    /// multiple of `KSTEP / 2`, `mr <= L::MR`, `nr <= L::NR`, the tile lies
+    /// multiple of `L::KSTEP / 2`, `mr <= L::MR`, `nr <= L::NR`, the tile lies
     /// inside C's allocation, [`Dot::begin`] ran on this thread, and the
     /// CPU has the kernel's features.
     unsafe fn tile(
@@ -266,18 +277,18 @@ fn run<K: Dot>(job: &Job, m: usize, threads: usize) {
 }
 
 /// The k blocks of a product of depth `k`: near-equal, each a multiple of
-/// [`KSTEP`] but the last, at most [`KC`] (a function of `k` alone).
-fn k_step(k: usize) -> usize {
-    k.div_ceil(k.div_ceil(KC)).next_multiple_of(KSTEP)
+/// `kstep` but the last, at most [`KC`] (a function of `k` and the kernel).
+fn k_step(k: usize, kstep: usize) -> usize {
+    k.div_ceil(k.div_ceil(KC)).next_multiple_of(kstep)
 }
 
 /// The part `rows x cols` of C, on this thread.
 fn block<K: Dot>(job: &Job, rows: Range<usize>, cols: Range<usize>, pack: &mut Packing) {
     let (k, ldc) = (job.k, job.n);
-    let step = k_step(k);
+    let step = k_step(k, K::L::KSTEP);
     for p0 in (0..k).step_by(step) {
         let kc = step.min(k - p0);
-        let pairs = kc.next_multiple_of(KSTEP) / 2;
+        let pairs = kc.next_multiple_of(K::L::KSTEP) / 2;
         let add = job.accumulate || p0 > 0;
         for c0 in cols.clone().step_by(NC) {
             let nc = NC.min(cols.end - c0);
@@ -475,7 +486,6 @@ unsafe fn store(
 /// The AMX layout: per 16 pairs (one tile's depth), A's 32 rows as two
 /// 16 x 16 tiles of pairs (row-major: row `i` holds its 16 pairs), B's 32
 /// columns as two tiles of 16 rows of pairs x 16 columns (VNNI).
-/// `TDPBF16PS` adds the lower halves' product first.
 struct AmxLayout;
 
 impl Layout for AmxLayout {
@@ -487,13 +497,13 @@ impl Layout for AmxLayout {
     fn b_at(p: usize, j: usize) -> usize {
         (p / 16) * 16 * 32 + (j / 16) * 256 + (p % 16) * 16 + j % 16
     }
-    const UPPER_FIRST: bool = false;
+    const KSTEP: usize = 32;
+    const ORDER: Order = Order::TileSums;
 }
 
 /// The AVX512-BF16 layout: A strips of 12 rows of pairs, pair-major (`p *
 /// 12 + i`: one broadcast per row and pair); B strips of 32 columns of
 /// pairs, pair-major (`p * 32 + j`: two 16-lane loads per pair).
-/// `VDPBF16PS` adds the upper halves' product first.
 struct VnniLayout;
 
 impl Layout for VnniLayout {
@@ -505,15 +515,15 @@ impl Layout for VnniLayout {
     fn b_at(p: usize, j: usize) -> usize {
         p * 32 + j
     }
-    const UPPER_FIRST: bool = true;
+    const KSTEP: usize = 2;
+    const ORDER: Order = Order::UpperFirst;
 }
 
 /// A bf16 dot-product instruction as the Intel SDM defines it, in plain
-/// Rust on its kernel's layout `L`: for each element of C, pair by pair,
-/// the two products added one at a time in the instruction's order, each
-/// addition rounded to fp32 (a product of two bf16 is exact in fp32).
-/// Denormals are not flushed here (the instructions flush them; the
-/// engine's values are far from them).
+/// Rust on its kernel's layout `L`, additions in its [`Order`], each
+/// rounded to fp32 (a product of two bf16 is exact in fp32). Denormals are
+/// not flushed here (the instructions flush them; the engine's values are
+/// far from them).
 struct Model<L>(std::marker::PhantomData<L>);
 
 impl<L: Layout> Dot for Model<L> {
@@ -535,24 +545,45 @@ impl<L: Layout> Dot for Model<L> {
             )
         };
         let mut acc = [0f32; 32 * 32];
-        for p in 0..pairs {
-            for i in 0..L::MR {
-                let (a0, a1) = halves(a[L::a_at(p, i)]);
-                for j in 0..L::NR {
-                    let (b0, b1) = halves(b[L::b_at(p, j)]);
-                    let c = &mut acc[i * L::NR + j];
-                    if L::UPPER_FIRST {
-                        *c += a1 * b1;
-                        *c += a0 * b0;
-                    } else {
-                        *c += a0 * b0;
-                        *c += a1 * b1;
+        // The AMX kernel loads a whole tile of C into its accumulators.
+        let from_c = L::ORDER == Order::TileSums && add && edge == (L::MR, L::NR);
+        if from_c {
+            for (i, row) in acc.chunks_exact_mut(L::NR).take(L::MR).enumerate() {
+                // SAFETY: the whole tile lies inside C (the caller's contract).
+                row.copy_from_slice(unsafe { std::slice::from_raw_parts(c.add(i * ldc), L::NR) });
+            }
+        }
+        for i in 0..L::MR {
+            for j in 0..L::NR {
+                let dot = |p: usize| {
+                    let ((a0, a1), (b0, b1)) = (halves(a[L::a_at(p, i)]), halves(b[L::b_at(p, j)]));
+                    (a0 * b0, a1 * b1)
+                };
+                let c = &mut acc[i * L::NR + j];
+                match L::ORDER {
+                    Order::UpperFirst => {
+                        for p in 0..pairs {
+                            let (lo, hi) = dot(p);
+                            *c += hi;
+                            *c += lo;
+                        }
+                    }
+                    Order::TileSums => {
+                        for p0 in (0..pairs).step_by(16) {
+                            let (mut lo, mut hi) = (0f32, 0f32);
+                            for p in p0..p0 + 16 {
+                                let (l, h) = dot(p);
+                                lo += l;
+                                hi += h;
+                            }
+                            *c += lo + hi;
+                        }
                     }
                 }
             }
         }
         // SAFETY: the caller's contract (the tile lies inside C).
-        unsafe { store(&acc, L::NR, c, ldc, add, edge) }
+        unsafe { store(&acc, L::NR, c, ldc, add && !from_c, edge) }
     }
 }
 
@@ -608,15 +639,34 @@ mod x86 {
         ) {
             #[repr(C, align(64))]
             struct Out([f32; 32 * 32]);
-            let mut out = Out([0.0; 32 * 32]);
-            let chunks = pairs / 16;
+            let full = edge == (32, 32);
+            // A whole tile of C is loaded into the accumulators (or they
+            // are zeroed) and stored back in place; an edge tile is summed
+            // from zero into `out` and its corner added to C after.
+            let mut out = std::mem::MaybeUninit::<Out>::uninit();
+            let (dst, stride) = if full {
+                (c, 4 * ldc)
+            } else {
+                (out.as_mut_ptr().cast::<f32>(), 128)
+            };
+            let load = full && add;
             // SAFETY: per chunk, A's and B's 2048 bytes lie inside the
-            // strips (pairs * 32 pairs each, the caller's contract); `out`
-            // is 32 rows of 128 bytes; `begin` configured tiles 0-7 on
-            // this thread. Memory operands are written base + index*1: a
-            // bare [base] would assemble with no index (stride 0).
+            // strips (pairs * 32 pairs each, pairs a multiple of 16: the
+            // caller's contract); `dst` is 32 rows of 128 bytes `stride`
+            // apart (a whole tile of C, or `out`); `begin` configured
+            // tiles 0-7 on this thread. Memory operands are written
+            // base + index*1: a bare [base] would assemble with no index
+            // (stride 0).
             unsafe {
                 asm!(
+                    "test {load}, {load}",
+                    "jz 3f",
+                    "tileloadd tmm0, [{lo} + {st}*1]",
+                    "tileloadd tmm1, [{lo} + {st}*1 + 64]",
+                    "tileloadd tmm2, [{hi} + {st}*1]",
+                    "tileloadd tmm3, [{hi} + {st}*1 + 64]",
+                    "jmp 2f",
+                    "3:",
                     "tilezero tmm0",
                     "tilezero tmm1",
                     "tilezero tmm2",
@@ -634,21 +684,26 @@ mod x86 {
                     "add {b}, 2048",
                     "dec {n}",
                     "jnz 2b",
-                    "tilestored [{c} + {s128}*1], tmm0",
-                    "tilestored [{c} + {s128}*1 + 64], tmm1",
-                    "tilestored [{c} + {s128}*1 + 2048], tmm2",
-                    "tilestored [{c} + {s128}*1 + 2112], tmm3",
+                    "tilestored [{lo} + {st}*1], tmm0",
+                    "tilestored [{lo} + {st}*1 + 64], tmm1",
+                    "tilestored [{hi} + {st}*1], tmm2",
+                    "tilestored [{hi} + {st}*1 + 64], tmm3",
+                    load = in(reg) load as usize,
                     a = inout(reg) a => _,
                     b = inout(reg) b => _,
-                    n = inout(reg) chunks => _,
-                    c = in(reg) out.0.as_mut_ptr(),
+                    n = inout(reg) pairs / 16 => _,
+                    lo = in(reg) dst,
+                    hi = in(reg) dst.add(16 * stride / 4),
+                    st = in(reg) stride,
                     s64 = in(reg) 64usize,
-                    s128 = in(reg) 128usize,
                     out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
                     out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
                     options(nostack),
                 );
-                store(&out.0, 32, c, ldc, add, edge);
+                if !full {
+                    // The four tile stores wrote all of `out`.
+                    store(&out.assume_init_ref().0, 32, c, ldc, add, edge);
+                }
             }
         }
     }
@@ -739,7 +794,10 @@ mod tests {
     /// padded depths, several k blocks, every layout of each operand and
     /// accumulation, on 1 and 3 threads: within fp32's rounding of the f64
     /// definition on the bf16-rounded operands, and 1 and 3 threads give
-    /// the same bits.
+    /// the same bits. The bound is the typical size of k fp32 roundings,
+    /// 8 sqrt(k) eps of the products' magnitudes (the models stay below
+    /// 4e-8 of it at k = 576; the worst case, k eps, would let an operand
+    /// truncated instead of rounded pass).
     fn check(kernel: Bf16Kernel, shapes: &[(usize, usize, usize)]) {
         if let Some(why) = kernel.why_not() {
             eprintln!("skipped {}: {why}", kernel.name());
@@ -773,9 +831,7 @@ mod tests {
                         });
                         for (i, &got) in c.iter().enumerate() {
                             let w = want[i] + if accumulate { start[i] as f64 } else { 0.0 };
-                            // fp32 sums: each addition rounds by at most
-                            // 2^-24 of a partial sum no larger than `size`.
-                            let tol = 2.0 * k as f64 * f32::EPSILON as f64 * (size[i] + 1.0);
+                            let tol = tolerance(k, size[i] + 1.0);
                             assert!(
                                 (got as f64 - w).abs() <= tol,
                                 "{} {m}x{n}x{k} ta {ta} tb {tb} acc {accumulate} t {threads}: C[{i}] = {got}, want {w}",
@@ -790,6 +846,11 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Rounding of a sum of `k` products whose magnitudes add up to `size`.
+    fn tolerance(k: usize, size: f64) -> f64 {
+        8.0 * ((k + 1) as f64).sqrt() * f32::EPSILON as f64 * size
     }
 
     const SHAPES: [(usize, usize, usize); 7] = [
@@ -843,7 +904,7 @@ mod tests {
             matmul(model, &mut y, false, a, b, (m, n, k), 2);
             let (_, size) = reference(a, b, (m, n, k));
             for (i, (&p, &q)) in x.iter().zip(&y).enumerate() {
-                let tol = 2.0 * k as f64 * f32::EPSILON as f64 * (size[i] + 1.0);
+                let tol = tolerance(k, size[i]);
                 assert!(
                     (p as f64 - q as f64).abs() <= tol,
                     "{}: C[{i}] {p} vs model {q}",
