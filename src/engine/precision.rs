@@ -11,7 +11,8 @@
 //! A product of two bf16 values is exact in fp32 (8 + 8 significant bits),
 //! so any fp32 kernel that multiplies bf16-rounded operands computes what a
 //! bf16 dot-product instruction (AVX512-BF16's `VDPBF16PS`, AMX's
-//! `TDPBF16PS`) does, up to the order of the fp32 additions.
+//! `TDPBF16PS`) does, up to the order of the fp32 additions (and denormals,
+//! which the instructions flush to zero).
 //!
 //! Which kernels run is chosen by [`crate::engine::cpu::bf16gemm::native`]
 //! from what [`Kernels::detect`] finds: AMX tiles, else AVX512-BF16 dot

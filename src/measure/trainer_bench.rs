@@ -252,11 +252,17 @@ impl NetworkUser<Cpu> for Run<'_, '_> {
     }
 }
 
-/// The fp32 matrix-product peak of this machine on `threads` threads:
-/// GFLOP/s of an `n x n x n` product by the engine's own
+/// The matrix-product peak of this machine on `threads` threads: GFLOP/s
+/// of an `n x n x n` product by the engine's own fp32
 /// [`crate::engine::cpu::sgemm`] (at 1024^3 as fast as the `gemm` crate,
-/// `cargo bench --bench sgemm`), median of `reps` after one warm-up.
-pub fn gemm_peak(threads: usize, n: usize, reps: usize) -> f64 {
+/// `cargo bench --bench sgemm`), or by its bf16 `kernel`
+/// ([`crate::engine::cpu::bf16gemm`]), median of `reps` after one warm-up.
+pub fn gemm_peak(
+    threads: usize,
+    n: usize,
+    reps: usize,
+    kernel: Option<cpu::bf16gemm::Bf16Kernel>,
+) -> f64 {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -268,14 +274,11 @@ pub fn gemm_peak(threads: usize, n: usize, reps: usize) -> f64 {
         (0..=reps)
             .map(|_| {
                 let t0 = Instant::now();
-                cpu::sgemm::matmul(
-                    &mut c,
-                    false,
-                    cpu::sgemm::row_major(&a, n),
-                    cpu::sgemm::row_major(&b, n),
-                    (n, n, n),
-                    threads,
-                );
+                let (am, bm) = (cpu::sgemm::row_major(&a, n), cpu::sgemm::row_major(&b, n));
+                match kernel {
+                    None => cpu::sgemm::matmul(&mut c, false, am, bm, (n, n, n), threads),
+                    Some(k) => cpu::bf16gemm::matmul(k, &mut c, false, am, bm, (n, n, n), threads),
+                }
                 t0.elapsed().as_secs_f64()
             })
             .skip(1)

@@ -5,8 +5,11 @@
 //! - [`ops`]: each op forward and backward (BatchNorm with its add and
 //!   ReLU, pooling, the classifier, softmax cross-entropy, SGD).
 //! - [`conv`]: convolutions by im2col in fixed groups of images.
-//! - [`direct`]: direct convolutions (AVX-512 / AVX2 register tiles).
-//! - [`sgemm`]: the packed matrix product.
+//! - [`direct`]: direct convolutions (AVX-512 / AVX2 register tiles; fp32
+//!   products only, skipped when a bf16 kernel multiplies).
+//! - [`sgemm`]: the packed fp32 matrix product.
+//! - [`bf16gemm`]: the bf16 matrix product on AMX or AVX512-BF16 (bf16 runs
+//!   on a CPU that has them).
 //!
 //! Results do not depend on the number of threads (every reduction has an
 //! order fixed by the plan), so exact resume holds whatever `--threads`.
@@ -134,7 +137,8 @@ impl Cpu {
     }
 
     /// [`Cpu::with_precision`] with the bf16 products on `kernel` (`None`:
-    /// on the fp32 kernels, operands rounded), e.g. a kernel's model in a test.
+    /// on the fp32 kernels; in bf16 on rounded operands), e.g. a kernel's
+    /// model in a test. A kernel needs [`Precision::Bf16`].
     pub fn with_kernel(
         plan: Plan,
         threads: usize,
@@ -154,7 +158,7 @@ impl Cpu {
             },
             (Precision::Fp32, Some(k)) => {
                 return Err(EngineError::Backend(format!(
-                    "bf16 kernel {} asked for an fp32 run",
+                    "Cpu::with_kernel: the bf16 kernel {} needs precision bf16 (pass None for fp32)",
                     k.name()
                 )));
             }
