@@ -3,7 +3,8 @@
 //! bf16 kernel this CPU runs (AMX, AVX512-BF16; none is skipped silently),
 //! on the shapes a ResNet step multiplies, 2 threads: `cargo bench --bench
 //! sgemm` (or `-- square` for one group). Throughput is in floating-point
-//! operations (2 m n k per product).
+//! operations (2 m n k per product). The `bf16pack` groups time the bf16
+//! product's packing alone (any CPU), vectorised and one pair at a time.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use resnet_imagenet::engine::cpu::bf16gemm::{self, Bf16Kernel};
@@ -109,6 +110,31 @@ fn products(c: &mut Criterion) {
                 })
             })
         });
+        g.finish();
+        // The packing alone (operands rounded to bf16 pairs in each kernel's
+        // layout, on the same blocks and threads, nothing multiplied): it
+        // runs on any CPU, so it is measured everywhere, against packing
+        // one pair at a time. Throughput: the product's FLOP, as above, so
+        // that it reads against the products' rates.
+        let mut g = c.benchmark_group(format!("bf16pack/{name}"));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_secs(2))
+            .throughput(Throughput::Elements((2 * m * n * k) as u64));
+        for kernel in [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16] {
+            for (how, by_element) in [("vector", false), ("by-element", true)] {
+                g.bench_function(
+                    BenchmarkId::new(format!("{}-{how}", kernel.name()), format!("{m}x{n}x{k}")),
+                    |bch| {
+                        bch.iter(|| {
+                            pool.install(|| {
+                                bf16gemm::pack_only(kernel, am, bm, (m, n, k), threads, by_element)
+                            })
+                        })
+                    },
+                );
+            }
+        }
         g.finish();
     }
 }

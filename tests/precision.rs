@@ -118,6 +118,13 @@ fn a_bf16_step_is_the_fp32_step_within_bf16_rounding() {
 
 /// The engine on the CPU backend with its bf16 products on `kernel`
 /// (`None`: the fp32 kernels on the rounded operands).
+/// Whether the profiled step made a bf16-rounded copy of the weights.
+fn copies_weights(e: &Engine) -> bool {
+    e.profile()
+        .iter()
+        .any(|(op, _)| op.starts_with("bf16 weight copy"))
+}
+
 fn on_kernel<M: Network<Cpu>>(
     m: &M,
     batch: usize,
@@ -153,7 +160,12 @@ fn kernels_against_the_fp32_kernels<M: Network<Cpu> + Clone>(
     scale_last_bn(&mut model, 0.1);
     let (x, labels) = synthetic(batch, side, M::CLASSES, 3);
     let mut reference = on_kernel(&model, batch, side, None);
+    reference.start_profile();
     let lr = reference.forward_backward(&x, &labels).unwrap();
+    assert!(
+        copies_weights(&reference),
+        "{name}: the fp32 kernels need rounded weights"
+    );
     let (logits, grads) = (
         reference.logits().unwrap(),
         flat(&reference.gradients().unwrap()),
@@ -180,7 +192,16 @@ fn kernels_against_the_fp32_kernels<M: Network<Cpu> + Clone>(
             Bf16Kernel::Avx512Bf16Model => "VDPBF16PS model",
         };
         assert!(e.describe().contains(says), "{}", e.describe());
+        e.start_profile();
         let l = e.forward_backward(&x, &labels).unwrap();
+        // It rounds the fp32 weights as it packs them: no rounded copy is
+        // made, nor its memory counted.
+        assert!(!copies_weights(&e), "{name}: {}", kernel.name());
+        let plan = Engine::lower(&model, batch, (side, side)).unwrap();
+        assert_eq!(
+            CpuBackend::bytes_needed(&plan, Precision::Bf16, Some(kernel)),
+            CpuBackend::bytes_needed(&plan, Precision::Fp32, None),
+        );
         let e_logits = rel_err(&e.logits().unwrap(), &logits);
         let e_loss = rel_err(&[l], &[lr]);
         let e_grads = rel_err(&flat(&e.gradients().unwrap()), &grads);

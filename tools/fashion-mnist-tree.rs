@@ -10,7 +10,7 @@ use std::process::ExitCode;
 /// Convert Fashion-MNIST (IDX files, e.g. from `apt-get install
 /// dataset-fashion-mnist`) into a class-per-folder tree of JPEGs.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 struct Cli {
     /// Folder with train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-*.
     #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]

@@ -210,6 +210,59 @@ pub fn matmul(
     }
 }
 
+/// Packs a product's operands as [`matmul`] with `kernel` does, on the
+/// same blocks and threads, and multiplies nothing (C is untouched): the
+/// time its packing takes, for benchmarks, on any CPU. `by_element`: the
+/// one-pair-at-a-time definition of the packing instead.
+#[doc(hidden)]
+pub fn pack_only(
+    kernel: Bf16Kernel,
+    a: Mat,
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+    threads: usize,
+    by_element: bool,
+) {
+    let mut c = [0f32; 0];
+    let job = Job {
+        c: super::SendPtr(c.as_mut_ptr()),
+        accumulate: false,
+        a,
+        b,
+        k,
+        n,
+    };
+    match (kernel, by_element) {
+        (Bf16Kernel::Amx | Bf16Kernel::AmxModel, false) => {
+            run::<PackOnly<AmxLayout, false>>(&job, m, threads)
+        }
+        (Bf16Kernel::Amx | Bf16Kernel::AmxModel, true) => {
+            run::<PackOnly<AmxLayout, true>>(&job, m, threads)
+        }
+        (_, false) => run::<PackOnly<VnniLayout, false>>(&job, m, threads),
+        (_, true) => run::<PackOnly<VnniLayout, true>>(&job, m, threads),
+    }
+}
+
+/// A kernel that only packs ([`pack_only`]).
+struct PackOnly<L, const BY_ELEMENT: bool>(std::marker::PhantomData<L>);
+
+impl<L: Layout, const E: bool> Dot for PackOnly<L, E> {
+    type L = L;
+    const BY_ELEMENT: bool = E;
+    unsafe fn tile(
+        _pairs: usize,
+        a: *const u32,
+        b: *const u32,
+        _c: *mut f32,
+        _ldc: usize,
+        _add: bool,
+        _edge: (usize, usize),
+    ) {
+        std::hint::black_box((a, b));
+    }
+}
+
 /// Makes this thread's packing buffers now, so no product allocates later.
 pub fn reserve() {
     with_packing(|_| ());
@@ -233,6 +286,16 @@ trait Layout {
     fn a_at(p: usize, i: usize) -> usize;
     /// Where pair `p` of column `j` lies in a B strip.
     fn b_at(p: usize, j: usize) -> usize;
+    /// `a_at(p, i)` is contiguous over runs of this many rows `i` (from a
+    /// multiple of it), and over runs of [`Layout::A_RUN_P`] pairs `p`.
+    const A_RUN_I: usize;
+    /// See [`Layout::A_RUN_I`].
+    const A_RUN_P: usize;
+    /// `b_at(p, j)` is contiguous over runs of this many columns `j`, and
+    /// over runs of [`Layout::B_RUN_P`] pairs `p`.
+    const B_RUN_J: usize;
+    /// See [`Layout::B_RUN_J`].
+    const B_RUN_P: usize;
     /// k blocks are padded to a multiple of this many elements.
     const KSTEP: usize;
     /// Order of the additions in the instruction, as the Intel SDM defines it.
@@ -254,6 +317,8 @@ enum Order {
 /// A kernel on pairs.
 trait Dot {
     type L: Layout;
+    /// Pack one pair at a time ([`Strips::pack_by_element`]; benchmarks).
+    const BY_ELEMENT: bool = false;
     /// Run on a thread before its first tile of a product.
     ///
     /// # Safety
@@ -318,10 +383,10 @@ fn block<K: Dot>(job: &Job, rows: Range<usize>, cols: Range<usize>, pack: &mut P
         let add = job.accumulate || p0 > 0;
         for c0 in cols.clone().step_by(NC) {
             let nc = NC.min(cols.end - c0);
-            pack_b::<K::L>(pack.b(), job.b, (p0, kc), (c0, nc), pairs);
+            pack_b::<K::L>(pack.b(), job.b, (p0, kc), (c0, nc), pairs, K::BY_ELEMENT);
             for r0 in rows.clone().step_by(MC) {
                 let mc = MC.min(rows.end - r0);
-                pack_a::<K::L>(pack.a(), job.a, (r0, mc), (p0, kc), pairs);
+                pack_a::<K::L>(pack.a(), job.a, (r0, mc), (p0, kc), pairs, K::BY_ELEMENT);
                 let (a, b) = pack.both();
                 let (mr_max, nr_max) = (K::L::MR, K::L::NR);
                 for ir in (0..mc).step_by(mr_max) {
@@ -360,8 +425,19 @@ fn pack_a<L: Layout>(
     rows: (usize, usize),
     ks: (usize, usize),
     pairs: usize,
+    by_element: bool,
 ) {
-    pack(dst, a, rows, ks, pairs, (L::MR, L::a_at));
+    let strips = Strips {
+        width: L::MR,
+        at: L::a_at,
+        run_i: L::A_RUN_I,
+        run_p: L::A_RUN_P,
+    };
+    if by_element {
+        strips.pack_by_element(dst, a, rows, ks, pairs)
+    } else {
+        strips.pack(dst, a, rows, ks, pairs)
+    }
 }
 
 /// B's rows `p0..p0 + kc`, columns `c0..c0 + nc` into `NR`-wide strips of
@@ -373,73 +449,227 @@ fn pack_b<L: Layout>(
     ks: (usize, usize),
     cols: (usize, usize),
     pairs: usize,
+    by_element: bool,
 ) {
     let bt = Mat {
         data: b.data,
         rs: b.cs,
         cs: b.rs,
     };
-    pack(dst, bt, cols, ks, pairs, (L::NR, L::b_at));
+    let strips = Strips {
+        width: L::NR,
+        at: L::b_at,
+        run_i: L::B_RUN_J,
+        run_p: L::B_RUN_P,
+    };
+    if by_element {
+        strips.pack_by_element(dst, bt, cols, ks, pairs)
+    } else {
+        strips.pack(dst, bt, cols, ks, pairs)
+    }
 }
 
-/// `x`'s rows `r0..r0 + mc`, columns `p0..p0 + kc` into strips of `width`
-/// rows of `pairs` pairs each, pair `p` of row `i` of a strip at `at(p,
-/// i)`; rows past the block and k past `kc` are zero.
-fn pack(
-    dst: &mut [u32],
-    x: Mat,
-    (r0, mc): (usize, usize),
-    (p0, kc): (usize, usize),
-    pairs: usize,
-    (width, at): (usize, fn(usize, usize) -> usize),
-) {
-    let whole = kc / 2;
-    for (q, strip) in dst[..mc.div_ceil(width) * width * pairs]
-        .chunks_exact_mut(width * pairs)
-        .enumerate()
-    {
-        let (top, rows) = (r0 + q * width, width.min(mc - q * width));
-        if x.rs == 1 {
-            // Columns are contiguous: pair p of every row from columns 2p, 2p+1.
-            for p in 0..whole {
-                let c0 = &x.data[top + (p0 + 2 * p) * x.cs..][..rows];
-                let c1 = &x.data[top + (p0 + 2 * p + 1) * x.cs..][..rows];
-                for (i, (&lo, &hi)) in c0.iter().zip(c1).enumerate() {
-                    strip[at(p, i)] = pair(lo, hi);
-                }
-            }
-        } else {
-            for i in 0..rows {
-                let row = (top + i) * x.rs + p0 * x.cs;
-                if x.cs == 1 {
-                    let src = &x.data[row..][..2 * whole];
-                    for (p, v) in src.chunks_exact(2).enumerate() {
-                        strip[at(p, i)] = pair(v[0], v[1]);
+/// How an operand is packed: strips of `width` rows of pairs, pair `p` of
+/// row `i` at `at(p, i)`, which is contiguous over `run_i` consecutive rows
+/// (from a multiple of `run_i`) and over `run_p` consecutive pairs (from a
+/// multiple of `run_p`).
+#[derive(Clone, Copy)]
+struct Strips<F> {
+    width: usize,
+    at: F,
+    run_i: usize,
+    run_p: usize,
+}
+
+/// Rows and pairs of the tile a transposing pack converts at once.
+const T: usize = 16;
+
+impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
+    /// `x`'s rows `r0..r0 + mc`, columns `p0..p0 + kc` into strips of
+    /// `pairs` pairs each (strip `q` at `q * width * pairs`); rows past the
+    /// block and k past `kc` are zero. Same result as
+    /// [`Strips::pack_by_element`]; it converts along whichever direction
+    /// `x` is contiguous in (vector loads and rounding), then stores whole
+    /// runs where the layout is contiguous the same way and goes through a
+    /// 16 x 16 tile where it is not. On AVX-512 CPUs compiled for them.
+    fn pack(self, dst: &mut [u32], x: Mat, rows: (usize, usize), ks: (usize, usize), pairs: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { self.pack_avx512(dst, x, rows, ks, pairs) };
+        }
+        self.pack_runs(dst, x, rows, ks, pairs)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn pack_avx512(
+        self,
+        dst: &mut [u32],
+        x: Mat,
+        rows: (usize, usize),
+        ks: (usize, usize),
+        pairs: usize,
+    ) {
+        self.pack_runs(dst, x, rows, ks, pairs)
+    }
+
+    #[inline(always)]
+    fn pack_runs(
+        self,
+        dst: &mut [u32],
+        x: Mat,
+        (r0, mc): (usize, usize),
+        (p0, kc): (usize, usize),
+        pairs: usize,
+    ) {
+        let (width, at) = (self.width, self.at);
+        let whole = kc / 2;
+        for (q, strip) in dst[..mc.div_ceil(width) * width * pairs]
+            .chunks_exact_mut(width * pairs)
+            .enumerate()
+        {
+            let (top, rows) = (r0 + q * width, width.min(mc - q * width));
+            if x.rs == 1 {
+                // Each column's rows are contiguous: pair p of rows i.. from
+                // columns 2p and 2p + 1.
+                let col = |c: usize| &x.data[top + (p0 + c) * x.cs..][..rows];
+                if self.run_i > 1 {
+                    for p in 0..whole {
+                        let (c0, c1) = (col(2 * p), col(2 * p + 1));
+                        for i0 in (0..rows).step_by(self.run_i) {
+                            let n = self.run_i.min(rows - i0);
+                            pairs_of(&mut strip[at(p, i0)..][..n], &c0[i0..][..n], &c1[i0..][..n]);
+                        }
                     }
                 } else {
+                    let mut t = [0u32; T * T];
+                    for pb in (0..whole).step_by(T) {
+                        let np = T.min(whole - pb);
+                        for i0 in (0..rows).step_by(T) {
+                            let ni = T.min(rows - i0);
+                            for (pp, t) in t.chunks_exact_mut(T).take(np).enumerate() {
+                                let p = pb + pp;
+                                let (c0, c1) = (col(2 * p), col(2 * p + 1));
+                                pairs_of(&mut t[..ni], &c0[i0..][..ni], &c1[i0..][..ni]);
+                            }
+                            for ii in 0..ni {
+                                for pp in 0..np {
+                                    strip[at(pb + pp, i0 + ii)] = t[pp * T + ii];
+                                }
+                            }
+                        }
+                    }
+                }
+            } else if x.cs == 1 {
+                // Each row's k are contiguous: its pairs are adjacent values.
+                let row = |i: usize| &x.data[(top + i) * x.rs + p0..][..2 * whole];
+                if self.run_p > 1 {
+                    for i in 0..rows {
+                        let src = row(i);
+                        for pb in (0..whole).step_by(self.run_p) {
+                            let n = self.run_p.min(whole - pb);
+                            adjacent_pairs(&mut strip[at(pb, i)..][..n], &src[2 * pb..][..2 * n]);
+                        }
+                    }
+                } else {
+                    let mut t = [0u32; T * T];
+                    for i0 in (0..rows).step_by(T) {
+                        let ni = T.min(rows - i0);
+                        for pb in (0..whole).step_by(T) {
+                            let np = T.min(whole - pb);
+                            for (ii, t) in t.chunks_exact_mut(T).take(ni).enumerate() {
+                                adjacent_pairs(&mut t[..np], &row(i0 + ii)[2 * pb..][..2 * np]);
+                            }
+                            for pp in 0..np {
+                                for ii in 0..ni {
+                                    strip[at(pb + pp, i0 + ii)] = t[ii * T + pp];
+                                }
+                            }
+                        }
+                    }
+                }
+            } else {
+                for i in 0..rows {
+                    let row = (top + i) * x.rs + p0 * x.cs;
                     for p in 0..whole {
                         let e = row + 2 * p * x.cs;
                         strip[at(p, i)] = pair(x.data[e], x.data[e + x.cs]);
                     }
                 }
             }
+            self.pad(strip, x, (top, rows), (p0, kc), pairs);
         }
-        // An odd k's last pair, the padding of k, and the rows past the block.
-        for i in 0..width {
+    }
+
+    /// An odd k's last pair, the padding of k, and the rows past the block.
+    #[inline(always)]
+    fn pad(
+        self,
+        strip: &mut [u32],
+        x: Mat,
+        (top, rows): (usize, usize),
+        (p0, kc): (usize, usize),
+        pairs: usize,
+    ) {
+        let whole = kc / 2;
+        for i in 0..self.width {
             for p in whole..pairs {
                 let lo = if i < rows && 2 * p < kc {
                     x.data[(top + i) * x.rs + (p0 + 2 * p) * x.cs]
                 } else {
                     0.0
                 };
-                strip[at(p, i)] = pair(lo, 0.0);
+                strip[(self.at)(p, i)] = pair(lo, 0.0);
             }
             if i >= rows {
                 for p in 0..whole {
-                    strip[at(p, i)] = 0;
+                    strip[(self.at)(p, i)] = 0;
                 }
             }
         }
+    }
+
+    /// The definition of [`Strips::pack`], one pair at a time (its tests,
+    /// and the baseline of its benchmark).
+    fn pack_by_element(
+        self,
+        dst: &mut [u32],
+        x: Mat,
+        (r0, mc): (usize, usize),
+        (p0, kc): (usize, usize),
+        pairs: usize,
+    ) {
+        let width = self.width;
+        for (q, strip) in dst[..mc.div_ceil(width) * width * pairs]
+            .chunks_exact_mut(width * pairs)
+            .enumerate()
+        {
+            let (top, rows) = (r0 + q * width, width.min(mc - q * width));
+            for i in 0..rows {
+                for p in 0..kc / 2 {
+                    let e = (top + i) * x.rs + (p0 + 2 * p) * x.cs;
+                    strip[(self.at)(p, i)] = pair(x.data[e], x.data[e + x.cs]);
+                }
+            }
+            self.pad(strip, x, (top, rows), (p0, kc), pairs);
+        }
+    }
+}
+
+/// `dst[i] = pair(lo[i], hi[i])` (a loop the compiler vectorises).
+#[inline(always)]
+fn pairs_of(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+    for (d, (&lo, &hi)) in dst.iter_mut().zip(lo.iter().zip(hi)) {
+        *d = pair(lo, hi);
+    }
+}
+
+/// `dst[p] = pair(src[2p], src[2p + 1])` (a loop the compiler vectorises).
+#[inline(always)]
+fn adjacent_pairs(dst: &mut [u32], src: &[f32]) {
+    for (d, v) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *d = pair(v[0], v[1]);
     }
 }
 
@@ -523,6 +753,10 @@ impl Layout for AmxLayout {
     fn b_at(p: usize, j: usize) -> usize {
         (p / 16) * 16 * 32 + (j / 16) * 256 + (p % 16) * 16 + j % 16
     }
+    const A_RUN_I: usize = 1;
+    const A_RUN_P: usize = 16;
+    const B_RUN_J: usize = 16;
+    const B_RUN_P: usize = 1;
     const KSTEP: usize = 32;
     const ORDER: Order = Order::TileSums;
 }
@@ -541,6 +775,10 @@ impl Layout for VnniLayout {
     fn b_at(p: usize, j: usize) -> usize {
         p * 32 + j
     }
+    const A_RUN_I: usize = 12;
+    const A_RUN_P: usize = 1;
+    const B_RUN_J: usize = 32;
+    const B_RUN_P: usize = 1;
     const KSTEP: usize = 2;
     const ORDER: Order = Order::UpperFirst;
 }
@@ -966,5 +1204,179 @@ mod tests {
                 assert!(!std::mem::replace(&mut seen[AmxLayout::b_at(p, j)], true));
             }
         }
+    }
+
+    /// Each layout's declared runs are contiguous.
+    #[test]
+    fn the_layouts_runs_are_contiguous() {
+        fn check(width: usize, at: fn(usize, usize) -> usize, run_i: usize, run_p: usize) {
+            for p in 0..48 {
+                for i in 0..width {
+                    if (i + 1) % run_i != 0 {
+                        assert_eq!(at(p, i + 1), at(p, i) + 1, "rows: pair {p} row {i}");
+                    }
+                    if (p + 1) % run_p != 0 {
+                        assert_eq!(at(p + 1, i), at(p, i) + 1, "pairs: pair {p} row {i}");
+                    }
+                }
+            }
+        }
+        check(
+            AmxLayout::MR,
+            AmxLayout::a_at,
+            AmxLayout::A_RUN_I,
+            AmxLayout::A_RUN_P,
+        );
+        check(
+            AmxLayout::NR,
+            AmxLayout::b_at,
+            AmxLayout::B_RUN_J,
+            AmxLayout::B_RUN_P,
+        );
+        check(
+            VnniLayout::MR,
+            VnniLayout::a_at,
+            VnniLayout::A_RUN_I,
+            VnniLayout::A_RUN_P,
+        );
+        check(
+            VnniLayout::NR,
+            VnniLayout::b_at,
+            VnniLayout::B_RUN_J,
+            VnniLayout::B_RUN_P,
+        );
+    }
+
+    /// The vectorised packing gives the bits of the one-pair-at-a-time
+    /// definition (which rounds each value with `round_bf16`), for both
+    /// layouts, as A and as B, from row-major, transposed and strided
+    /// operands, on blocks with partial strips, odd and padded depths and
+    /// offsets, with NaN, infinities, halfway cases and denormals among the
+    /// values; the AVX-512 build and the portable one alike. Every element
+    /// of the packed block is written (the buffers start as garbage).
+    #[test]
+    fn packing_equals_packing_by_element() {
+        let specials = [
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001), // signalling NaN
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::from_bits(0x3f80_8000), // halfway, even below: rounds down
+            f32::from_bits(0x3f81_8000), // halfway, odd below: rounds up
+            f32::from_bits(0x7f7f_ffff), // rounds to infinity
+            f32::from_bits(0x0000_8001), // denormal
+            -0.0,
+        ];
+        let mut v = values(64 * 200, 7);
+        for (i, x) in v.iter_mut().enumerate().filter(|(i, _)| i % 37 == 3) {
+            *x = specials[i % specials.len()];
+        }
+        // (block rows r0, mc), (k p0, kc), operand rows x columns
+        let cases = [
+            ((0, 64), (0, 64)),
+            ((3, 45), (5, 33)),
+            ((0, 7), (0, 1)),
+            ((16, 40), (2, 96)),
+            ((1, 12), (0, 100)),
+        ];
+        let (rows, cols) = (64, 100);
+        for ((r0, mc), (p0, kc)) in cases {
+            let mats = [
+                ("row-major", row_major(&v[..rows * cols], cols)),
+                ("transposed", transposed(&v[..rows * cols], rows)),
+                (
+                    "strided",
+                    Mat {
+                        data: &v[..2 * rows * cols],
+                        rs: 2 * cols,
+                        cs: 2,
+                    },
+                ),
+            ];
+            for (what, x) in mats {
+                check_packing(
+                    what,
+                    x,
+                    (r0, mc),
+                    (p0, kc),
+                    AmxLayout::MR,
+                    AmxLayout::a_at,
+                    (AmxLayout::A_RUN_I, AmxLayout::A_RUN_P),
+                    16,
+                );
+                check_packing(
+                    what,
+                    x,
+                    (r0, mc),
+                    (p0, kc),
+                    AmxLayout::NR,
+                    AmxLayout::b_at,
+                    (AmxLayout::B_RUN_J, AmxLayout::B_RUN_P),
+                    16,
+                );
+                check_packing(
+                    what,
+                    x,
+                    (r0, mc),
+                    (p0, kc),
+                    VnniLayout::MR,
+                    VnniLayout::a_at,
+                    (VnniLayout::A_RUN_I, VnniLayout::A_RUN_P),
+                    1,
+                );
+                check_packing(
+                    what,
+                    x,
+                    (r0, mc),
+                    (p0, kc),
+                    VnniLayout::NR,
+                    VnniLayout::b_at,
+                    (VnniLayout::B_RUN_J, VnniLayout::B_RUN_P),
+                    1,
+                );
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_packing(
+        what: &str,
+        x: Mat,
+        rows: (usize, usize),
+        ks: (usize, usize),
+        width: usize,
+        at: fn(usize, usize) -> usize,
+        (run_i, run_p): (usize, usize),
+        kstep_pairs: usize,
+    ) {
+        let strips = Strips {
+            width,
+            at,
+            run_i,
+            run_p,
+        };
+        let pairs = ks.1.div_ceil(2).next_multiple_of(kstep_pairs);
+        let len = rows.1.div_ceil(width) * width * pairs;
+        let garbage = || vec![0xdead_beef_u32; len + 5];
+        let mut want = garbage();
+        strips.pack_by_element(&mut want, x, rows, ks, pairs);
+        assert!(
+            want[..len].iter().all(|&w| w != 0xdead_beef),
+            "{what}: the definition leaves holes"
+        );
+        assert!(
+            want[len..].iter().all(|&w| w == 0xdead_beef),
+            "{what}: the definition writes past the block"
+        );
+        let mut got = garbage();
+        strips.pack(&mut got, x, rows, ks, pairs);
+        assert_eq!(got, want, "{what}: width {width}, rows {rows:?}, k {ks:?}");
+        let mut got = garbage();
+        strips.pack_runs(&mut got, x, rows, ks, pairs);
+        assert_eq!(
+            got, want,
+            "{what} (portable): width {width}, rows {rows:?}, k {ks:?}"
+        );
     }
 }

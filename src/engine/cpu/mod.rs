@@ -171,7 +171,7 @@ impl Cpu {
             }
         }
         let (h, w) = plan.input;
-        let needed = Self::bytes_needed(&plan, precision);
+        let needed = Self::bytes_needed(&plan, precision, kernel);
         if let Some(available) = crate::files::available_memory()
             && needed > available
         {
@@ -201,9 +201,9 @@ impl Cpu {
         Ok(Cpu {
             arena: Aligned::zeros(plan.arena_len),
             params: Aligned::zeros(plan.params_len),
-            weights: Aligned::zeros(match precision {
-                Precision::Fp32 => 0,
-                Precision::Bf16 => plan.params_len,
+            weights: Aligned::zeros(match weight_copy(precision, kernel) {
+                true => plan.params_len,
+                false => 0,
             }),
             weights_stale: true,
             precision,
@@ -222,14 +222,13 @@ impl Cpu {
     }
 
     /// Bytes the backend allocates for `plan` (arena, parameters, their
-    /// gradients and momentum, running statistics, reduction scratch); a
-    /// data-parallel run adds one more gradient array; bf16 adds the
-    /// rounded copy of the parameters.
-    pub fn bytes_needed(plan: &Plan, precision: Precision) -> u64 {
-        let copies = match precision {
-            Precision::Fp32 => 3,
-            Precision::Bf16 => 4,
-        };
+    /// gradients and momentum, running statistics, reduction scratch) in
+    /// `precision` with the bf16 products on `kernel` (as
+    /// [`Cpu::with_kernel`]); a data-parallel run adds one more gradient
+    /// array; bf16 on the fp32 kernels adds the rounded copy of the
+    /// parameters.
+    pub fn bytes_needed(plan: &Plan, precision: Precision, kernel: Option<Bf16Kernel>) -> u64 {
+        let copies = 3 + weight_copy(precision, kernel) as usize;
         let floats = plan.arena_len + copies * plan.params_len + plan.states_len;
         4 * floats as u64 + 8 * partial_len(plan) as u64
     }
@@ -271,8 +270,9 @@ impl Cpu {
     fn run_ops(&mut self, ops: impl Iterator<Item = usize> + Send, forward: Option<bool>) {
         let pool = self.pool.clone();
         let bf16 = self.precision == Precision::Bf16;
+        let copy = !self.weights.is_empty();
         pool.install(|| {
-            if bf16 && self.weights_stale {
+            if copy && self.weights_stale {
                 let t0 = std::time::Instant::now();
                 self.round_weights();
                 if let Some(p) = &mut self.profile {
@@ -283,7 +283,7 @@ impl Cpu {
             let mem = Mem::new(&mut self.arena, &self.plan);
             let mut t = Tensors {
                 params: &self.params,
-                weights: if bf16 { &self.weights } else { &self.params },
+                weights: if copy { &self.weights } else { &self.params },
                 bf16,
                 rounded: &self.rounded,
                 grads: &mut self.grads,
@@ -519,4 +519,12 @@ impl Backend for Cpu {
     fn threads(&self) -> usize {
         self.threads
     }
+}
+
+/// Whether the step multiplies by a bf16-rounded copy of the weights: in
+/// bf16 on the fp32 kernels (and their direct convolutions), which
+/// multiply what they are given. A bf16 kernel rounds its operands as it
+/// packs them, so it takes the fp32 weights as they are.
+fn weight_copy(precision: Precision, kernel: Option<Bf16Kernel>) -> bool {
+    precision == Precision::Bf16 && kernel.is_none()
 }

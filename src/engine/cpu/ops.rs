@@ -56,7 +56,8 @@ pub struct Tensors<'a> {
     /// Parameters (flat).
     pub params: &'a [f32],
     /// The weights convolutions and the classifier multiply by: `params`
-    /// in fp32, a bf16-rounded copy of it in bf16 (same offsets).
+    /// in fp32 and on a bf16 kernel (which rounds as it packs), a
+    /// bf16-rounded copy of it in bf16 on the fp32 kernels (same offsets).
     pub weights: &'a [f32],
     /// bf16 operands: convolution and classifier inputs and output
     /// gradients are rounded in place before their products
