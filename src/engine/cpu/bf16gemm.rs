@@ -498,7 +498,7 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
             // SAFETY: the CPU has AVX-512F.
             return unsafe { self.pack_avx512(dst, x, rows, ks, pairs) };
         }
-        self.pack_runs(dst, x, rows, ks, pairs)
+        self.pack_runs::<false>(dst, x, rows, ks, pairs)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -511,11 +511,13 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
         ks: (usize, usize),
         pairs: usize,
     ) {
-        self.pack_runs(dst, x, rows, ks, pairs)
+        self.pack_runs::<true>(dst, x, rows, ks, pairs)
     }
 
+    /// [`Strips::pack`]; `AVX512`: transpose tiles with AVX-512F (only
+    /// inside a function compiled for it, on a CPU that has it).
     #[inline(always)]
-    fn pack_runs(
+    fn pack_runs<const AVX512: bool>(
         self,
         dst: &mut [u32],
         x: Mat,
@@ -543,6 +545,8 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
                         }
                     }
                 } else {
+                    // Pairs p.. of rows i.. as a tile t[p][i], transposed
+                    // to run along p.
                     let mut t = [0u32; T * T];
                     for pb in (0..whole).step_by(T) {
                         let np = T.min(whole - pb);
@@ -553,10 +557,9 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
                                 let (c0, c1) = (col(2 * p), col(2 * p + 1));
                                 pairs_of(&mut t[..ni], &c0[i0..][..ni], &c1[i0..][..ni]);
                             }
-                            for ii in 0..ni {
-                                for pp in 0..np {
-                                    strip[at(pb + pp, i0 + ii)] = t[pp * T + ii];
-                                }
+                            let tt = transpose::<AVX512>(&t);
+                            for (ii, row) in tt.chunks_exact(T).take(ni).enumerate() {
+                                self.place_run(strip, (pb, i0 + ii), &row[..np], false);
                             }
                         }
                     }
@@ -573,6 +576,8 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
                         }
                     }
                 } else {
+                    // Rows i.. of pairs p.. as a tile t[i][p], transposed
+                    // to run along i.
                     let mut t = [0u32; T * T];
                     for i0 in (0..rows).step_by(T) {
                         let ni = T.min(rows - i0);
@@ -581,10 +586,9 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
                             for (ii, t) in t.chunks_exact_mut(T).take(ni).enumerate() {
                                 adjacent_pairs(&mut t[..np], &row(i0 + ii)[2 * pb..][..2 * np]);
                             }
-                            for pp in 0..np {
-                                for ii in 0..ni {
-                                    strip[at(pb + pp, i0 + ii)] = t[ii * T + pp];
-                                }
+                            let tt = transpose::<AVX512>(&t);
+                            for (pp, col) in tt.chunks_exact(T).take(np).enumerate() {
+                                self.place_run(strip, (pb + pp, i0), &col[..ni], true);
                             }
                         }
                     }
@@ -599,6 +603,27 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
                 }
             }
             self.pad(strip, x, (top, rows), (p0, kc), pairs);
+        }
+    }
+
+    /// `run` as the pairs `(p, i)`, `(p + 1, i)`, ... (`along_i`: `(p, i)`,
+    /// `(p, i + 1)`, ...): one copy where the layout keeps them contiguous
+    /// (the run starts a run of the layout's and fits in it), else one by one.
+    #[inline(always)]
+    fn place_run(self, strip: &mut [u32], (p, i): (usize, usize), run: &[u32], along_i: bool) {
+        let (start, layout_run) = if along_i {
+            (i, self.run_i)
+        } else {
+            (p, self.run_p)
+        };
+        let at = (self.at)(p, i);
+        if start % layout_run + run.len() <= layout_run {
+            strip[at..][..run.len()].copy_from_slice(run);
+        } else {
+            for (n, &v) in run.iter().enumerate() {
+                let (p, i) = if along_i { (p, i + n) } else { (p + n, i) };
+                strip[(self.at)(p, i)] = v;
+            }
         }
     }
 
@@ -655,6 +680,24 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
             self.pad(strip, x, (top, rows), (p0, kc), pairs);
         }
     }
+}
+
+/// The `T x T` tile `t` (row-major) transposed; `AVX512`: with AVX-512F
+/// shuffles (only inside a function compiled for it, on a CPU that has it).
+#[inline(always)]
+fn transpose<const AVX512: bool>(t: &[u32; T * T]) -> [u32; T * T] {
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 {
+        // SAFETY: the caller's contract: AVX-512F is enabled and present.
+        return unsafe { x86::transpose_16x16(t) };
+    }
+    let mut out = [0u32; T * T];
+    for (i, row) in t.chunks_exact(T).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            out[j * T + i] = v;
+        }
+    }
+    out
 }
 
 /// `dst[i] = pair(lo[i], hi[i])` (a loop the compiler vectorises).
@@ -857,6 +900,51 @@ mod x86 {
     use crate::engine::cpu::sgemm::x86::store_12x32;
     use std::arch::asm;
     use std::arch::x86_64::*;
+
+    /// A 16 x 16 tile of 32-bit values (row-major) transposed: 32-bit, then
+    /// 64-bit interleaves within 128-bit lanes, then two rounds of 128-bit
+    /// lane shuffles (64 shuffles for 256 values).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn transpose_16x16(t: &[u32; 256]) -> [u32; 256] {
+        let mut r = [_mm512_setzero_si512(); 16];
+        for (i, r) in r.iter_mut().enumerate() {
+            // SAFETY: row i is 16 values inside `t`.
+            *r = unsafe { _mm512_loadu_si512(t.as_ptr().add(16 * i).cast()) };
+        }
+        let mut u = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            u[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            u[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        for i in 0..4 {
+            let b = 4 * i;
+            r[b] = _mm512_unpacklo_epi64(u[b], u[b + 2]);
+            r[b + 1] = _mm512_unpackhi_epi64(u[b], u[b + 2]);
+            r[b + 2] = _mm512_unpacklo_epi64(u[b + 1], u[b + 3]);
+            r[b + 3] = _mm512_unpackhi_epi64(u[b + 1], u[b + 3]);
+        }
+        for h in 0..2 {
+            for i in 0..4 {
+                let b = 8 * h + i;
+                u[b] = _mm512_shuffle_i32x4::<0x88>(r[b], r[b + 4]);
+                u[b + 4] = _mm512_shuffle_i32x4::<0xdd>(r[b], r[b + 4]);
+            }
+        }
+        for i in 0..8 {
+            r[i] = _mm512_shuffle_i32x4::<0x88>(u[i], u[i + 8]);
+            r[i + 8] = _mm512_shuffle_i32x4::<0xdd>(u[i], u[i + 8]);
+        }
+        let mut out = [0u32; 256];
+        for (i, r) in r.iter().enumerate() {
+            // SAFETY: row i is 16 values inside `out`.
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(16 * i).cast(), *r) };
+        }
+        out
+    }
 
     /// The tile configuration every AMX product uses: palette 1, tiles 0-7
     /// of 16 rows x 64 bytes (C: 16 x 16 fp32; A: 16 rows x 16 pairs; B:
@@ -1373,10 +1461,29 @@ mod tests {
         strips.pack(&mut got, x, rows, ks, pairs);
         assert_eq!(got, want, "{what}: width {width}, rows {rows:?}, k {ks:?}");
         let mut got = garbage();
-        strips.pack_runs(&mut got, x, rows, ks, pairs);
+        strips.pack_runs::<false>(&mut got, x, rows, ks, pairs);
         assert_eq!(
             got, want,
             "{what} (portable): width {width}, rows {rows:?}, k {ks:?}"
         );
+    }
+
+    /// The AVX-512 tile transpose is the transpose (where the CPU has AVX-512F).
+    #[test]
+    fn tiles_transpose() {
+        let t: [u32; T * T] = std::array::from_fn(|i| i as u32 * 2654435761);
+        let want = transpose::<false>(&t);
+        for i in 0..T {
+            for j in 0..T {
+                assert_eq!(want[j * T + i], t[i * T + j]);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            assert_eq!(unsafe { x86::transpose_16x16(&t) }, want);
+        } else {
+            eprintln!("AVX-512 transpose: not tested: this CPU has no AVX-512F");
+        }
     }
 }
