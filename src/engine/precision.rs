@@ -4,8 +4,9 @@
 //! In [`Precision::Bf16`] the master weights, their gradients, the
 //! momentum, BatchNorm (its statistics, scale and shift) and the loss stay
 //! fp32; each convolution and the classifier multiply operands rounded to
-//! bf16 (round to nearest, ties to even): the weights (a rounded copy made
-//! after every update), the input activations (rounded where they are
+//! bf16 (round to nearest, ties to even): the weights (rounded by the
+//! bf16 kernels as they pack them; for the fp32 kernels, a rounded copy
+//! made after every update), the input activations (rounded where they are
 //! stored, so the weight gradient sees the same bf16 values as the forward
 //! product) and the output gradient; the products are accumulated in fp32.
 //! A product of two bf16 values is exact in fp32 (8 + 8 significant bits),
