@@ -4,7 +4,9 @@
 //! on the shapes a ResNet step multiplies, 2 threads: `cargo bench --bench
 //! sgemm` (or `-- square` for one group). Throughput is in floating-point
 //! operations (2 m n k per product). The `bf16pack` groups time the bf16
-//! product's packing alone (any CPU), vectorised and one pair at a time.
+//! product's packing alone (any CPU), vectorised and one pair at a time;
+//! the `bf16conv` groups a convolution's operands made as columns and
+//! packed, against packed from its input in place.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use resnet_imagenet::engine::cpu::bf16gemm::{self, Bf16Kernel};
@@ -128,7 +130,14 @@ fn products(c: &mut Criterion) {
                     |bch| {
                         bch.iter(|| {
                             pool.install(|| {
-                                bf16gemm::pack_only(kernel, am, bm, (m, n, k), threads, by_element)
+                                bf16gemm::pack_only(
+                                    kernel,
+                                    bf16gemm::Lhs::Mat(am),
+                                    bm,
+                                    (m, n, k),
+                                    threads,
+                                    by_element,
+                                )
                             })
                         })
                     },
@@ -139,5 +148,52 @@ fn products(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, products);
+/// A convolution's forward operands on a bf16 kernel: im2col columns made
+/// (fp32) and packed, against the windows packed from the input where they
+/// lie; ResNet-50's 3x3 convolutions at b8, 224x224, stages 1 and 3.
+fn conv_operands(c: &mut Criterion) {
+    use resnet_imagenet::engine::plan::ConvGeom;
+    let threads = 2;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool");
+    pool.broadcast(|_| bf16gemm::reserve());
+    for (name, side, ch) in [("r50_3x3_stage1", 56, 64), ("r50_3x3_stage3", 14, 256)] {
+        let g = ConvGeom::new(8, (side, side, ch), ch, (3, 1, 1));
+        let x = values(8 * side * side * ch);
+        let w = values(g.cols() * g.o);
+        let wm = sgemm::row_major(&w, g.o);
+        let mut cols = vec![0f32; g.rows() * g.cols()];
+        let mut grp = c.benchmark_group(format!("bf16conv/{name}"));
+        grp.sample_size(10)
+            .warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_secs(2))
+            .throughput(Throughput::Elements((2 * g.macs()) as u64));
+        for kernel in [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16] {
+            let shape = format!("{}x{}x{}", g.rows(), g.o, g.cols());
+            grp.bench_function(
+                BenchmarkId::new(format!("{}-im2col+pack", kernel.name()), &shape),
+                |bch| {
+                    bch.iter(|| {
+                        pool.install(|| {
+                            bf16gemm::pack_conv_only(kernel, &x, &g, wm, Some(&mut cols), threads)
+                        })
+                    })
+                },
+            );
+            grp.bench_function(
+                BenchmarkId::new(format!("{}-pack-in-place", kernel.name()), &shape),
+                |bch| {
+                    bch.iter(|| {
+                        pool.install(|| bf16gemm::pack_conv_only(kernel, &x, &g, wm, None, threads))
+                    })
+                },
+            );
+        }
+        grp.finish();
+    }
+}
+
+criterion_group!(benches, products, conv_operands);
 criterion_main!(benches);

@@ -23,6 +23,7 @@
 //! back to AVX512-BF16 or fp32 when refused.
 
 use super::sgemm::{self, Mat};
+use crate::engine::plan::ConvGeom;
 use crate::engine::precision::{Kernels, round_bf16};
 use std::cell::RefCell;
 use std::ops::Range;
@@ -193,18 +194,80 @@ pub fn matmul(
     let job = Job {
         c: super::SendPtr(dst.as_mut_ptr()),
         accumulate,
-        a,
+        a: Lhs::Mat(a),
         b,
         k,
         n,
     };
+    run_on(kernel, &job, m, threads);
+}
+
+/// [`matmul`] of the im2col matrix of `x` (NHWC, geometry `g`: rows the
+/// output positions, columns the window's taps by channels) and `w` (`k*k*c
+/// x o`): `dst (rows x o) = [dst +] im2col(x) w`, bf16 operands, with the
+/// columns never made: each row's pairs are read from `x` as A is packed.
+/// Bit for bit [`matmul`] of the columns. Needs `g.c` even (a pair never
+/// spans two taps; [`fuses_im2col`]).
+///
+/// # Panics
+/// If `g.c` is odd, `x`, `w` or `dst` is shorter than `g` says, or `kernel`
+/// does not run here.
+pub fn matmul_im2col(
+    kernel: Bf16Kernel,
+    dst: &mut [f32],
+    accumulate: bool,
+    x: &[f32],
+    g: &ConvGeom,
+    w: Mat,
+    threads: usize,
+) {
+    assert!(fuses_im2col(g), "matmul_im2col: {} channels (odd)", g.c);
+    assert!(
+        x.len() >= g.b * g.h * g.w * g.c,
+        "matmul_im2col: x holds {} < {} x {} x {} x {}",
+        x.len(),
+        g.b,
+        g.h,
+        g.w,
+        g.c
+    );
+    let fake = Mat {
+        data: x,
+        rs: 0,
+        cs: 0,
+    };
+    if !sgemm::checked(dst, accumulate, fake, w, (g.rows(), g.o, g.cols())) {
+        return;
+    }
+    if let Some(why) = kernel.why_not() {
+        panic!("bf16 gemm: kernel {}: {why}", kernel.name());
+    }
+    let job = Job {
+        c: super::SendPtr(dst.as_mut_ptr()),
+        accumulate,
+        a: Lhs::Im2col { x, g: *g },
+        b: w,
+        k: g.cols(),
+        n: g.o,
+    };
+    run_on(kernel, &job, g.rows(), threads);
+}
+
+/// Whether [`matmul_im2col`] takes a convolution of geometry `g`: an even
+/// number of channels.
+pub fn fuses_im2col(g: &ConvGeom) -> bool {
+    g.c.is_multiple_of(2)
+}
+
+fn run_on(kernel: Bf16Kernel, job: &Job, m: usize, threads: usize) {
+    let job = &job;
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Bf16Kernel::Amx => run::<x86::Amx>(&job, m, threads),
+        Bf16Kernel::Amx => run::<x86::Amx>(job, m, threads),
         #[cfg(target_arch = "x86_64")]
-        Bf16Kernel::Avx512Bf16 => run::<x86::Avx512Bf16>(&job, m, threads),
-        Bf16Kernel::AmxModel => run::<Model<AmxLayout>>(&job, m, threads),
-        Bf16Kernel::Avx512Bf16Model => run::<Model<VnniLayout>>(&job, m, threads),
+        Bf16Kernel::Avx512Bf16 => run::<x86::Avx512Bf16>(job, m, threads),
+        Bf16Kernel::AmxModel => run::<Model<AmxLayout>>(job, m, threads),
+        Bf16Kernel::Avx512Bf16Model => run::<Model<VnniLayout>>(job, m, threads),
         #[allow(unreachable_patterns)]
         _ => unreachable!("runs_here checked"),
     }
@@ -217,7 +280,7 @@ pub fn matmul(
 #[doc(hidden)]
 pub fn pack_only(
     kernel: Bf16Kernel,
-    a: Mat,
+    a: Lhs,
     b: Mat,
     (m, n, k): (usize, usize, usize),
     threads: usize,
@@ -241,6 +304,30 @@ pub fn pack_only(
         }
         (_, false) => run::<PackOnly<VnniLayout, false>>(&job, m, threads),
         (_, true) => run::<PackOnly<VnniLayout, true>>(&job, m, threads),
+    }
+}
+
+/// A convolution's forward operands made ready as the engine does it on a
+/// bf16 kernel, and multiplied by nothing (benchmarks): with `cols`, the
+/// im2col columns made there (on the current pool) and packed; without,
+/// the windows packed from `x` where they lie ([`matmul_im2col`]).
+#[doc(hidden)]
+pub fn pack_conv_only(
+    kernel: Bf16Kernel,
+    x: &[f32],
+    g: &ConvGeom,
+    w: Mat,
+    cols: Option<&mut [f32]>,
+    threads: usize,
+) {
+    let mnk = (g.rows(), g.o, g.cols());
+    match cols {
+        Some(cols) => {
+            super::conv::im2col(x, g, cols);
+            let a = sgemm::row_major(cols, g.cols());
+            pack_only(kernel, Lhs::Mat(a), w, mnk, threads, false)
+        }
+        None => pack_only(kernel, Lhs::Im2col { x, g: *g }, w, mnk, threads, false),
     }
 }
 
@@ -268,11 +355,26 @@ pub fn reserve() {
     with_packing(|_| ());
 }
 
+/// The left operand of a bf16 product.
+#[derive(Clone, Copy)]
+pub enum Lhs<'a> {
+    /// A matrix.
+    Mat(Mat<'a>),
+    /// The im2col matrix of `x` (NHWC) under `g`, read where it lies
+    /// ([`matmul_im2col`]).
+    Im2col {
+        /// The convolution's input.
+        x: &'a [f32],
+        /// Its geometry (`c` even).
+        g: ConvGeom,
+    },
+}
+
 /// One product: `C (row stride n) [+]= A B`, all but its row count.
 struct Job<'a> {
     c: super::SendPtr,
     accumulate: bool,
-    a: Mat<'a>,
+    a: Lhs<'a>,
     b: Mat<'a>,
     k: usize,
     n: usize,
@@ -421,7 +523,7 @@ fn pair(lo: f32, hi: f32) -> u32 {
 /// [`Layout::a_at`]); rows past the block and k past `kc` are zero.
 fn pack_a<L: Layout>(
     dst: &mut [u32],
-    a: Mat,
+    a: Lhs,
     rows: (usize, usize),
     ks: (usize, usize),
     pairs: usize,
@@ -433,10 +535,9 @@ fn pack_a<L: Layout>(
         run_i: L::A_RUN_I,
         run_p: L::A_RUN_P,
     };
-    if by_element {
-        strips.pack_by_element(dst, a, rows, ks, pairs)
-    } else {
-        strips.pack(dst, a, rows, ks, pairs)
+    match (a, by_element) {
+        (Lhs::Mat(a), true) => strips.pack_by_element(dst, a, rows, ks, pairs),
+        (a, _) => strips.pack(dst, a, rows, ks, pairs),
     }
 }
 
@@ -465,7 +566,7 @@ fn pack_b<L: Layout>(
     if by_element {
         strips.pack_by_element(dst, bt, cols, ks, pairs)
     } else {
-        strips.pack(dst, bt, cols, ks, pairs)
+        strips.pack(dst, Lhs::Mat(bt), cols, ks, pairs)
     }
 }
 
@@ -492,7 +593,7 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     /// `x` is contiguous in (vector loads and rounding), then stores whole
     /// runs where the layout is contiguous the same way and goes through a
     /// 16 x 16 tile where it is not. On AVX-512 CPUs compiled for them.
-    fn pack(self, dst: &mut [u32], x: Mat, rows: (usize, usize), ks: (usize, usize), pairs: usize) {
+    fn pack(self, dst: &mut [u32], x: Lhs, rows: (usize, usize), ks: (usize, usize), pairs: usize) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F.
@@ -506,7 +607,7 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     fn pack_avx512(
         self,
         dst: &mut [u32],
-        x: Mat,
+        x: Lhs,
         rows: (usize, usize),
         ks: (usize, usize),
         pairs: usize,
@@ -520,13 +621,30 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     fn pack_runs<const AVX512: bool>(
         self,
         dst: &mut [u32],
-        x: Mat,
+        x: Lhs,
         (r0, mc): (usize, usize),
         (p0, kc): (usize, usize),
         pairs: usize,
     ) {
         let (width, at) = (self.width, self.at);
         let whole = kc / 2;
+        let x = match x {
+            Lhs::Mat(x) => x,
+            Lhs::Im2col { x, g } => {
+                for (q, strip) in dst[..mc.div_ceil(width) * width * pairs]
+                    .chunks_exact_mut(width * pairs)
+                    .enumerate()
+                {
+                    let (top, rows) = (r0 + q * width, width.min(mc - q * width));
+                    let fill =
+                        |r: usize, pb: usize, d: &mut [u32]| im2col_pairs(x, &g, r, p0 + 2 * pb, d);
+                    self.pack_filled::<AVX512>(strip, (top, rows), whole, fill);
+                    // k is even (c is): no odd last pair.
+                    self.pad(strip, (rows, kc), pairs, |_| 0.0);
+                }
+                return;
+            }
+        };
         for (q, strip) in dst[..mc.div_ceil(width) * width * pairs]
             .chunks_exact_mut(width * pairs)
             .enumerate()
@@ -566,33 +684,10 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
                 }
             } else if x.cs == 1 {
                 // Each row's k are contiguous: its pairs are adjacent values.
-                let row = |i: usize| &x.data[(top + i) * x.rs + p0..][..2 * whole];
-                if self.run_p > 1 {
-                    for i in 0..rows {
-                        let src = row(i);
-                        for pb in (0..whole).step_by(self.run_p) {
-                            let n = self.run_p.min(whole - pb);
-                            adjacent_pairs(&mut strip[at(pb, i)..][..n], &src[2 * pb..][..2 * n]);
-                        }
-                    }
-                } else {
-                    // Rows i.. of pairs p.. as a tile t[i][p], transposed
-                    // to run along i.
-                    let mut t = [0u32; T * T];
-                    for i0 in (0..rows).step_by(T) {
-                        let ni = T.min(rows - i0);
-                        for pb in (0..whole).step_by(T) {
-                            let np = T.min(whole - pb);
-                            for (ii, t) in t.chunks_exact_mut(T).take(ni).enumerate() {
-                                adjacent_pairs(&mut t[..np], &row(i0 + ii)[2 * pb..][..2 * np]);
-                            }
-                            let tt = transpose::<AVX512>(&t);
-                            for (pp, col) in tt.chunks_exact(T).take(np).enumerate() {
-                                self.place_run(strip, (pb + pp, i0), &col[..ni], true);
-                            }
-                        }
-                    }
-                }
+                let fill = |r: usize, pb: usize, d: &mut [u32]| {
+                    adjacent_pairs(d, &x.data[r * x.rs + p0 + 2 * pb..][..2 * d.len()])
+                };
+                self.pack_filled::<AVX512>(strip, (top, rows), whole, fill);
             } else {
                 for i in 0..rows {
                     let row = (top + i) * x.rs + p0 * x.cs;
@@ -602,7 +697,48 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
                     }
                 }
             }
-            self.pad(strip, x, (top, rows), (p0, kc), pairs);
+            let odd = |i: usize| x.data[(top + i) * x.rs + (p0 + kc - 1) * x.cs];
+            self.pad(strip, (rows, kc), pairs, odd);
+        }
+    }
+
+    /// Rows `top..top + rows` of a strip, `whole` pairs each, from
+    /// `fill(row, pb, dst)`, which writes pairs `pb..pb + dst.len()` of row
+    /// `row` (of the whole operand): straight into the strip where the
+    /// layout runs along the pairs, else by 16 x 16 tiles transposed.
+    #[inline(always)]
+    fn pack_filled<const AVX512: bool>(
+        self,
+        strip: &mut [u32],
+        (top, rows): (usize, usize),
+        whole: usize,
+        fill: impl Fn(usize, usize, &mut [u32]),
+    ) {
+        let at = self.at;
+        if self.run_p > 1 {
+            for i in 0..rows {
+                for pb in (0..whole).step_by(self.run_p) {
+                    let n = self.run_p.min(whole - pb);
+                    fill(top + i, pb, &mut strip[at(pb, i)..][..n]);
+                }
+            }
+        } else {
+            // Rows i.. of pairs p.. as a tile t[i][p], transposed to run
+            // along i.
+            let mut t = [0u32; T * T];
+            for i0 in (0..rows).step_by(T) {
+                let ni = T.min(rows - i0);
+                for pb in (0..whole).step_by(T) {
+                    let np = T.min(whole - pb);
+                    for (ii, t) in t.chunks_exact_mut(T).take(ni).enumerate() {
+                        fill(top + i0 + ii, pb, &mut t[..np]);
+                    }
+                    let tt = transpose::<AVX512>(&t);
+                    for (pp, col) in tt.chunks_exact(T).take(np).enumerate() {
+                        self.place_run(strip, (pb + pp, i0), &col[..ni], true);
+                    }
+                }
+            }
         }
     }
 
@@ -628,23 +764,19 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     }
 
     /// An odd k's last pair, the padding of k, and the rows past the block.
+    /// `odd(i)`: row `i`'s last value when `kc` is odd.
     #[inline(always)]
     fn pad(
         self,
         strip: &mut [u32],
-        x: Mat,
-        (top, rows): (usize, usize),
-        (p0, kc): (usize, usize),
+        (rows, kc): (usize, usize),
         pairs: usize,
+        odd: impl Fn(usize) -> f32,
     ) {
         let whole = kc / 2;
         for i in 0..self.width {
             for p in whole..pairs {
-                let lo = if i < rows && 2 * p < kc {
-                    x.data[(top + i) * x.rs + (p0 + 2 * p) * x.cs]
-                } else {
-                    0.0
-                };
+                let lo = if i < rows && 2 * p < kc { odd(i) } else { 0.0 };
                 strip[(self.at)(p, i)] = pair(lo, 0.0);
             }
             if i >= rows {
@@ -677,8 +809,36 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
                     strip[(self.at)(p, i)] = pair(x.data[e], x.data[e + x.cs]);
                 }
             }
-            self.pad(strip, x, (top, rows), (p0, kc), pairs);
+            let odd = |i: usize| x.data[(top + i) * x.rs + (p0 + kc - 1) * x.cs];
+            self.pad(strip, (rows, kc), pairs, odd);
         }
+    }
+}
+
+/// Pairs of row `r` of the im2col matrix of `x` under `g` (output position
+/// `r`: its window's taps by channels), from column `k0` (even) on, into
+/// `dst`: read from `x` a tap at a time, zeros where a tap is in the
+/// padding. `g.c` is even, so a pair never spans two taps.
+#[inline(always)]
+fn im2col_pairs(x: &[f32], g: &ConvGeom, r: usize, k0: usize, dst: &mut [u32]) {
+    let c = g.c;
+    let (n, pos) = (r / (g.oh * g.ow), r % (g.oh * g.ow));
+    let (oy, ox) = (pos / g.ow, pos % g.ow);
+    let (mut k, end, mut out) = (k0, k0 + 2 * dst.len(), 0);
+    while k < end {
+        let (tap, ch) = (k / c, k % c);
+        let len = (c - ch).min(end - k);
+        let iy = (oy * g.s + tap / g.k) as isize - g.p as isize;
+        let ix = (ox * g.s + tap % g.k) as isize - g.p as isize;
+        let d = &mut dst[out..][..len / 2];
+        if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+            d.fill(0);
+        } else {
+            let at = ((n * g.h + iy as usize) * g.w + ix as usize) * c + ch;
+            adjacent_pairs(d, &x[at..][..len]);
+        }
+        k += len;
+        out += len / 2;
     }
 }
 
@@ -1458,10 +1618,10 @@ mod tests {
             "{what}: the definition writes past the block"
         );
         let mut got = garbage();
-        strips.pack(&mut got, x, rows, ks, pairs);
+        strips.pack(&mut got, Lhs::Mat(x), rows, ks, pairs);
         assert_eq!(got, want, "{what}: width {width}, rows {rows:?}, k {ks:?}");
         let mut got = garbage();
-        strips.pack_runs::<false>(&mut got, x, rows, ks, pairs);
+        strips.pack_runs::<false>(&mut got, Lhs::Mat(x), rows, ks, pairs);
         assert_eq!(
             got, want,
             "{what} (portable): width {width}, rows {rows:?}, k {ks:?}"
@@ -1484,6 +1644,57 @@ mod tests {
             assert_eq!(unsafe { x86::transpose_16x16(&t) }, want);
         } else {
             eprintln!("AVX-512 transpose: not tested: this CPU has no AVX-512F");
+        }
+    }
+
+    /// A product of im2col columns read where they lie gives the bits of
+    /// the same product of the columns made: both layouts (models, and the
+    /// native kernels where they run), windows with padding and strides,
+    /// channel counts not a multiple of a tile's pairs, several k blocks,
+    /// accumulating, 1 and 3 threads.
+    #[test]
+    fn im2col_read_in_place_equals_the_columns_made() {
+        // (batch, (h, w, c), o, (k, s, p))
+        let geoms = [
+            (2, (5, 7, 16), 24, (3, 1, 1)),
+            (1, (9, 9, 64), 40, (3, 2, 1)),
+            (2, (8, 8, 32), 16, (1, 2, 0)),
+            (1, (12, 12, 4), 8, (7, 2, 3)),
+            (1, (3, 5, 66), 33, (3, 1, 1)),
+        ];
+        for (b, hwc, o, ksp) in geoms {
+            let g = ConvGeom::new(b, hwc, o, ksp);
+            let x = values(b * hwc.0 * hwc.1 * hwc.2, 3);
+            let w = values(g.cols() * o, 4);
+            let mut cols = vec![0f32; g.rows() * g.cols()];
+            crate::engine::cpu::conv::im2col(&x, &g, &mut cols);
+            for kernel in [
+                Bf16Kernel::AmxModel,
+                Bf16Kernel::Avx512Bf16Model,
+                Bf16Kernel::Amx,
+                Bf16Kernel::Avx512Bf16,
+            ] {
+                if !kernel.testable() {
+                    continue;
+                }
+                for (accumulate, threads) in [(false, 1), (true, 3)] {
+                    let start = values(g.rows() * o, 5);
+                    let (mut want, mut got) = (start.clone(), start);
+                    let (a, wm) = (row_major(&cols, g.cols()), row_major(&w, o));
+                    matmul(
+                        kernel,
+                        &mut want,
+                        accumulate,
+                        a,
+                        wm,
+                        (g.rows(), o, g.cols()),
+                        threads,
+                    );
+                    matmul_im2col(kernel, &mut got, accumulate, &x, &g, wm, threads);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert!(bits(&got) == bits(&want), "{}: {g:?}", kernel.name());
+                }
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use super::conv::{
     col2im, conv_grouped_backward, conv_grouped_forward, flip_weight, for_each_tap, im2col,
     tap_block,
 };
-use crate::engine::plan::{Buf, BufId, GradOut, Op, Plan};
+use crate::engine::plan::{Buf, BufId, ConvGeom, GradOut, Op, Plan};
 use crate::engine::precision::{round_bf16, round_slice_bf16};
 use rayon::prelude::*;
 
@@ -179,6 +179,42 @@ impl Gemm {
         }
     }
 
+    /// `dst (rows x o) = [dst +] im2col(x) w` for a convolution of geometry
+    /// `g` (`w`: `k*k*c x o`): the columns made in `cols` and multiplied,
+    /// or, on a bf16 kernel (and an even channel count), never made: the
+    /// kernel reads each window from `x` as it packs it (half the memory
+    /// traffic of writing fp32 columns and reading them back; the same
+    /// bits).
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(
+        self,
+        dst: &mut [f32],
+        accumulate: bool,
+        x: &[f32],
+        g: &ConvGeom,
+        w: &[f32],
+        cols: &mut [f32],
+        threads: usize,
+    ) {
+        match self {
+            Gemm::Bf16(k) if bf16gemm::fuses_im2col(g) => {
+                bf16gemm::matmul_im2col(k, dst, accumulate, x, g, row_major(w, g.o), threads)
+            }
+            _ => {
+                super::conv::im2col(x, g, cols);
+                let kc = g.cols();
+                self.matmul(
+                    dst,
+                    accumulate,
+                    row_major(cols, kc),
+                    row_major(w, g.o),
+                    (g.rows(), g.o, kc),
+                    threads,
+                );
+            }
+        }
+    }
+
     /// Whether the direct fp32 convolution kernels may stand in for a
     /// product (not when a bf16 kernel does the products).
     pub fn direct(self) -> bool {
@@ -254,8 +290,8 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                 Some(tap) => (x, &w[tap_block(&g, tap)]),
                 None => {
                     let cols = mem.w(cols.expect("a conv of several taps has columns"));
-                    im2col(x, &g, cols);
-                    (&*cols, w)
+                    t.gemm.conv(mem.w(y), false, x, &g, w, cols, t.threads);
+                    return;
                 }
             };
             let depth = g.depth();
@@ -570,16 +606,8 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                     let gd = g.input_gradient_conv().expect("checked");
                     let (dcols, wf) = cols.split_at_mut(cols.len() - kc * o);
                     flip_weight(w, &g, wf);
-                    im2col(dy, &gd, dcols);
-                    let (kd, c) = (gd.cols(), g.c);
-                    t.gemm.matmul(
-                        mem.w(buf),
-                        accumulate,
-                        row_major(dcols, kd),
-                        row_major(wf, c),
-                        (gd.rows(), c, kd),
-                        t.threads,
-                    );
+                    t.gemm
+                        .conv(mem.w(buf), accumulate, dy, &gd, wf, dcols, t.threads);
                 }
                 // dx by columns: dcols = dy W^T, scattered back.
                 Some(cols) => {
