@@ -636,9 +636,20 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
                     .enumerate()
                 {
                     let (top, rows) = (r0 + q * width, width.min(mc - q * width));
-                    let fill =
-                        |r: usize, pb: usize, d: &mut [u32]| im2col_pairs(x, &g, r, p0 + 2 * pb, d);
-                    self.pack_filled::<AVX512>(strip, (top, rows), whole, fill);
+                    // Up to 16 rows' pairs at a time made in `rows16` (a
+                    // window's position is worked out once per row), then
+                    // placed.
+                    let mut rows16 = [0u32; T * KC / 2];
+                    for i0 in (0..rows).step_by(T) {
+                        let ni = T.min(rows - i0);
+                        for (ii, row) in rows16.chunks_exact_mut(whole).take(ni).enumerate() {
+                            im2col_pairs(x, &g, top + i0 + ii, p0, row);
+                        }
+                        let fill = |i: usize, pb: usize, d: &mut [u32]| {
+                            d.copy_from_slice(&rows16[(i - i0) * whole + pb..][..d.len()])
+                        };
+                        self.pack_filled::<AVX512>(strip, (i0, ni), whole, fill);
+                    }
                     // k is even (c is): no odd last pair.
                     self.pad(strip, (rows, kc), pairs, |_| 0.0);
                 }
@@ -684,10 +695,10 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
                 }
             } else if x.cs == 1 {
                 // Each row's k are contiguous: its pairs are adjacent values.
-                let fill = |r: usize, pb: usize, d: &mut [u32]| {
-                    adjacent_pairs(d, &x.data[r * x.rs + p0 + 2 * pb..][..2 * d.len()])
+                let fill = |i: usize, pb: usize, d: &mut [u32]| {
+                    adjacent_pairs(d, &x.data[(top + i) * x.rs + p0 + 2 * pb..][..2 * d.len()])
                 };
-                self.pack_filled::<AVX512>(strip, (top, rows), whole, fill);
+                self.pack_filled::<AVX512>(strip, (0, rows), whole, fill);
             } else {
                 for i in 0..rows {
                     let row = (top + i) * x.rs + p0 * x.cs;
@@ -702,36 +713,36 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
         }
     }
 
-    /// Rows `top..top + rows` of a strip, `whole` pairs each, from
-    /// `fill(row, pb, dst)`, which writes pairs `pb..pb + dst.len()` of row
-    /// `row` (of the whole operand): straight into the strip where the
-    /// layout runs along the pairs, else by 16 x 16 tiles transposed.
+    /// Rows `first..first + rows` of a strip (`first` a multiple of 16),
+    /// `whole` pairs each, from `fill(i, pb, dst)`, which writes pairs `pb..pb
+    /// + dst.len()` of the strip's row `i`: straight into the strip where
+    /// the layout runs along the pairs, else by 16 x 16 tiles transposed.
     #[inline(always)]
     fn pack_filled<const AVX512: bool>(
         self,
         strip: &mut [u32],
-        (top, rows): (usize, usize),
+        (first, rows): (usize, usize),
         whole: usize,
         fill: impl Fn(usize, usize, &mut [u32]),
     ) {
         let at = self.at;
         if self.run_p > 1 {
-            for i in 0..rows {
+            for i in first..first + rows {
                 for pb in (0..whole).step_by(self.run_p) {
                     let n = self.run_p.min(whole - pb);
-                    fill(top + i, pb, &mut strip[at(pb, i)..][..n]);
+                    fill(i, pb, &mut strip[at(pb, i)..][..n]);
                 }
             }
         } else {
             // Rows i.. of pairs p.. as a tile t[i][p], transposed to run
             // along i.
             let mut t = [0u32; T * T];
-            for i0 in (0..rows).step_by(T) {
-                let ni = T.min(rows - i0);
+            for i0 in (first..first + rows).step_by(T) {
+                let ni = T.min(first + rows - i0);
                 for pb in (0..whole).step_by(T) {
                     let np = T.min(whole - pb);
                     for (ii, t) in t.chunks_exact_mut(T).take(ni).enumerate() {
-                        fill(top + i0 + ii, pb, &mut t[..np]);
+                        fill(i0 + ii, pb, &mut t[..np]);
                     }
                     let tt = transpose::<AVX512>(&t);
                     for (pp, col) in tt.chunks_exact(T).take(np).enumerate() {
