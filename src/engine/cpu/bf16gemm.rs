@@ -714,9 +714,10 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     }
 
     /// Rows `first..first + rows` of a strip (`first` a multiple of 16),
-    /// `whole` pairs each, from `fill(i, pb, dst)`, which writes pairs `pb..pb
-    /// + dst.len()` of the strip's row `i`: straight into the strip where
-    /// the layout runs along the pairs, else by 16 x 16 tiles transposed.
+    /// `whole` pairs each, from `fill(i, pb, dst)`, which writes pairs
+    /// `pb..pb + dst.len()` of the strip's row `i`: straight into the strip
+    /// where the layout runs along the pairs, else by 16 x 16 tiles
+    /// transposed.
     #[inline(always)]
     fn pack_filled<const AVX512: bool>(
         self,
