@@ -9,7 +9,12 @@
 //! the even k). B is packed in pairs of rows ("VNNI" order); A's pairs are
 //! adjacent in its rows. The blocking, threading and packing are
 //! [`super::sgemm`]'s (k blocks fixed by k alone, threads split only C), so
-//! a result does not depend on the thread count here either.
+//! a result does not depend on the thread count here either. Packing
+//! converts along the direction an operand is contiguous in (AVX-512 where
+//! the CPU has it; 16 x 16 tiles transposed where the layout runs the
+//! other way), and a convolution's left operand can be packed straight
+//! from its input, a window at a time ([`matmul_im2col`]): its im2col
+//! columns are never made.
 //!
 //! Each native kernel has a *model*: the instruction's definition in plain
 //! Rust, reading the same packed layout. The models run on any CPU (slowly)

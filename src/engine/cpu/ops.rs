@@ -182,9 +182,8 @@ impl Gemm {
     /// `dst (rows x o) = [dst +] im2col(x) w` for a convolution of geometry
     /// `g` (`w`: `k*k*c x o`): the columns made in `cols` and multiplied,
     /// or, on a bf16 kernel (and an even channel count), never made: the
-    /// kernel reads each window from `x` as it packs it (half the memory
-    /// traffic of writing fp32 columns and reading them back; the same
-    /// bits).
+    /// kernel reads each window from `x` as it packs it (no fp32 columns
+    /// written and read back; the same bits).
     #[allow(clippy::too_many_arguments)]
     pub fn conv(
         self,
