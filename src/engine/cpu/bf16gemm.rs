@@ -190,21 +190,9 @@ pub fn matmul(
     (m, n, k): (usize, usize, usize),
     threads: usize,
 ) {
-    if !sgemm::checked(dst, accumulate, a, b, (m, n, k)) {
-        return;
+    if sgemm::checked(dst, accumulate, a, b, (m, n, k)) {
+        multiply(kernel, dst, accumulate, Lhs::Mat(a), b, (m, n, k), threads);
     }
-    if let Some(why) = kernel.why_not() {
-        panic!("bf16 gemm: kernel {}: {why}", kernel.name());
-    }
-    let job = Job {
-        c: super::SendPtr(dst.as_mut_ptr()),
-        accumulate,
-        a: Lhs::Mat(a),
-        b,
-        k,
-        n,
-    };
-    run_on(kernel, &job, m, threads);
 }
 
 /// [`matmul`] of the im2col matrix of `x` (NHWC, geometry `g`: rows the
@@ -236,26 +224,18 @@ pub fn matmul_im2col(
         g.w,
         g.c
     );
-    let fake = Mat {
+    // x's extent is checked above; `checked` checks C's and w's (and does
+    // an empty product), given A as a matrix it can always index.
+    let whole_of_x = Mat {
         data: x,
         rs: 0,
         cs: 0,
     };
-    if !sgemm::checked(dst, accumulate, fake, w, (g.rows(), g.o, g.cols())) {
-        return;
+    let mnk = (g.rows(), g.o, g.cols());
+    if sgemm::checked(dst, accumulate, whole_of_x, w, mnk) {
+        let a = Lhs::Im2col { x, g: *g };
+        multiply(kernel, dst, accumulate, a, w, mnk, threads);
     }
-    if let Some(why) = kernel.why_not() {
-        panic!("bf16 gemm: kernel {}: {why}", kernel.name());
-    }
-    let job = Job {
-        c: super::SendPtr(dst.as_mut_ptr()),
-        accumulate,
-        a: Lhs::Im2col { x, g: *g },
-        b: w,
-        k: g.cols(),
-        n: g.o,
-    };
-    run_on(kernel, &job, g.rows(), threads);
 }
 
 /// Whether [`matmul_im2col`] takes a convolution of geometry `g`: an even
@@ -264,8 +244,30 @@ pub fn fuses_im2col(g: &ConvGeom) -> bool {
     g.c.is_multiple_of(2)
 }
 
-fn run_on(kernel: Bf16Kernel, job: &Job, m: usize, threads: usize) {
-    let job = &job;
+/// The checked product of [`matmul`] and [`matmul_im2col`] on `kernel`.
+///
+/// # Panics
+/// If `kernel` does not run here.
+fn multiply(
+    kernel: Bf16Kernel,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Lhs,
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+    threads: usize,
+) {
+    if let Some(why) = kernel.why_not() {
+        panic!("bf16 gemm: kernel {}: {why}", kernel.name());
+    }
+    let job = &Job {
+        c: super::SendPtr(dst.as_mut_ptr()),
+        accumulate,
+        a,
+        b,
+        k,
+        n,
+    };
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Bf16Kernel::Amx => run::<x86::Amx>(job, m, threads),

@@ -285,23 +285,21 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
         } => {
             operand(mem, x, t);
             let (x, w) = (mem.r(x), param(plan, t.weights, w));
-            let (lhs, w) = match g.single_tap() {
-                Some(tap) => (x, &w[tap_block(&g, tap)]),
+            match g.single_tap() {
+                // The input itself times the one tap's block.
+                Some(tap) => t.gemm.matmul(
+                    mem.w(y),
+                    false,
+                    row_major(x, g.c),
+                    row_major(&w[tap_block(&g, tap)], g.o),
+                    (g.rows(), g.o, g.c),
+                    t.threads,
+                ),
                 None => {
                     let cols = mem.w(cols.expect("a conv of several taps has columns"));
                     t.gemm.conv(mem.w(y), false, x, &g, w, cols, t.threads);
-                    return;
                 }
-            };
-            let depth = g.depth();
-            t.gemm.matmul(
-                mem.w(y),
-                false,
-                row_major(lhs, depth),
-                row_major(w, g.o),
-                (g.rows(), g.o, depth),
-                t.threads,
-            );
+            }
         }
         Op::BatchNorm {
             rows,
