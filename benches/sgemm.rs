@@ -5,11 +5,13 @@
 //! sgemm` (or `-- square` for one group). Throughput is in floating-point
 //! operations (2 m n k per product). The `bf16pack` groups time the bf16
 //! product's packing alone (any CPU), vectorised and one pair at a time;
-//! the `bf16conv` groups a convolution's operands made as columns and
-//! packed, against packed from its input in place.
+//! the `bf16conv` groups a convolution's operands (forward and weight
+//! gradient) made as columns and packed, against packed from its input in
+//! place.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use resnet_imagenet::engine::cpu::bf16gemm::{self, Bf16Kernel};
+use resnet_imagenet::engine::cpu::ops;
 use resnet_imagenet::engine::cpu::sgemm::{self, Mat};
 use std::time::Duration;
 
@@ -148,9 +150,10 @@ fn products(c: &mut Criterion) {
     }
 }
 
-/// A convolution's forward operands on a bf16 kernel: im2col columns made
-/// (fp32) and packed, against the windows packed from the input where they
-/// lie; ResNet-50's 3x3 convolutions at b8, 224x224, stages 1 and 3.
+/// A convolution's forward and weight-gradient operands on a bf16 kernel:
+/// im2col columns made (fp32) and packed, against the windows packed from
+/// the input where they lie; ResNet-50's 3x3 convolutions at b8, 224x224,
+/// stages 1 and 3.
 fn conv_operands(c: &mut Criterion) {
     use resnet_imagenet::engine::plan::ConvGeom;
     let threads = 2;
@@ -164,6 +167,7 @@ fn conv_operands(c: &mut Criterion) {
         let x = values(8 * side * side * ch);
         let w = values(g.cols() * g.o);
         let wm = sgemm::row_major(&w, g.o);
+        let dy = values(g.rows() * g.o);
         let mut cols = vec![0f32; g.rows() * g.cols()];
         let mut grp = c.benchmark_group(format!("bf16conv/{name}"));
         grp.sample_size(10)
@@ -187,6 +191,27 @@ fn conv_operands(c: &mut Criterion) {
                 |bch| {
                     bch.iter(|| {
                         pool.install(|| bf16gemm::pack_conv_only(kernel, &x, &g, wm, None, threads))
+                    })
+                },
+            );
+            // The weight gradient's: the columns' transpose by the output's
+            // gradient, in the engine's blocks of columns.
+            let wshape = format!("{}x{}x{}", g.cols(), g.o, g.rows());
+            grp.bench_function(
+                BenchmarkId::new(format!("{}-wgrad-im2col+pack", kernel.name()), &wshape),
+                |bch| {
+                    bch.iter(|| {
+                        pool.install(|| {
+                            ops::pack_weight_gradient_only(kernel, &x, &g, &dy, Some(&mut cols))
+                        })
+                    })
+                },
+            );
+            grp.bench_function(
+                BenchmarkId::new(format!("{}-wgrad-pack-in-place", kernel.name()), &wshape),
+                |bch| {
+                    bch.iter(|| {
+                        pool.install(|| ops::pack_weight_gradient_only(kernel, &x, &g, &dy, None))
                     })
                 },
             );

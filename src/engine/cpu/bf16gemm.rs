@@ -215,24 +215,8 @@ pub fn matmul_im2col(
     threads: usize,
 ) {
     assert!(fuses_im2col(g), "matmul_im2col: {} channels (odd)", g.c);
-    assert!(
-        x.len() >= g.b * g.h * g.w * g.c,
-        "matmul_im2col: x holds {} < {} x {} x {} x {}",
-        x.len(),
-        g.b,
-        g.h,
-        g.w,
-        g.c
-    );
-    // x's extent is checked above; `checked` checks C's and w's (and does
-    // an empty product), given A as a matrix it can always index.
-    let whole_of_x = Mat {
-        data: x,
-        rs: 0,
-        cs: 0,
-    };
     let mnk = (g.rows(), g.o, g.cols());
-    if sgemm::checked(dst, accumulate, whole_of_x, w, mnk) {
+    if checked_im2col(dst, accumulate, x, g, w, mnk) {
         let a = Lhs::Im2col { x, g: *g };
         multiply(kernel, dst, accumulate, a, w, mnk, threads);
     }
@@ -242,6 +226,70 @@ pub fn matmul_im2col(
 /// number of channels.
 pub fn fuses_im2col(g: &ConvGeom) -> bool {
     g.c.is_multiple_of(2)
+}
+
+/// [`matmul`] of the transpose of `x`'s im2col matrix under `g` (its
+/// columns `first..first + m`, as rows) and `dy` (`g.rows() x g.o`): `dst
+/// (m x o) = [dst +] im2col(x)[.., first..first + m]^T dy`, rows `first..`
+/// of a convolution's weight gradient with the columns never made: each
+/// output position's values are read from `x` as A is packed. Bit for bit
+/// [`matmul`] of the columns' transpose. Needs `g.c` even
+/// ([`fuses_im2col`]).
+///
+/// # Panics
+/// If `g.c` is odd, `first + m > g.cols()`, `x`, `dy` or `dst` is shorter
+/// than `g` says, or `kernel` does not run here.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_im2col_t(
+    kernel: Bf16Kernel,
+    dst: &mut [f32],
+    accumulate: bool,
+    x: &[f32],
+    g: &ConvGeom,
+    (first, m): (usize, usize),
+    dy: Mat,
+    threads: usize,
+) {
+    assert!(fuses_im2col(g), "matmul_im2col_t: {} channels (odd)", g.c);
+    assert!(
+        first + m <= g.cols(),
+        "matmul_im2col_t: columns {first}..{} of {}",
+        first + m,
+        g.cols()
+    );
+    let mnk = (m, g.o, g.rows());
+    if checked_im2col(dst, accumulate, x, g, dy, mnk) {
+        let a = Lhs::Im2colT { x, g: *g, first };
+        multiply(kernel, dst, accumulate, a, dy, mnk, threads);
+    }
+}
+
+/// [`sgemm::checked`] for a product whose A is `x`'s im2col matrix (or its
+/// transpose): `x` is checked against `g`; `checked` checks C and B (and
+/// does an empty product), given A as a matrix it can always index.
+fn checked_im2col(
+    dst: &mut [f32],
+    accumulate: bool,
+    x: &[f32],
+    g: &ConvGeom,
+    b: Mat,
+    mnk: (usize, usize, usize),
+) -> bool {
+    assert!(
+        x.len() >= g.b * g.h * g.w * g.c,
+        "bf16 im2col product: x holds {} < {} x {} x {} x {}",
+        x.len(),
+        g.b,
+        g.h,
+        g.w,
+        g.c
+    );
+    let whole_of_x = Mat {
+        data: x,
+        rs: 0,
+        cs: 0,
+    };
+    sgemm::checked(dst, accumulate, whole_of_x, b, mnk)
 }
 
 /// The checked product of [`matmul`] and [`matmul_im2col`] on `kernel`.
@@ -374,6 +422,16 @@ pub enum Lhs<'a> {
         x: &'a [f32],
         /// Its geometry (`c` even).
         g: ConvGeom,
+    },
+    /// The transpose of that matrix from its column `first` on
+    /// ([`matmul_im2col_t`]): row `i` is column `first + i`.
+    Im2colT {
+        /// The convolution's input.
+        x: &'a [f32],
+        /// Its geometry (`c` even).
+        g: ConvGeom,
+        /// The im2col column of A's row 0.
+        first: usize,
     },
 }
 
@@ -592,6 +650,10 @@ struct Strips<F> {
 /// Rows and pairs of the tile a transposing pack converts at once.
 const T: usize = 16;
 
+/// Most rows of a strip whose columns are gathered ([`Lhs::Im2colT`]):
+/// the widest kernel's `MR`.
+const GATHER: usize = 32;
+
 impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     /// `x`'s rows `r0..r0 + mc`, columns `p0..p0 + kc` into strips of
     /// `pairs` pairs each (strip `q` at `q * width * pairs`); rows past the
@@ -662,6 +724,38 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
                 }
                 return;
             }
+            Lhs::Im2colT { x, g, first } => {
+                assert!(width <= GATHER, "strips of {width} rows");
+                for (q, strip) in dst[..mc.div_ceil(width) * width * pairs]
+                    .chunks_exact_mut(width * pairs)
+                    .enumerate()
+                {
+                    let (top, rows) = (r0 + q * width, width.min(mc - q * width));
+                    // The strip's rows are im2col columns `first + top..`:
+                    // the same few taps at every output position (A's
+                    // columns from p0), which step along the map.
+                    let taps = Taps::new(&g, first + top, rows);
+                    let mut at = Position::new(&g, p0);
+                    // 16 pairs of columns at a time gathered, then packed
+                    // as a matrix's contiguous columns are.
+                    let mut block = [0f32; 2 * T * GATHER];
+                    for pb in (0..whole).step_by(T) {
+                        let np = T.min(whole - pb);
+                        for col in block.chunks_exact_mut(rows).take(2 * np) {
+                            taps.gather(x, &g, at, col);
+                            at.step(&g);
+                        }
+                        let col = |c: usize| &block[(c - 2 * pb) * rows..][..rows];
+                        self.pack_columns::<AVX512>(strip, rows, (pb, np), col);
+                    }
+                    let mut last = [0f32; GATHER];
+                    if kc % 2 == 1 {
+                        taps.gather(x, &g, at, &mut last[..rows]);
+                    }
+                    self.pad(strip, (rows, kc), pairs, |i| last[i]);
+                }
+                return;
+            }
         };
         for (q, strip) in dst[..mc.div_ceil(width) * width * pairs]
             .chunks_exact_mut(width * pairs)
@@ -669,36 +763,10 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
         {
             let (top, rows) = (r0 + q * width, width.min(mc - q * width));
             if x.rs == 1 {
-                // Each column's rows are contiguous: pair p of rows i.. from
-                // columns 2p and 2p + 1.
+                // Each column's rows are contiguous.
                 let col = |c: usize| &x.data[top + (p0 + c) * x.cs..][..rows];
-                if self.run_i > 1 {
-                    for p in 0..whole {
-                        let (c0, c1) = (col(2 * p), col(2 * p + 1));
-                        for i0 in (0..rows).step_by(self.run_i) {
-                            let n = self.run_i.min(rows - i0);
-                            pairs_of(&mut strip[at(p, i0)..][..n], &c0[i0..][..n], &c1[i0..][..n]);
-                        }
-                    }
-                } else {
-                    // Pairs p.. of rows i.. as a tile t[p][i], transposed
-                    // to run along p.
-                    let mut t = [0u32; T * T];
-                    for pb in (0..whole).step_by(T) {
-                        let np = T.min(whole - pb);
-                        for i0 in (0..rows).step_by(T) {
-                            let ni = T.min(rows - i0);
-                            for (pp, t) in t.chunks_exact_mut(T).take(np).enumerate() {
-                                let p = pb + pp;
-                                let (c0, c1) = (col(2 * p), col(2 * p + 1));
-                                pairs_of(&mut t[..ni], &c0[i0..][..ni], &c1[i0..][..ni]);
-                            }
-                            let tt = transpose::<AVX512>(&t);
-                            for (ii, row) in tt.chunks_exact(T).take(ni).enumerate() {
-                                self.place_run(strip, (pb, i0 + ii), &row[..np], false);
-                            }
-                        }
-                    }
+                for pb in (0..whole).step_by(T) {
+                    self.pack_columns::<AVX512>(strip, rows, (pb, T.min(whole - pb)), col);
                 }
             } else if x.cs == 1 {
                 // Each row's k are contiguous: its pairs are adjacent values.
@@ -717,6 +785,46 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
             }
             let odd = |i: usize| x.data[(top + i) * x.rs + (p0 + kc - 1) * x.cs];
             self.pad(strip, (rows, kc), pairs, odd);
+        }
+    }
+
+    /// Pairs `pb..pb + np` (`np` <= 16) of a strip's `rows` rows, pair `p`
+    /// from the operand's columns `2p` and `2p + 1`, which `col(c)` gives
+    /// (the strip's `rows` values of column `c`, contiguous): stored whole
+    /// where the layout runs along the rows, else by 16 x 16 tiles
+    /// transposed.
+    #[inline(always)]
+    fn pack_columns<'c, const AVX512: bool>(
+        self,
+        strip: &mut [u32],
+        rows: usize,
+        (pb, np): (usize, usize),
+        col: impl Fn(usize) -> &'c [f32],
+    ) {
+        let at = self.at;
+        if self.run_i > 1 {
+            for p in pb..pb + np {
+                let (c0, c1) = (col(2 * p), col(2 * p + 1));
+                for i0 in (0..rows).step_by(self.run_i) {
+                    let n = self.run_i.min(rows - i0);
+                    pairs_of(&mut strip[at(p, i0)..][..n], &c0[i0..][..n], &c1[i0..][..n]);
+                }
+            }
+        } else {
+            // Pairs p.. of rows i.. as a tile t[p][i], transposed to run
+            // along p.
+            let mut t = [0u32; T * T];
+            for i0 in (0..rows).step_by(T) {
+                let ni = T.min(rows - i0);
+                for (pp, t) in t.chunks_exact_mut(T).take(np).enumerate() {
+                    let (c0, c1) = (col(2 * (pb + pp)), col(2 * (pb + pp) + 1));
+                    pairs_of(&mut t[..ni], &c0[i0..][..ni], &c1[i0..][..ni]);
+                }
+                let tt = transpose::<AVX512>(&t);
+                for (ii, row) in tt.chunks_exact(T).take(ni).enumerate() {
+                    self.place_run(strip, (pb, i0 + ii), &row[..np], false);
+                }
+            }
         }
     }
 
@@ -834,30 +942,120 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     }
 }
 
-/// Pairs of row `r` of the im2col matrix of `x` under `g` (output position
-/// `r`: its window's taps by channels), from column `k0` (even) on, into
-/// `dst`: read from `x` a tap at a time, zeros where a tap is in the
-/// padding. `g.c` is even, so a pair never spans two taps.
+/// Walks row `r` of the im2col matrix of `x` under `g` (output position
+/// `r`: its window's taps by channels), columns `k0..k0 + len`, a tap at a
+/// time: `f(at, src, n)` for each run of `n` columns from `k0 + at`, `src`
+/// where they start in `x` (contiguous there), `None` where the tap lies in
+/// the padding (zeros).
 #[inline(always)]
-fn im2col_pairs(x: &[f32], g: &ConvGeom, r: usize, k0: usize, dst: &mut [u32]) {
+fn im2col_runs(
+    g: &ConvGeom,
+    r: usize,
+    (k0, len): (usize, usize),
+    mut f: impl FnMut(usize, Option<usize>, usize),
+) {
     let c = g.c;
     let (n, pos) = (r / (g.oh * g.ow), r % (g.oh * g.ow));
     let (oy, ox) = (pos / g.ow, pos % g.ow);
-    let (mut k, end, mut out) = (k0, k0 + 2 * dst.len(), 0);
+    let (mut k, end) = (k0, k0 + len);
     while k < end {
         let (tap, ch) = (k / c, k % c);
-        let len = (c - ch).min(end - k);
+        let run = (c - ch).min(end - k);
         let iy = (oy * g.s + tap / g.k) as isize - g.p as isize;
         let ix = (ox * g.s + tap % g.k) as isize - g.p as isize;
-        let d = &mut dst[out..][..len / 2];
-        if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
-            d.fill(0);
-        } else {
-            let at = ((n * g.h + iy as usize) * g.w + ix as usize) * c + ch;
-            adjacent_pairs(d, &x[at..][..len]);
+        let inside = iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w;
+        let src = inside.then(|| ((n * g.h + iy as usize) * g.w + ix as usize) * c + ch);
+        f(k - k0, src, run);
+        k += run;
+    }
+}
+
+/// Pairs of row `r` of the im2col matrix of `x` under `g`, from column `k0`
+/// (even) on, into `dst`. `g.c` is even, so a pair never spans two taps.
+#[inline(always)]
+fn im2col_pairs(x: &[f32], g: &ConvGeom, r: usize, k0: usize, dst: &mut [u32]) {
+    im2col_runs(g, r, (k0, 2 * dst.len()), |at, src, n| {
+        let d = &mut dst[at / 2..][..n / 2];
+        match src {
+            Some(src) => adjacent_pairs(d, &x[src..][..n]),
+            None => d.fill(0),
         }
-        k += len;
-        out += len / 2;
+    });
+}
+
+/// An output position of a convolution: image `n`, row `oy`, column `ox`.
+#[derive(Clone, Copy)]
+struct Position {
+    n: usize,
+    oy: usize,
+    ox: usize,
+}
+
+impl Position {
+    /// Output position `r` (row `r` of the im2col matrix) under `g`.
+    fn new(g: &ConvGeom, r: usize) -> Self {
+        let pos = r % (g.oh * g.ow);
+        Position {
+            n: r / (g.oh * g.ow),
+            oy: pos / g.ow,
+            ox: pos % g.ow,
+        }
+    }
+
+    /// The next position (row `r + 1`).
+    #[inline(always)]
+    fn step(&mut self, g: &ConvGeom) {
+        self.ox += 1;
+        if self.ox == g.ow {
+            self.ox = 0;
+            self.oy += 1;
+            if self.oy == g.oh {
+                self.oy = 0;
+                self.n += 1;
+            }
+        }
+    }
+}
+
+/// Columns `k0..k0 + len` (`len` <= [`GATHER`]) of an im2col matrix as
+/// runs of one tap each: `(at, tap row, tap column, first channel, n)`.
+struct Taps {
+    runs: [(usize, usize, usize, usize, usize); GATHER / 2 + 1],
+    count: usize,
+}
+
+impl Taps {
+    /// The taps of columns `k0..k0 + len` under `g`.
+    fn new(g: &ConvGeom, k0: usize, len: usize) -> Self {
+        let mut taps = Taps {
+            runs: [(0, 0, 0, 0, 0); GATHER / 2 + 1],
+            count: 0,
+        };
+        let (mut k, end) = (k0, k0 + len);
+        while k < end {
+            let (tap, ch) = (k / g.c, k % g.c);
+            let n = (g.c - ch).min(end - k);
+            taps.runs[taps.count] = (k - k0, tap / g.k, tap % g.k, ch, n);
+            taps.count += 1;
+            k += n;
+        }
+        taps
+    }
+
+    /// These columns of the im2col row of output position `at`, from `x`
+    /// (zeros where a tap lies in the padding), into `dst`.
+    #[inline(always)]
+    fn gather(&self, x: &[f32], g: &ConvGeom, at: Position, dst: &mut [f32]) {
+        for &(out, ty, tx, ch, n) in &self.runs[..self.count] {
+            let iy = (at.oy * g.s + ty).wrapping_sub(g.p);
+            let ix = (at.ox * g.s + tx).wrapping_sub(g.p);
+            let d = &mut dst[out..][..n];
+            if iy < g.h && ix < g.w {
+                d.copy_from_slice(&x[((at.n * g.h + iy) * g.w + ix) * g.c + ch..][..n]);
+            } else {
+                d.fill(0.0);
+            }
+        }
     }
 }
 
@@ -1712,6 +1910,65 @@ mod tests {
                     matmul_im2col(kernel, &mut got, accumulate, &x, &g, wm, threads);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert!(bits(&got) == bits(&want), "{}: {g:?}", kernel.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn im2col_transposed_read_in_place_equals_the_columns_made() {
+        // (batch, (h, w, c), o, (k, s, p)): odd and even output positions
+        // (the product's depth), several k blocks (over 512 positions),
+        // strides, padding, a window wider than the map.
+        let geoms = [
+            (2, (5, 7, 16), 24, (3, 1, 1)),
+            (1, (9, 9, 64), 40, (3, 2, 1)),
+            (3, (14, 13, 8), 16, (3, 1, 1)),
+            (1, (12, 12, 4), 8, (7, 2, 3)),
+            (1, (3, 5, 66), 33, (3, 1, 1)),
+            (2, (4, 4, 2), 3, (1, 1, 0)),
+        ];
+        for (b, hwc, o, ksp) in geoms {
+            let g = ConvGeom::new(b, hwc, o, ksp);
+            let x = values(b * hwc.0 * hwc.1 * hwc.2, 3);
+            let dy = values(g.rows() * o, 4);
+            let mut cols = vec![0f32; g.rows() * g.cols()];
+            crate::engine::cpu::conv::im2col(&x, &g, &mut cols);
+            let kc = g.cols();
+            // The whole gradient, and blocks of im2col columns as the
+            // engine's weight gradient takes them (any first, any height).
+            let tail = kc.min(5);
+            let blocks = [
+                (0, kc),
+                (kc / 3, kc - kc / 3),
+                (1, kc / 2),
+                (kc - tail, tail),
+            ];
+            for kernel in [
+                Bf16Kernel::AmxModel,
+                Bf16Kernel::Avx512Bf16Model,
+                Bf16Kernel::Amx,
+                Bf16Kernel::Avx512Bf16,
+            ] {
+                if !kernel.testable() {
+                    continue;
+                }
+                for (first, m) in blocks {
+                    for (accumulate, threads) in [(false, 1), (true, 3)] {
+                        let start = values(m * o, 5);
+                        let (mut want, mut got) = (start.clone(), start);
+                        let (a, dym) = (transposed(&cols[first..], kc), row_major(&dy, o));
+                        let mnk = (m, o, g.rows());
+                        matmul(kernel, &mut want, accumulate, a, dym, mnk, threads);
+                        let block = (first, m);
+                        matmul_im2col_t(kernel, &mut got, accumulate, &x, &g, block, dym, threads);
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert!(
+                            bits(&got) == bits(&want),
+                            "{}: {g:?}, columns {first}..+{m}",
+                            kernel.name()
+                        );
+                    }
                 }
             }
         }

@@ -170,6 +170,7 @@ impl Cpu {
                 return Err(EngineError::TooWide(*c));
             }
         }
+        let plan = scratch_for(&plan, gemm);
         let (h, w) = plan.input;
         let needed = Self::bytes_needed(&plan, precision, kernel);
         if let Some(available) = crate::files::available_memory()
@@ -228,6 +229,8 @@ impl Cpu {
     /// array; bf16 on the fp32 kernels adds the rounded copy of the
     /// parameters.
     pub fn bytes_needed(plan: &Plan, precision: Precision, kernel: Option<Bf16Kernel>) -> u64 {
+        let gemm = kernel.map_or(ops::Gemm::Fp32, ops::Gemm::Bf16);
+        let plan = &scratch_for(plan, gemm);
         let copies = 3 + weight_copy(precision, kernel) as usize;
         let floats = plan.arena_len + copies * plan.params_len + plan.states_len;
         4 * floats as u64 + 8 * partial_len(plan) as u64
@@ -519,6 +522,26 @@ impl Backend for Cpu {
     fn threads(&self) -> usize {
         self.threads
     }
+}
+
+/// `plan` with its convolution scratch as the products on `gemm` need it:
+/// a bf16 kernel that reads a wide convolution's windows where they lie
+/// ([`ops::Gemm::reads_windows`]) makes neither the forward's columns nor
+/// the weight gradient's, nor, for a stride-1 convolution, the input
+/// gradient's: its backward scratch keeps only the flipped weight (a
+/// strided one still makes the columns' gradient). Grouped and
+/// single-tap convolutions are unchanged.
+fn scratch_for(plan: &Plan, gemm: ops::Gemm) -> Plan {
+    if gemm == ops::Gemm::Fp32 {
+        return plan.clone();
+    }
+    plan.with_conv_scratch(|g, had| match gemm.reads_windows(g) {
+        Some(_) if !g.grouped() && g.single_tap().is_none() => match g.input_gradient_conv() {
+            Some(d) if gemm.reads_windows(&d).is_some() => (0, g.cols() * g.o),
+            _ => (0, had.1),
+        },
+        _ => had,
+    })
 }
 
 /// Whether the step multiplies by a bf16-rounded copy of the weights: in

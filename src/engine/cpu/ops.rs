@@ -181,9 +181,13 @@ impl Gemm {
 
     /// `dst (rows x o) = [dst +] im2col(x) w` for a convolution of geometry
     /// `g` (`w`: `k*k*c x o`): the columns made in `cols` and multiplied,
-    /// or, on a bf16 kernel (and an even channel count), never made: the
+    /// or, on a bf16 kernel (and an even channel count,
+    /// [`Gemm::reads_windows`]), never made (`cols` may be `None`): the
     /// kernel reads each window from `x` as it packs it (no fp32 columns
     /// written and read back; the same bits).
+    ///
+    /// # Panics
+    /// If the columns are to be made and `cols` is `None`.
     #[allow(clippy::too_many_arguments)]
     pub fn conv(
         self,
@@ -192,14 +196,15 @@ impl Gemm {
         x: &[f32],
         g: &ConvGeom,
         w: &[f32],
-        cols: &mut [f32],
+        cols: Option<&mut [f32]>,
         threads: usize,
     ) {
-        match self {
-            Gemm::Bf16(k) if bf16gemm::fuses_im2col(g) => {
+        match self.reads_windows(g) {
+            Some(k) => {
                 bf16gemm::matmul_im2col(k, dst, accumulate, x, g, row_major(w, g.o), threads)
             }
-            _ => {
+            None => {
+                let cols = cols.expect("scratch for the columns of a product on the fp32 kernels");
                 super::conv::im2col(x, g, cols);
                 let kc = g.cols();
                 self.matmul(
@@ -211,6 +216,15 @@ impl Gemm {
                     threads,
                 );
             }
+        }
+    }
+
+    /// The bf16 kernel that reads a convolution's windows from its input
+    /// where they lie (no columns made), if there is one for `g`.
+    pub fn reads_windows(self, g: &ConvGeom) -> Option<Bf16Kernel> {
+        match self {
+            Gemm::Bf16(k) if bf16gemm::fuses_im2col(g) => Some(k),
+            _ => None,
         }
     }
 
@@ -296,7 +310,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                     t.threads,
                 ),
                 None => {
-                    let cols = mem.w(cols.expect("a conv of several taps has columns"));
+                    let cols = cols.map(|c| mem.w(c));
                     t.gemm.conv(mem.w(y), false, x, &g, w, cols, t.threads);
                 }
             }
@@ -564,21 +578,28 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             operand(mem, dy, t);
             let (x, dy) = (mem.r(x), mem.r(dy));
             let mut cols = bcols.map(|b| mem.w(b));
-            if let Some(cols) = cols.as_deref_mut() {
-                im2col(x, &g, cols);
-            }
-            let lhs: &[f32] = cols.as_deref().unwrap_or(x);
             let (rows, kc, o) = (g.rows(), g.cols(), g.o);
             let tap = g.single_tap();
             // dW (kc x o) = cols^T dy; of a single tap, that tap's block
             // (the others read only padding: zero).
             let dw = param_mut(plan, t.grads, w);
-            match tap {
-                Some(tap) => {
+            match (tap, t.gemm.reads_windows(&g)) {
+                (Some(tap), _) => {
                     dw.fill(0.0);
+                    let x = Columns::Made(x);
                     weight_gradient(t.gemm, &mut dw[tap_block(&g, tap)], x, dy, (rows, g.c, o));
                 }
-                None => weight_gradient(t.gemm, dw, lhs, dy, (rows, kc, o)),
+                (None, Some(kernel)) => {
+                    let x = Columns::InPlace(kernel, x, g);
+                    weight_gradient(t.gemm, dw, x, dy, (rows, kc, o))
+                }
+                (None, None) => {
+                    let cols = cols
+                        .as_deref_mut()
+                        .expect("a conv of several taps has columns");
+                    im2col(x, &g, cols);
+                    weight_gradient(t.gemm, dw, Columns::Made(cols), dy, (rows, kc, o))
+                }
             }
             let Some(GradOut { buf, accumulate }) = dx else {
                 return;
@@ -603,6 +624,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                     let gd = g.input_gradient_conv().expect("checked");
                     let (dcols, wf) = cols.split_at_mut(cols.len() - kc * o);
                     flip_weight(w, &g, wf);
+                    let dcols = Some(dcols).filter(|d| !d.is_empty());
                     t.gemm
                         .conv(mem.w(buf), accumulate, dy, &gd, wf, dcols, t.threads);
                 }
@@ -840,7 +862,18 @@ pub fn gemm_calls(op: &Op) -> usize {
     }
 }
 
-/// `dw (kc x o) = lhs^T (kc x rows) dy (rows x o)`, in fixed blocks of
+/// The left operand of a weight gradient, `cols (rows x kc)`.
+#[derive(Clone, Copy)]
+pub(super) enum Columns<'a> {
+    /// The im2col columns made (or, of a single tap, the input itself).
+    Made(&'a [f32]),
+    /// The im2col columns of the input under the geometry, never made: the
+    /// bf16 kernel reads them where they lie
+    /// ([`bf16gemm::matmul_im2col_t`]).
+    InPlace(Bf16Kernel, &'a [f32], ConvGeom),
+}
+
+/// `dw (kc x o) = cols^T (kc x rows) dy (rows x o)`, in fixed blocks of
 /// `kc` rows, one single-threaded product per block in parallel. gemm
 /// itself splits only the (small) output among threads, so this long
 /// reduction would mostly run on one; each output element is still one
@@ -848,7 +881,7 @@ pub fn gemm_calls(op: &Op) -> usize {
 pub(super) fn weight_gradient(
     gemm: Gemm,
     dw: &mut [f32],
-    lhs: &[f32],
+    cols: Columns,
     dy: &[f32],
     (rows, kc, o): (usize, usize, usize),
 ) {
@@ -859,15 +892,51 @@ pub(super) fn weight_gradient(
         .for_each(|(i, dst)| {
             let k0 = i * block;
             let m = dst.len() / o;
-            gemm.matmul(
-                dst,
-                false,
-                transposed(&lhs[k0..], kc),
-                row_major(dy, o),
-                (m, o, rows),
-                1,
-            );
+            let dy = row_major(dy, o);
+            match cols {
+                Columns::Made(cols) => {
+                    let a = transposed(&cols[k0..], kc);
+                    gemm.matmul(dst, false, a, dy, (m, o, rows), 1)
+                }
+                Columns::InPlace(kernel, x, g) => {
+                    bf16gemm::matmul_im2col_t(kernel, dst, false, x, &g, (k0, m), dy, 1)
+                }
+            }
         });
+}
+
+/// A wide convolution's weight-gradient operands made ready as its
+/// backward does on a bf16 kernel, and multiplied by nothing (benchmarks):
+/// with `cols`, the im2col columns made there and packed (transposed);
+/// without, the windows packed from `x` where they lie. The same blocks
+/// and threads (the current pool) as [`weight_gradient`].
+#[doc(hidden)]
+pub fn pack_weight_gradient_only(
+    kernel: Bf16Kernel,
+    x: &[f32],
+    g: &ConvGeom,
+    dy: &[f32],
+    cols: Option<&mut [f32]>,
+) {
+    let (rows, kc, o) = (g.rows(), g.cols(), g.o);
+    let cols = cols.map(|cols| {
+        im2col(x, g, cols);
+        &*cols
+    });
+    let block = wgrad_block(kc);
+    (0..kc.div_ceil(block)).into_par_iter().for_each(|i| {
+        let (k0, dy) = (i * block, row_major(dy, o));
+        let m = block.min(kc - k0);
+        let a = match cols {
+            Some(cols) => bf16gemm::Lhs::Mat(transposed(&cols[k0..], kc)),
+            None => bf16gemm::Lhs::Im2colT {
+                x,
+                g: *g,
+                first: k0,
+            },
+        };
+        bf16gemm::pack_only(kernel, a, dy, (m, o, rows), 1, false)
+    });
 }
 
 /// Mean softmax cross-entropy of `logits` (`b x n`) against `labels`, and
