@@ -269,9 +269,13 @@ pub enum Op {
         dx: Option<GradOut>,
         /// Output gradient.
         dy: BufId,
-        /// im2col scratch of the forward pass (None when pointwise).
+        /// im2col scratch of the forward pass (None when pointwise, or
+        /// where the backend reads the windows in place:
+        /// [`Plan::with_conv_scratch`]).
         cols: Option<BufId>,
-        /// im2col and column-gradient scratch of the backward pass.
+        /// im2col and column-gradient scratch of the backward pass (where
+        /// the backend reads the windows in place, the flipped weight
+        /// alone or the columns' gradient).
         bcols: Option<BufId>,
     },
     /// Training-mode BatchNorm over `rows x c`, then `+ residual`, then ReLU

@@ -292,7 +292,8 @@ fn checked_im2col(
     sgemm::checked(dst, accumulate, whole_of_x, b, mnk)
 }
 
-/// The checked product of [`matmul`] and [`matmul_im2col`] on `kernel`.
+/// The checked product of [`matmul`], [`matmul_im2col`] and
+/// [`matmul_im2col_t`] on `kernel`.
 ///
 /// # Panics
 /// If `kernel` does not run here.
@@ -1918,15 +1919,20 @@ mod tests {
     #[test]
     fn im2col_transposed_read_in_place_equals_the_columns_made() {
         // (batch, (h, w, c), o, (k, s, p)): odd and even output positions
-        // (the product's depth), several k blocks (over 512 positions),
-        // strides, padding, a window wider than the map.
+        // (the product's depth), several k blocks (over 512 positions;
+        // 529: an odd last block), strides, padding, a window wider than
+        // the map, two channels (a strip of 32 rows from an odd column
+        // spans 17 taps).
         let geoms = [
             (2, (5, 7, 16), 24, (3, 1, 1)),
             (1, (9, 9, 64), 40, (3, 2, 1)),
             (3, (14, 13, 8), 16, (3, 1, 1)),
+            (1, (23, 23, 4), 8, (3, 1, 1)),
             (1, (12, 12, 4), 8, (7, 2, 3)),
             (1, (3, 5, 66), 33, (3, 1, 1)),
+            (2, (2, 2, 4), 8, (3, 1, 1)),
             (2, (4, 4, 2), 3, (1, 1, 0)),
+            (1, (6, 6, 2), 4, (5, 1, 2)),
         ];
         for (b, hwc, o, ksp) in geoms {
             let g = ConvGeom::new(b, hwc, o, ksp);
@@ -1942,6 +1948,7 @@ mod tests {
                 (0, kc),
                 (kc / 3, kc - kc / 3),
                 (1, kc / 2),
+                (1, kc - 1),
                 (kc - tail, tail),
             ];
             for kernel in [

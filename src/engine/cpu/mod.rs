@@ -527,17 +527,18 @@ impl Backend for Cpu {
 /// `plan` with its convolution scratch as the products on `gemm` need it:
 /// a bf16 kernel that reads a wide convolution's windows where they lie
 /// ([`ops::Gemm::reads_windows`]) makes neither the forward's columns nor
-/// the weight gradient's, nor, for a stride-1 convolution, the input
-/// gradient's: its backward scratch keeps only the flipped weight (a
-/// strided one still makes the columns' gradient). Grouped and
-/// single-tap convolutions are unchanged.
+/// the weight gradient's, nor the input gradient's where that is a
+/// convolution whose windows it reads in place too (stride 1, an even
+/// number of outputs): then the backward scratch keeps only the flipped
+/// weight (otherwise, as before, the input gradient's columns too).
+/// Grouped and single-tap convolutions are unchanged.
 fn scratch_for(plan: &Plan, gemm: ops::Gemm) -> Plan {
     if gemm == ops::Gemm::Fp32 {
         return plan.clone();
     }
     plan.with_conv_scratch(|g, had| match gemm.reads_windows(g) {
         Some(_) if !g.grouped() && g.single_tap().is_none() => match g.input_gradient_conv() {
-            Some(d) if gemm.reads_windows(&d).is_some() => (0, g.cols() * g.o),
+            Some(d) if gemm.reads_windows(&d).is_some() => (0, (g.cols() * g.o).min(had.1)),
             _ => (0, had.1),
         },
         _ => had,

@@ -918,6 +918,11 @@ pub fn pack_weight_gradient_only(
     dy: &[f32],
     cols: Option<&mut [f32]>,
 ) {
+    assert!(
+        cols.is_some() || bf16gemm::fuses_im2col(g),
+        "windows read in place need an even channel count, not {}",
+        g.c
+    );
     let (rows, kc, o) = (g.rows(), g.cols(), g.o);
     let cols = cols.map(|cols| {
         im2col(x, g, cols);
