@@ -206,7 +206,7 @@ fn kernels_against_the_fp32_kernels<M: Network<Cpu> + Clone>(
         );
         let arena = (e.plan().arena_bytes(), plan.arena_bytes());
         let windows = plan.ops.iter().any(|op| match op {
-            Op::Conv { g, .. } => !g.grouped() && g.single_tap().is_none() && g.c % 2 == 0,
+            Op::Conv { g, .. } => !g.grouped() && g.single_tap().is_none(),
             _ => false,
         });
         if windows {

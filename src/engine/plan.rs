@@ -722,24 +722,28 @@ impl Plan {
     /// columns, group buffers), its buffers placed anew: what a backend
     /// with its own convolutions (cuDNN) needs.
     pub fn without_scratch(&self) -> Plan {
-        self.with_conv_scratch(|_, _| (0, 0))
+        self.with_conv_scratch(|_, _, _| (0, 0))
     }
 
     /// The same plan with each convolution's scratch resized by `f(g,
-    /// (cols, bcols))`, which gets the lengths the plan has (0: none) and
-    /// gives the new ones (0: none; never longer), its buffers placed anew:
-    /// what a backend needs that makes fewer columns than the CPU's fp32
-    /// kernels.
+    /// has_dx, (cols, bcols))`, which gets the geometry, whether the
+    /// input's gradient is wanted and the lengths the plan has (0: none),
+    /// and gives the new ones (0: none; never longer), its buffers placed
+    /// anew: what a backend needs that makes fewer columns than the CPU's
+    /// fp32 kernels.
     pub fn with_conv_scratch(
         &self,
-        f: impl Fn(&ConvGeom, (usize, usize)) -> (usize, usize),
+        f: impl Fn(&ConvGeom, bool, (usize, usize)) -> (usize, usize),
     ) -> Plan {
         let mut p = self.clone();
         for op in &mut p.ops {
-            if let Op::Conv { g, cols, bcols, .. } = op {
+            if let Op::Conv {
+                g, dx, cols, bcols, ..
+            } = op
+            {
                 let len = |b: Option<BufId>| b.map_or(0, |b| p.bufs[b].len);
                 let had = (len(*cols), len(*bcols));
-                let new = f(g, had);
+                let new = f(g, dx.is_some(), had);
                 for (buf, had, new) in [(cols, had.0, new.0), (bcols, had.1, new.1)] {
                     assert!(new <= had, "scratch grows: {new} > {had}");
                     match *buf {

@@ -233,12 +233,12 @@ pub fn fuses_im2col(g: &ConvGeom) -> bool {
 /// (m x o) = [dst +] im2col(x)[.., first..first + m]^T dy`, rows `first..`
 /// of a convolution's weight gradient with the columns never made: each
 /// output position's values are read from `x` as A is packed. Bit for bit
-/// [`matmul`] of the columns' transpose. Needs `g.c` even
-/// ([`fuses_im2col`]).
+/// [`matmul`] of the columns' transpose. Any channel count (the pairs run
+/// along the output positions).
 ///
 /// # Panics
-/// If `g.c` is odd, `first + m > g.cols()`, `x`, `dy` or `dst` is shorter
-/// than `g` says, or `kernel` does not run here.
+/// If `first + m > g.cols()`, `x`, `dy` or `dst` is shorter than `g`
+/// says, or `kernel` does not run here.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_im2col_t(
     kernel: Bf16Kernel,
@@ -250,7 +250,6 @@ pub fn matmul_im2col_t(
     dy: Mat,
     threads: usize,
 ) {
-    assert!(fuses_im2col(g), "matmul_im2col_t: {} channels (odd)", g.c);
     assert!(
         first + m <= g.cols(),
         "matmul_im2col_t: columns {first}..{} of {}",
@@ -421,7 +420,7 @@ pub enum Lhs<'a> {
     Im2col {
         /// The convolution's input.
         x: &'a [f32],
-        /// Its geometry (`c` even).
+        /// Its geometry.
         g: ConvGeom,
     },
     /// The transpose of that matrix from its column `first` on
@@ -1021,7 +1020,7 @@ impl Position {
 /// Columns `k0..k0 + len` (`len` <= [`GATHER`]) of an im2col matrix as
 /// runs of one tap each: `(at, tap row, tap column, first channel, n)`.
 struct Taps {
-    runs: [(usize, usize, usize, usize, usize); GATHER / 2 + 1],
+    runs: [(usize, usize, usize, usize, usize); GATHER],
     count: usize,
 }
 
@@ -1029,7 +1028,7 @@ impl Taps {
     /// The taps of columns `k0..k0 + len` under `g`.
     fn new(g: &ConvGeom, k0: usize, len: usize) -> Self {
         let mut taps = Taps {
-            runs: [(0, 0, 0, 0, 0); GATHER / 2 + 1],
+            runs: [(0, 0, 0, 0, 0); GATHER],
             count: 0,
         };
         let (mut k, end) = (k0, k0 + len);
@@ -1922,7 +1921,8 @@ mod tests {
         // (the product's depth), several k blocks (over 512 positions;
         // 529: an odd last block), strides, padding, a window wider than
         // the map, two channels (a strip of 32 rows from an odd column
-        // spans 17 taps).
+        // spans 17 taps), odd channel counts (an RGB stem, one channel:
+        // 32 taps in a strip).
         let geoms = [
             (2, (5, 7, 16), 24, (3, 1, 1)),
             (1, (9, 9, 64), 40, (3, 2, 1)),
@@ -1933,6 +1933,8 @@ mod tests {
             (2, (2, 2, 4), 8, (3, 1, 1)),
             (2, (4, 4, 2), 3, (1, 1, 0)),
             (1, (6, 6, 2), 4, (5, 1, 2)),
+            (2, (15, 15, 3), 8, (7, 2, 3)),
+            (1, (9, 9, 1), 4, (7, 1, 3)),
         ];
         for (b, hwc, o, ksp) in geoms {
             let g = ConvGeom::new(b, hwc, o, ksp);

@@ -524,24 +524,36 @@ impl Backend for Cpu {
     }
 }
 
-/// `plan` with its convolution scratch as the products on `gemm` need it:
-/// a bf16 kernel that reads a wide convolution's windows where they lie
-/// ([`ops::Gemm::reads_windows`]) makes neither the forward's columns nor
-/// the weight gradient's, nor the input gradient's where that is a
-/// convolution whose windows it reads in place too (stride 1, an even
-/// number of outputs): then the backward scratch keeps only the flipped
-/// weight (otherwise, as before, the input gradient's columns too).
+/// `plan` with its convolution scratch as the products on `gemm` need it.
+/// On a bf16 kernel a wide convolution's weight gradient reads the windows
+/// where they lie (no columns), and so does its forward product with an
+/// even channel count ([`ops::Gemm::reads_windows`]); what remains is the
+/// input gradient's: none without one (the stem), the flipped weight alone
+/// where it is a convolution whose windows are read in place too (stride
+/// 1, an even number of outputs), its columns and the flipped weight for
+/// one with an odd number, the columns' gradient for a strided one.
 /// Grouped and single-tap convolutions are unchanged.
 fn scratch_for(plan: &Plan, gemm: ops::Gemm) -> Plan {
-    if gemm == ops::Gemm::Fp32 {
+    if gemm.bf16().is_none() {
         return plan.clone();
     }
-    plan.with_conv_scratch(|g, had| match gemm.reads_windows(g) {
-        Some(_) if !g.grouped() && g.single_tap().is_none() => match g.input_gradient_conv() {
-            Some(d) if gemm.reads_windows(&d).is_some() => (0, (g.cols() * g.o).min(had.1)),
-            _ => (0, had.1),
-        },
-        _ => had,
+    plan.with_conv_scratch(|g, dx, (cols, bcols)| {
+        if g.grouped() || g.single_tap().is_some() {
+            return (cols, bcols);
+        }
+        let forward = if gemm.reads_windows(g).is_some() {
+            0
+        } else {
+            cols
+        };
+        let flipped = g.cols() * g.o;
+        let backward = match (dx, g.input_gradient_conv()) {
+            (false, _) => 0,
+            (true, Some(d)) if gemm.reads_windows(&d).is_some() => flipped,
+            (true, Some(d)) => d.rows() * d.cols() + flipped,
+            (true, None) => bcols,
+        };
+        (forward, backward.min(bcols))
     })
 }
 

@@ -220,11 +220,18 @@ impl Gemm {
     }
 
     /// The bf16 kernel that reads a convolution's windows from its input
-    /// where they lie (no columns made), if there is one for `g`.
+    /// where they lie (no columns made) in the forward product, if there is
+    /// one for `g` (an even channel count). The weight gradient reads them
+    /// in place on any bf16 kernel ([`Gemm::bf16`]).
     pub fn reads_windows(self, g: &ConvGeom) -> Option<Bf16Kernel> {
+        self.bf16().filter(|_| bf16gemm::fuses_im2col(g))
+    }
+
+    /// The bf16 kernel, if the products run on one.
+    pub fn bf16(self) -> Option<Bf16Kernel> {
         match self {
-            Gemm::Bf16(k) if bf16gemm::fuses_im2col(g) => Some(k),
-            _ => None,
+            Gemm::Bf16(k) => Some(k),
+            Gemm::Fp32 => None,
         }
     }
 
@@ -583,7 +590,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             // dW (kc x o) = cols^T dy; of a single tap, that tap's block
             // (the others read only padding: zero).
             let dw = param_mut(plan, t.grads, w);
-            match (tap, t.gemm.reads_windows(&g)) {
+            match (tap, t.gemm.bf16()) {
                 (Some(tap), _) => {
                     dw.fill(0.0);
                     let x = Columns::Made(x);
@@ -918,11 +925,6 @@ pub fn pack_weight_gradient_only(
     dy: &[f32],
     cols: Option<&mut [f32]>,
 ) {
-    assert!(
-        cols.is_some() || bf16gemm::fuses_im2col(g),
-        "windows read in place need an even channel count, not {}",
-        g.c
-    );
     let (rows, kc, o) = (g.rows(), g.cols(), g.o);
     let cols = cols.map(|cols| {
         im2col(x, g, cols);
