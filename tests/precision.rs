@@ -176,12 +176,7 @@ fn kernels_against_the_fp32_kernels<M: Network<Cpu> + Clone>(
     let e_bf16 = rel_err(&grads, &flat(&fp32.gradients().unwrap()));
     reference.train_step(&x, &labels, 0.01).unwrap();
     let stepped = reference.flat(Flat::Params).unwrap();
-    for kernel in [
-        Bf16Kernel::Amx,
-        Bf16Kernel::Avx512Bf16,
-        Bf16Kernel::AmxModel,
-        Bf16Kernel::Avx512Bf16Model,
-    ] {
+    for kernel in Bf16Kernel::ALL {
         if !kernel.testable() {
             continue;
         }

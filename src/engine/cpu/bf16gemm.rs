@@ -54,6 +54,14 @@ pub enum Bf16Kernel {
 }
 
 impl Bf16Kernel {
+    /// Every kernel: the native ones, then their models.
+    pub const ALL: [Bf16Kernel; 4] = [
+        Bf16Kernel::Amx,
+        Bf16Kernel::Avx512Bf16,
+        Bf16Kernel::AmxModel,
+        Bf16Kernel::Avx512Bf16Model,
+    ];
+
     /// Its name in `RESNET_BF16_KERNEL` and in reports.
     pub fn name(self) -> &'static str {
         match self {
@@ -692,100 +700,131 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
         dst: &mut [u32],
         x: Lhs,
         (r0, mc): (usize, usize),
-        (p0, kc): (usize, usize),
+        ks: (usize, usize),
         pairs: usize,
     ) {
-        let (width, at) = (self.width, self.at);
-        let whole = kc / 2;
-        let x = match x {
-            Lhs::Mat(x) => x,
-            Lhs::Im2col { x, g } => {
-                for (q, strip) in dst[..mc.div_ceil(width) * width * pairs]
-                    .chunks_exact_mut(width * pairs)
-                    .enumerate()
-                {
-                    let (top, rows) = (r0 + q * width, width.min(mc - q * width));
-                    // Up to 16 rows' pairs at a time made in `rows16` (a
-                    // window's position is worked out once per row), then
-                    // placed.
-                    let mut rows16 = [0u32; T * KC / 2];
-                    for i0 in (0..rows).step_by(T) {
-                        let ni = T.min(rows - i0);
-                        for (ii, row) in rows16.chunks_exact_mut(whole).take(ni).enumerate() {
-                            im2col_pairs(x, &g, top + i0 + ii, p0, row);
-                        }
-                        let fill = |i: usize, pb: usize, d: &mut [u32]| {
-                            d.copy_from_slice(&rows16[(i - i0) * whole + pb..][..d.len()])
-                        };
-                        self.pack_filled::<AVX512>(strip, (i0, ni), whole, fill);
-                    }
-                    // k is even (c is): no odd last pair.
-                    self.pad(strip, (rows, kc), pairs, |_| 0.0);
-                }
-                return;
-            }
-            Lhs::Im2colT { x, g, first } => {
-                assert!(width <= GATHER, "strips of {width} rows");
-                for (q, strip) in dst[..mc.div_ceil(width) * width * pairs]
-                    .chunks_exact_mut(width * pairs)
-                    .enumerate()
-                {
-                    let (top, rows) = (r0 + q * width, width.min(mc - q * width));
-                    // The strip's rows are im2col columns `first + top..`:
-                    // the same few taps at every output position (A's
-                    // columns from p0), which step along the map.
-                    let taps = Taps::new(&g, first + top, rows);
-                    let mut at = Position::new(&g, p0);
-                    // 16 pairs of columns at a time gathered, then packed
-                    // as a matrix's contiguous columns are.
-                    let mut block = [0f32; 2 * T * GATHER];
-                    for pb in (0..whole).step_by(T) {
-                        let np = T.min(whole - pb);
-                        for col in block.chunks_exact_mut(rows).take(2 * np) {
-                            taps.gather(x, &g, at, col);
-                            at.step(&g);
-                        }
-                        let col = |c: usize| &block[(c - 2 * pb) * rows..][..rows];
-                        self.pack_columns::<AVX512>(strip, rows, (pb, np), col);
-                    }
-                    let mut last = [0f32; GATHER];
-                    if kc % 2 == 1 {
-                        taps.gather(x, &g, at, &mut last[..rows]);
-                    }
-                    self.pad(strip, (rows, kc), pairs, |i| last[i]);
-                }
-                return;
-            }
-        };
+        let width = self.width;
+        if let Lhs::Im2colT { .. } = x {
+            assert!(width <= GATHER, "strips of {width} rows");
+        }
         for (q, strip) in dst[..mc.div_ceil(width) * width * pairs]
             .chunks_exact_mut(width * pairs)
             .enumerate()
         {
-            let (top, rows) = (r0 + q * width, width.min(mc - q * width));
-            if x.rs == 1 {
-                // Each column's rows are contiguous.
-                let col = |c: usize| &x.data[top + (p0 + c) * x.cs..][..rows];
-                for pb in (0..whole).step_by(T) {
-                    self.pack_columns::<AVX512>(strip, rows, (pb, T.min(whole - pb)), col);
+            let rows = (r0 + q * width, width.min(mc - q * width));
+            match x {
+                Lhs::Mat(x) => self.strip_of_mat::<AVX512>(strip, x, rows, ks, pairs),
+                Lhs::Im2col { x, g } => {
+                    self.strip_of_im2col::<AVX512>(strip, x, &g, rows, ks, pairs)
                 }
-            } else if x.cs == 1 {
-                // Each row's k are contiguous: its pairs are adjacent values.
-                let fill = |i: usize, pb: usize, d: &mut [u32]| {
-                    adjacent_pairs(d, &x.data[(top + i) * x.rs + p0 + 2 * pb..][..2 * d.len()])
-                };
-                self.pack_filled::<AVX512>(strip, (0, rows), whole, fill);
-            } else {
-                for i in 0..rows {
-                    let row = (top + i) * x.rs + p0 * x.cs;
-                    for p in 0..whole {
-                        let e = row + 2 * p * x.cs;
-                        strip[at(p, i)] = pair(x.data[e], x.data[e + x.cs]);
-                    }
+                Lhs::Im2colT { x, g, first } => {
+                    self.strip_of_im2col_t::<AVX512>(strip, (x, &g, first), rows, ks, pairs)
                 }
             }
-            let odd = |i: usize| x.data[(top + i) * x.rs + (p0 + kc - 1) * x.cs];
-            self.pad(strip, (rows, kc), pairs, odd);
         }
+    }
+
+    /// One strip of [`Strips::pack_runs`]: `x`'s rows `top..top + rows`.
+    #[inline(always)]
+    fn strip_of_mat<const AVX512: bool>(
+        self,
+        strip: &mut [u32],
+        x: Mat,
+        (top, rows): (usize, usize),
+        (p0, kc): (usize, usize),
+        pairs: usize,
+    ) {
+        let (at, whole) = (self.at, kc / 2);
+        if x.rs == 1 {
+            // Each column's rows are contiguous.
+            let col = |c: usize| &x.data[top + (p0 + c) * x.cs..][..rows];
+            for pb in (0..whole).step_by(T) {
+                self.pack_columns::<AVX512>(strip, rows, (pb, T.min(whole - pb)), col);
+            }
+        } else if x.cs == 1 {
+            // Each row's k are contiguous: its pairs are adjacent values.
+            let fill = |i: usize, pb: usize, d: &mut [u32]| {
+                adjacent_pairs(d, &x.data[(top + i) * x.rs + p0 + 2 * pb..][..2 * d.len()])
+            };
+            self.pack_filled::<AVX512>(strip, (0, rows), whole, fill);
+        } else {
+            for i in 0..rows {
+                let row = (top + i) * x.rs + p0 * x.cs;
+                for p in 0..whole {
+                    let e = row + 2 * p * x.cs;
+                    strip[at(p, i)] = pair(x.data[e], x.data[e + x.cs]);
+                }
+            }
+        }
+        let odd = |i: usize| x.data[(top + i) * x.rs + (p0 + kc - 1) * x.cs];
+        self.pad(strip, (rows, kc), pairs, odd);
+    }
+
+    /// One strip of [`Strips::pack_runs`] of the im2col matrix of `x` under
+    /// `g` ([`Lhs::Im2col`]): its rows (output positions) `top..top + rows`.
+    #[inline(always)]
+    fn strip_of_im2col<const AVX512: bool>(
+        self,
+        strip: &mut [u32],
+        x: &[f32],
+        g: &ConvGeom,
+        (top, rows): (usize, usize),
+        (p0, kc): (usize, usize),
+        pairs: usize,
+    ) {
+        let whole = kc / 2;
+        // Up to 16 rows' pairs at a time made in `rows16` (a window's
+        // position is worked out once per row), then placed.
+        let mut rows16 = [0u32; T * KC / 2];
+        for i0 in (0..rows).step_by(T) {
+            let ni = T.min(rows - i0);
+            for (ii, row) in rows16.chunks_exact_mut(whole).take(ni).enumerate() {
+                im2col_pairs(x, g, top + i0 + ii, p0, row);
+            }
+            let fill = |i: usize, pb: usize, d: &mut [u32]| {
+                d.copy_from_slice(&rows16[(i - i0) * whole + pb..][..d.len()])
+            };
+            self.pack_filled::<AVX512>(strip, (i0, ni), whole, fill);
+        }
+        // k is even (c is): no odd last pair.
+        self.pad(strip, (rows, kc), pairs, |_| 0.0);
+    }
+
+    /// One strip of [`Strips::pack_runs`] of the transposed im2col matrix
+    /// of `x` under `g` from column `first` ([`Lhs::Im2colT`]): its rows
+    /// (im2col columns) `first + top..` (`rows` <= [`GATHER`]), its columns
+    /// the output positions from `p0`.
+    #[inline(always)]
+    fn strip_of_im2col_t<const AVX512: bool>(
+        self,
+        strip: &mut [u32],
+        (x, g, first): (&[f32], &ConvGeom, usize),
+        (top, rows): (usize, usize),
+        (p0, kc): (usize, usize),
+        pairs: usize,
+    ) {
+        let whole = kc / 2;
+        // The same few taps at every output position, which step along
+        // the map.
+        let taps = Taps::new(g, first + top, rows);
+        let mut at = Position::new(g, p0);
+        // 16 pairs of columns at a time gathered, then packed as a
+        // matrix's contiguous columns are.
+        let mut block = [0f32; 2 * T * GATHER];
+        for pb in (0..whole).step_by(T) {
+            let np = T.min(whole - pb);
+            for col in block.chunks_exact_mut(rows).take(2 * np) {
+                taps.gather(x, g, at, col);
+                at.step(g);
+            }
+            let col = |c: usize| &block[(c - 2 * pb) * rows..][..rows];
+            self.pack_columns::<AVX512>(strip, rows, (pb, np), col);
+        }
+        let mut last = [0f32; GATHER];
+        if kc % 2 == 1 {
+            taps.gather(x, g, at, &mut last[..rows]);
+        }
+        self.pad(strip, (rows, kc), pairs, |i| last[i]);
     }
 
     /// Pairs `pb..pb + np` (`np` <= 16) of a strip's `rows` rows, pair `p`
@@ -942,6 +981,25 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     }
 }
 
+/// Columns `k0..k0 + len` of an im2col matrix under `g` (a window's taps
+/// by channels) as runs within one tap each: `f(at, (ty, tx), ch, n)` for
+/// the `n` columns from `k0 + at`, tap row `ty`, tap column `tx`, channels
+/// from `ch`.
+#[inline(always)]
+fn tap_runs(
+    g: &ConvGeom,
+    (k0, len): (usize, usize),
+    mut f: impl FnMut(usize, (usize, usize), usize, usize),
+) {
+    let (mut k, end) = (k0, k0 + len);
+    while k < end {
+        let (tap, ch) = (k / g.c, k % g.c);
+        let n = (g.c - ch).min(end - k);
+        f(k - k0, (tap / g.k, tap % g.k), ch, n);
+        k += n;
+    }
+}
+
 /// Walks row `r` of the im2col matrix of `x` under `g` (output position
 /// `r`: its window's taps by channels), columns `k0..k0 + len`, a tap at a
 /// time: `f(at, src, n)` for each run of `n` columns from `k0 + at`, `src`
@@ -951,23 +1009,11 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
 fn im2col_runs(
     g: &ConvGeom,
     r: usize,
-    (k0, len): (usize, usize),
+    ks: (usize, usize),
     mut f: impl FnMut(usize, Option<usize>, usize),
 ) {
-    let c = g.c;
-    let (n, pos) = (r / (g.oh * g.ow), r % (g.oh * g.ow));
-    let (oy, ox) = (pos / g.ow, pos % g.ow);
-    let (mut k, end) = (k0, k0 + len);
-    while k < end {
-        let (tap, ch) = (k / c, k % c);
-        let run = (c - ch).min(end - k);
-        let iy = (oy * g.s + tap / g.k) as isize - g.p as isize;
-        let ix = (ox * g.s + tap % g.k) as isize - g.p as isize;
-        let inside = iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w;
-        let src = inside.then(|| ((n * g.h + iy as usize) * g.w + ix as usize) * c + ch);
-        f(k - k0, src, run);
-        k += run;
-    }
+    let pos = Position::new(g, r);
+    tap_runs(g, ks, |at, tap, ch, n| f(at, pos.source(g, tap, ch), n));
 }
 
 /// Pairs of row `r` of the im2col matrix of `x` under `g`, from column `k0`
@@ -1002,6 +1048,16 @@ impl Position {
         }
     }
 
+    /// Where channel `ch` of tap `(ty, tx)` of this position's window lies
+    /// in the input, `None` in the padding.
+    #[inline(always)]
+    fn source(self, g: &ConvGeom, (ty, tx): (usize, usize), ch: usize) -> Option<usize> {
+        // Above or left of the map wraps to past its end.
+        let iy = (self.oy * g.s + ty).wrapping_sub(g.p);
+        let ix = (self.ox * g.s + tx).wrapping_sub(g.p);
+        (iy < g.h && ix < g.w).then(|| ((self.n * g.h + iy) * g.w + ix) * g.c + ch)
+    }
+
     /// The next position (row `r + 1`).
     #[inline(always)]
     fn step(&mut self, g: &ConvGeom) {
@@ -1018,9 +1074,10 @@ impl Position {
 }
 
 /// Columns `k0..k0 + len` (`len` <= [`GATHER`]) of an im2col matrix as
-/// runs of one tap each: `(at, tap row, tap column, first channel, n)`.
+/// runs of one tap each: `(at, (tap row, tap column), first channel, n)`
+/// ([`tap_runs`]).
 struct Taps {
-    runs: [(usize, usize, usize, usize, usize); GATHER],
+    runs: [(usize, (usize, usize), usize, usize); GATHER],
     count: usize,
 }
 
@@ -1028,17 +1085,13 @@ impl Taps {
     /// The taps of columns `k0..k0 + len` under `g`.
     fn new(g: &ConvGeom, k0: usize, len: usize) -> Self {
         let mut taps = Taps {
-            runs: [(0, 0, 0, 0, 0); GATHER],
+            runs: [(0, (0, 0), 0, 0); GATHER],
             count: 0,
         };
-        let (mut k, end) = (k0, k0 + len);
-        while k < end {
-            let (tap, ch) = (k / g.c, k % g.c);
-            let n = (g.c - ch).min(end - k);
-            taps.runs[taps.count] = (k - k0, tap / g.k, tap % g.k, ch, n);
+        tap_runs(g, (k0, len), |at, tap, ch, n| {
+            taps.runs[taps.count] = (at, tap, ch, n);
             taps.count += 1;
-            k += n;
-        }
+        });
         taps
     }
 
@@ -1046,14 +1099,11 @@ impl Taps {
     /// (zeros where a tap lies in the padding), into `dst`.
     #[inline(always)]
     fn gather(&self, x: &[f32], g: &ConvGeom, at: Position, dst: &mut [f32]) {
-        for &(out, ty, tx, ch, n) in &self.runs[..self.count] {
-            let iy = (at.oy * g.s + ty).wrapping_sub(g.p);
-            let ix = (at.ox * g.s + tx).wrapping_sub(g.p);
+        for &(out, tap, ch, n) in &self.runs[..self.count] {
             let d = &mut dst[out..][..n];
-            if iy < g.h && ix < g.w {
-                d.copy_from_slice(&x[((at.n * g.h + iy) * g.w + ix) * g.c + ch..][..n]);
-            } else {
-                d.fill(0.0);
+            match at.source(g, tap, ch) {
+                Some(src) => d.copy_from_slice(&x[src..][..n]),
+                None => d.fill(0.0),
             }
         }
     }
@@ -1864,14 +1914,38 @@ mod tests {
         }
     }
 
+    /// For each geometry `(batch, (h, w, c), o, (k, s, p))`: `f(g, x,
+    /// cols, kernel)` with an input `x`, the im2col columns made from it,
+    /// and each bf16 kernel testable here (models, and the native kernels
+    /// where they run).
+    #[allow(clippy::type_complexity)]
+    fn for_each_conv(
+        geoms: &[(usize, (usize, usize, usize), usize, (usize, usize, usize))],
+        mut f: impl FnMut(&ConvGeom, &[f32], &[f32], Bf16Kernel),
+    ) {
+        for &(b, hwc, o, ksp) in geoms {
+            let g = ConvGeom::new(b, hwc, o, ksp);
+            let x = values(b * hwc.0 * hwc.1 * hwc.2, 3);
+            let mut cols = vec![0f32; g.rows() * g.cols()];
+            crate::engine::cpu::conv::im2col(&x, &g, &mut cols);
+            for kernel in Bf16Kernel::ALL {
+                if kernel.testable() {
+                    f(&g, &x, &cols, kernel);
+                }
+            }
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
     /// A product of im2col columns read where they lie gives the bits of
-    /// the same product of the columns made: both layouts (models, and the
-    /// native kernels where they run), windows with padding and strides,
-    /// channel counts not a multiple of a tile's pairs, several k blocks,
-    /// accumulating, 1 and 3 threads.
+    /// the same product of the columns made: both layouts, windows with
+    /// padding and strides, channel counts not a multiple of a tile's
+    /// pairs, several k blocks, accumulating, 1 and 3 threads.
     #[test]
     fn im2col_read_in_place_equals_the_columns_made() {
-        // (batch, (h, w, c), o, (k, s, p))
         let geoms = [
             (2, (5, 7, 16), 24, (3, 1, 1)),
             (1, (9, 9, 64), 40, (3, 2, 1)),
@@ -1879,50 +1953,37 @@ mod tests {
             (1, (12, 12, 4), 8, (7, 2, 3)),
             (1, (3, 5, 66), 33, (3, 1, 1)),
         ];
-        for (b, hwc, o, ksp) in geoms {
-            let g = ConvGeom::new(b, hwc, o, ksp);
-            let x = values(b * hwc.0 * hwc.1 * hwc.2, 3);
-            let w = values(g.cols() * o, 4);
-            let mut cols = vec![0f32; g.rows() * g.cols()];
-            crate::engine::cpu::conv::im2col(&x, &g, &mut cols);
-            for kernel in [
-                Bf16Kernel::AmxModel,
-                Bf16Kernel::Avx512Bf16Model,
-                Bf16Kernel::Amx,
-                Bf16Kernel::Avx512Bf16,
-            ] {
-                if !kernel.testable() {
-                    continue;
-                }
-                for (accumulate, threads) in [(false, 1), (true, 3)] {
-                    let start = values(g.rows() * o, 5);
-                    let (mut want, mut got) = (start.clone(), start);
-                    let (a, wm) = (row_major(&cols, g.cols()), row_major(&w, o));
-                    matmul(
-                        kernel,
-                        &mut want,
-                        accumulate,
-                        a,
-                        wm,
-                        (g.rows(), o, g.cols()),
-                        threads,
-                    );
-                    matmul_im2col(kernel, &mut got, accumulate, &x, &g, wm, threads);
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert!(bits(&got) == bits(&want), "{}: {g:?}", kernel.name());
-                }
+        for_each_conv(&geoms, |g, x, cols, kernel| {
+            let (o, kc) = (g.o, g.cols());
+            let w = values(kc * o, 4);
+            for (accumulate, threads) in [(false, 1), (true, 3)] {
+                let start = values(g.rows() * o, 5);
+                let (mut want, mut got) = (start.clone(), start);
+                let (a, wm) = (row_major(cols, kc), row_major(&w, o));
+                matmul(
+                    kernel,
+                    &mut want,
+                    accumulate,
+                    a,
+                    wm,
+                    (g.rows(), o, kc),
+                    threads,
+                );
+                matmul_im2col(kernel, &mut got, accumulate, x, g, wm, threads);
+                assert!(bits(&got) == bits(&want), "{}: {g:?}", kernel.name());
             }
-        }
+        });
     }
 
+    /// The same of the weight gradient's transposed im2col matrix
+    /// ([`matmul_im2col_t`]).
     #[test]
     fn im2col_transposed_read_in_place_equals_the_columns_made() {
-        // (batch, (h, w, c), o, (k, s, p)): odd and even output positions
-        // (the product's depth), several k blocks (over 512 positions;
-        // 529: an odd last block), strides, padding, a window wider than
-        // the map, two channels (a strip of 32 rows from an odd column
-        // spans 17 taps), odd channel counts (an RGB stem, one channel:
-        // 32 taps in a strip).
+        // Odd and even output positions (the product's depth), several k
+        // blocks (over 512 positions; 529: an odd last block), strides,
+        // padding, a window wider than the map, two channels (a strip of
+        // 32 rows from an odd column spans 17 taps), odd channel counts
+        // (an RGB stem, one channel: 32 taps in a strip).
         let geoms = [
             (2, (5, 7, 16), 24, (3, 1, 1)),
             (1, (9, 9, 64), 40, (3, 2, 1)),
@@ -1936,13 +1997,9 @@ mod tests {
             (2, (15, 15, 3), 8, (7, 2, 3)),
             (1, (9, 9, 1), 4, (7, 1, 3)),
         ];
-        for (b, hwc, o, ksp) in geoms {
-            let g = ConvGeom::new(b, hwc, o, ksp);
-            let x = values(b * hwc.0 * hwc.1 * hwc.2, 3);
+        for_each_conv(&geoms, |g, x, cols, kernel| {
+            let (o, kc) = (g.o, g.cols());
             let dy = values(g.rows() * o, 4);
-            let mut cols = vec![0f32; g.rows() * g.cols()];
-            crate::engine::cpu::conv::im2col(&x, &g, &mut cols);
-            let kc = g.cols();
             // The whole gradient, and blocks of im2col columns as the
             // engine's weight gradient takes them (any first, any height).
             let tail = kc.min(5);
@@ -1953,33 +2010,29 @@ mod tests {
                 (1, kc - 1),
                 (kc - tail, tail),
             ];
-            for kernel in [
-                Bf16Kernel::AmxModel,
-                Bf16Kernel::Avx512Bf16Model,
-                Bf16Kernel::Amx,
-                Bf16Kernel::Avx512Bf16,
-            ] {
-                if !kernel.testable() {
-                    continue;
-                }
-                for (first, m) in blocks {
-                    for (accumulate, threads) in [(false, 1), (true, 3)] {
-                        let start = values(m * o, 5);
-                        let (mut want, mut got) = (start.clone(), start);
-                        let (a, dym) = (transposed(&cols[first..], kc), row_major(&dy, o));
-                        let mnk = (m, o, g.rows());
-                        matmul(kernel, &mut want, accumulate, a, dym, mnk, threads);
-                        let block = (first, m);
-                        matmul_im2col_t(kernel, &mut got, accumulate, &x, &g, block, dym, threads);
-                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                        assert!(
-                            bits(&got) == bits(&want),
-                            "{}: {g:?}, columns {first}..+{m}",
-                            kernel.name()
-                        );
-                    }
+            for (first, m) in blocks {
+                for (accumulate, threads) in [(false, 1), (true, 3)] {
+                    let start = values(m * o, 5);
+                    let (mut want, mut got) = (start.clone(), start);
+                    let (a, dym) = (transposed(&cols[first..], kc), row_major(&dy, o));
+                    matmul(
+                        kernel,
+                        &mut want,
+                        accumulate,
+                        a,
+                        dym,
+                        (m, o, g.rows()),
+                        threads,
+                    );
+                    let block = (first, m);
+                    matmul_im2col_t(kernel, &mut got, accumulate, x, g, block, dym, threads);
+                    assert!(
+                        bits(&got) == bits(&want),
+                        "{}: {g:?}, columns {first}..+{m}",
+                        kernel.name()
+                    );
                 }
             }
-        }
+        });
     }
 }

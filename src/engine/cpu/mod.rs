@@ -170,9 +170,9 @@ impl Cpu {
                 return Err(EngineError::TooWide(*c));
             }
         }
-        let plan = scratch_for(&plan, gemm);
+        let plan = scratch_for(plan, gemm);
         let (h, w) = plan.input;
-        let needed = Self::bytes_needed(&plan, precision, kernel);
+        let needed = bytes_allocated(&plan, precision, kernel);
         if let Some(available) = crate::files::available_memory()
             && needed > available
         {
@@ -230,10 +230,7 @@ impl Cpu {
     /// parameters.
     pub fn bytes_needed(plan: &Plan, precision: Precision, kernel: Option<Bf16Kernel>) -> u64 {
         let gemm = kernel.map_or(ops::Gemm::Fp32, ops::Gemm::Bf16);
-        let plan = &scratch_for(plan, gemm);
-        let copies = 3 + weight_copy(precision, kernel) as usize;
-        let floats = plan.arena_len + copies * plan.params_len + plan.states_len;
-        4 * floats as u64 + 8 * partial_len(plan) as u64
+        bytes_allocated(&scratch_for(plan.clone(), gemm), precision, kernel)
     }
 
     /// Threads the backend runs on.
@@ -244,14 +241,10 @@ impl Cpu {
     /// The kernels a step runs, in words (`fp32 Avx512 kernels`, or in
     /// bf16 how its operands are multiplied on this CPU).
     pub fn kernels(&self) -> String {
-        let bf16 = match self.gemm {
-            ops::Gemm::Bf16(k) => Some(k),
-            ops::Gemm::Fp32 => None,
-        };
         Kernels::detect().running(
             self.precision,
             &format!("{:?} kernels", sgemm::best_isa()),
-            bf16,
+            self.gemm.bf16(),
         )
     }
 
@@ -533,9 +526,9 @@ impl Backend for Cpu {
 /// 1, an even number of outputs), its columns and the flipped weight for
 /// one with an odd number, the columns' gradient for a strided one.
 /// Grouped and single-tap convolutions are unchanged.
-fn scratch_for(plan: &Plan, gemm: ops::Gemm) -> Plan {
+fn scratch_for(plan: Plan, gemm: ops::Gemm) -> Plan {
     if gemm.bf16().is_none() {
-        return plan.clone();
+        return plan;
     }
     plan.with_conv_scratch(|g, dx, (cols, bcols)| {
         if g.grouped() || g.single_tap().is_some() {
@@ -555,6 +548,14 @@ fn scratch_for(plan: &Plan, gemm: ops::Gemm) -> Plan {
         };
         (forward, backward.min(bcols))
     })
+}
+
+/// [`Cpu::bytes_needed`] of a plan whose scratch is already
+/// [`scratch_for`] the kernel.
+fn bytes_allocated(plan: &Plan, precision: Precision, kernel: Option<Bf16Kernel>) -> u64 {
+    let copies = 3 + weight_copy(precision, kernel) as usize;
+    let floats = plan.arena_len + copies * plan.params_len + plan.states_len;
+    4 * floats as u64 + 8 * partial_len(plan) as u64
 }
 
 /// Whether the step multiplies by a bf16-rounded copy of the weights: in

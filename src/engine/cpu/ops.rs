@@ -854,6 +854,15 @@ fn wgrad_block(kc: usize) -> usize {
     kc.div_ceil(4).next_multiple_of(8).min(kc)
 }
 
+/// The blocks of [`weight_gradient`], in parallel: `(k0, m)`, dW's rows
+/// `k0..k0 + m`.
+fn wgrad_blocks(kc: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> {
+    let block = wgrad_block(kc);
+    (0..kc.div_ceil(block))
+        .into_par_iter()
+        .map(move |i| (i * block, block.min(kc - i * block)))
+}
+
 /// The gemm calls one op makes in a training step (forward and backward).
 pub fn gemm_calls(op: &Op) -> usize {
     match op {
@@ -892,13 +901,10 @@ pub(super) fn weight_gradient(
     dy: &[f32],
     (rows, kc, o): (usize, usize, usize),
 ) {
-    let block = wgrad_block(kc);
     dw[..kc * o]
-        .par_chunks_mut(block * o)
-        .enumerate()
-        .for_each(|(i, dst)| {
-            let k0 = i * block;
-            let m = dst.len() / o;
+        .par_chunks_mut(wgrad_block(kc) * o)
+        .zip(wgrad_blocks(kc))
+        .for_each(|(dst, (k0, m))| {
             let dy = row_major(dy, o);
             match cols {
                 Columns::Made(cols) => {
@@ -930,10 +936,8 @@ pub fn pack_weight_gradient_only(
         im2col(x, g, cols);
         &*cols
     });
-    let block = wgrad_block(kc);
-    (0..kc.div_ceil(block)).into_par_iter().for_each(|i| {
-        let (k0, dy) = (i * block, row_major(dy, o));
-        let m = block.min(kc - k0);
+    wgrad_blocks(kc).for_each(|(k0, m)| {
+        let dy = row_major(dy, o);
         let a = match cols {
             Some(cols) => bf16gemm::Lhs::Mat(transposed(&cols[k0..], kc)),
             None => bf16gemm::Lhs::Im2colT {
