@@ -57,17 +57,39 @@ pub struct TensorSpec {
     pub layout: Layout,
 }
 
+/// How a buffer's elements are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elem {
+    /// 32-bit floats.
+    F32,
+    /// bf16 values in 16 bits (a bf16 step's activations kept for
+    /// backward: [`Plan::with_16_bit_activations`]).
+    Bf16,
+}
+
 /// One buffer of the arena.
 #[derive(Debug, Clone)]
 pub struct Buf {
     /// What it holds, for reports (`layer1.0.bn1 out`, `d layer1.0.conv1 in`).
     pub name: String,
-    /// Elements (f32).
+    /// Elements.
     pub len: usize,
+    /// How they are stored.
+    pub elem: Elem,
     /// Offset in the arena, set by [`PlanBuilder::finish`].
     pub offset: usize,
     /// First and last time it is used.
     pub life: (usize, usize),
+}
+
+impl Buf {
+    /// The arena's floats (4 bytes each) it takes.
+    pub fn floats(&self) -> usize {
+        match self.elem {
+            Elem::F32 => self.len,
+            Elem::Bf16 => self.len.div_ceil(2),
+        }
+    }
 }
 
 /// An activation: its buffer, shape `(batch, h, w, c)` (NHWC) and its
@@ -275,8 +297,12 @@ pub enum Op {
         cols: Option<BufId>,
         /// im2col and column-gradient scratch of the backward pass (where
         /// the backend reads the windows in place, the flipped weight
-        /// alone or the columns' gradient).
+        /// alone or the columns' gradient; of a single tap whose input is
+        /// read from `x_bf16`, that input widened to f32).
         bcols: Option<BufId>,
+        /// `x` as its writer also stores it in 16 bits, which backward
+        /// reads instead of `x` ([`Plan::with_16_bit_activations`]).
+        x_bf16: Option<BufId>,
     },
     /// Training-mode BatchNorm over `rows x c`, then `+ residual`, then ReLU
     /// (each optional); evaluation uses the running statistics.
@@ -311,6 +337,13 @@ pub enum Op {
         dy: BufId,
         /// The batch's mean and 1/std per channel (`2c`), kept for backward.
         saved: BufId,
+        /// The input rounded to bf16 and stored in 16 bits by forward,
+        /// which normalises it, and read by backward instead of `x` (which
+        /// then lives only until forward) ([`Plan::with_16_bit_activations`]).
+        x_bf16: Option<BufId>,
+        /// The output also stored in 16 bits by forward, for its readers in
+        /// backward (this op's ReLU, the convolution that reads it).
+        y_bf16: Option<BufId>,
     },
     /// Max pooling, `k x k` window, stride `s`, padding `p` (padding never wins).
     MaxPool {
@@ -326,6 +359,9 @@ pub enum Op {
         dy: BufId,
         /// Index of each output's winner in the input (`u32` bits).
         argmax: BufId,
+        /// The output also stored in 16 bits, for the convolution that
+        /// reads it in backward.
+        y_bf16: Option<BufId>,
     },
     /// Option A shortcut: `x[:, ::s, ::s, :]`, channels zero-padded to `o`.
     ShortcutA {
@@ -417,10 +453,11 @@ impl Op {
                 dy,
                 cols,
                 bcols,
+                x_bf16,
                 ..
             } => (
                 [Some(*x), Some(*y), *cols].into_iter().flatten().collect(),
-                [Some(*x), d(dx), Some(*dy), *bcols]
+                [Some(x_bf16.unwrap_or(*x)), d(dx), Some(*dy), *bcols]
                     .into_iter()
                     .flatten()
                     .collect(),
@@ -433,18 +470,20 @@ impl Op {
                 dx,
                 dy,
                 saved,
+                x_bf16,
+                y_bf16,
                 ..
             } => {
                 let r = residual.map(|r| r.0);
                 let dr = residual.and_then(|r| d(&r.1));
                 (
-                    [Some(*x), Some(*y), r, Some(*saved)]
+                    [Some(*x), Some(*y), r, Some(*saved), *x_bf16, *y_bf16]
                         .into_iter()
                         .flatten()
                         .collect(),
                     [
-                        Some(*x),
-                        relu.then_some(*y),
+                        Some(x_bf16.unwrap_or(*x)),
+                        relu.then_some(y_bf16.unwrap_or(*y)),
                         d(dx),
                         Some(*dy),
                         dr,
@@ -461,9 +500,13 @@ impl Op {
                 dx,
                 dy,
                 argmax,
+                y_bf16,
                 ..
             } => (
-                vec![*x, *y, *argmax],
+                [Some(*x), Some(*y), Some(*argmax), *y_bf16]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
                 [d(dx), Some(*dy), Some(*argmax)]
                     .into_iter()
                     .flatten()
@@ -535,6 +578,11 @@ impl Plan {
     pub fn arena_bytes(&self) -> usize {
         self.arena_len * 4
     }
+
+    /// Whether some buffer is stored in 16 bits.
+    pub fn has_16_bit_buffers(&self) -> bool {
+        self.bufs.iter().any(|b| b.elem == Elem::Bf16)
+    }
     /// Floating-point operations of one training step: each convolution and
     /// the classifier forward, their weight gradient and (where the input
     /// has one) their input gradient, two per multiply-add.
@@ -554,7 +602,7 @@ impl Plan {
 
     /// Bytes the arena would take with no buffer sharing memory.
     pub fn unshared_bytes(&self) -> usize {
-        self.bufs.iter().map(|b| b.len * 4).sum()
+        self.bufs.iter().map(|b| b.floats() * 4).sum()
     }
 }
 
@@ -608,6 +656,7 @@ impl PlanBuilder {
         self.bufs.push(Buf {
             name: name.into(),
             len,
+            elem: Elem::F32,
             offset: 0,
             life: (usize::MAX, 0),
         });
@@ -758,6 +807,138 @@ impl Plan {
     }
 }
 
+/// Which activations a bf16 step keeps for backward in 16 bits
+/// ([`Plan::with_16_bit_activations`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored16 {
+    /// Each BatchNorm's input (its convolution's output), rounded to bf16
+    /// by the BatchNorm's forward, which normalises the rounded values, as
+    /// PyTorch's autocast stores a convolution's output in bf16. The f32
+    /// output then lives only from the convolution to its BatchNorm.
+    pub bn_inputs: bool,
+    /// The outputs backward reads (a BatchNorm's, for its ReLU and the
+    /// convolution that reads it; a max pool's): already bf16 values in a
+    /// bf16 step, so the same bits in half the memory. The f32 output
+    /// then lives only until its last reader in forward.
+    pub outputs: bool,
+}
+
+impl Stored16 {
+    /// Everything in 32 bits.
+    pub const NONE: Stored16 = Stored16 {
+        bn_inputs: false,
+        outputs: false,
+    };
+    /// Both.
+    pub const ALL: Stored16 = Stored16 {
+        bn_inputs: true,
+        outputs: true,
+    };
+}
+
+impl Plan {
+    /// The same plan keeping `which` activations for backward in 16 bits
+    /// (for a bf16 step, whose BatchNorm outputs are bf16 values), its
+    /// buffers placed anew: in a training step the saved activations are
+    /// what fills the arena, and each of the two halves them.
+    ///
+    /// A BatchNorm's input is stored so only where its convolution alone
+    /// reads it; a single-tap convolution reading its input from 16 bits
+    /// gets a backward scratch to widen it into.
+    pub fn with_16_bit_activations(&self, which: Stored16) -> Plan {
+        let mut p = self.clone();
+        let forward_readers =
+            |ops: &[Op], b: BufId| ops.iter().filter(|op| op.uses().0.contains(&b)).count();
+        let add = |bufs: &mut Vec<Buf>, of: BufId| {
+            let b = &bufs[of];
+            bufs.push(Buf {
+                name: format!("{} bf16", b.name),
+                len: b.len,
+                elem: Elem::Bf16,
+                offset: 0,
+                life: (usize::MAX, 0),
+            });
+            bufs.len() - 1
+        };
+        if which.bn_inputs {
+            let conv_outputs: Vec<BufId> = p
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Conv { y, .. } => Some(*y),
+                    _ => None,
+                })
+                .collect();
+            for i in 0..p.ops.len() {
+                if let Op::BatchNorm { x, .. } = p.ops[i]
+                    && conv_outputs.contains(&x)
+                    && forward_readers(&p.ops, x) == 2
+                {
+                    let copy = add(&mut p.bufs, x);
+                    if let Op::BatchNorm { x_bf16, .. } = &mut p.ops[i] {
+                        *x_bf16 = Some(copy);
+                    }
+                }
+            }
+        }
+        if which.outputs {
+            // The copy of each output that backward reads, by the output.
+            let mut copies: HashMap<BufId, BufId> = HashMap::new();
+            let mut copy_of =
+                |bufs: &mut Vec<Buf>, y: BufId| *copies.entry(y).or_insert_with(|| add(bufs, y));
+            let written_by = |ops: &[Op], b: BufId| {
+                ops.iter().position(|op| match op {
+                    Op::BatchNorm { y, .. } | Op::MaxPool { y, .. } => *y == b,
+                    _ => false,
+                })
+            };
+            for i in 0..p.ops.len() {
+                let (x, single_tap) = match &p.ops[i] {
+                    Op::Conv { x, g, .. } => (*x, g.single_tap().is_some()),
+                    Op::BatchNorm { y, relu: true, .. } => {
+                        let copy = copy_of(&mut p.bufs, *y);
+                        if let Op::BatchNorm { y_bf16, .. } = &mut p.ops[i] {
+                            *y_bf16 = Some(copy);
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let Some(writer) = written_by(&p.ops, x) else {
+                    continue;
+                };
+                let copy = copy_of(&mut p.bufs, x);
+                if let Op::BatchNorm { y_bf16, .. } | Op::MaxPool { y_bf16, .. } =
+                    &mut p.ops[writer]
+                {
+                    *y_bf16 = Some(copy);
+                }
+                let widened = single_tap.then(|| {
+                    let b = &p.bufs[x];
+                    let (name, len) = (format!("{} widened", b.name), b.len);
+                    p.bufs.push(Buf {
+                        name,
+                        len,
+                        elem: Elem::F32,
+                        offset: 0,
+                        life: (usize::MAX, 0),
+                    });
+                    p.bufs.len() - 1
+                });
+                if let Op::Conv { x_bf16, bcols, .. } = &mut p.ops[i] {
+                    *x_bf16 = Some(copy);
+                    if let Some(w) = widened {
+                        assert!(bcols.is_none(), "a single-tap conv has no backward scratch");
+                        *bcols = Some(w);
+                    }
+                }
+            }
+        }
+        p.arena_len = lay_out(&p.ops, &mut p.bufs, (p.x, p.logits, p.dlogits));
+        p
+    }
+}
+
 const ALIGN: usize = 16;
 
 /// First-fit placement, largest first: each buffer takes the lowest offset
@@ -767,16 +948,16 @@ fn place(bufs: &mut [Buf]) -> usize {
     let mut order: Vec<usize> = (0..bufs.len())
         .filter(|&i| bufs[i].life.0 <= bufs[i].life.1)
         .collect();
-    order.sort_by_key(|&i| (std::cmp::Reverse(bufs[i].len), i));
+    order.sort_by_key(|&i| (std::cmp::Reverse(bufs[i].floats()), i));
     let mut placed: Vec<usize> = Vec::new();
     let mut end = 0;
     for i in order {
-        let (len, life) = (bufs[i].len.div_ceil(ALIGN) * ALIGN, bufs[i].life);
+        let (len, life) = (bufs[i].floats().div_ceil(ALIGN) * ALIGN, bufs[i].life);
         let mut busy: Vec<(usize, usize)> = placed
             .iter()
             .map(|&j| &bufs[j])
             .filter(|b| b.life.0 <= life.1 && life.0 <= b.life.1)
-            .map(|b| (b.offset, b.offset + b.len.div_ceil(ALIGN) * ALIGN))
+            .map(|b| (b.offset, b.offset + b.floats().div_ceil(ALIGN) * ALIGN))
             .collect();
         busy.sort_unstable();
         let mut at = 0;
@@ -824,6 +1005,7 @@ mod tests {
             .map(|(len, life)| Buf {
                 name: String::new(),
                 len,
+                elem: Elem::F32,
                 offset: 0,
                 life,
             })

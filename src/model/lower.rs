@@ -90,6 +90,7 @@ fn conv(
         dy: y.grad.expect("activation gradient"),
         cols,
         bcols,
+        x_bf16: None,
     });
     y
 }
@@ -127,6 +128,8 @@ fn batch_norm<const C: usize, E: Dtype, D: Device<E>>(
         dx: grad(x.grad),
         dy: y.grad.expect("activation gradient"),
         saved,
+        x_bf16: None,
+        y_bf16: None,
     });
     y
 }
@@ -331,6 +334,7 @@ where
             dx: grad(x.grad),
             dy: y.grad.expect("activation gradient"),
             argmax,
+            y_bf16: None,
         });
         let x = self.layer1.lower(p, &join(prefix, "layer1"), y);
         let x = self.layer2.lower(p, &join(prefix, "layer2"), x);

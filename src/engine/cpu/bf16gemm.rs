@@ -28,6 +28,7 @@
 //! back to AVX512-BF16 or fp32 when refused.
 
 use super::sgemm::{self, Mat};
+use super::values::Values;
 use crate::engine::plan::ConvGeom;
 use crate::engine::precision::{Kernels, round_bf16};
 use std::cell::RefCell;
@@ -224,7 +225,7 @@ pub fn matmul_im2col(
 ) {
     assert!(fuses_im2col(g), "matmul_im2col: {} channels (odd)", g.c);
     let mnk = (g.rows(), g.o, g.cols());
-    if checked_im2col(dst, accumulate, x, g, w, mnk) {
+    if checked_im2col(dst, accumulate, x.len(), g, w, mnk) {
         let a = Lhs::Im2col { x, g: *g };
         multiply(kernel, dst, accumulate, a, w, mnk, threads);
     }
@@ -252,7 +253,7 @@ pub fn matmul_im2col_t(
     kernel: Bf16Kernel,
     dst: &mut [f32],
     accumulate: bool,
-    x: &[f32],
+    x: Values,
     g: &ConvGeom,
     (first, m): (usize, usize),
     dy: Mat,
@@ -265,7 +266,7 @@ pub fn matmul_im2col_t(
         g.cols()
     );
     let mnk = (m, g.o, g.rows());
-    if checked_im2col(dst, accumulate, x, g, dy, mnk) {
+    if checked_im2col(dst, accumulate, x.len(), g, dy, mnk) {
         let a = Lhs::Im2colT { x, g: *g, first };
         multiply(kernel, dst, accumulate, a, dy, mnk, threads);
     }
@@ -277,26 +278,27 @@ pub fn matmul_im2col_t(
 fn checked_im2col(
     dst: &mut [f32],
     accumulate: bool,
-    x: &[f32],
+    x_len: usize,
     g: &ConvGeom,
     b: Mat,
     mnk: (usize, usize, usize),
 ) -> bool {
     assert!(
-        x.len() >= g.b * g.h * g.w * g.c,
+        x_len >= g.b * g.h * g.w * g.c,
         "bf16 im2col product: x holds {} < {} x {} x {} x {}",
-        x.len(),
+        x_len,
         g.b,
         g.h,
         g.w,
         g.c
     );
-    let whole_of_x = Mat {
-        data: x,
+    // A matrix `checked` can always index (A is x, checked above).
+    let any_a = Mat {
+        data: &[0.0],
         rs: 0,
         cs: 0,
     };
-    sgemm::checked(dst, accumulate, whole_of_x, b, mnk)
+    sgemm::checked(dst, accumulate, any_a, b, mnk)
 }
 
 /// The checked product of [`matmul`], [`matmul_im2col`] and
@@ -386,7 +388,7 @@ pub fn pack_conv_only(
     let mnk = (g.rows(), g.o, g.cols());
     match cols {
         Some(cols) => {
-            super::conv::im2col(x, g, cols);
+            super::conv::im2col(Values::F32(x), g, cols);
             let a = sgemm::row_major(cols, g.cols());
             pack_only(kernel, Lhs::Mat(a), w, mnk, threads, false)
         }
@@ -434,8 +436,8 @@ pub enum Lhs<'a> {
     /// The transpose of that matrix from its column `first` on
     /// ([`matmul_im2col_t`]): row `i` is column `first + i`.
     Im2colT {
-        /// The convolution's input.
-        x: &'a [f32],
+        /// The convolution's input, as stored.
+        x: Values<'a>,
         /// Its geometry (`c` even).
         g: ConvGeom,
         /// The im2col column of A's row 0.
@@ -798,7 +800,7 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     fn strip_of_im2col_t<const AVX512: bool>(
         self,
         strip: &mut [u32],
-        (x, g, first): (&[f32], &ConvGeom, usize),
+        (x, g, first): (Values, &ConvGeom, usize),
         (top, rows): (usize, usize),
         (p0, kc): (usize, usize),
         pairs: usize,
@@ -1098,11 +1100,11 @@ impl Taps {
     /// These columns of the im2col row of output position `at`, from `x`
     /// (zeros where a tap lies in the padding), into `dst`.
     #[inline(always)]
-    fn gather(&self, x: &[f32], g: &ConvGeom, at: Position, dst: &mut [f32]) {
+    fn gather(&self, x: Values, g: &ConvGeom, at: Position, dst: &mut [f32]) {
         for &(out, tap, ch, n) in &self.runs[..self.count] {
             let d = &mut dst[out..][..n];
             match at.source(g, tap, ch) {
-                Some(src) => d.copy_from_slice(&x[src..][..n]),
+                Some(src) => x.read(src, d),
                 None => d.fill(0.0),
             }
         }
@@ -1541,6 +1543,7 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::engine::cpu::sgemm::{row_major, transposed};
+    use crate::engine::cpu::values::to_bf16;
 
     /// The definition in f64 on the operands rounded to bf16, and the sum
     /// of the products' magnitudes (the scale of fp32's rounding).
@@ -1927,7 +1930,7 @@ mod tests {
             let g = ConvGeom::new(b, hwc, o, ksp);
             let x = values(b * hwc.0 * hwc.1 * hwc.2, 3);
             let mut cols = vec![0f32; g.rows() * g.cols()];
-            crate::engine::cpu::conv::im2col(&x, &g, &mut cols);
+            crate::engine::cpu::conv::im2col(Values::F32(&x), &g, &mut cols);
             for kernel in Bf16Kernel::ALL {
                 if kernel.testable() {
                     f(&g, &x, &cols, kernel);
@@ -2013,7 +2016,7 @@ mod tests {
             for (first, m) in blocks {
                 for (accumulate, threads) in [(false, 1), (true, 3)] {
                     let start = values(m * o, 5);
-                    let (mut want, mut got) = (start.clone(), start);
+                    let (mut want, got) = (start.clone(), start);
                     let (a, dym) = (transposed(&cols[first..], kc), row_major(&dy, o));
                     matmul(
                         kernel,
@@ -2025,12 +2028,21 @@ mod tests {
                         threads,
                     );
                     let block = (first, m);
-                    matmul_im2col_t(kernel, &mut got, accumulate, x, g, block, dym, threads);
-                    assert!(
-                        bits(&got) == bits(&want),
-                        "{}: {g:?}, columns {first}..+{m}",
-                        kernel.name()
-                    );
+                    // x as f32, and as the bf16 it is rounded to, in 16
+                    // bits (a bf16 step's saved activations).
+                    let x16: Vec<u16> = x.iter().map(|&v| to_bf16(v)).collect();
+                    for x in [Values::F32(x), Values::Bf16(&x16)] {
+                        let mut got = got.clone();
+                        matmul_im2col_t(kernel, &mut got, accumulate, x, g, block, dym, threads);
+                        assert!(
+                            bits(&got) == bits(&want),
+                            "{}: {g:?}, columns {first}..+{m}, x {}",
+                            kernel.name(),
+                            matches!(x, Values::F32(_))
+                                .then_some("f32")
+                                .unwrap_or("bf16")
+                        );
+                    }
                 }
             }
         });

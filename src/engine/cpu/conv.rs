@@ -3,6 +3,7 @@
 //! they were made) forward and backward.
 
 use super::ops::{Gemm, row_major, transposed};
+use super::values::Values;
 use super::{SendPtr, direct};
 use crate::engine::plan::ConvGeom;
 use rayon::prelude::*;
@@ -31,7 +32,7 @@ pub(super) fn for_each_tap(g: &ConvGeom, oy: usize, ox: usize, mut f: impl FnMut
 
 /// im2col of rows `r0..r0 + dst.len() / kc` (row `(n, oy, ox)` is the
 /// window's `k*k` taps of `c` channels, zeros in the padding) into `dst`.
-fn im2col_rows(x: &[f32], g: &ConvGeom, r0: usize, dst: &mut [f32]) {
+fn im2col_rows(x: Values, g: &ConvGeom, r0: usize, dst: &mut [f32]) {
     let (kc, c) = (g.cols(), g.c);
     for (i, dst) in dst.chunks_exact_mut(kc).enumerate() {
         let r = r0 + i;
@@ -46,7 +47,7 @@ fn im2col_rows(x: &[f32], g: &ConvGeom, r0: usize, dst: &mut [f32]) {
                     d.fill(0.0);
                 } else {
                     let at = ((n * g.h + iy as usize) * g.w + ix as usize) * c;
-                    d.copy_from_slice(&x[at..at + c]);
+                    x.read(at, d);
                 }
             }
         }
@@ -54,7 +55,7 @@ fn im2col_rows(x: &[f32], g: &ConvGeom, r0: usize, dst: &mut [f32]) {
 }
 
 /// im2col of the whole batch, a row of outputs per task.
-pub(super) fn im2col(x: &[f32], g: &ConvGeom, cols: &mut [f32]) {
+pub(super) fn im2col(x: Values, g: &ConvGeom, cols: &mut [f32]) {
     let kc = g.cols();
     cols[..g.rows() * kc]
         .par_chunks_mut(kc * g.ow)
@@ -142,7 +143,7 @@ pub(super) fn conv_grouped_forward(
         for (n, p, rows) in tiles {
             let r0 = n * per_image + p;
             let cols = &mut cols[..rows * kc];
-            im2col_rows(x, g, r0, cols);
+            im2col_rows(Values::F32(x), g, r0, cols);
             // SAFETY: each tile's rows of y belong to one group alone.
             let yt = unsafe { std::slice::from_raw_parts_mut(ys.get().add(r0 * o), rows * o) };
             gemm.matmul(
@@ -176,7 +177,7 @@ pub(super) fn flip_weight(w: &[f32], g: &ConvGeom, wf: &mut [f32]) {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn conv_grouped_backward(
     g: &ConvGeom,
-    (x, dy): (&[f32], &[f32]),
+    (x, dy): (Values, &[f32]),
     w: &[f32],
     dw: &mut [f32],
     dx: Option<(&mut [f32], bool)>,
@@ -213,7 +214,7 @@ pub(super) fn conv_grouped_backward(
             let len = g.h * g.w * g.c;
             for n in images.clone() {
                 let dyi = &dy[n * per_image * o..][..per_image * o];
-                direct::weight_gradient_image(&x[n * len..][..len], dyi, dwg, g, cols);
+                direct::weight_gradient_image(x.slice(n * len..(n + 1) * len), dyi, dwg, g, cols);
             }
         }
         for (n, p, rows) in tiles.filter(|_| !direct_dw) {
@@ -268,7 +269,7 @@ pub(super) fn conv_grouped_backward(
                     let rows = td.min(hw - p);
                     let r0 = n * hw + p;
                     let cols = &mut cols[..rows * kd];
-                    im2col_rows(dy, gd, r0, cols);
+                    im2col_rows(Values::F32(dy), gd, r0, cols);
                     // SAFETY: image n's gradient belongs to this group alone.
                     let dxt =
                         unsafe { std::slice::from_raw_parts_mut(d.get().add(r0 * c), rows * c) };

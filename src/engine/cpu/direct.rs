@@ -17,6 +17,7 @@
 //! channels), whatever the thread count.
 
 use super::sgemm::{self, Isa};
+use super::values::Values;
 use crate::engine::plan::ConvGeom;
 
 /// Output channels per tile (two 8-lane registers).
@@ -102,7 +103,7 @@ pub fn conv_image(
     pad: &mut [f32],
 ) {
     assert!(w.len() >= g.cols() * g.o && y.len() >= g.oh * g.ow * g.o);
-    let wp = pad_image(x, g, pad);
+    let wp = pad_image(Values::F32(x), g, pad);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 and FMA are present (`available`), AVX-512F where
     // `cpu_has_avx512` says so; every index the kernel reads or writes is
@@ -126,7 +127,7 @@ pub fn conv_image(
 ///
 /// # Panics
 /// If [`available`] is false for `g` or a slice is too short.
-pub fn weight_gradient_image(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeom, pad: &mut [f32]) {
+pub fn weight_gradient_image(x: Values, dy: &[f32], dw: &mut [f32], g: &ConvGeom, pad: &mut [f32]) {
     assert!(dw.len() >= g.cols() * g.o && dy.len() >= g.oh * g.ow * g.o);
     let wp = pad_image(x, g, pad);
     #[cfg(target_arch = "x86_64")]
@@ -146,7 +147,7 @@ pub fn weight_gradient_image(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeom
 
 /// Copies image `x` into `pad` with `g.p` zeros around it; returns the
 /// padded width. Checks what the kernels rely on.
-fn pad_image(x: &[f32], g: &ConvGeom, pad: &mut [f32]) -> usize {
+fn pad_image(x: Values, g: &ConvGeom, pad: &mut [f32]) -> usize {
     assert!(available(g), "direct conv unavailable for {g:?}");
     let (hp, wp, c) = (g.h + 2 * g.p, g.w + 2 * g.p, g.c);
     assert!(x.len() >= g.h * g.w * c && pad.len() >= hp * wp * c);
@@ -157,8 +158,10 @@ fn pad_image(x: &[f32], g: &ConvGeom, pad: &mut [f32]) -> usize {
         pad.fill(0.0);
     }
     for iy in 0..g.h {
-        let row = &x[iy * g.w * c..][..g.w * c];
-        pad[((iy + g.p) * wp + g.p) * c..][..g.w * c].copy_from_slice(row);
+        x.read(
+            iy * g.w * c,
+            &mut pad[((iy + g.p) * wp + g.p) * c..][..g.w * c],
+        );
     }
     wp
 }
@@ -642,7 +645,7 @@ mod tests {
                 }
             }
             let mut dw = vec![1.0f32; g.cols() * o];
-            weight_gradient_image(&x, &dy, &mut dw, &g, &mut pad);
+            weight_gradient_image(Values::F32(&x), &dy, &mut dw, &g, &mut pad);
             let e = dw
                 .iter()
                 .zip(&want_dw)
@@ -659,7 +662,7 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if cpu_has_avx512() {
             let mut pad = vec![f32::NAN; padded_len(g)];
-            let wp = pad_image(x, g, &mut pad);
+            let wp = pad_image(Values::F32(x), g, &mut pad);
             let mut y2 = vec![0.0; y.len()];
             let mut dw2 = vec![1.0f32; dw.len()];
             // SAFETY: as in `conv_image` and `weight_gradient_image`.

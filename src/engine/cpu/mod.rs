@@ -19,6 +19,7 @@ pub mod conv;
 pub mod direct;
 pub mod ops;
 pub mod sgemm;
+pub mod values;
 
 pub use ops::{
     CHUNK_ROWS, MAX_CHANNELS, Mem, Tensors, backward, forward, gemm_calls, partial_len, sgd,
@@ -27,7 +28,7 @@ pub use ops::{
 
 use super::backend::{Backend, Flat, Reduction};
 use super::data_parallel::Buckets;
-use super::plan::{self, Plan};
+use super::plan::{self, Plan, Stored16};
 use super::precision::{Kernels, Precision, round_slice_bf16};
 use super::{EngineError, SgdSettings};
 use crate::dist::Communicator;
@@ -145,6 +146,25 @@ impl Cpu {
         precision: Precision,
         kernel: Option<Bf16Kernel>,
     ) -> Result<Self, EngineError> {
+        Self::with_storage(plan, threads, precision, kernel, stored_16_bit(precision))
+    }
+
+    /// [`Cpu::with_kernel`] keeping `stored` activations for backward in
+    /// 16 bits ([`Plan::with_16_bit_activations`]; in bf16 all of them by
+    /// default, none in fp32): tests compare a bf16 step with and without.
+    #[doc(hidden)]
+    pub fn with_storage(
+        plan: Plan,
+        threads: usize,
+        precision: Precision,
+        kernel: Option<Bf16Kernel>,
+        stored: Stored16,
+    ) -> Result<Self, EngineError> {
+        if precision == Precision::Fp32 && stored != Stored16::NONE {
+            return Err(EngineError::Backend(format!(
+                "Cpu::with_storage: activations stored in 16 bits ({stored:?}) need precision bf16"
+            )));
+        }
         let gemm = match (precision, kernel) {
             (_, None) => ops::Gemm::Fp32,
             (Precision::Bf16, Some(k)) => match k.why_not() {
@@ -170,7 +190,7 @@ impl Cpu {
                 return Err(EngineError::TooWide(*c));
             }
         }
-        let plan = scratch_for(plan, gemm);
+        let plan = plan_for(&plan, gemm, stored);
         let (h, w) = plan.input;
         let needed = bytes_allocated(&plan, precision, kernel);
         if let Some(available) = crate::files::available_memory()
@@ -230,7 +250,8 @@ impl Cpu {
     /// parameters.
     pub fn bytes_needed(plan: &Plan, precision: Precision, kernel: Option<Bf16Kernel>) -> u64 {
         let gemm = kernel.map_or(ops::Gemm::Fp32, ops::Gemm::Bf16);
-        bytes_allocated(&scratch_for(plan.clone(), gemm), precision, kernel)
+        let plan = plan_for(plan, gemm, stored_16_bit(precision));
+        bytes_allocated(&plan, precision, kernel)
     }
 
     /// Threads the backend runs on.
@@ -494,7 +515,16 @@ impl Backend for Cpu {
 
     fn buffer(&self, name: &str) -> Option<Vec<f32>> {
         let b = self.plan.bufs.iter().find(|b| b.name == name)?;
-        Some(self.arena[b.offset..b.offset + b.len].to_vec())
+        let floats = &self.arena[b.offset..b.offset + b.floats()];
+        Some(match b.elem {
+            plan::Elem::F32 => floats.to_vec(),
+            plan::Elem::Bf16 => {
+                // SAFETY: `b.len` 16-bit values fill `b.floats()` floats
+                // (aligned for u16), as the backend's ops store them.
+                let v = unsafe { std::slice::from_raw_parts(floats.as_ptr().cast::<u16>(), b.len) };
+                v.iter().map(|&v| values::from_bf16(v)).collect()
+            }
+        })
     }
 
     fn start_profile(&mut self) {
@@ -515,6 +545,25 @@ impl Backend for Cpu {
     fn threads(&self) -> usize {
         self.threads
     }
+}
+
+/// What a step in `precision` keeps in 16 bits: in bf16 every activation
+/// kept for backward ([`Stored16::ALL`]), in fp32 none.
+fn stored_16_bit(precision: Precision) -> Stored16 {
+    match precision {
+        Precision::Fp32 => Stored16::NONE,
+        Precision::Bf16 => Stored16::ALL,
+    }
+}
+
+/// `plan` as the backend runs it: `stored` activations in 16 bits, the
+/// convolution scratch as the products on `gemm` need it.
+fn plan_for(plan: &Plan, gemm: ops::Gemm, stored: Stored16) -> Plan {
+    let plan = match stored == Stored16::NONE {
+        true => plan.clone(),
+        false => plan.with_16_bit_activations(stored),
+    };
+    scratch_for(plan, gemm)
 }
 
 /// `plan` with its convolution scratch as the products on `gemm` need it.

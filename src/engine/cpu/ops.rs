@@ -11,7 +11,8 @@ use super::conv::{
     col2im, conv_grouped_backward, conv_grouped_forward, flip_weight, for_each_tap, im2col,
     tap_block,
 };
-use crate::engine::plan::{Buf, BufId, ConvGeom, GradOut, Op, Plan};
+use super::values::{AsF32, Values, to_bf16, widen};
+use crate::engine::plan::{Buf, BufId, ConvGeom, Elem, GradOut, Op, Plan};
 use crate::engine::precision::{round_bf16, round_slice_bf16};
 use rayon::prelude::*;
 
@@ -36,6 +37,7 @@ impl<'a> Mem<'a> {
 
     fn r(&self, id: BufId) -> &'a [f32] {
         let b = &self.bufs[id];
+        debug_assert_eq!(b.elem, Elem::F32, "{} read as f32", b.name);
         // SAFETY: the buffer lies inside the arena (checked in `new`:
         // `place` keeps every buffer below `arena_len`). Buffers whose lives
         // overlap never share memory, and an op writes only buffers other
@@ -46,8 +48,31 @@ impl<'a> Mem<'a> {
     #[allow(clippy::mut_from_ref)]
     fn w(&self, id: BufId) -> &'a mut [f32] {
         let b = &self.bufs[id];
+        debug_assert_eq!(b.elem, Elem::F32, "{} written as f32", b.name);
         // SAFETY: as in `r`; each op asks for each buffer it writes once.
         unsafe { std::slice::from_raw_parts_mut(self.base.add(b.offset), b.len) }
+    }
+
+    /// Buffer `id` as stored (f32 or 16 bits).
+    fn values(&self, id: BufId) -> Values<'a> {
+        let b = &self.bufs[id];
+        match b.elem {
+            Elem::F32 => Values::F32(self.r(id)),
+            // SAFETY: as in `r`; a 16-bit buffer takes `b.floats()` floats
+            // of the arena (4-byte aligned, so 2-byte aligned).
+            Elem::Bf16 => Values::Bf16(unsafe {
+                std::slice::from_raw_parts(self.base.add(b.offset).cast::<u16>(), b.len)
+            }),
+        }
+    }
+
+    /// 16-bit buffer `id`, to write.
+    #[allow(clippy::mut_from_ref)]
+    fn w16(&self, id: BufId) -> &'a mut [u16] {
+        let b = &self.bufs[id];
+        assert_eq!(b.elem, Elem::Bf16, "{} written as 16 bits", b.name);
+        // SAFETY: as in `values`; each op asks for each buffer it writes once.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(b.offset).cast::<u16>(), b.len) }
     }
 }
 
@@ -205,7 +230,7 @@ impl Gemm {
             }
             None => {
                 let cols = cols.expect("scratch for the columns of a product on the fp32 kernels");
-                super::conv::im2col(x, g, cols);
+                super::conv::im2col(Values::F32(x), g, cols);
                 let kc = g.cols();
                 self.matmul(
                     dst,
@@ -336,41 +361,41 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
             residual,
             relu,
             saved,
+            x_bf16,
+            y_bf16,
             ..
         } => {
-            let y_id = y;
-            let (x, y, saved) = (mem.r(x), mem.w(y), mem.w(saved));
+            let round = t.bf16 && t.rounded[y];
+            let out = Out {
+                y: mem.w(y),
+                y16: y_bf16.map(|b| mem.w16(b)),
+                round,
+            };
+            let (x, saved) = (mem.r(x), mem.w(saved));
+            // What is normalised (and what backward reads): the input, or
+            // it rounded to bf16 and stored in 16 bits.
+            let xs = match x_bf16 {
+                Some(b) => {
+                    let x16 = mem.w16(b);
+                    x16.par_chunks_mut(CHUNK_ROWS * c)
+                        .zip(x.par_chunks(CHUNK_ROWS * c))
+                        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &v)| *d = to_bf16(v)));
+                    Values::Bf16(x16)
+                }
+                None => Values::F32(x),
+            };
             let (gamma, beta) = (param(plan, t.params, gamma), param(plan, t.params, beta));
             let (ms, vs) = (&plan.states[mean], &plan.states[var]);
             let (scale, shift) = saved.split_at_mut(c);
             if train {
-                let mut sums = [0f64; MAX_CHANNELS];
-                let sums = &mut sums[..c];
-                chunk_sums(rows, c, t.partial, sums, |r, acc| {
-                    for row in x[r.start * c..r.end * c].chunks_exact(c) {
-                        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
-                    }
-                });
-                let n = rows as f64;
                 let mut m64 = [0f64; MAX_CHANNELS];
-                let m64 = &mut m64[..c];
-                m64.iter_mut()
-                    .zip(sums.iter())
-                    .for_each(|(m, s)| *m = s / n);
-                let mut m32 = [0f32; MAX_CHANNELS];
-                let m32 = &mut m32[..c];
-                m32.iter_mut().zip(&*m64).for_each(|(a, &m)| *a = m as f32);
-                let m32 = &*m32;
                 let mut sq = [0f64; MAX_CHANNELS];
-                let sq = &mut sq[..c];
-                chunk_sums(rows, c, t.partial, sq, |r, acc| {
-                    for row in x[r.start * c..r.end * c].chunks_exact(c) {
-                        for ((a, &v), &m) in acc.iter_mut().zip(row).zip(m32) {
-                            let d = v - m;
-                            *a += d * d;
-                        }
-                    }
-                });
+                let (m64, sq) = (&mut m64[..c], &mut sq[..c]);
+                match xs {
+                    Values::F32(x) => moments(x, (rows, c), t.partial, m64, sq),
+                    Values::Bf16(x) => moments(x, (rows, c), t.partial, m64, sq),
+                }
+                let n = rows as f64;
                 let unbias = n / (n - 1.0);
                 let states = &mut *t.states;
                 for ch in 0..c {
@@ -382,16 +407,6 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                     scale[ch] = m64[ch] as f32; // the mean
                     shift[ch] = (1.0 / (v + epsilon).sqrt()) as f32; // 1/std
                 }
-                normalize(
-                    x,
-                    y,
-                    c,
-                    residual.map(|r| mem.r(r.0)),
-                    relu,
-                    (scale, shift),
-                    (gamma, beta),
-                    t.bf16 && t.rounded[y_id],
-                );
             } else {
                 let states = &*t.states;
                 for ch in 0..c {
@@ -399,27 +414,30 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                     scale[ch] = states[ms.offset + ch];
                     shift[ch] = (1.0 / (rv + epsilon).sqrt()) as f32;
                 }
-                normalize(
-                    x,
-                    y,
-                    c,
-                    residual.map(|r| mem.r(r.0)),
-                    relu,
-                    (scale, shift),
-                    (gamma, beta),
-                    t.bf16 && t.rounded[y_id],
-                );
+            }
+            let residual = residual.map(|r| mem.r(r.0));
+            let stats = (&*scale, &*shift);
+            match xs {
+                Values::F32(x) => normalize(x, out, c, residual, relu, stats, (gamma, beta)),
+                Values::Bf16(x) => normalize(x, out, c, residual, relu, stats, (gamma, beta)),
             }
         }
         Op::MaxPool {
-            g, x, y, argmax, ..
+            g,
+            x,
+            y,
+            argmax,
+            y_bf16,
+            ..
         } => {
             let (x, y, arg) = (mem.r(x), mem.w(y), mem.w(argmax));
             let (c, per_in, per_out) = (g.c, g.h * g.w * g.c, g.oh * g.ow * g.c);
+            let y16 = y_bf16.map(|b| SendPtr16(mem.w16(b).as_mut_ptr()));
             y.par_chunks_mut(per_out)
                 .zip(arg.par_chunks_mut(per_out))
                 .zip(x.par_chunks(per_in))
-                .for_each(|((y, arg), x)| {
+                .enumerate()
+                .for_each(|(n, ((y, arg), x))| {
                     for oy in 0..g.oh {
                         for ox in 0..g.ow {
                             let o = (oy * g.ow + ox) * c;
@@ -436,6 +454,15 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                                 }
                             });
                         }
+                    }
+                    if let Some(p) = y16 {
+                        // SAFETY: image n's outputs belong to this task alone.
+                        let d = unsafe {
+                            std::slice::from_raw_parts_mut(p.0.add(n * per_out), y.len())
+                        };
+                        // The maxima of bf16 values (BatchNorm's outputs in a
+                        // bf16 step), so rounding changes nothing.
+                        d.iter_mut().zip(&*y).for_each(|(d, &y)| *d = to_bf16(y));
                     }
                 });
         }
@@ -493,19 +520,59 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
     }
 }
 
+/// Per-channel mean of `x` (`rows x c`) into `mean` and sum of squared
+/// deviations from it into `sq`, f64, in the fixed chunks of
+/// [`chunk_sums`].
+fn moments<X: AsF32>(
+    x: &[X],
+    (rows, c): (usize, usize),
+    partial: &mut [f64],
+    mean: &mut [f64],
+    sq: &mut [f64],
+) {
+    chunk_sums(rows, c, partial, mean, |r, acc| {
+        for row in x[r.start * c..r.end * c].chunks_exact(c) {
+            acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v.f32());
+        }
+    });
+    let n = rows as f64;
+    mean.iter_mut().for_each(|m| *m /= n);
+    let mut m32 = [0f32; MAX_CHANNELS];
+    let m32 = &mut m32[..c];
+    m32.iter_mut().zip(&*mean).for_each(|(a, &m)| *a = m as f32);
+    let m32 = &*m32;
+    chunk_sums(rows, c, partial, sq, |r, acc| {
+        for row in x[r.start * c..r.end * c].chunks_exact(c) {
+            for ((a, &v), &m) in acc.iter_mut().zip(row).zip(m32) {
+                let d = v.f32() - m;
+                *a += d * d;
+            }
+        }
+    });
+}
+
+/// Where BatchNorm's forward writes its output: `y`, rounded to bf16 if
+/// `round`, and the same values in 16 bits into `y16` if there is one
+/// (which needs `round`).
+struct Out<'a> {
+    y: &'a mut [f32],
+    y16: Option<&'a mut [u16]>,
+    round: bool,
+}
+
 /// `y = (x - mean) * (rstd * gamma) + beta` (+ residual), ReLU'd if asked,
-/// over rows of `c`; stored rounded to bf16 if `round`.
-#[allow(clippy::too_many_arguments)]
-fn normalize(
-    x: &[f32],
-    y: &mut [f32],
+/// over rows of `c`, into `out`.
+fn normalize<X: AsF32>(
+    x: &[X],
+    out: Out,
     c: usize,
     residual: Option<&[f32]>,
     relu: bool,
     (mean, rstd): (&[f32], &[f32]),
     (gamma, beta): (&[f32], &[f32]),
-    round: bool,
 ) {
+    let Out { y, y16, round } = out;
+    assert!(round || y16.is_none(), "16-bit outputs of unrounded values");
     let mut k = [0f32; MAX_CHANNELS];
     let k = &mut k[..c];
     k.iter_mut()
@@ -513,6 +580,7 @@ fn normalize(
         .for_each(|(k, (r, g))| *k = r * g);
     let (k, mean, beta) = (&*k, &mean[..c], &beta[..c]);
     let chunk = CHUNK_ROWS * c;
+    let y16 = y16.map(|y| SendPtr16(y.as_mut_ptr()));
     y.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk))
         .enumerate()
@@ -524,22 +592,39 @@ fn normalize(
                     Some(r) => {
                         let r = &r[j * c..(j + 1) * c];
                         for (((y, &x), ((&m, &k), &b)), &r) in lanes.zip(r) {
-                            let v = (x - m) * k + b + r;
+                            let v = (x.f32() - m) * k + b + r;
                             let v = if relu { v.max(0.0) } else { v };
                             *y = if round { round_bf16(v) } else { v };
                         }
                     }
                     None => {
                         for ((y, &x), ((&m, &k), &b)) in lanes {
-                            let v = (x - m) * k + b;
+                            let v = (x.f32() - m) * k + b;
                             let v = if relu { v.max(0.0) } else { v };
                             *y = if round { round_bf16(v) } else { v };
                         }
                     }
                 }
             }
+            if let Some(p) = y16 {
+                // SAFETY: chunk i's elements of y16 (as long as y) belong
+                // to this task alone.
+                let d = unsafe { std::slice::from_raw_parts_mut(p.0.add(i * chunk), ys.len()) };
+                // Already bf16 values: their high halves.
+                d.iter_mut()
+                    .zip(&*ys)
+                    .for_each(|(d, y)| *d = (y.to_bits() >> 16) as u16);
+            }
         });
 }
+
+/// A 16-bit buffer's start, handed to rayon tasks that each write a
+/// disjoint part of it.
+#[derive(Clone, Copy)]
+struct SendPtr16(*mut u16);
+// SAFETY: used only to hand disjoint parts of one buffer to rayon tasks.
+unsafe impl Send for SendPtr16 {}
+unsafe impl Sync for SendPtr16 {}
 
 fn write(d: &mut f32, v: f32, accumulate: bool) {
     if accumulate {
@@ -560,12 +645,13 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             dx,
             dy,
             bcols,
+            x_bf16,
             ..
         } if g.grouped() => {
             operand(mem, dy, t);
             conv_grouped_backward(
                 &g,
-                (mem.r(x), mem.r(dy)),
+                (mem.values(x_bf16.unwrap_or(x)), mem.r(dy)),
                 param(plan, t.weights, w),
                 param_mut(plan, t.grads, w),
                 dx.map(|d| (mem.w(d.buf), d.accumulate)),
@@ -580,10 +666,11 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             dx,
             dy,
             bcols,
+            x_bf16,
             ..
         } => {
             operand(mem, dy, t);
-            let (x, dy) = (mem.r(x), mem.r(dy));
+            let (x, dy) = (mem.values(x_bf16.unwrap_or(x)), mem.r(dy));
             let mut cols = bcols.map(|b| mem.w(b));
             let (rows, kc, o) = (g.rows(), g.cols(), g.o);
             let tap = g.single_tap();
@@ -593,6 +680,19 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             match (tap, t.gemm.bf16()) {
                 (Some(tap), _) => {
                     dw.fill(0.0);
+                    let x = match x {
+                        Values::F32(x) => x,
+                        Values::Bf16(x16) => {
+                            let wide = cols
+                                .as_deref_mut()
+                                .expect("a single tap read from 16 bits has scratch to widen it");
+                            let wide = &mut wide[..x16.len()];
+                            wide.par_chunks_mut(1 << 15)
+                                .zip(x16.par_chunks(1 << 15))
+                                .for_each(|(d, s)| widen(s, d));
+                            &*wide
+                        }
+                    };
                     let x = Columns::Made(x);
                     weight_gradient(t.gemm, &mut dw[tap_block(&g, tap)], x, dy, (rows, g.c, o));
                 }
@@ -613,6 +713,11 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             };
             let w = param(plan, t.weights, w);
             let wt = transposed(w, o);
+            let cols = match (tap, cols) {
+                (None, Some(cols)) => Some(cols),
+                (None, None) => panic!("a conv of several taps has backward scratch"),
+                (Some(_), _) => None,
+            };
             match cols {
                 // dx = dy W^T (of the one tap's block).
                 None => {
@@ -655,102 +760,35 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             dx,
             dy,
             saved,
+            x_bf16,
+            y_bf16,
             ..
         } => {
-            let (x, y, dy, saved) = (mem.r(x), mem.r(y), mem.r(dy), mem.r(saved));
-            let (mean, rstd) = saved.split_at(c);
-            let mut sums = [0f64; 2 * MAX_CHANNELS];
-            let sums = &mut sums[..2 * c];
-            chunk_sums(rows, 2 * c, t.partial, sums, |r, acc| {
-                let (sg, sgh) = acc.split_at_mut(c);
-                let span = r.start * c..r.end * c;
-                let (mean, rstd) = (&mean[..c], &rstd[..c]);
-                for ((xr, yr), dr) in x[span.clone()]
-                    .chunks_exact(c)
-                    .zip(y[span.clone()].chunks_exact(c))
-                    .zip(dy[span].chunks_exact(c))
-                {
-                    let lanes = xr.iter().zip(yr).zip(dr).zip(mean.iter().zip(rstd));
-                    for ((((&x, &y), &d), (&m, &r)), (sg, sgh)) in
-                        lanes.zip(sg.iter_mut().zip(sgh.iter_mut()))
-                    {
-                        let g = if relu && y <= 0.0 { 0.0 } else { d };
-                        *sg += g;
-                        *sgh += g * ((x - m) * r);
-                    }
-                }
-            });
-            let (sg, sgh) = sums.split_at(c);
-            let gam = param(plan, t.params, gamma);
-            for ch in 0..c {
-                param_mut(plan, t.grads, beta)[ch] = sg[ch] as f32;
-                param_mut(plan, t.grads, gamma)[ch] = sgh[ch] as f32;
+            let (x, y) = (
+                mem.values(x_bf16.unwrap_or(x)),
+                mem.values(y_bf16.unwrap_or(y)),
+            );
+            let bn = BnBackward {
+                rows,
+                c,
+                relu,
+                dy: mem.r(dy),
+                saved: mem.r(saved),
+                gamma: param(plan, t.params, gamma),
+                grads: (gamma, beta),
+                dx: dx.map(|d| (mem.w(d.buf), d.accumulate)),
+                dr: residual
+                    .and_then(|(_, d)| d)
+                    .map(|d| (mem.w(d.buf), d.accumulate)),
+                // A convolution's output gradient, stored rounded (rounded_at_write).
+                round_dx: t.bf16 && dx.is_some_and(|d| t.rounded[d.buf]),
+            };
+            match (x, y) {
+                (Values::F32(x), Values::F32(y)) => bn.run(x, y, plan, t),
+                (Values::Bf16(x), Values::F32(y)) => bn.run(x, y, plan, t),
+                (Values::F32(x), Values::Bf16(y)) => bn.run(x, y, plan, t),
+                (Values::Bf16(x), Values::Bf16(y)) => bn.run(x, y, plan, t),
             }
-            let inv_n = 1.0 / rows as f64;
-            let mut coef = [0f32; 3 * MAX_CHANNELS];
-            let (k, rest) = coef[..3 * c].split_at_mut(c);
-            let (mb, mg) = rest.split_at_mut(c);
-            for ch in 0..c {
-                k[ch] = gam[ch] * rstd[ch];
-                mb[ch] = (sg[ch] * inv_n) as f32;
-                mg[ch] = (sgh[ch] * inv_n) as f32;
-            }
-            let (k, mb, mg) = (&*k, &*mb, &*mg);
-            let chunk = CHUNK_ROWS * c;
-            let dr = residual
-                .and_then(|(_, d)| d)
-                .map(|d| (SendPtr(mem.w(d.buf).as_mut_ptr()), d.accumulate));
-            let dxo = dx.map(|d| (SendPtr(mem.w(d.buf).as_mut_ptr()), d.accumulate));
-            // A convolution's output gradient, stored rounded (rounded_at_write).
-            let round_dx = t.bf16 && dx.is_some_and(|d| t.rounded[d.buf]);
-            // Each chunk writes its own rows of dx and of the residual's gradient.
-            (0..rows.div_ceil(CHUNK_ROWS))
-                .into_par_iter()
-                .for_each(|kk| {
-                    let start = kk * chunk;
-                    let len = chunk.min(rows * c - start);
-                    // SAFETY: chunk `kk` covers elements start..start+len of
-                    // each gradient (both `rows * c` long), disjoint from every
-                    // other chunk's.
-                    let part = |p: SendPtr| unsafe {
-                        std::slice::from_raw_parts_mut(p.get().add(start), len)
-                    };
-                    let (xs, ys, dys) = (
-                        &x[start..start + len],
-                        &y[start..start + len],
-                        &dy[start..start + len],
-                    );
-                    let (mean, rstd) = (&mean[..c], &rstd[..c]);
-                    let mut dres = dr.map(|(p, acc)| (part(p), acc));
-                    let mut dxs = dxo.map(|(p, acc)| (part(p), acc));
-                    for (row, ((xr, yr), gr)) in xs
-                        .chunks_exact(c)
-                        .zip(ys.chunks_exact(c))
-                        .zip(dys.chunks_exact(c))
-                        .enumerate()
-                    {
-                        let span = row * c..(row + 1) * c;
-                        if let Some((d, acc)) = &mut dres {
-                            let d = &mut d[span.clone()];
-                            for ((d, &y), &g) in d.iter_mut().zip(yr).zip(gr) {
-                                let g = if relu && y <= 0.0 { 0.0 } else { g };
-                                *d = if *acc { *d + g } else { g };
-                            }
-                        }
-                        if let Some((d, acc)) = &mut dxs {
-                            let d = &mut d[span];
-                            let coef = k.iter().zip(mb).zip(mg).zip(mean.iter().zip(rstd));
-                            for ((((d, &x), &y), &g), (((&k, &mb), &mg), (&m, &r))) in
-                                d.iter_mut().zip(xr).zip(yr).zip(gr).zip(coef)
-                            {
-                                let g = if relu && y <= 0.0 { 0.0 } else { g };
-                                let v = k * (g - mb - (x - m) * r * mg);
-                                let v = if round_dx { round_bf16(v) } else { v };
-                                *d = if *acc { *d + v } else { v };
-                            }
-                        }
-                    }
-                });
         }
         Op::MaxPool {
             g, dx, dy, argmax, ..
@@ -849,6 +887,130 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
     }
 }
 
+/// A BatchNorm's backward (with its add and ReLU): its operands but the
+/// input and output, which [`BnBackward::run`] takes as stored.
+struct BnBackward<'a> {
+    rows: usize,
+    c: usize,
+    relu: bool,
+    dy: &'a [f32],
+    saved: &'a [f32],
+    gamma: &'a [f32],
+    /// The gradients' parameters (gamma, beta).
+    grads: (usize, usize),
+    dx: Option<(&'a mut [f32], bool)>,
+    /// The residual's gradient.
+    dr: Option<(&'a mut [f32], bool)>,
+    round_dx: bool,
+}
+
+impl BnBackward<'_> {
+    /// Writes the gradients of gamma and beta, and of the input and the
+    /// residual (written or added to), from the input `x` and the output
+    /// `y` (for the ReLU).
+    fn run<X: AsF32, Y: AsF32>(self, x: &[X], y: &[Y], plan: &Plan, t: &mut Tensors) {
+        let BnBackward {
+            rows,
+            c,
+            relu,
+            dy,
+            saved,
+            gamma: gam,
+            grads: (gamma, beta),
+            dx,
+            dr,
+            round_dx,
+        } = self;
+        let (mean, rstd) = saved.split_at(c);
+        let mut sums = [0f64; 2 * MAX_CHANNELS];
+        let sums = &mut sums[..2 * c];
+        chunk_sums(rows, 2 * c, t.partial, sums, |r, acc| {
+            let (sg, sgh) = acc.split_at_mut(c);
+            let span = r.start * c..r.end * c;
+            let (mean, rstd) = (&mean[..c], &rstd[..c]);
+            for ((xr, yr), dr) in x[span.clone()]
+                .chunks_exact(c)
+                .zip(y[span.clone()].chunks_exact(c))
+                .zip(dy[span].chunks_exact(c))
+            {
+                let lanes = xr.iter().zip(yr).zip(dr).zip(mean.iter().zip(rstd));
+                for ((((&x, &y), &d), (&m, &r)), (sg, sgh)) in
+                    lanes.zip(sg.iter_mut().zip(sgh.iter_mut()))
+                {
+                    let g = if relu && y.f32() <= 0.0 { 0.0 } else { d };
+                    *sg += g;
+                    *sgh += g * ((x.f32() - m) * r);
+                }
+            }
+        });
+        let (sg, sgh) = sums.split_at(c);
+        for ch in 0..c {
+            param_mut(plan, t.grads, beta)[ch] = sg[ch] as f32;
+            param_mut(plan, t.grads, gamma)[ch] = sgh[ch] as f32;
+        }
+        let inv_n = 1.0 / rows as f64;
+        let mut coef = [0f32; 3 * MAX_CHANNELS];
+        let (k, rest) = coef[..3 * c].split_at_mut(c);
+        let (mb, mg) = rest.split_at_mut(c);
+        for ch in 0..c {
+            k[ch] = gam[ch] * rstd[ch];
+            mb[ch] = (sg[ch] * inv_n) as f32;
+            mg[ch] = (sgh[ch] * inv_n) as f32;
+        }
+        let (k, mb, mg) = (&*k, &*mb, &*mg);
+        let chunk = CHUNK_ROWS * c;
+        let dr = dr.map(|(d, acc)| (SendPtr(d.as_mut_ptr()), acc));
+        let dxo = dx.map(|(d, acc)| (SendPtr(d.as_mut_ptr()), acc));
+        // Each chunk writes its own rows of dx and of the residual's gradient.
+        (0..rows.div_ceil(CHUNK_ROWS))
+            .into_par_iter()
+            .for_each(|kk| {
+                let start = kk * chunk;
+                let len = chunk.min(rows * c - start);
+                // SAFETY: chunk `kk` covers elements start..start+len of
+                // each gradient (both `rows * c` long), disjoint from every
+                // other chunk's.
+                let part =
+                    |p: SendPtr| unsafe { std::slice::from_raw_parts_mut(p.get().add(start), len) };
+                let (xs, ys, dys) = (
+                    &x[start..start + len],
+                    &y[start..start + len],
+                    &dy[start..start + len],
+                );
+                let (mean, rstd) = (&mean[..c], &rstd[..c]);
+                let mut dres = dr.map(|(p, acc)| (part(p), acc));
+                let mut dxs = dxo.map(|(p, acc)| (part(p), acc));
+                for (row, ((xr, yr), gr)) in xs
+                    .chunks_exact(c)
+                    .zip(ys.chunks_exact(c))
+                    .zip(dys.chunks_exact(c))
+                    .enumerate()
+                {
+                    let span = row * c..(row + 1) * c;
+                    if let Some((d, acc)) = &mut dres {
+                        let d = &mut d[span.clone()];
+                        for ((d, &y), &g) in d.iter_mut().zip(yr).zip(gr) {
+                            let g = if relu && y.f32() <= 0.0 { 0.0 } else { g };
+                            *d = if *acc { *d + g } else { g };
+                        }
+                    }
+                    if let Some((d, acc)) = &mut dxs {
+                        let d = &mut d[span];
+                        let coef = k.iter().zip(mb).zip(mg).zip(mean.iter().zip(rstd));
+                        for ((((d, &x), &y), &g), (((&k, &mb), &mg), (&m, &r))) in
+                            d.iter_mut().zip(xr).zip(yr).zip(gr).zip(coef)
+                        {
+                            let g = if relu && y.f32() <= 0.0 { 0.0 } else { g };
+                            let v = k * (g - mb - (x.f32() - m) * r * mg);
+                            let v = if round_dx { round_bf16(v) } else { v };
+                            *d = if *acc { *d + v } else { v };
+                        }
+                    }
+                }
+            });
+    }
+}
+
 /// Rows of dW per block of [`weight_gradient`].
 fn wgrad_block(kc: usize) -> usize {
     kc.div_ceil(4).next_multiple_of(8).min(kc)
@@ -886,7 +1048,7 @@ pub(super) enum Columns<'a> {
     /// The im2col columns of the input under the geometry, never made: the
     /// bf16 kernel reads them where they lie
     /// ([`bf16gemm::matmul_im2col_t`]).
-    InPlace(Bf16Kernel, &'a [f32], ConvGeom),
+    InPlace(Bf16Kernel, Values<'a>, ConvGeom),
 }
 
 /// `dw (kc x o) = cols^T (kc x rows) dy (rows x o)`, in fixed blocks of
@@ -933,7 +1095,7 @@ pub fn pack_weight_gradient_only(
 ) {
     let (rows, kc, o) = (g.rows(), g.cols(), g.o);
     let cols = cols.map(|cols| {
-        im2col(x, g, cols);
+        im2col(Values::F32(x), g, cols);
         &*cols
     });
     wgrad_blocks(kc).for_each(|(k0, m)| {
@@ -941,7 +1103,7 @@ pub fn pack_weight_gradient_only(
         let a = match cols {
             Some(cols) => bf16gemm::Lhs::Mat(transposed(&cols[k0..], kc)),
             None => bf16gemm::Lhs::Im2colT {
-                x,
+                x: Values::F32(x),
                 g: *g,
                 first: k0,
             },
