@@ -586,26 +586,7 @@ fn normalize<X: AsF32>(
         .enumerate()
         .for_each(|(i, (ys, xs))| {
             let rs = residual.map(|r| &r[i * chunk..i * chunk + xs.len()]);
-            for (j, (yr, xr)) in ys.chunks_exact_mut(c).zip(xs.chunks_exact(c)).enumerate() {
-                let lanes = yr.iter_mut().zip(xr).zip(mean.iter().zip(k).zip(beta));
-                match rs {
-                    Some(r) => {
-                        let r = &r[j * c..(j + 1) * c];
-                        for (((y, &x), ((&m, &k), &b)), &r) in lanes.zip(r) {
-                            let v = (x.f32() - m) * k + b + r;
-                            let v = if relu { v.max(0.0) } else { v };
-                            *y = if round { round_bf16(v) } else { v };
-                        }
-                    }
-                    None => {
-                        for ((y, &x), ((&m, &k), &b)) in lanes {
-                            let v = (x.f32() - m) * k + b;
-                            let v = if relu { v.max(0.0) } else { v };
-                            *y = if round { round_bf16(v) } else { v };
-                        }
-                    }
-                }
-            }
+            normalize_rows(ys, xs, rs, (mean, k, beta), relu, round);
             if let Some(p) = y16 {
                 // SAFETY: chunk i's elements of y16 (as long as y) belong
                 // to this task alone.
@@ -616,6 +597,103 @@ fn normalize<X: AsF32>(
                     .for_each(|(d, y)| *d = (y.to_bits() >> 16) as u16);
             }
         });
+}
+
+/// Rows of [`normalize`] (`c = mean.len()` wide): `y = (x - mean) * k +
+/// beta (+ r)`, ReLU'd if `relu`, rounded to bf16 if `round`. A function
+/// of its own, not inlined into its task: its slices are arguments, which
+/// the compiler knows do not overlap, and its flags values, so the loops
+/// vectorise.
+#[inline(never)]
+fn normalize_rows<X: AsF32>(
+    y: &mut [f32],
+    x: &[X],
+    residual: Option<&[f32]>,
+    (mean, k, beta): (&[f32], &[f32], &[f32]),
+    relu: bool,
+    round: bool,
+) {
+    let c = mean.len();
+    for (j, (yr, xr)) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)).enumerate() {
+        let lanes = yr.iter_mut().zip(xr).zip(mean.iter().zip(k).zip(beta));
+        match residual {
+            Some(r) => {
+                let r = &r[j * c..(j + 1) * c];
+                for (((y, &x), ((&m, &k), &b)), &r) in lanes.zip(r) {
+                    let v = (x.f32() - m) * k + b + r;
+                    let v = if relu { v.max(0.0) } else { v };
+                    *y = if round { round_bf16(v) } else { v };
+                }
+            }
+            None => {
+                for ((y, &x), ((&m, &k), &b)) in lanes {
+                    let v = (x.f32() - m) * k + b;
+                    let v = if relu { v.max(0.0) } else { v };
+                    *y = if round { round_bf16(v) } else { v };
+                }
+            }
+        }
+    }
+}
+
+/// Rows of the gradient of a BatchNorm's residual: `d [+]= g`, zero where
+/// the ReLU (if `relu`) cut `y`. Not inlined, as [`normalize_rows`].
+#[inline(never)]
+fn residual_gradient_rows<Y: AsF32>(
+    d: &mut [f32],
+    (y, g): (&[Y], &[f32]),
+    relu: bool,
+    accumulate: bool,
+) {
+    for ((d, &y), &g) in d.iter_mut().zip(y).zip(g) {
+        let g = if relu && y.f32() <= 0.0 { 0.0 } else { g };
+        *d = if accumulate { *d + g } else { g };
+    }
+}
+
+/// A BatchNorm's per-channel coefficients of its input gradient: `k =
+/// gamma rstd`, the means of the gradient (`mb`) and of it times the
+/// normalised input (`mg`), the batch's mean and 1/std.
+#[derive(Clone, Copy)]
+struct InputGradient<'a> {
+    k: &'a [f32],
+    mb: &'a [f32],
+    mg: &'a [f32],
+    mean: &'a [f32],
+    rstd: &'a [f32],
+}
+
+/// Rows of a BatchNorm's input gradient (`c` wide): `d [+]= k (g - mb -
+/// (x - mean) rstd mg)`, `g` zero where the ReLU (if `relu`) cut `y`,
+/// rounded to bf16 if `round`. Not inlined, as [`normalize_rows`].
+#[inline(never)]
+fn input_gradient_rows<X: AsF32, Y: AsF32>(
+    d: &mut [f32],
+    (x, y, g): (&[X], &[Y], &[f32]),
+    co: InputGradient,
+    (relu, round, accumulate): (bool, bool, bool),
+) {
+    let c = co.k.len();
+    for (((d, x), y), g) in d
+        .chunks_exact_mut(c)
+        .zip(x.chunks_exact(c))
+        .zip(y.chunks_exact(c))
+        .zip(g.chunks_exact(c))
+    {
+        let coef =
+            co.k.iter()
+                .zip(co.mb)
+                .zip(co.mg)
+                .zip(co.mean.iter().zip(co.rstd));
+        for ((((d, &x), &y), &g), (((&k, &mb), &mg), (&m, &r))) in
+            d.iter_mut().zip(x).zip(y).zip(g).zip(coef)
+        {
+            let g = if relu && y.f32() <= 0.0 { 0.0 } else { g };
+            let v = k * (g - mb - (x.f32() - m) * r * mg);
+            let v = if round { round_bf16(v) } else { v };
+            *d = if accumulate { *d + v } else { v };
+        }
+    }
 }
 
 /// A 16-bit buffer's start, handed to rayon tasks that each write a
@@ -957,7 +1035,13 @@ impl BnBackward<'_> {
             mb[ch] = (sg[ch] * inv_n) as f32;
             mg[ch] = (sgh[ch] * inv_n) as f32;
         }
-        let (k, mb, mg) = (&*k, &*mb, &*mg);
+        let co = InputGradient {
+            k,
+            mb,
+            mg,
+            mean: &mean[..c],
+            rstd: &rstd[..c],
+        };
         let chunk = CHUNK_ROWS * c;
         let dr = dr.map(|(d, acc)| (SendPtr(d.as_mut_ptr()), acc));
         let dxo = dx.map(|(d, acc)| (SendPtr(d.as_mut_ptr()), acc));
@@ -977,35 +1061,12 @@ impl BnBackward<'_> {
                     &y[start..start + len],
                     &dy[start..start + len],
                 );
-                let (mean, rstd) = (&mean[..c], &rstd[..c]);
-                let mut dres = dr.map(|(p, acc)| (part(p), acc));
-                let mut dxs = dxo.map(|(p, acc)| (part(p), acc));
-                for (row, ((xr, yr), gr)) in xs
-                    .chunks_exact(c)
-                    .zip(ys.chunks_exact(c))
-                    .zip(dys.chunks_exact(c))
-                    .enumerate()
-                {
-                    let span = row * c..(row + 1) * c;
-                    if let Some((d, acc)) = &mut dres {
-                        let d = &mut d[span.clone()];
-                        for ((d, &y), &g) in d.iter_mut().zip(yr).zip(gr) {
-                            let g = if relu && y.f32() <= 0.0 { 0.0 } else { g };
-                            *d = if *acc { *d + g } else { g };
-                        }
-                    }
-                    if let Some((d, acc)) = &mut dxs {
-                        let d = &mut d[span];
-                        let coef = k.iter().zip(mb).zip(mg).zip(mean.iter().zip(rstd));
-                        for ((((d, &x), &y), &g), (((&k, &mb), &mg), (&m, &r))) in
-                            d.iter_mut().zip(xr).zip(yr).zip(gr).zip(coef)
-                        {
-                            let g = if relu && y.f32() <= 0.0 { 0.0 } else { g };
-                            let v = k * (g - mb - (x.f32() - m) * r * mg);
-                            let v = if round_dx { round_bf16(v) } else { v };
-                            *d = if *acc { *d + v } else { v };
-                        }
-                    }
+                if let Some((p, acc)) = dr {
+                    residual_gradient_rows(part(p), (ys, dys), relu, acc);
+                }
+                if let Some((p, acc)) = dxo {
+                    let flags = (relu, round_dx, acc);
+                    input_gradient_rows(part(p), (xs, ys, dys), co, flags);
                 }
             });
     }
