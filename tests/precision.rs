@@ -489,6 +489,24 @@ fn stored_16_bit<M: Network<Cpu> + Clone>(name: &str, batch: usize, side: usize)
             }
         }
         assert!(copies > 0, "{name}: nothing kept in 16 bits");
+        // Each 16-bit copy lives until its last reader in backward (op `i`
+        // backward at time 2n - 1 - i).
+        for (i, op) in p.ops.iter().enumerate() {
+            let read = match op {
+                Op::Conv { x_bf16, .. } => vec![*x_bf16],
+                Op::BatchNorm {
+                    x_bf16,
+                    y_bf16,
+                    relu,
+                    ..
+                } => vec![*x_bf16, y_bf16.filter(|_| *relu)],
+                _ => continue,
+            };
+            for copy in read.into_iter().flatten() {
+                let b = &p.bufs[copy];
+                assert!(b.life.1 >= 2 * n - 1 - i, "{name}: {} dies early", b.name);
+            }
+        }
     }
     let arena = |stored| build(stored, None).plan().arena_bytes();
     let (none, inputs, all) = (arena(Stored16::NONE), arena(inputs), arena(Stored16::ALL));

@@ -842,10 +842,16 @@ impl Plan {
     /// buffers placed anew: in a training step the saved activations are
     /// what fills the arena, and each of the two halves them.
     ///
-    /// A BatchNorm's input is stored so only where its convolution alone
-    /// reads it; a single-tap convolution reading its input from 16 bits
-    /// gets a backward scratch to widen it into.
+    /// A BatchNorm's input is stored so only where a convolution writes it
+    /// and the BatchNorm alone reads it; a single-tap convolution reading
+    /// its input from 16 bits gets a backward scratch to widen it into. In
+    /// evaluation too the BatchNorm normalises its rounded input (as
+    /// autocast's does). A plan that already has 16-bit buffers is
+    /// returned as it is.
     pub fn with_16_bit_activations(&self, which: Stored16) -> Plan {
+        if self.has_16_bit_buffers() {
+            return self.clone();
+        }
         let mut p = self.clone();
         let forward_readers =
             |ops: &[Op], b: BufId| ops.iter().filter(|op| op.uses().0.contains(&b)).count();

@@ -37,7 +37,7 @@ impl<'a> Mem<'a> {
 
     fn r(&self, id: BufId) -> &'a [f32] {
         let b = &self.bufs[id];
-        debug_assert_eq!(b.elem, Elem::F32, "{} read as f32", b.name);
+        assert!(b.elem == Elem::F32, "{} read as f32", b.name);
         // SAFETY: the buffer lies inside the arena (checked in `new`:
         // `place` keeps every buffer below `arena_len`). Buffers whose lives
         // overlap never share memory, and an op writes only buffers other
@@ -48,7 +48,7 @@ impl<'a> Mem<'a> {
     #[allow(clippy::mut_from_ref)]
     fn w(&self, id: BufId) -> &'a mut [f32] {
         let b = &self.bufs[id];
-        debug_assert_eq!(b.elem, Elem::F32, "{} written as f32", b.name);
+        assert!(b.elem == Elem::F32, "{} written as f32", b.name);
         // SAFETY: as in `r`; each op asks for each buffer it writes once.
         unsafe { std::slice::from_raw_parts_mut(self.base.add(b.offset), b.len) }
     }
@@ -460,8 +460,11 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                         let d = unsafe {
                             std::slice::from_raw_parts_mut(p.0.add(n * per_out), y.len())
                         };
-                        // The maxima of bf16 values (BatchNorm's outputs in a
-                        // bf16 step), so rounding changes nothing.
+                        // The maxima of BatchNorm's outputs, bf16 values in a
+                        // bf16 step, so rounding changes nothing; were they
+                        // not, the convolution reading the f32 output rounds
+                        // it in place before its product (`operand`), so
+                        // forward and backward would still read the same.
                         d.iter_mut().zip(&*y).for_each(|(d, &y)| *d = to_bf16(y));
                     }
                 });
