@@ -653,14 +653,7 @@ impl PlanBuilder {
 
     /// A new buffer of `len` floats.
     pub fn buf(&mut self, name: impl Into<String>, len: usize) -> BufId {
-        self.bufs.push(Buf {
-            name: name.into(),
-            len,
-            elem: Elem::F32,
-            offset: 0,
-            life: (usize::MAX, 0),
-        });
-        self.bufs.len() - 1
+        push_buf(&mut self.bufs, name.into(), len, Elem::F32)
     }
 
     /// A new activation `(batch, h, w, c)` with its gradient.
@@ -857,14 +850,7 @@ impl Plan {
             |ops: &[Op], b: BufId| ops.iter().filter(|op| op.uses().0.contains(&b)).count();
         let add = |bufs: &mut Vec<Buf>, of: BufId| {
             let b = &bufs[of];
-            bufs.push(Buf {
-                name: format!("{} bf16", b.name),
-                len: b.len,
-                elem: Elem::Bf16,
-                offset: 0,
-                life: (usize::MAX, 0),
-            });
-            bufs.len() - 1
+            push_buf(bufs, format!("{} bf16", b.name), b.len, Elem::Bf16)
         };
         if which.bn_inputs {
             let conv_outputs: Vec<BufId> = p
@@ -920,16 +906,8 @@ impl Plan {
                     *y_bf16 = Some(copy);
                 }
                 let widened = single_tap.then(|| {
-                    let b = &p.bufs[x];
-                    let (name, len) = (format!("{} widened", b.name), b.len);
-                    p.bufs.push(Buf {
-                        name,
-                        len,
-                        elem: Elem::F32,
-                        offset: 0,
-                        life: (usize::MAX, 0),
-                    });
-                    p.bufs.len() - 1
+                    let (name, len) = (format!("{} widened", p.bufs[x].name), p.bufs[x].len);
+                    push_buf(&mut p.bufs, name, len, Elem::F32)
                 });
                 if let Op::Conv { x_bf16, bcols, .. } = &mut p.ops[i] {
                     *x_bf16 = Some(copy);
@@ -943,6 +921,18 @@ impl Plan {
         p.arena_len = lay_out(&p.ops, &mut p.bufs, (p.x, p.logits, p.dlogits));
         p
     }
+}
+
+/// Appends a buffer not yet placed; returns its id.
+fn push_buf(bufs: &mut Vec<Buf>, name: String, len: usize, elem: Elem) -> BufId {
+    bufs.push(Buf {
+        name,
+        len,
+        elem,
+        offset: 0,
+        life: (usize::MAX, 0),
+    });
+    bufs.len() - 1
 }
 
 const ALIGN: usize = 16;

@@ -35,15 +35,20 @@ use crate::dist::Communicator;
 use bf16gemm::Bf16Kernel;
 use std::sync::Arc;
 
-/// A buffer's start, handed to rayon tasks that each write a disjoint part
-/// of it.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+/// A buffer's start (f32, or u16 for a 16-bit one), handed to rayon tasks
+/// that each write a disjoint part of it.
+struct SendPtr<T = f32>(*mut T);
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
 // SAFETY: used only to hand disjoint parts of one buffer to rayon tasks.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
         self.0
     }
 }

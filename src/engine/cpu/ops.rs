@@ -432,7 +432,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
         } => {
             let (x, y, arg) = (mem.r(x), mem.w(y), mem.w(argmax));
             let (c, per_in, per_out) = (g.c, g.h * g.w * g.c, g.oh * g.ow * g.c);
-            let y16 = y_bf16.map(|b| SendPtr16(mem.w16(b).as_mut_ptr()));
+            let y16 = y_bf16.map(|b| SendPtr(mem.w16(b).as_mut_ptr()));
             y.par_chunks_mut(per_out)
                 .zip(arg.par_chunks_mut(per_out))
                 .zip(x.par_chunks(per_in))
@@ -458,7 +458,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                     if let Some(p) = y16 {
                         // SAFETY: image n's outputs belong to this task alone.
                         let d = unsafe {
-                            std::slice::from_raw_parts_mut(p.0.add(n * per_out), y.len())
+                            std::slice::from_raw_parts_mut(p.get().add(n * per_out), y.len())
                         };
                         // The maxima of BatchNorm's outputs, bf16 values in a
                         // bf16 step, so rounding changes nothing; were they
@@ -583,7 +583,7 @@ fn normalize<X: AsF32>(
         .for_each(|(k, (r, g))| *k = r * g);
     let (k, mean, beta) = (&*k, &mean[..c], &beta[..c]);
     let chunk = CHUNK_ROWS * c;
-    let y16 = y16.map(|y| SendPtr16(y.as_mut_ptr()));
+    let y16 = y16.map(|y| SendPtr(y.as_mut_ptr()));
     y.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk))
         .enumerate()
@@ -593,7 +593,7 @@ fn normalize<X: AsF32>(
             if let Some(p) = y16 {
                 // SAFETY: chunk i's elements of y16 (as long as y) belong
                 // to this task alone.
-                let d = unsafe { std::slice::from_raw_parts_mut(p.0.add(i * chunk), ys.len()) };
+                let d = unsafe { std::slice::from_raw_parts_mut(p.get().add(i * chunk), ys.len()) };
                 // Already bf16 values: their high halves.
                 d.iter_mut()
                     .zip(&*ys)
@@ -730,14 +730,6 @@ fn input_gradient_rows_as<
         }
     }
 }
-
-/// A 16-bit buffer's start, handed to rayon tasks that each write a
-/// disjoint part of it.
-#[derive(Clone, Copy)]
-struct SendPtr16(*mut u16);
-// SAFETY: used only to hand disjoint parts of one buffer to rayon tasks.
-unsafe impl Send for SendPtr16 {}
-unsafe impl Sync for SendPtr16 {}
 
 fn write(d: &mut f32, v: f32, accumulate: bool) {
     if accumulate {
