@@ -27,6 +27,7 @@
 //! first tile instruction dies with SIGILL. [`native`] asks once and falls
 //! back to AVX512-BF16 or fp32 when refused.
 
+use super::conv::{Position, tap_runs};
 use super::sgemm::{self, Mat};
 use super::values::Values;
 use crate::engine::plan::ConvGeom;
@@ -225,7 +226,7 @@ pub fn matmul_im2col(
 ) {
     assert!(fuses_im2col(g), "matmul_im2col: {} channels (odd)", g.c);
     let mnk = (g.rows(), g.o, g.cols());
-    if checked_im2col(dst, accumulate, x.len(), g, w, mnk) {
+    if sgemm::checked_im2col(dst, accumulate, x.len(), g, w, mnk) {
         let a = Lhs::Im2col { x, g: *g };
         multiply(kernel, dst, accumulate, a, w, mnk, threads);
     }
@@ -266,39 +267,10 @@ pub fn matmul_im2col_t(
         g.cols()
     );
     let mnk = (m, g.o, g.rows());
-    if checked_im2col(dst, accumulate, x.len(), g, dy, mnk) {
+    if sgemm::checked_im2col(dst, accumulate, x.len(), g, dy, mnk) {
         let a = Lhs::Im2colT { x, g: *g, first };
         multiply(kernel, dst, accumulate, a, dy, mnk, threads);
     }
-}
-
-/// [`sgemm::checked`] for a product whose A is `x`'s im2col matrix (or its
-/// transpose): `x` is checked against `g`; `checked` checks C and B (and
-/// does an empty product), given A as a matrix it can always index.
-fn checked_im2col(
-    dst: &mut [f32],
-    accumulate: bool,
-    x_len: usize,
-    g: &ConvGeom,
-    b: Mat,
-    mnk: (usize, usize, usize),
-) -> bool {
-    assert!(
-        x_len >= g.b * g.h * g.w * g.c,
-        "bf16 im2col product: x holds {} < {} x {} x {} x {}",
-        x_len,
-        g.b,
-        g.h,
-        g.w,
-        g.c
-    );
-    // A matrix `checked` can always index (A is x, checked above).
-    let any_a = Mat {
-        data: &[0.0],
-        rs: 0,
-        cs: 0,
-    };
-    sgemm::checked(dst, accumulate, any_a, b, mnk)
 }
 
 /// The checked product of [`matmul`], [`matmul_im2col`] and
@@ -983,25 +955,6 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     }
 }
 
-/// Columns `k0..k0 + len` of an im2col matrix under `g` (a window's taps
-/// by channels) as runs within one tap each: `f(at, (ty, tx), ch, n)` for
-/// the `n` columns from `k0 + at`, tap row `ty`, tap column `tx`, channels
-/// from `ch`.
-#[inline(always)]
-fn tap_runs(
-    g: &ConvGeom,
-    (k0, len): (usize, usize),
-    mut f: impl FnMut(usize, (usize, usize), usize, usize),
-) {
-    let (mut k, end) = (k0, k0 + len);
-    while k < end {
-        let (tap, ch) = (k / g.c, k % g.c);
-        let n = (g.c - ch).min(end - k);
-        f(k - k0, (tap / g.k, tap % g.k), ch, n);
-        k += n;
-    }
-}
-
 /// Walks row `r` of the im2col matrix of `x` under `g` (output position
 /// `r`: its window's taps by channels), columns `k0..k0 + len`, a tap at a
 /// time: `f(at, src, n)` for each run of `n` columns from `k0 + at`, `src`
@@ -1029,50 +982,6 @@ fn im2col_pairs(x: &[f32], g: &ConvGeom, r: usize, k0: usize, dst: &mut [u32]) {
             None => d.fill(0),
         }
     });
-}
-
-/// An output position of a convolution: image `n`, row `oy`, column `ox`.
-#[derive(Clone, Copy)]
-struct Position {
-    n: usize,
-    oy: usize,
-    ox: usize,
-}
-
-impl Position {
-    /// Output position `r` (row `r` of the im2col matrix) under `g`.
-    fn new(g: &ConvGeom, r: usize) -> Self {
-        let pos = r % (g.oh * g.ow);
-        Position {
-            n: r / (g.oh * g.ow),
-            oy: pos / g.ow,
-            ox: pos % g.ow,
-        }
-    }
-
-    /// Where channel `ch` of tap `(ty, tx)` of this position's window lies
-    /// in the input, `None` in the padding.
-    #[inline(always)]
-    fn source(self, g: &ConvGeom, (ty, tx): (usize, usize), ch: usize) -> Option<usize> {
-        // Above or left of the map wraps to past its end.
-        let iy = (self.oy * g.s + ty).wrapping_sub(g.p);
-        let ix = (self.ox * g.s + tx).wrapping_sub(g.p);
-        (iy < g.h && ix < g.w).then(|| ((self.n * g.h + iy) * g.w + ix) * g.c + ch)
-    }
-
-    /// The next position (row `r + 1`).
-    #[inline(always)]
-    fn step(&mut self, g: &ConvGeom) {
-        self.ox += 1;
-        if self.ox == g.ow {
-            self.ox = 0;
-            self.oy += 1;
-            if self.oy == g.oh {
-                self.oy = 0;
-                self.n += 1;
-            }
-        }
-    }
 }
 
 /// Columns `k0..k0 + len` (`len` <= [`GATHER`]) of an im2col matrix as
@@ -1324,15 +1233,14 @@ impl<L: Layout> Dot for Model<L> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use super::{AmxLayout, Dot, VnniLayout, store};
     use crate::engine::cpu::sgemm::x86::store_12x32;
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    /// A 16 x 16 tile of 32-bit values (row-major) transposed: 32-bit, then
-    /// 64-bit interleaves within 128-bit lanes, then two rounds of 128-bit
-    /// lane shuffles (64 shuffles for 256 values).
+    /// A 16 x 16 tile of 32-bit values (row-major) transposed (see
+    /// [`transpose_16x16_regs`]).
     ///
     /// # Safety
     /// The CPU has AVX-512F.
@@ -1344,6 +1252,22 @@ mod x86 {
             // SAFETY: row i is 16 values inside `t`.
             *r = unsafe { _mm512_loadu_si512(t.as_ptr().add(16 * i).cast()) };
         }
+        let r = transpose_16x16_regs(r);
+        let mut out = [0u32; 256];
+        for (i, r) in r.iter().enumerate() {
+            // SAFETY: row i is 16 values inside `out`.
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(16 * i).cast(), *r) };
+        }
+        out
+    }
+
+    /// Sixteen registers of 16 32-bit lanes (a 16 x 16 tile, row `i` in
+    /// register `i`) transposed: 32-bit, then 64-bit interleaves within
+    /// 128-bit lanes, then two rounds of 128-bit lane shuffles (64 shuffles
+    /// for 256 values).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(in crate::engine::cpu) fn transpose_16x16_regs(mut r: [__m512i; 16]) -> [__m512i; 16] {
         let mut u = [_mm512_setzero_si512(); 16];
         for i in 0..8 {
             u[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
@@ -1367,12 +1291,7 @@ mod x86 {
             r[i] = _mm512_shuffle_i32x4::<0x88>(u[i], u[i + 8]);
             r[i + 8] = _mm512_shuffle_i32x4::<0xdd>(u[i], u[i + 8]);
         }
-        let mut out = [0u32; 256];
-        for (i, r) in r.iter().enumerate() {
-            // SAFETY: row i is 16 values inside `out`.
-            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(16 * i).cast(), *r) };
-        }
-        out
+        r
     }
 
     /// The tile configuration every AMX product uses: palette 1, tiles 0-7

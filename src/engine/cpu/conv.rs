@@ -30,6 +30,69 @@ pub(super) fn for_each_tap(g: &ConvGeom, oy: usize, ox: usize, mut f: impl FnMut
     }
 }
 
+/// An output position of a convolution: image `n`, row `oy`, column `ox`.
+#[derive(Clone, Copy)]
+pub(super) struct Position {
+    n: usize,
+    oy: usize,
+    ox: usize,
+}
+
+impl Position {
+    /// Output position `r` (row `r` of the im2col matrix) under `g`.
+    pub(super) fn new(g: &ConvGeom, r: usize) -> Self {
+        let pos = r % (g.oh * g.ow);
+        Position {
+            n: r / (g.oh * g.ow),
+            oy: pos / g.ow,
+            ox: pos % g.ow,
+        }
+    }
+
+    /// Where channel `ch` of tap `(ty, tx)` of this position's window lies
+    /// in the input, `None` in the padding.
+    #[inline(always)]
+    pub(super) fn source(self, g: &ConvGeom, (ty, tx): (usize, usize), ch: usize) -> Option<usize> {
+        // Above or left of the map wraps to past its end.
+        let iy = (self.oy * g.s + ty).wrapping_sub(g.p);
+        let ix = (self.ox * g.s + tx).wrapping_sub(g.p);
+        (iy < g.h && ix < g.w).then(|| ((self.n * g.h + iy) * g.w + ix) * g.c + ch)
+    }
+
+    /// The next position (row `r + 1`).
+    #[inline(always)]
+    pub(super) fn step(&mut self, g: &ConvGeom) {
+        self.ox += 1;
+        if self.ox == g.ow {
+            self.ox = 0;
+            self.oy += 1;
+            if self.oy == g.oh {
+                self.oy = 0;
+                self.n += 1;
+            }
+        }
+    }
+}
+
+/// Columns `k0..k0 + len` of an im2col matrix under `g` (a window's taps
+/// by channels) as runs within one tap each: `f(at, (ty, tx), ch, n)` for
+/// the `n` columns from `k0 + at`, tap row `ty`, tap column `tx`, channels
+/// from `ch`.
+#[inline(always)]
+pub(super) fn tap_runs(
+    g: &ConvGeom,
+    (k0, len): (usize, usize),
+    mut f: impl FnMut(usize, (usize, usize), usize, usize),
+) {
+    let (mut k, end) = (k0, k0 + len);
+    while k < end {
+        let (tap, ch) = (k / g.c, k % g.c);
+        let n = (g.c - ch).min(end - k);
+        f(k - k0, (tap / g.k, tap % g.k), ch, n);
+        k += n;
+    }
+}
+
 /// im2col of rows `r0..r0 + dst.len() / kc` (row `(n, oy, ox)` is the
 /// window's `k*k` taps of `c` channels, zeros in the padding) into `dst`.
 fn im2col_rows(x: Values, g: &ConvGeom, r0: usize, dst: &mut [f32]) {

@@ -572,31 +572,24 @@ fn plan_for(plan: &Plan, gemm: ops::Gemm, stored: Stored16) -> Plan {
 }
 
 /// `plan` with its convolution scratch as the products on `gemm` need it.
-/// On a bf16 kernel a wide convolution's weight gradient reads the windows
-/// where they lie (no columns), and so does its forward product with an
-/// even channel count ([`ops::Gemm::reads_windows`]); what remains is the
-/// input gradient's: none without one (the stem), the flipped weight alone
-/// where it is a convolution whose windows are read in place too (stride
-/// 1, an even number of outputs), its columns and the flipped weight for
-/// one with an odd number, the columns' gradient for a strided one.
-/// Grouped and single-tap convolutions are unchanged.
+/// A wide convolution's forward product reads its windows where they lie
+/// on the fp32 kernel, and on a bf16 kernel with an even channel count
+/// ([`ops::Gemm::reads_windows`]): no forward columns. Its weight gradient
+/// reads them in place on every kernel. The input gradient needs: nothing without one (the
+/// stem), the flipped weight where it is a convolution whose windows are
+/// read in place too (stride 1), its columns and the flipped weight where
+/// they are not, the columns' gradient for a strided one. Grouped and
+/// single-tap convolutions are unchanged.
 fn scratch_for(plan: Plan, gemm: ops::Gemm) -> Plan {
-    if gemm.bf16().is_none() {
-        return plan;
-    }
     plan.with_conv_scratch(|g, dx, (cols, bcols)| {
         if g.grouped() || g.single_tap().is_some() {
             return (cols, bcols);
         }
-        let forward = if gemm.reads_windows(g).is_some() {
-            0
-        } else {
-            cols
-        };
+        let forward = if gemm.reads_windows(g) { 0 } else { cols };
         let flipped = g.cols() * g.o;
         let backward = match (dx, g.input_gradient_conv()) {
             (false, _) => 0,
-            (true, Some(d)) if gemm.reads_windows(&d).is_some() => flipped,
+            (true, Some(d)) if gemm.reads_windows(&d) => flipped,
             (true, Some(d)) => d.rows() * d.cols() + flipped,
             (true, None) => bcols,
         };

@@ -205,11 +205,11 @@ impl Gemm {
     }
 
     /// `dst (rows x o) = [dst +] im2col(x) w` for a convolution of geometry
-    /// `g` (`w`: `k*k*c x o`): the columns made in `cols` and multiplied,
-    /// or, on a bf16 kernel (and an even channel count,
-    /// [`Gemm::reads_windows`]), never made (`cols` may be `None`): the
-    /// kernel reads each window from `x` as it packs it (no fp32 columns
-    /// written and read back; the same bits).
+    /// `g` (`w`: `k*k*c x o`): where the kernel reads windows
+    /// ([`Gemm::reads_windows`]) the columns are never made (`cols` may be
+    /// `None`): it reads each window from `x` as it packs it (no columns
+    /// written and read back; the same bits); otherwise they are made in
+    /// `cols` and multiplied.
     ///
     /// # Panics
     /// If the columns are to be made and `cols` is `None`.
@@ -224,19 +224,22 @@ impl Gemm {
         cols: Option<&mut [f32]>,
         threads: usize,
     ) {
-        match self.reads_windows(g) {
-            Some(k) => {
-                bf16gemm::matmul_im2col(k, dst, accumulate, x, g, row_major(w, g.o), threads)
+        let w = row_major(w, g.o);
+        match self {
+            Gemm::Fp32 => sgemm::matmul_im2col(dst, accumulate, x, g, w, threads),
+            Gemm::Bf16(k) if self.reads_windows(g) => {
+                bf16gemm::matmul_im2col(k, dst, accumulate, x, g, w, threads)
             }
-            None => {
-                let cols = cols.expect("scratch for the columns of a product on the fp32 kernels");
+            Gemm::Bf16(_) => {
+                let cols = cols
+                    .expect("scratch for the columns of a bf16 product with an odd channel count");
                 super::conv::im2col(Values::F32(x), g, cols);
                 let kc = g.cols();
                 self.matmul(
                     dst,
                     accumulate,
                     row_major(cols, kc),
-                    row_major(w, g.o),
+                    w,
                     (g.rows(), g.o, kc),
                     threads,
                 );
@@ -244,12 +247,16 @@ impl Gemm {
         }
     }
 
-    /// The bf16 kernel that reads a convolution's windows from its input
-    /// where they lie (no columns made) in the forward product, if there is
-    /// one for `g` (an even channel count). The weight gradient reads them
-    /// in place on any bf16 kernel ([`Gemm::bf16`]).
-    pub fn reads_windows(self, g: &ConvGeom) -> Option<Bf16Kernel> {
-        self.bf16().filter(|_| bf16gemm::fuses_im2col(g))
+    /// Whether the kernel reads a convolution's windows from its input
+    /// where they lie (no columns made) in the forward product
+    /// ([`Gemm::conv`]): the fp32 kernel always, a bf16 kernel with an even
+    /// channel count. The weight gradient reads them in place on any bf16
+    /// kernel ([`Gemm::bf16`]) and from columns made on the fp32 one.
+    pub fn reads_windows(self, g: &ConvGeom) -> bool {
+        match self {
+            Gemm::Fp32 => true,
+            Gemm::Bf16(_) => bf16gemm::fuses_im2col(g),
+        }
     }
 
     /// The bf16 kernel, if the products run on one.
@@ -782,8 +789,8 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             // dW (kc x o) = cols^T dy; of a single tap, that tap's block
             // (the others read only padding: zero).
             let dw = param_mut(plan, t.grads, w);
-            match (tap, t.gemm.bf16()) {
-                (Some(tap), _) => {
+            match tap {
+                Some(tap) => {
                     dw.fill(0.0);
                     let x = match x {
                         Values::F32(x) => x,
@@ -801,17 +808,7 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                     let x = Columns::Made(x);
                     weight_gradient(t.gemm, &mut dw[tap_block(&g, tap)], x, dy, (rows, g.c, o));
                 }
-                (None, Some(kernel)) => {
-                    let x = Columns::InPlace(kernel, x, g);
-                    weight_gradient(t.gemm, dw, x, dy, (rows, kc, o))
-                }
-                (None, None) => {
-                    let cols = cols
-                        .as_deref_mut()
-                        .expect("a conv of several taps has columns");
-                    im2col(x, &g, cols);
-                    weight_gradient(t.gemm, dw, Columns::Made(cols), dy, (rows, kc, o))
-                }
+                None => weight_gradient(t.gemm, dw, Columns::InPlace(x, g), dy, (rows, kc, o)),
             }
             let Some(GradOut { buf, accumulate }) = dx else {
                 return;
@@ -1131,12 +1128,12 @@ pub fn gemm_calls(op: &Op) -> usize {
 /// The left operand of a weight gradient, `cols (rows x kc)`.
 #[derive(Clone, Copy)]
 pub(super) enum Columns<'a> {
-    /// The im2col columns made (or, of a single tap, the input itself).
+    /// The input itself, of a single-tap convolution: its own columns.
     Made(&'a [f32]),
     /// The im2col columns of the input under the geometry, never made: the
-    /// bf16 kernel reads them where they lie
-    /// ([`bf16gemm::matmul_im2col_t`]).
-    InPlace(Bf16Kernel, Values<'a>, ConvGeom),
+    /// kernel reads them where they lie ([`sgemm::matmul_im2col_t`],
+    /// [`bf16gemm::matmul_im2col_t`]).
+    InPlace(Values<'a>, ConvGeom),
 }
 
 /// `dw (kc x o) = cols^T (kc x rows) dy (rows x o)`, in fixed blocks of
@@ -1161,9 +1158,12 @@ pub(super) fn weight_gradient(
                     let a = transposed(&cols[k0..], kc);
                     gemm.matmul(dst, false, a, dy, (m, o, rows), 1)
                 }
-                Columns::InPlace(kernel, x, g) => {
-                    bf16gemm::matmul_im2col_t(kernel, dst, false, x, &g, (k0, m), dy, 1)
-                }
+                Columns::InPlace(x, g) => match gemm {
+                    Gemm::Fp32 => sgemm::matmul_im2col_t(dst, false, x, &g, (k0, m), dy, 1),
+                    Gemm::Bf16(kernel) => {
+                        bf16gemm::matmul_im2col_t(kernel, dst, false, x, &g, (k0, m), dy, 1)
+                    }
+                },
             }
         });
 }

@@ -25,6 +25,9 @@
 //! kernels give the same bits too.
 
 use super::SendPtr;
+use super::conv::{Position, tap_runs};
+use super::values::Values;
+use crate::engine::plan::ConvGeom;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -138,6 +141,104 @@ pub fn matmul_with(
     if !checked(dst, accumulate, a, b, (m, n, k)) {
         return;
     }
+    multiply(isa, dst, accumulate, Lhs::Mat(a), b, (m, n, k), threads)
+}
+
+/// `dst (rows x o) = [dst +] im2col(x) w` for a convolution of geometry
+/// `g` (`x` NHWC, `w` `k*k*c x o`) with the columns never made: each
+/// strip of A is packed from the windows where they lie in `x` (zeros in
+/// the padding). Bit for bit [`matmul`] of the columns.
+///
+/// # Panics
+/// If `x`, `w` or `dst` is shorter than `g` says.
+pub fn matmul_im2col(
+    dst: &mut [f32],
+    accumulate: bool,
+    x: &[f32],
+    g: &ConvGeom,
+    w: Mat,
+    threads: usize,
+) {
+    let mnk = (g.rows(), g.o, g.cols());
+    if checked_im2col(dst, accumulate, x.len(), g, w, mnk) {
+        let a = Lhs::Im2col { x, g: *g };
+        multiply(best_isa(), dst, accumulate, a, w, mnk, threads)
+    }
+}
+
+/// `dst (m x o) = [dst +] im2col(x)[.., first..first + m]^T dy`: rows
+/// `first..` of a convolution's weight gradient (`dy`: `g.rows() x g.o`)
+/// with the columns never made: each output position's values are read
+/// from `x` (as stored) as A is packed. Bit for bit [`matmul`] of the
+/// columns' transpose.
+///
+/// # Panics
+/// If `first + m > g.cols()`, or `x`, `dy` or `dst` is shorter than `g`
+/// says.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_im2col_t(
+    dst: &mut [f32],
+    accumulate: bool,
+    x: Values,
+    g: &ConvGeom,
+    (first, m): (usize, usize),
+    dy: Mat,
+    threads: usize,
+) {
+    assert!(
+        first + m <= g.cols(),
+        "matmul_im2col_t: columns {first}..{} of {}",
+        first + m,
+        g.cols()
+    );
+    let mnk = (m, g.o, g.rows());
+    if checked_im2col(dst, accumulate, x.len(), g, dy, mnk) {
+        let a = Lhs::Im2colT { x, g: *g, first };
+        multiply(best_isa(), dst, accumulate, a, dy, mnk, threads)
+    }
+}
+
+/// [`checked`] for a product whose A is the im2col matrix of an `x` of
+/// `x_len` floats under `g`.
+///
+/// # Panics
+/// If `x` is shorter than `g` says, or as [`checked`].
+pub(super) fn checked_im2col(
+    dst: &mut [f32],
+    accumulate: bool,
+    x_len: usize,
+    g: &ConvGeom,
+    b: Mat,
+    mnk: (usize, usize, usize),
+) -> bool {
+    assert!(
+        x_len >= g.b * g.h * g.w * g.c,
+        "im2col product: x holds {} < {} x {} x {} x {}",
+        x_len,
+        g.b,
+        g.h,
+        g.w,
+        g.c
+    );
+    // A matrix `checked` can always index (A is x, checked above).
+    let any_a = Mat {
+        data: &[0.0],
+        rs: 0,
+        cs: 0,
+    };
+    checked(dst, accumulate, any_a, b, mnk)
+}
+
+/// The checked product `dst [+]= a b` on `isa`'s kernel.
+fn multiply(
+    isa: Isa,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Lhs,
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+    threads: usize,
+) {
     assert!(runs_here(isa), "sgemm: {isa:?} does not run here");
     let job = Job {
         c: SendPtr(dst.as_mut_ptr()),
@@ -197,11 +298,28 @@ pub fn reserve() {
     with_packing(|_| ());
 }
 
+/// The left operand of a product.
+#[derive(Clone, Copy)]
+enum Lhs<'a> {
+    /// A matrix.
+    Mat(Mat<'a>),
+    /// The im2col matrix of `x` (NHWC) under `g`, read where it lies
+    /// ([`matmul_im2col`]).
+    Im2col { x: &'a [f32], g: ConvGeom },
+    /// The transpose of that matrix from its column `first` on, `x` as
+    /// stored ([`matmul_im2col_t`]): row `i` is column `first + i`.
+    Im2colT {
+        x: Values<'a>,
+        g: ConvGeom,
+        first: usize,
+    },
+}
+
 /// One product: `C (row stride n) [+]= A B`, all but its row count.
 struct Job<'a> {
     c: SendPtr,
     accumulate: bool,
-    a: Mat<'a>,
+    a: Lhs<'a>,
     b: Mat<'a>,
     k: usize,
     n: usize,
@@ -228,6 +346,24 @@ trait Kernel {
         add: bool,
         edge: (usize, usize),
     );
+
+    /// `MR` whole rows of A side by side: `strip[p * MR + i] = rows[i][p]`
+    /// for `p < strip.len() / MR` (each row at least that long).
+    #[inline(always)]
+    fn pack_rows(rows: &[&[f32]], strip: &mut [f32]) {
+        pack_rows_scalar(Self::MR, rows, strip, 0);
+    }
+}
+
+/// [`Kernel::pack_rows`] from column `from` on, one element at a time.
+#[inline(always)]
+fn pack_rows_scalar(mr: usize, rows: &[&[f32]], strip: &mut [f32], from: usize) {
+    let rows = &rows[..mr];
+    for (p, s) in strip.chunks_exact_mut(mr).enumerate().skip(from) {
+        for (d, r) in s.iter_mut().zip(rows) {
+            *d = r[p];
+        }
+    }
 }
 
 fn run<K: Kernel>(job: &Job, m: usize, threads: usize) {
@@ -310,7 +446,125 @@ fn block<K: Kernel>(job: &Job, rows: Range<usize>, cols: Range<usize>, pack: &mu
 /// A's rows `r0..r0 + mc`, columns `p0..p0 + kc` into `MR`-tall strips:
 /// strip `q`, column `p`, row `i` at `(q * kc + p) * MR + i`, rows past the
 /// block zero.
-fn pack_a<K: Kernel>(dst: &mut [f32], a: Mat, (r0, mc): (usize, usize), (p0, kc): (usize, usize)) {
+fn pack_a<K: Kernel>(dst: &mut [f32], a: Lhs, rows: (usize, usize), ks: (usize, usize)) {
+    match a {
+        Lhs::Mat(a) => pack_mat_a::<K>(dst, a, rows, ks),
+        Lhs::Im2col { x, g } => pack_im2col_a::<K>(dst, x, &g, rows, ks),
+        Lhs::Im2colT { x, g, first } => {
+            pack_im2col_t_a::<K>(dst, x, &g, (first + rows.0, rows.1), ks)
+        }
+    }
+}
+
+/// [`pack_a`] of the transposed im2col matrix of `x` under `g`, its rows
+/// `(r0, mc)` the matrix's columns: each strip's columns (output positions
+/// `p0..p0 + kc`) one at a time, a position's `MR` values gathered from the
+/// runs of `x` they lie in (one, where the strip's columns stay in one tap).
+fn pack_im2col_t_a<K: Kernel>(
+    dst: &mut [f32],
+    x: Values,
+    g: &ConvGeom,
+    (r0, mc): (usize, usize),
+    (p0, kc): (usize, usize),
+) {
+    let mr = K::MR;
+    for (q, strip) in dst[..mc.div_ceil(mr) * mr * kc]
+        .chunks_exact_mut(mr * kc)
+        .enumerate()
+    {
+        let (top, rows) = (r0 + q * mr, mr.min(mc - q * mr));
+        // The runs of one tap each among the strip's columns.
+        let mut runs = [(0, (0, 0), 0, 0); 12];
+        let mut count = 0;
+        tap_runs(g, (top, rows), |at, tap, ch, n| {
+            runs[count] = (at, tap, ch, n);
+            count += 1;
+        });
+        let mut pos = Position::new(g, p0);
+        match (x, count == 1 && rows == mr) {
+            (Values::F32(x), true) => {
+                let (_, tap, ch, _) = runs[0];
+                for s in strip.chunks_exact_mut(mr) {
+                    match pos.source(g, tap, ch) {
+                        // A copy of constant length (no call to memcpy).
+                        Some(src) => s.copy_from_slice(&x[src..][..mr]),
+                        None => s.fill(0.0),
+                    }
+                    pos.step(g);
+                }
+            }
+            _ => {
+                for s in strip.chunks_exact_mut(mr) {
+                    for &(at, tap, ch, n) in &runs[..count] {
+                        let d = &mut s[at..at + n];
+                        match pos.source(g, tap, ch) {
+                            Some(src) => x.read(src, d),
+                            None => d.fill(0.0),
+                        }
+                    }
+                    s[rows..].fill(0.0);
+                    pos.step(g);
+                }
+            }
+        }
+    }
+}
+
+/// Zeros for a run of A's columns that lies in a convolution's padding.
+static ZEROS: [f32; KC] = [0.0; KC];
+
+/// [`pack_a`] of the im2col matrix of `x` under `g`: each strip's columns
+/// a tap at a time, a strip of whole rows by the kernel's transposition of
+/// the rows' runs in `x` (or [`ZEROS`]).
+fn pack_im2col_a<K: Kernel>(
+    dst: &mut [f32],
+    x: &[f32],
+    g: &ConvGeom,
+    (r0, mc): (usize, usize),
+    (p0, kc): (usize, usize),
+) {
+    let mr = K::MR;
+    for (q, strip) in dst[..mc.div_ceil(mr) * mr * kc]
+        .chunks_exact_mut(mr * kc)
+        .enumerate()
+    {
+        let (top, rows) = (r0 + q * mr, mr.min(mc - q * mr));
+        let mut at = [Position::new(g, top); 12];
+        for i in 1..rows {
+            at[i] = at[i - 1];
+            at[i].step(g);
+        }
+        tap_runs(g, (p0, kc), |first, tap, ch, n| {
+            let part = &mut strip[first * mr..(first + n) * mr];
+            let run = |i: usize| match at[i].source(g, tap, ch) {
+                Some(src) => &x[src..][..n],
+                None => &ZEROS[..n],
+            };
+            if rows == mr {
+                let mut src = [&ZEROS[..0]; 12];
+                for (i, s) in src.iter_mut().enumerate().take(mr) {
+                    *s = run(i);
+                }
+                K::pack_rows(&src[..mr], part);
+            } else {
+                for i in 0..mr {
+                    let src = if i < rows { run(i) } else { &ZEROS[..n] };
+                    for (p, s) in part.chunks_exact_mut(mr).enumerate() {
+                        s[i] = src[p];
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// [`pack_a`] of a matrix.
+fn pack_mat_a<K: Kernel>(
+    dst: &mut [f32],
+    a: Mat,
+    (r0, mc): (usize, usize),
+    (p0, kc): (usize, usize),
+) {
     let mr = K::MR;
     debug_assert!(mr <= 12);
     for (q, strip) in dst[..mc.div_ceil(mr) * mr * kc]
@@ -321,9 +575,22 @@ fn pack_a<K: Kernel>(dst: &mut [f32], a: Mat, (r0, mc): (usize, usize), (p0, kc)
         if a.rs == 1 {
             // Columns are contiguous.
             for (p, s) in strip.chunks_exact_mut(mr).enumerate() {
-                s[..rows].copy_from_slice(&a.data[top + (p0 + p) * a.cs..][..rows]);
-                s[rows..].fill(0.0);
+                let column = &a.data[top + (p0 + p) * a.cs..];
+                if rows == mr {
+                    // A copy of constant length (no call to memcpy).
+                    s.copy_from_slice(&column[..mr]);
+                } else {
+                    s[..rows].copy_from_slice(&column[..rows]);
+                    s[rows..].fill(0.0);
+                }
             }
+        } else if a.cs == 1 && rows == mr {
+            // Rows are contiguous: the kernel's transposition.
+            let mut src = [&a.data[..0]; 12];
+            for (i, r) in src.iter_mut().enumerate().take(mr) {
+                *r = &a.data[(top + i) * a.rs + p0..][..kc];
+            }
+            K::pack_rows(&src[..mr], strip);
         } else if a.cs == 1 {
             // Rows are contiguous: read the strip's rows side by side.
             let mut src = [&a.data[..0]; 12];
@@ -464,6 +731,45 @@ pub(super) mod x86 {
             // SAFETY: the caller's contract.
             unsafe { tile_avx512(kc, a, b, c, ldc, add, edge) }
         }
+
+        #[inline(always)]
+        fn pack_rows(rows: &[&[f32]], strip: &mut [f32]) {
+            // SAFETY: this kernel runs only where AVX-512F is present.
+            unsafe { pack_rows_avx512(rows, strip) }
+        }
+    }
+
+    /// [`Kernel::pack_rows`] of 12 rows: 16 columns at a time, the 12 rows
+    /// (and four zero rows) transposed in registers, each column's 12
+    /// values stored with a mask; the last `kc % 16` columns one by one.
+    #[target_feature(enable = "avx512f")]
+    fn pack_rows_avx512(rows: &[&[f32]], strip: &mut [f32]) {
+        let rows = &rows[..12];
+        let kc = strip.len() / 12;
+        assert!(
+            rows.iter().all(|r| r.len() >= kc),
+            "a row shorter than the strip"
+        );
+        let whole = kc / 16 * 16;
+        for p in (0..whole).step_by(16) {
+            let mut r = [_mm512_setzero_si512(); 16];
+            for (r, row) in r.iter_mut().zip(rows) {
+                // SAFETY: p + 16 <= kc <= row.len().
+                *r = unsafe { _mm512_loadu_si512(row.as_ptr().add(p).cast()) };
+            }
+            let t = crate::engine::cpu::bf16gemm::x86::transpose_16x16_regs(r);
+            for (q, t) in t.iter().enumerate() {
+                // SAFETY: column p + q < kc: its 12 values lie inside the strip.
+                unsafe {
+                    _mm512_mask_storeu_epi32(
+                        strip.as_mut_ptr().add((p + q) * 12).cast(),
+                        0x0fff,
+                        *t,
+                    )
+                };
+            }
+        }
+        super::pack_rows_scalar(12, rows, strip, whole);
     }
 
     #[target_feature(enable = "avx512f")]
@@ -699,6 +1005,120 @@ mod tests {
                                     Some(b) => assert_eq!(b, &c, "{isa:?} {m}x{n}x{k} t {threads}"),
                                 }
                             }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Windows with padding and strides, channel counts that split a strip
+    /// of A across taps (1, 3, 4, 66) or fill it (16, 64), several k
+    /// blocks (over 384 columns or positions), edge strips.
+    /// Batch, (height, width, channels), outputs, (kernel, stride, padding).
+    type Conv = (usize, (usize, usize, usize), usize, (usize, usize, usize));
+    const CONVS: [Conv; 9] = [
+        (2, (5, 7, 16), 24, (3, 1, 1)),
+        (1, (9, 9, 64), 40, (3, 2, 1)),
+        (2, (8, 8, 32), 16, (1, 2, 0)),
+        (1, (12, 12, 4), 8, (7, 2, 3)),
+        (1, (3, 5, 66), 33, (3, 1, 1)),
+        (3, (14, 13, 8), 16, (3, 1, 1)),
+        (2, (15, 15, 3), 8, (7, 2, 3)),
+        (1, (9, 9, 1), 4, (7, 1, 3)),
+        (1, (23, 23, 48), 20, (3, 1, 1)),
+    ];
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// A product of im2col columns read where they lie gives the bits of
+    /// the product of the columns made, on every kernel, accumulating or
+    /// not, on 1 and 3 threads.
+    #[test]
+    fn im2col_read_in_place_equals_the_columns_made() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for (b, hwc, o, ksp) in CONVS {
+            let g = ConvGeom::new(b, hwc, o, ksp);
+            let x = values(b * hwc.0 * hwc.1 * hwc.2, 3);
+            let mut cols = vec![0f32; g.rows() * g.cols()];
+            super::super::conv::im2col(Values::F32(&x), &g, &mut cols);
+            let (kc, w) = (g.cols(), values(g.cols() * o, 4));
+            let (a, wm, mnk) = (row_major(&cols, kc), row_major(&w, o), (g.rows(), o, kc));
+            for isa in available_isas() {
+                for (accumulate, threads) in [(false, 1), (true, 3)] {
+                    let start = values(g.rows() * o, 5);
+                    let (mut want, mut got) = (start.clone(), start);
+                    pool.install(|| {
+                        matmul_with(isa, &mut want, accumulate, a, wm, mnk, threads);
+                        assert!(checked_im2col(&mut got, accumulate, x.len(), &g, wm, mnk));
+                        let a = Lhs::Im2col { x: &x, g };
+                        multiply(isa, &mut got, accumulate, a, wm, mnk, threads);
+                    });
+                    assert!(bits(&got) == bits(&want), "{isa:?} {g:?} t {threads}");
+                }
+            }
+        }
+    }
+
+    /// The same of the weight gradient's transposed im2col matrix, whole
+    /// and in blocks of its columns as the engine takes them, from `x` as
+    /// f32 and in 16 bits.
+    #[test]
+    fn im2col_transposed_read_in_place_equals_the_columns_made() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for (b, hwc, o, ksp) in CONVS {
+            let g = ConvGeom::new(b, hwc, o, ksp);
+            let x = values(b * hwc.0 * hwc.1 * hwc.2, 3);
+            let x16: Vec<u16> = x
+                .iter()
+                .map(|&v| super::super::values::to_bf16(v))
+                .collect();
+            let (kc, dy) = (g.cols(), values(g.rows() * o, 4));
+            let tail = kc.min(5);
+            let blocks = [
+                (0, kc),
+                (kc / 3, kc - kc / 3),
+                (1, kc / 2),
+                (kc - tail, tail),
+            ];
+            for x in [Values::F32(&x), Values::Bf16(&x16)] {
+                let mut cols = vec![0f32; g.rows() * kc];
+                super::super::conv::im2col(x, &g, &mut cols);
+                for (first, m) in blocks {
+                    let (a, dym, mnk) = (
+                        transposed(&cols[first..], kc),
+                        row_major(&dy, o),
+                        (m, o, g.rows()),
+                    );
+                    for isa in available_isas() {
+                        for (accumulate, threads) in [(false, 1), (true, 3)] {
+                            let start = values(m * o, 5);
+                            let (mut want, mut got) = (start.clone(), start);
+                            pool.install(|| {
+                                matmul_with(isa, &mut want, accumulate, a, dym, mnk, threads);
+                                assert!(checked_im2col(
+                                    &mut got,
+                                    accumulate,
+                                    x.len(),
+                                    &g,
+                                    dym,
+                                    mnk
+                                ));
+                                let a = Lhs::Im2colT { x, g, first };
+                                multiply(isa, &mut got, accumulate, a, dym, mnk, threads);
+                            });
+                            assert!(
+                                bits(&got) == bits(&want),
+                                "{isa:?} {g:?} columns {first}..+{m} t {threads}"
+                            );
                         }
                     }
                 }
