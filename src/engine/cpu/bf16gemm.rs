@@ -239,9 +239,10 @@ pub fn fuses_im2col(g: &ConvGeom) -> bool {
 }
 
 /// [`matmul`] of the transpose of `x`'s im2col matrix under `g` (its
-/// columns `first..first + m`, as rows) and `dy` (`g.rows() x g.o`): `dst
-/// (m x o) = [dst +] im2col(x)[.., first..first + m]^T dy`, rows `first..`
-/// of a convolution's weight gradient with the columns never made: each
+/// columns `first..first + m`, as rows) and `dy`'s first `n` columns
+/// (`g.rows()` rows): `dst (m x n) = [dst +] im2col(x)[.., first..first +
+/// m]^T dy[.., ..n]`, rows `first..` of a convolution's weight gradient
+/// (or of a block of its columns) with the columns never made: each
 /// output position's values are read from `x` as A is packed. Bit for bit
 /// [`matmul`] of the columns' transpose. Any channel count (the pairs run
 /// along the output positions).
@@ -257,7 +258,7 @@ pub fn matmul_im2col_t(
     x: Values,
     g: &ConvGeom,
     (first, m): (usize, usize),
-    dy: Mat,
+    (dy, n): (Mat, usize),
     threads: usize,
 ) {
     assert!(
@@ -266,7 +267,7 @@ pub fn matmul_im2col_t(
         first + m,
         g.cols()
     );
-    let mnk = (m, g.o, g.rows());
+    let mnk = (m, n, g.rows());
     if sgemm::checked_im2col(dst, accumulate, x.len(), g, dy, mnk) {
         let a = Lhs::Im2colT { x, g: *g, first };
         multiply(kernel, dst, accumulate, a, dy, mnk, threads);
@@ -1952,7 +1953,16 @@ mod tests {
                     let x16: Vec<u16> = x.iter().map(|&v| to_bf16(v)).collect();
                     for x in [Values::F32(x), Values::Bf16(&x16)] {
                         let mut got = got.clone();
-                        matmul_im2col_t(kernel, &mut got, accumulate, x, g, block, dym, threads);
+                        matmul_im2col_t(
+                            kernel,
+                            &mut got,
+                            accumulate,
+                            x,
+                            g,
+                            block,
+                            (dym, g.o),
+                            threads,
+                        );
                         assert!(
                             bits(&got) == bits(&want),
                             "{}: {g:?}, columns {first}..+{m}, x {}",

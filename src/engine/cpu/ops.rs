@@ -1096,13 +1096,28 @@ impl BnBackward<'_> {
     }
 }
 
-/// Rows of dW per block of [`weight_gradient`].
+/// Rows of dW per block of [`weight_gradient`] split by rows.
 fn wgrad_block(kc: usize) -> usize {
     kc.div_ceil(4).next_multiple_of(8).min(kc)
 }
 
-/// The blocks of [`weight_gradient`], in parallel: `(k0, m)`, dW's rows
-/// `k0..k0 + m`.
+/// Columns of dW per block of [`weight_gradient`] split by columns (a
+/// multiple of every kernel's `NR`).
+fn wgrad_columns(o: usize) -> usize {
+    o.div_ceil(4).next_multiple_of(32).min(o)
+}
+
+/// How [`weight_gradient`] splits dW (`kc x o`): into blocks of rows
+/// (each product packs all of `dy`, and its rows of the columns), or, where
+/// dW has more columns than rows, blocks of columns (each packs all of the
+/// columns, and its columns of `dy`): the split that packs fewer values.
+/// A function of the shape alone, so results never depend on the threads.
+fn wgrad_by_columns(kc: usize, o: usize) -> bool {
+    o > kc && o > wgrad_columns(o)
+}
+
+/// The blocks of [`weight_gradient`] split by rows, in parallel: `(k0,
+/// m)`, dW's rows `k0..k0 + m`.
 fn wgrad_blocks(kc: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> {
     let block = wgrad_block(kc);
     (0..kc.div_ceil(block))
@@ -1118,7 +1133,13 @@ pub fn gemm_calls(op: &Op) -> usize {
             tiles * (2 + dx.is_some() as usize)
         }
         Op::Conv { g, dx, .. } => {
-            1 + g.depth().div_ceil(wgrad_block(g.depth())) + dx.is_some() as usize
+            let (kc, o) = (g.depth(), g.o);
+            let wgrad = if wgrad_by_columns(kc, o) {
+                o.div_ceil(wgrad_columns(o))
+            } else {
+                kc.div_ceil(wgrad_block(kc))
+            };
+            1 + wgrad + dx.is_some() as usize
         }
         Op::Linear { dx, .. } => 2 + dx.is_some() as usize,
         _ => 0,
@@ -1137,7 +1158,8 @@ pub(super) enum Columns<'a> {
 }
 
 /// `dw (kc x o) = cols^T (kc x rows) dy (rows x o)`, in fixed blocks of
-/// `kc` rows, one single-threaded product per block in parallel. gemm
+/// dW's rows or columns ([`wgrad_by_columns`]), one single-threaded
+/// product per block in parallel. gemm
 /// itself splits only the (small) output among threads, so this long
 /// reduction would mostly run on one; each output element is still one
 /// product over all rows, so the result does not depend on the threads.
@@ -1148,24 +1170,51 @@ pub(super) fn weight_gradient(
     dy: &[f32],
     (rows, kc, o): (usize, usize, usize),
 ) {
-    dw[..kc * o]
-        .par_chunks_mut(wgrad_block(kc) * o)
-        .zip(wgrad_blocks(kc))
-        .for_each(|(dst, (k0, m))| {
-            let dy = row_major(dy, o);
-            match cols {
-                Columns::Made(cols) => {
-                    let a = transposed(&cols[k0..], kc);
-                    gemm.matmul(dst, false, a, dy, (m, o, rows), 1)
-                }
-                Columns::InPlace(x, g) => match gemm {
-                    Gemm::Fp32 => sgemm::matmul_im2col_t(dst, false, x, &g, (k0, m), dy, 1),
-                    Gemm::Bf16(kernel) => {
-                        bf16gemm::matmul_im2col_t(kernel, dst, false, x, &g, (k0, m), dy, 1)
-                    }
-                },
+    // dst (m x n, row stride n) = the columns k0..k0 + m of cols, transposed,
+    // times dy's columns j0..j0 + n.
+    let product = |dst: &mut [f32], (k0, m): (usize, usize), (j0, n): (usize, usize)| {
+        let dy = Mat {
+            data: &dy[j0..],
+            rs: o,
+            cs: 1,
+        };
+        match cols {
+            Columns::Made(cols) => {
+                let a = transposed(&cols[k0..], kc);
+                gemm.matmul(dst, false, a, dy, (m, n, rows), 1)
             }
-        });
+            Columns::InPlace(x, g) => match gemm {
+                Gemm::Fp32 => sgemm::matmul_im2col_t(dst, false, x, &g, (k0, m), (dy, n), 1),
+                Gemm::Bf16(kernel) => {
+                    bf16gemm::matmul_im2col_t(kernel, dst, false, x, &g, (k0, m), (dy, n), 1)
+                }
+            },
+        }
+    };
+    if !wgrad_by_columns(kc, o) {
+        dw[..kc * o]
+            .par_chunks_mut(wgrad_block(kc) * o)
+            .zip(wgrad_blocks(kc))
+            .for_each(|(dst, rows)| product(dst, rows, (0, o)));
+        return;
+    }
+    // Each block into its own buffer, then into its columns of dW.
+    let block = wgrad_columns(o);
+    let parts: Vec<(usize, Vec<f32>)> = (0..o.div_ceil(block))
+        .into_par_iter()
+        .map(|i| {
+            let (j0, n) = (i * block, block.min(o - i * block));
+            let mut part = vec![0f32; kc * n];
+            product(&mut part, (0, kc), (j0, n));
+            (j0, part)
+        })
+        .collect();
+    for (j0, part) in parts {
+        let n = part.len() / kc;
+        for (row, src) in dw[..kc * o].chunks_exact_mut(o).zip(part.chunks_exact(n)) {
+            row[j0..j0 + n].copy_from_slice(src);
+        }
+    }
 }
 
 /// A wide convolution's weight-gradient operands made ready as its
@@ -1243,4 +1292,68 @@ pub fn sgd(
                 *p -= lr * *v;
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::cpu::conv::im2col;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len as u32)
+            .map(|i| {
+                ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Split by rows or by columns, made columns or windows read in place,
+    /// the weight gradient has the bits of one product of the columns'
+    /// transpose and dy, on the fp32 kernel and the bf16 kernels' models
+    /// (the AMX one included, whose results depend on where its tiles'
+    /// edges fall).
+    #[test]
+    fn weight_gradient_blocks_give_the_bits_of_one_product() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("a pool");
+        let gemms = [
+            Gemm::Fp32,
+            Gemm::Bf16(Bf16Kernel::AmxModel),
+            Gemm::Bf16(Bf16Kernel::Avx512Bf16Model),
+        ];
+        // (batch, (h, w, c), o, (k, s, p)): more outputs than columns (split
+        // by columns, o past one block), fewer (by rows), single tap.
+        let convs = [
+            (2, (6, 5, 4), 96, (3, 1, 1)),
+            (1, (7, 7, 8), 200, (1, 1, 0)),
+            (2, (5, 5, 16), 40, (3, 2, 1)),
+            (1, (9, 9, 64), 16, (1, 1, 0)),
+        ];
+        for (b, hwc, o, ksp) in convs {
+            let g = ConvGeom::new(b, hwc, o, ksp);
+            let (rows, kc) = (g.rows(), g.cols());
+            let x = values(b * hwc.0 * hwc.1 * hwc.2, 1);
+            let dy = values(rows * o, 2);
+            let mut cols = vec![0f32; rows * kc];
+            im2col(Values::F32(&x), &g, &mut cols);
+            assert_eq!(wgrad_by_columns(kc, o), o > kc && o > 32, "{g:?}");
+            for gemm in gemms {
+                let mut want = vec![0f32; kc * o];
+                let a = transposed(&cols, kc);
+                gemm.matmul(&mut want, false, a, row_major(&dy, o), (kc, o, rows), 1);
+                let inputs = [Columns::Made(&cols), Columns::InPlace(Values::F32(&x), g)];
+                for (i, columns) in inputs.into_iter().enumerate() {
+                    let mut got = vec![f32::NAN; kc * o];
+                    pool.install(|| weight_gradient(gemm, &mut got, columns, &dy, (rows, kc, o)));
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{g:?} {gemm:?} input {i}");
+                }
+            }
+        }
+    }
 }

@@ -166,8 +166,9 @@ pub fn matmul_im2col(
     }
 }
 
-/// `dst (m x o) = [dst +] im2col(x)[.., first..first + m]^T dy`: rows
-/// `first..` of a convolution's weight gradient (`dy`: `g.rows() x g.o`)
+/// `dst (m x n) = [dst +] im2col(x)[.., first..first + m]^T dy[.., ..n]`:
+/// rows `first..` of a convolution's weight gradient (`dy`: `g.rows()`
+/// rows; its first `n` columns, all `g.o` of them or a block of dW's)
 /// with the columns never made: each output position's values are read
 /// from `x` (as stored) as A is packed. Bit for bit [`matmul`] of the
 /// columns' transpose.
@@ -182,7 +183,7 @@ pub fn matmul_im2col_t(
     x: Values,
     g: &ConvGeom,
     (first, m): (usize, usize),
-    dy: Mat,
+    (dy, n): (Mat, usize),
     threads: usize,
 ) {
     assert!(
@@ -191,7 +192,7 @@ pub fn matmul_im2col_t(
         first + m,
         g.cols()
     );
-    let mnk = (m, g.o, g.rows());
+    let mnk = (m, n, g.rows());
     if checked_im2col(dst, accumulate, x.len(), g, dy, mnk) {
         let a = Lhs::Im2colT { x, g: *g, first };
         multiply(best_isa(), dst, accumulate, a, dy, mnk, threads)
