@@ -579,6 +579,24 @@ impl Plan {
         self.arena_len * 4
     }
 
+    /// Whether most of the convolutions' arithmetic is in small ones,
+    /// those computed image group by image group ([`ConvGeom::grouped`]):
+    /// the CIFAR nets'. The CPU engine computes them with its direct fp32
+    /// kernels, faster than as small products on AVX512-BF16.
+    pub fn mostly_small_convs(&self) -> bool {
+        let (mut small, mut all) = (0.0, 0.0);
+        for op in &self.ops {
+            if let Op::Conv { g, .. } = op {
+                let flops = (g.rows() * g.cols() * g.o) as f64;
+                all += flops;
+                if g.grouped() {
+                    small += flops;
+                }
+            }
+        }
+        small > all / 2.0
+    }
+
     /// Whether some buffer is stored in 16 bits.
     pub fn has_16_bit_buffers(&self) -> bool {
         self.bufs.iter().any(|b| b.elem == Elem::Bf16)

@@ -186,7 +186,7 @@ impl Kernels {
             (Precision::Bf16, None) => format!(
                 "bf16 operands rounded, fp32 {fp32_isa} products ({})",
                 if self.amx_bf16 || self.avx512_bf16 {
-                    "its bf16 instructions unused: RESNET_BF16_KERNEL=fp32, or the OS refused AMX"
+                    "its bf16 instructions unused: the network's convolutions are mostly small ones, which the direct fp32 kernels compute faster, or RESNET_BF16_KERNEL=fp32, or the OS refused AMX"
                 } else {
                     "this CPU has no bf16 instructions"
                 }

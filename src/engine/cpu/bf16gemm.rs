@@ -143,6 +143,12 @@ pub fn native() -> Result<Option<Bf16Kernel>, String> {
     }
 }
 
+/// Whether `RESNET_BF16_KERNEL` names the kernel (or none): then
+/// [`native`]'s answer stands whatever the network.
+pub fn kernel_named() -> bool {
+    std::env::var("RESNET_BF16_KERNEL").is_ok_and(|v| !v.is_empty())
+}
+
 fn ask(k: Bf16Kernel) -> Result<Option<Bf16Kernel>, String> {
     match k.why_not() {
         None => Ok(Some(k)),
