@@ -294,16 +294,59 @@ fn multiply(
     (m, n, k): (usize, usize, usize),
     threads: usize,
 ) {
+    let c = super::SendPtr(dst.as_mut_ptr());
+    // SAFETY: the callers checked C's m x n elements inside `dst`, which
+    // this call borrows mutably.
+    unsafe { multiply_raw(kernel, c, n, accumulate, a, b, (m, n, k), threads) }
+}
+
+/// `C = A B` on `kernel`, one thread, C's `m` rows of `n` at row stride
+/// `ldc` from `c`: one block of a product whose blocks other threads write
+/// beside it (a weight gradient's columns).
+///
+/// # Safety
+/// `ldc >= n`; C's elements lie inside one allocation that nothing else
+/// reads or writes during the call; `a` and `b` hold their `m x k` and
+/// `k x n` elements; `m`, `n`, `k` are not zero.
+///
+/// # Panics
+/// If `kernel` does not run here.
+pub(super) unsafe fn multiply_into(
+    kernel: Bf16Kernel,
+    c: super::SendPtr,
+    ldc: usize,
+    a: Lhs,
+    b: Mat,
+    mnk: (usize, usize, usize),
+) {
+    // SAFETY: the caller's contract.
+    unsafe { multiply_raw(kernel, c, ldc, false, a, b, mnk, 1) }
+}
+
+/// # Safety
+/// As [`multiply_into`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply_raw(
+    kernel: Bf16Kernel,
+    c: super::SendPtr,
+    ldc: usize,
+    accumulate: bool,
+    a: Lhs,
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+    threads: usize,
+) {
     if let Some(why) = kernel.why_not() {
         panic!("bf16 gemm: kernel {}: {why}", kernel.name());
     }
     let job = &Job {
-        c: super::SendPtr(dst.as_mut_ptr()),
+        c,
         accumulate,
         a,
         b,
         k,
         n,
+        ldc,
     };
     match kernel {
         #[cfg(target_arch = "x86_64")]
@@ -338,6 +381,7 @@ pub fn pack_only(
         b,
         k,
         n,
+        ldc: n,
     };
     match (kernel, by_element) {
         (Bf16Kernel::Amx | Bf16Kernel::AmxModel, false) => {
@@ -424,7 +468,7 @@ pub enum Lhs<'a> {
     },
 }
 
-/// One product: `C (row stride n) [+]= A B`, all but its row count.
+/// One product: `C (row stride ldc) [+]= A B`, all but its row count.
 struct Job<'a> {
     c: super::SendPtr,
     accumulate: bool,
@@ -432,6 +476,7 @@ struct Job<'a> {
     b: Mat<'a>,
     k: usize,
     n: usize,
+    ldc: usize,
 }
 
 /// How a kernel's `MR x NR` tile reads its packed operands.
@@ -531,7 +576,7 @@ fn k_step(k: usize, kstep: usize) -> usize {
 
 /// The part `rows x cols` of C, on this thread.
 fn block<K: Dot>(job: &Job, rows: Range<usize>, cols: Range<usize>, pack: &mut Packing) {
-    let (k, ldc) = (job.k, job.n);
+    let (k, ldc) = (job.k, job.ldc);
     let step = k_step(k, K::L::KSTEP);
     for p0 in (0..k).step_by(step) {
         let kc = step.min(k - p0);

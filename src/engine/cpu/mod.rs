@@ -129,7 +129,10 @@ impl Cpu {
 
     /// [`Cpu::new`] computing convolutions and the classifier in
     /// `precision`; in bf16 on the fastest bf16 kernel this machine runs
-    /// ([`bf16gemm::native`]), else on the fp32 kernels.
+    /// ([`bf16gemm::native`]), else on the fp32 kernels, which also take a
+    /// network of mostly small convolutions on AVX512-BF16
+    /// ([`Plan::mostly_small_convs`]) unless `RESNET_BF16_KERNEL` names a
+    /// kernel.
     pub fn with_precision(
         plan: Plan,
         threads: usize,

@@ -250,8 +250,8 @@ impl Gemm {
     /// Whether the kernel reads a convolution's windows from its input
     /// where they lie (no columns made) in the forward product
     /// ([`Gemm::conv`]): the fp32 kernel always, a bf16 kernel with an even
-    /// channel count. The weight gradient reads them in place on any bf16
-    /// kernel ([`Gemm::bf16`]) and from columns made on the fp32 one.
+    /// channel count. The weight gradient reads them in place on every
+    /// kernel ([`weight_gradient`]).
     pub fn reads_windows(self, g: &ConvGeom) -> bool {
         match self {
             Gemm::Fp32 => true,
@@ -1198,30 +1198,65 @@ pub(super) fn weight_gradient(
             .for_each(|(dst, rows)| product(dst, rows, (0, o)));
         return;
     }
-    // Each block into its own buffer, then into its columns of dW.
-    let block = wgrad_columns(o);
-    let parts: Vec<(usize, Vec<f32>)> = (0..o.div_ceil(block))
-        .into_par_iter()
-        .map(|i| {
-            let (j0, n) = (i * block, block.min(o - i * block));
-            let mut part = vec![0f32; kc * n];
-            product(&mut part, (0, kc), (j0, n));
-            (j0, part)
-        })
-        .collect();
-    for (j0, part) in parts {
-        let n = part.len() / kc;
-        for (row, src) in dw[..kc * o].chunks_exact_mut(o).zip(part.chunks_exact(n)) {
-            row[j0..j0 + n].copy_from_slice(src);
-        }
+    // Each block writes its columns of dW where they lie (row stride o).
+    assert!(
+        dw.len() >= kc * o && dy.len() >= rows * o,
+        "weight_gradient: dW or dy short"
+    );
+    match cols {
+        Columns::Made(cols) => assert!(cols.len() >= rows * kc, "weight_gradient: columns short"),
+        Columns::InPlace(x, g) => assert!(
+            x.len() >= g.b * g.h * g.w * g.c && g.rows() == rows && g.cols() == kc,
+            "weight_gradient: input short or of another geometry"
+        ),
     }
+    if rows == 0 {
+        dw[..kc * o].fill(0.0);
+        return;
+    }
+    let c = SendPtr(dw.as_mut_ptr());
+    let block = wgrad_columns(o);
+    (0..o.div_ceil(block)).into_par_iter().for_each(|i| {
+        let (j0, n) = (i * block, block.min(o - i * block));
+        let dy = Mat {
+            data: &dy[j0..],
+            rs: o,
+            cs: 1,
+        };
+        // SAFETY: block i writes dW's columns j0..j0 + n of its kc rows
+        // (row stride o >= n), inside `dw` (checked above, borrowed
+        // mutably here) and apart from every other block's; the operands
+        // hold their elements (checked above); kc, n and rows are not zero.
+        unsafe {
+            let c = SendPtr(c.get().add(j0));
+            match (cols, gemm) {
+                (Columns::Made(cols), Gemm::Fp32) => {
+                    let a = sgemm::Lhs::Mat(transposed(cols, kc));
+                    sgemm::multiply_into(c, o, a, dy, (kc, n, rows))
+                }
+                (Columns::Made(cols), Gemm::Bf16(k)) => {
+                    let a = bf16gemm::Lhs::Mat(transposed(cols, kc));
+                    bf16gemm::multiply_into(k, c, o, a, dy, (kc, n, rows))
+                }
+                (Columns::InPlace(x, g), Gemm::Fp32) => {
+                    let a = sgemm::Lhs::Im2colT { x, g, first: 0 };
+                    sgemm::multiply_into(c, o, a, dy, (kc, n, rows))
+                }
+                (Columns::InPlace(x, g), Gemm::Bf16(k)) => {
+                    let a = bf16gemm::Lhs::Im2colT { x, g, first: 0 };
+                    bf16gemm::multiply_into(k, c, o, a, dy, (kc, n, rows))
+                }
+            }
+        }
+    });
 }
 
 /// A wide convolution's weight-gradient operands made ready as its
 /// backward does on a bf16 kernel, and multiplied by nothing (benchmarks):
 /// with `cols`, the im2col columns made there and packed (transposed);
-/// without, the windows packed from `x` where they lie. The same blocks
-/// and threads (the current pool) as [`weight_gradient`].
+/// without, the windows packed from `x` where they lie. The same row
+/// blocks and threads (the current pool) as [`weight_gradient`] split by
+/// rows (it splits by columns where dW has more columns than rows).
 #[doc(hidden)]
 pub fn pack_weight_gradient_only(
     kernel: Bf16Kernel,
@@ -1308,29 +1343,40 @@ mod tests {
     }
 
     /// Split by rows or by columns, made columns or windows read in place,
-    /// the weight gradient has the bits of one product of the columns'
-    /// transpose and dy, on the fp32 kernel and the bf16 kernels' models
-    /// (the AMX one included, whose results depend on where its tiles'
-    /// edges fall).
+    /// the weight gradient gives the same bits on 1 and 3 threads, and the
+    /// bits of one product of the columns' transpose and dy on the fp32
+    /// kernel and the VDPBF16PS model. On the AMX model only the column
+    /// split does (its blocks are whole 32-column tiles of the one
+    /// product); the row split's blocks end inside the one product's tiles,
+    /// and AMX's edge tiles add a k block's sum to C where whole tiles
+    /// continue from C, so with several k blocks (over 512 rows) its bits
+    /// differ from the one product's (still fixed by the shape alone).
     #[test]
     fn weight_gradient_blocks_give_the_bits_of_one_product() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .expect("a pool");
+        let pools = [1, 3].map(|t| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .expect("a pool")
+        });
         let gemms = [
             Gemm::Fp32,
             Gemm::Bf16(Bf16Kernel::AmxModel),
             Gemm::Bf16(Bf16Kernel::Avx512Bf16Model),
         ];
         // (batch, (h, w, c), o, (k, s, p)): more outputs than columns (split
-        // by columns, o past one block), fewer (by rows), single tap.
+        // by columns, o past one block), fewer (by rows), single tap; the
+        // last three over 512 rows (several k blocks).
         let convs = [
             (2, (6, 5, 4), 96, (3, 1, 1)),
             (1, (7, 7, 8), 200, (1, 1, 0)),
             (2, (5, 5, 16), 40, (3, 2, 1)),
             (1, (9, 9, 64), 16, (1, 1, 0)),
+            (2, (20, 20, 4), 64, (3, 1, 1)),
+            (2, (20, 20, 16), 16, (3, 1, 1)),
+            (1, (24, 24, 8), 200, (1, 1, 0)),
         ];
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for (b, hwc, o, ksp) in convs {
             let g = ConvGeom::new(b, hwc, o, ksp);
             let (rows, kc) = (g.rows(), g.cols());
@@ -1338,20 +1384,25 @@ mod tests {
             let dy = values(rows * o, 2);
             let mut cols = vec![0f32; rows * kc];
             im2col(Values::F32(&x), &g, &mut cols);
-            assert_eq!(wgrad_by_columns(kc, o), o > kc && o > 32, "{g:?}");
+            let by_columns = wgrad_by_columns(kc, o);
+            assert_eq!(by_columns, o > kc && o > 32, "{g:?}");
             for gemm in gemms {
                 let mut want = vec![0f32; kc * o];
                 let a = transposed(&cols, kc);
                 gemm.matmul(&mut want, false, a, row_major(&dy, o), (kc, o, rows), 1);
                 let inputs = [Columns::Made(&cols), Columns::InPlace(Values::F32(&x), g)];
                 for (i, columns) in inputs.into_iter().enumerate() {
-                    let mut got = vec![f32::NAN; kc * o];
-                    pool.install(|| weight_gradient(gemm, &mut got, columns, &dy, (rows, kc, o)));
-                    let same = got
-                        .iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{g:?} {gemm:?} input {i}");
+                    let got = pools.each_ref().map(|pool| {
+                        let mut got = vec![f32::NAN; kc * o];
+                        pool.install(|| {
+                            weight_gradient(gemm, &mut got, columns, &dy, (rows, kc, o))
+                        });
+                        bits(&got)
+                    });
+                    assert_eq!(got[0], got[1], "{g:?} {gemm:?} input {i}: threads");
+                    if by_columns || gemm != Gemm::Bf16(Bf16Kernel::AmxModel) {
+                        assert!(got[0] == bits(&want), "{g:?} {gemm:?} input {i}");
+                    }
                 }
             }
         }

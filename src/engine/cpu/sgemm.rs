@@ -241,13 +241,62 @@ fn multiply(
     threads: usize,
 ) {
     assert!(runs_here(isa), "sgemm: {isa:?} does not run here");
+    // SAFETY: `checked` found C's m x n elements inside `dst`, which this
+    // call borrows mutably.
+    unsafe {
+        multiply_raw(
+            isa,
+            SendPtr(dst.as_mut_ptr()),
+            n,
+            accumulate,
+            a,
+            b,
+            (m, n, k),
+            threads,
+        )
+    }
+}
+
+/// `C [+]= A B` on this CPU's best kernel, one thread, C's `m` rows of `n`
+/// at row stride `ldc` from `c`: one block of a product whose blocks other
+/// threads write beside it (a weight gradient's columns).
+///
+/// # Safety
+/// `ldc >= n`; C's elements lie inside one allocation that nothing else
+/// reads or writes during the call; `a` and `b` hold their `m x k` and
+/// `k x n` elements; `m`, `n`, `k` are not zero.
+pub(super) unsafe fn multiply_into(
+    c: SendPtr,
+    ldc: usize,
+    a: Lhs,
+    b: Mat,
+    mnk: (usize, usize, usize),
+) {
+    // SAFETY: the caller's contract.
+    unsafe { multiply_raw(best_isa(), c, ldc, false, a, b, mnk, 1) }
+}
+
+/// # Safety
+/// As [`multiply_into`], and `isa` runs here.
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply_raw(
+    isa: Isa,
+    c: SendPtr,
+    ldc: usize,
+    accumulate: bool,
+    a: Lhs,
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+    threads: usize,
+) {
     let job = Job {
-        c: SendPtr(dst.as_mut_ptr()),
+        c,
         accumulate,
         a,
         b,
         k,
         n,
+        ldc,
     };
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -301,7 +350,7 @@ pub fn reserve() {
 
 /// The left operand of a product.
 #[derive(Clone, Copy)]
-enum Lhs<'a> {
+pub(super) enum Lhs<'a> {
     /// A matrix.
     Mat(Mat<'a>),
     /// The im2col matrix of `x` (NHWC) under `g`, read where it lies
@@ -316,7 +365,7 @@ enum Lhs<'a> {
     },
 }
 
-/// One product: `C (row stride n) [+]= A B`, all but its row count.
+/// One product: `C (row stride ldc) [+]= A B`, all but its row count.
 struct Job<'a> {
     c: SendPtr,
     accumulate: bool,
@@ -324,6 +373,7 @@ struct Job<'a> {
     b: Mat<'a>,
     k: usize,
     n: usize,
+    ldc: usize,
 }
 
 /// An `MR x NR` microkernel.
@@ -413,7 +463,7 @@ pub(super) fn for_each_part(
 
 /// The part `rows x cols` of C, on this thread.
 fn block<K: Kernel>(job: &Job, rows: Range<usize>, cols: Range<usize>, pack: &mut Packing) {
-    let (k, ldc) = (job.k, job.n);
+    let (k, ldc) = (job.k, job.ldc);
     let step = k.div_ceil(k.div_ceil(KC));
     for p0 in (0..k).step_by(step) {
         let kc = step.min(k - p0);
