@@ -1333,14 +1333,7 @@ pub fn sgd(
 mod tests {
     use super::*;
     use crate::engine::cpu::conv::im2col;
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len as u32)
-            .map(|i| {
-                ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::engine::cpu::sgemm::tests::{bits, values};
 
     /// Split by rows or by columns, made columns or windows read in place,
     /// the weight gradient gives the same bits on 1 and 3 threads, and the
@@ -1376,7 +1369,6 @@ mod tests {
             (2, (20, 20, 16), 16, (3, 1, 1)),
             (1, (24, 24, 8), 200, (1, 1, 0)),
         ];
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for (b, hwc, o, ksp) in convs {
             let g = ConvGeom::new(b, hwc, o, ksp);
             let (rows, kc) = (g.rows(), g.cols());

@@ -974,7 +974,7 @@ pub(super) mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn reference(a: Mat, b: Mat, (m, n, k): (usize, usize, usize)) -> Vec<f64> {
@@ -991,7 +991,8 @@ mod tests {
         c
     }
 
-    fn values(len: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic test values in [-1, 1] (also the engine ops' tests).
+    pub(in crate::engine::cpu) fn values(len: usize, seed: u32) -> Vec<f32> {
         (0..len as u32)
             .map(|i| {
                 ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0
@@ -1080,7 +1081,7 @@ mod tests {
         (1, (23, 23, 48), 20, (3, 1, 1)),
     ];
 
-    fn bits(v: &[f32]) -> Vec<u32> {
+    pub(in crate::engine::cpu) fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
     }
 
