@@ -235,11 +235,20 @@ impl ConvGeom {
 
     /// Floats of a grouped conv's scratch: the columns of each group, then
     /// (backward) each group's weight gradient and one flipped weight for
-    /// [`ConvGeom::input_gradient_conv`].
+    /// [`ConvGeom::input_gradient_conv`], then room for the weight packed
+    /// in bf16 pairs ([`ConvGeom::packed_pairs`]).
     pub fn group_scratch(&self, backward: bool) -> usize {
         let b = backward as usize;
         self.groups() * (self.tile_rows() * self.cols() + b * self.cols() * self.o)
             + b * self.cols() * self.o
+            + self.packed_pairs()
+    }
+
+    /// bf16 pairs (one float each) of this conv's weight packed for the
+    /// direct bf16 kernel, or of its input-gradient conv's flipped weight,
+    /// whichever is more.
+    pub fn packed_pairs(&self) -> usize {
+        self.k * self.k * (self.c.div_ceil(2) * self.o).max(self.o.div_ceil(2) * self.c)
     }
 
     /// Floats of a wide (not grouped) conv's backward scratch: the columns

@@ -178,7 +178,12 @@ impl Kernels {
                 "bf16 {}, fp32 accumulation",
                 match k {
                     Bf16Kernel::Amx => "AMX tiles (TDPBF16PS)",
-                    Bf16Kernel::Avx512Bf16 => "AVX512-BF16 (VDPBF16PS)",
+                    Bf16Kernel::Avx512Bf16 =>
+                        match crate::engine::cpu::direct16::Dot16::for_kernel(k) {
+                            Some(_) =>
+                                "AVX512-BF16 (VDPBF16PS), small convolutions on its direct kernel,",
+                            None => "AVX512-BF16 (VDPBF16PS)",
+                        },
                     Bf16Kernel::AmxModel => "TDPBF16PS model in plain Rust (test)",
                     Bf16Kernel::Avx512Bf16Model => "VDPBF16PS model in plain Rust (test)",
                 }
@@ -186,7 +191,7 @@ impl Kernels {
             (Precision::Bf16, None) => format!(
                 "bf16 operands rounded, fp32 {fp32_isa} products ({})",
                 if self.amx_bf16 || self.avx512_bf16 {
-                    "its bf16 instructions unused: the network's convolutions are mostly small ones, which the direct fp32 kernels compute faster, or RESNET_BF16_KERNEL=fp32, or the OS refused AMX"
+                    "its bf16 instructions unused: RESNET_BF16_KERNEL=fp32, or the OS refused AMX, or RESNET_DIRECT_BF16=0 and the network's convolutions are mostly small ones, which the direct fp32 kernels compute faster"
                 } else {
                     "this CPU has no bf16 instructions"
                 }

@@ -613,7 +613,7 @@ fn block<K: Dot>(job: &Job, rows: Range<usize>, cols: Range<usize>, pack: &mut P
 
 /// Two values as one pair of bf16: `lo` (the even k) in the lower half.
 #[inline(always)]
-fn pair(lo: f32, hi: f32) -> u32 {
+pub(super) fn pair(lo: f32, hi: f32) -> u32 {
     (round_bf16(lo).to_bits() >> 16) | (round_bf16(hi).to_bits() & 0xffff_0000)
 }
 
@@ -1092,7 +1092,7 @@ fn transpose<const AVX512: bool>(t: &[u32; T * T]) -> [u32; T * T] {
 
 /// `dst[i] = pair(lo[i], hi[i])` (a loop the compiler vectorises).
 #[inline(always)]
-fn pairs_of(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+pub(super) fn pairs_of(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
     for (d, (&lo, &hi)) in dst.iter_mut().zip(lo.iter().zip(hi)) {
         *d = pair(lo, hi);
     }
@@ -1100,7 +1100,7 @@ fn pairs_of(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
 
 /// `dst[p] = pair(src[2p], src[2p + 1])` (a loop the compiler vectorises).
 #[inline(always)]
-fn adjacent_pairs(dst: &mut [u32], src: &[f32]) {
+pub(super) fn adjacent_pairs(dst: &mut [u32], src: &[f32]) {
     for (d, v) in dst.iter_mut().zip(src.chunks_exact(2)) {
         *d = pair(v[0], v[1]);
     }
@@ -1124,7 +1124,7 @@ impl Packing {
     }
 }
 
-fn as_u32(v: &mut [f32]) -> &mut [u32] {
+pub(super) fn as_u32(v: &mut [f32]) -> &mut [u32] {
     // SAFETY: f32 and u32 have the same size and alignment, and every bit
     // pattern is a valid value of both.
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), v.len()) }

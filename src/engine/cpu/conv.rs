@@ -2,9 +2,10 @@
 //! (fixed groups of images, cache-sized tiles of columns multiplied where
 //! they were made) forward and backward.
 
+use super::bf16gemm::as_u32;
 use super::ops::{Gemm, row_major, transposed};
 use super::values::Values;
-use super::{SendPtr, direct};
+use super::{SendPtr, direct, direct16};
 use crate::engine::plan::ConvGeom;
 use rayon::prelude::*;
 
@@ -189,6 +190,27 @@ pub(super) fn conv_grouped_forward(
     let (kc, o, per_image) = (g.cols(), g.o, g.oh * g.ow);
     let tile = g.tile_rows() * kc;
     let ys = SendPtr(y.as_mut_ptr());
+    if let Some(dot) = gemm.direct16()
+        && direct16::available(g)
+        && direct16::padded_len(g) <= tile
+    {
+        let (groups, packed) = scratch.split_at_mut(g.groups() * tile);
+        let packed = as_u32(&mut packed[..direct16::packed_len(g)]);
+        direct16::pack_weight(w, g, packed);
+        let packed = &*packed;
+        let (ipg, len) = (g.images_per_group(), g.h * g.w * g.c);
+        for_each_group(g, groups, tile, |gi, pad, _| {
+            for n in gi * ipg..((gi + 1) * ipg).min(g.b) {
+                // SAFETY: image n's output belongs to this group alone.
+                let yi = unsafe {
+                    std::slice::from_raw_parts_mut(ys.get().add(n * per_image * o), per_image * o)
+                };
+                let xi = Values::F32(&x[n * len..][..len]);
+                direct16::conv_image(dot, xi, packed, yi, g, false, as_u32(pad));
+            }
+        });
+        return;
+    }
     if gemm.direct() && direct::available(g) && direct::padded_len(g) <= tile {
         let (ipg, len) = (g.images_per_group(), g.h * g.w * g.c);
         for_each_group(g, scratch, tile, |gi, pad, _| {
@@ -250,12 +272,24 @@ pub(super) fn conv_grouped_backward(
     let (kc, o, per_image) = (g.cols(), g.o, g.oh * g.ow);
     let tile = g.tile_rows() * kc;
     let per_group = tile + kc * o;
-    let (groups_s, wf) = scratch.split_at_mut(g.groups() * per_group);
-    let wf = &mut wf[..kc * o];
+    let (groups_s, rest) = scratch.split_at_mut(g.groups() * per_group);
+    let (wf, packed) = rest.split_at_mut(kc * o);
     let gd = g.input_gradient_conv();
     if gd.is_some() && dx.is_some() {
         flip_weight(w, g, wf);
     }
+    let dot16 = gemm.direct16();
+    // dx on the direct bf16 kernel: the flipped weight packed in pairs.
+    let dx16 = match (dot16, &gd) {
+        (Some(dot), Some(gd))
+            if dx.is_some() && direct16::available(gd) && direct16::padded_len(gd) <= tile =>
+        {
+            let packed = as_u32(&mut packed[..direct16::packed_len(gd)]);
+            direct16::pack_weight(wf, gd, packed);
+            Some((dot, &*packed))
+        }
+        _ => None,
+    };
     let wf = &*wf;
     let dxp = dx.map(|(d, acc)| (SendPtr(d.as_mut_ptr()), acc));
     let wt = transposed(w, o);
@@ -267,6 +301,9 @@ pub(super) fn conv_grouped_backward(
         && direct::for_weight_gradient()
         && direct::available(g)
         && direct::padded_len(g) <= tile;
+    // dW on the direct bf16 kernel, on the same condition.
+    let dw16 = dot16
+        .filter(|_| (gd.is_some() || dxp.is_none()) && direct16::weight_gradient_fits(g, tile));
     for_each_group(g, groups_s, per_group, |gi, s, tiles| {
         let (cols, dwg) = s.split_at_mut(tile);
         let mut first = true;
@@ -280,7 +317,17 @@ pub(super) fn conv_grouped_backward(
                 direct::weight_gradient_image(x.slice(n * len..(n + 1) * len), dyi, dwg, g, cols);
             }
         }
-        for (n, p, rows) in tiles.filter(|_| !direct_dw) {
+        if let Some(dot) = dw16 {
+            let dwg = &mut dwg[..kc * o];
+            dwg.fill(0.0);
+            let len = g.h * g.w * g.c;
+            for n in images.clone() {
+                let dyi = &dy[n * per_image * o..][..per_image * o];
+                let xi = x.slice(n * len..(n + 1) * len);
+                direct16::weight_gradient_image(dot, xi, dyi, dwg, g, as_u32(cols));
+            }
+        }
+        for (n, p, rows) in tiles.filter(|_| !direct_dw && dw16.is_none()) {
             let r0 = n * per_image + p;
             let cols = &mut cols[..rows * kc];
             im2col_rows(x, g, r0, cols);
@@ -313,6 +360,16 @@ pub(super) fn conv_grouped_backward(
         if let (Some(gd), Some((d, accumulate))) = (&gd, dxp) {
             let (kd, c, hw) = (gd.cols(), g.c, g.h * g.w);
             let td = (tile / kd).clamp(1, hw);
+            if let Some((dot, packed)) = dx16 {
+                for n in images {
+                    // SAFETY: image n's gradient belongs to this group alone.
+                    let dxi =
+                        unsafe { std::slice::from_raw_parts_mut(d.get().add(n * hw * c), hw * c) };
+                    let dyi = Values::F32(&dy[n * per_image * o..][..per_image * o]);
+                    direct16::conv_image(dot, dyi, packed, dxi, gd, accumulate, as_u32(cols));
+                }
+                return;
+            }
             if gemm.direct()
                 && direct::for_input_gradient()
                 && direct::available(gd)

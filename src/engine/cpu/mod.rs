@@ -17,6 +17,7 @@
 pub mod bf16gemm;
 pub mod conv;
 pub mod direct;
+pub mod direct16;
 pub mod ops;
 pub mod sgemm;
 pub mod values;
@@ -33,6 +34,7 @@ use super::precision::{Kernels, Precision, round_slice_bf16};
 use super::{EngineError, SgdSettings};
 use crate::dist::Communicator;
 use bf16gemm::Bf16Kernel;
+use direct16::Dot16;
 use std::sync::Arc;
 
 /// A buffer's start (f32, or u16 for a 16-bit one), handed to rayon tasks
@@ -141,13 +143,17 @@ impl Cpu {
         let kernel = match precision {
             Precision::Fp32 => None,
             Precision::Bf16 => match bf16gemm::native().map_err(EngineError::Backend)? {
-                // The small convolutions of the CIFAR nets run faster on
-                // the direct fp32 kernels over the same rounded operands
-                // than as small products on VDPBF16PS (ResNet-20 b128:
-                // 0.187 against 0.32 s/step, AMD EPYC, 2026-12-07). AMX is
-                // not measured yet, so it keeps every convolution.
+                // The small convolutions of the CIFAR nets run on the
+                // direct VDPBF16PS kernels ([`direct16`]); switched off
+                // (`RESNET_DIRECT_BF16=0`), they run faster on the direct
+                // fp32 kernels over the same rounded operands than as
+                // small products on VDPBF16PS (ResNet-20 b128: 0.187
+                // against 0.32 s/step, AMD EPYC, 2026-12-07). AMX is not
+                // measured yet, so it keeps every convolution.
                 Some(Bf16Kernel::Avx512Bf16)
-                    if !bf16gemm::kernel_named() && plan.mostly_small_convs() =>
+                    if !bf16gemm::kernel_named()
+                        && plan.mostly_small_convs()
+                        && Dot16::for_kernel(Bf16Kernel::Avx512Bf16).is_none() =>
                 {
                     None
                 }

@@ -173,6 +173,7 @@ pub fn partial_len(plan: &Plan) -> usize {
 }
 
 use super::bf16gemm::{self, Bf16Kernel};
+use super::direct16::Dot16;
 use super::sgemm::{self, Mat};
 pub(crate) use super::sgemm::{row_major, transposed};
 
@@ -271,6 +272,12 @@ impl Gemm {
     /// product (not when a bf16 kernel does the products).
     pub fn direct(self) -> bool {
         self == Gemm::Fp32
+    }
+
+    /// The direct bf16 convolution kernel standing in for a bf16 kernel's
+    /// products on small convolutions ([`super::direct16`]), if any.
+    pub fn direct16(self) -> Option<Dot16> {
+        self.bf16().and_then(Dot16::for_kernel)
     }
 }
 
