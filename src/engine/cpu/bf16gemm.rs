@@ -684,9 +684,9 @@ struct Strips<F> {
 /// Rows and pairs of the tile a transposing pack converts at once.
 const T: usize = 16;
 
-/// Most rows of a strip whose columns are gathered ([`Lhs::Im2colT`]):
-/// the widest kernel's `MR`.
-const GATHER: usize = 32;
+/// Most rows whose columns are gathered at once ([`Lhs::Im2colT`]): a
+/// block of A's rows.
+const GATHER: usize = MC;
 
 impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     /// `x`'s rows `r0..r0 + mc`, columns `p0..p0 + kc` into strips of
@@ -730,8 +730,11 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
         pairs: usize,
     ) {
         let width = self.width;
-        if let Lhs::Im2colT { .. } = x {
-            assert!(width <= GATHER, "strips of {width} rows");
+        if let Lhs::Im2colT { x, g, first } = x {
+            // Every strip's columns gathered at once: a position's window
+            // is found once per block, not once per strip.
+            assert!(mc <= GATHER, "a block of {mc} rows");
+            return self.pack_im2col_t::<AVX512>(dst, (x, &g, first), (r0, mc), ks, pairs);
         }
         for (q, strip) in dst[..mc.div_ceil(width) * width * pairs]
             .chunks_exact_mut(width * pairs)
@@ -743,9 +746,7 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
                 Lhs::Im2col { x, g } => {
                     self.strip_of_im2col::<AVX512>(strip, x, &g, rows, ks, pairs)
                 }
-                Lhs::Im2colT { x, g, first } => {
-                    self.strip_of_im2col_t::<AVX512>(strip, (x, &g, first), rows, ks, pairs)
-                }
+                Lhs::Im2colT { .. } => unreachable!("packed above"),
             }
         }
     }
@@ -816,41 +817,47 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
         self.pad(strip, (rows, kc), pairs, |_| 0.0);
     }
 
-    /// One strip of [`Strips::pack_runs`] of the transposed im2col matrix
-    /// of `x` under `g` from column `first` ([`Lhs::Im2colT`]): its rows
-    /// (im2col columns) `first + top..` (`rows` <= [`GATHER`]), its columns
-    /// the output positions from `p0`.
+    /// [`Strips::pack_runs`] of the transposed im2col matrix of `x` under
+    /// `g` from column `first` ([`Lhs::Im2colT`]): its rows (im2col
+    /// columns) `first + r0..first + r0 + mc` (`mc` <= [`GATHER`]), its
+    /// columns the output positions from `p0`.
     #[inline(always)]
-    fn strip_of_im2col_t<const AVX512: bool>(
+    fn pack_im2col_t<const AVX512: bool>(
         self,
-        strip: &mut [u32],
+        dst: &mut [u32],
         (x, g, first): (Values, &ConvGeom, usize),
-        (top, rows): (usize, usize),
+        (r0, mc): (usize, usize),
         (p0, kc): (usize, usize),
         pairs: usize,
     ) {
-        let whole = kc / 2;
+        let (width, whole) = (self.width, kc / 2);
         // The same few taps at every output position, which step along
         // the map.
-        let taps = Taps::new(g, first + top, rows);
+        let taps = Taps::new(g, first + r0, mc);
         let mut at = Position::new(g, p0);
-        // 16 pairs of columns at a time gathered, then packed as a
-        // matrix's contiguous columns are.
+        let strips =
+            || (0..mc.div_ceil(width)).map(move |q| (q * width, width.min(mc - q * width)));
+        // 16 pairs of columns of all the block's rows gathered at a time,
+        // then each strip's packed as a matrix's contiguous columns are.
         let mut block = [0f32; 2 * T * GATHER];
         for pb in (0..whole).step_by(T) {
             let np = T.min(whole - pb);
-            for col in block.chunks_exact_mut(rows).take(2 * np) {
+            for col in block.chunks_exact_mut(mc).take(2 * np) {
                 taps.gather(x, g, at, col);
                 at.step(g);
             }
-            let col = |c: usize| &block[(c - 2 * pb) * rows..][..rows];
-            self.pack_columns::<AVX512>(strip, rows, (pb, np), col);
+            for ((top, rows), strip) in strips().zip(dst.chunks_exact_mut(width * pairs)) {
+                let col = |c: usize| &block[(c - 2 * pb) * mc + top..][..rows];
+                self.pack_columns::<AVX512>(strip, rows, (pb, np), col);
+            }
         }
         let mut last = [0f32; GATHER];
         if kc % 2 == 1 {
-            taps.gather(x, g, at, &mut last[..rows]);
+            taps.gather(x, g, at, &mut last[..mc]);
         }
-        self.pad(strip, (rows, kc), pairs, |i| last[i]);
+        for ((top, rows), strip) in strips().zip(dst.chunks_exact_mut(width * pairs)) {
+            self.pad(strip, (rows, kc), pairs, |i| last[top + i]);
+        }
     }
 
     /// Pairs `pb..pb + np` (`np` <= 16) of a strip's `rows` rows, pair `p`
@@ -872,7 +879,16 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
                 let (c0, c1) = (col(2 * p), col(2 * p + 1));
                 for i0 in (0..rows).step_by(self.run_i) {
                     let n = self.run_i.min(rows - i0);
-                    pairs_of(&mut strip[at(p, i0)..][..n], &c0[i0..][..n], &c1[i0..][..n]);
+                    let (d, lo, hi) =
+                        (&mut strip[at(p, i0)..][..n], &c0[i0..][..n], &c1[i0..][..n]);
+                    #[cfg(target_arch = "x86_64")]
+                    if AVX512 {
+                        // SAFETY: `AVX512` is set only inside a function
+                        // compiled for AVX-512F, on a CPU that has it.
+                        unsafe { x86::pairs_of(d, lo, hi) };
+                        continue;
+                    }
+                    pairs_of(d, lo, hi);
                 }
             }
         } else {
@@ -1291,6 +1307,43 @@ pub(super) mod x86 {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
+    /// [`super::pairs_of`] on 16 lanes at a time (masked loads and
+    /// stores: the runs are 12 or 32 pairs long, which the compiler leaves
+    /// to scalar code). The same bits: [`super::round_bf16`] on integer
+    /// lanes, NaNs made quiet.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn pairs_of(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+        let n = dst.len();
+        assert!(lo.len() >= n && hi.len() >= n);
+        let round = |x: __m512| {
+            let bits = _mm512_castps_si512(x);
+            let lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+            let up = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
+            let nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+            let quiet = _mm512_or_si512(bits, _mm512_set1_epi32(0x0040_0000));
+            _mm512_and_si512(
+                _mm512_mask_blend_epi32(nan, up, quiet),
+                _mm512_set1_epi32(0xffff_0000u32 as i32),
+            )
+        };
+        for i0 in (0..n).step_by(16) {
+            let m = (n - i0).min(16);
+            let k: __mmask16 = (u32::MAX >> (32 - m)) as u16;
+            // SAFETY: lanes i0..i0 + m lie inside the slices (checked
+            // above); masked-off lanes are not touched.
+            unsafe {
+                let l = round(_mm512_maskz_loadu_ps(k, lo.as_ptr().add(i0)));
+                let h = round(_mm512_maskz_loadu_ps(k, hi.as_ptr().add(i0)));
+                let v = _mm512_or_si512(_mm512_srli_epi32(l, 16), h);
+                _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(i0).cast(), k, v);
+            }
+        }
+    }
+
     /// A 16 x 16 tile of 32-bit values (row-major) transposed (see
     /// [`transpose_16x16_regs`]).
     ///
@@ -1515,6 +1568,49 @@ mod tests {
     use super::*;
     use crate::engine::cpu::sgemm::{row_major, transposed};
     use crate::engine::cpu::values::to_bf16;
+
+    /// The AVX-512 pair conversion gives the bits of the scalar one: ties
+    /// to even, carries into the exponent, infinities, NaNs, denormals,
+    /// every run length to 35 (masked tails).
+    #[test]
+    fn vector_pairs_are_the_scalar_pairs() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let specials = [
+                1.0f32,
+                f32::from_bits(0x3f80_8000),
+                f32::from_bits(0x3f81_8000),
+                f32::from_bits(0x3f80_7fff),
+                f32::from_bits(0x7f7f_ffff),
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                f32::NAN,
+                f32::from_bits(0x7f80_0001),
+                f32::from_bits(0xff80_4000),
+                1e-40,
+                -0.0,
+                -3.3e-3,
+            ];
+            let mut r = 17u32;
+            let lo: Vec<f32> = (0..35)
+                .map(|i| match specials.get(i) {
+                    Some(&v) => v,
+                    None => {
+                        r = r.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+                        f32::from_bits(r)
+                    }
+                })
+                .collect();
+            let hi: Vec<f32> = lo.iter().rev().copied().collect();
+            for n in 0..=35 {
+                let (mut a, mut b) = (vec![7u32; n + 1], vec![7u32; n + 1]);
+                pairs_of(&mut a[..n], &lo, &hi);
+                // SAFETY: the CPU has AVX-512F (checked).
+                unsafe { x86::pairs_of(&mut b[..n], &lo, &hi) };
+                assert_eq!(a, b, "{n} pairs");
+            }
+        }
+    }
 
     /// The definition in f64 on the operands rounded to bf16, and the sum
     /// of the products' magnitudes (the scale of fp32's rounding).
