@@ -541,9 +541,11 @@ fn bf16_keeps_activations_for_backward_in_16_bits() {
 }
 
 /// The CIFAR nets' convolutions are mostly small ones (computed image
-/// group by image group: on AVX512-BF16 their bf16 step runs the direct
-/// fp32 kernels over rounded operands, faster there); ResNet-18 at 32x32 and ResNet-50
-/// at 224x224 are not (their bf16 step runs on the bf16 kernel).
+/// group by image group: on AVX512-BF16 their bf16 step runs them on the
+/// direct `VDPBF16PS` kernels, or with `RESNET_DIRECT_BF16=0` on the
+/// direct fp32 kernels over rounded operands, faster there than the bf16
+/// product); ResNet-18 at 32x32 and ResNet-50 at 224x224 are not (their
+/// bf16 step runs on the bf16 kernel).
 #[test]
 fn small_convolutions_are_told_apart() {
     use resnet_imagenet::model::resnet::ResNet50;

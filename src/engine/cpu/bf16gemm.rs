@@ -1319,17 +1319,6 @@ pub(super) mod x86 {
     pub unsafe fn pairs_of(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
         let n = dst.len();
         assert!(lo.len() >= n && hi.len() >= n);
-        let round = |x: __m512| {
-            let bits = _mm512_castps_si512(x);
-            let lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-            let up = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
-            let nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-            let quiet = _mm512_or_si512(bits, _mm512_set1_epi32(0x0040_0000));
-            _mm512_and_si512(
-                _mm512_mask_blend_epi32(nan, up, quiet),
-                _mm512_set1_epi32(0xffff_0000u32 as i32),
-            )
-        };
         for i0 in (0..n).step_by(16) {
             let m = (n - i0).min(16);
             let k: __mmask16 = (u32::MAX >> (32 - m)) as u16;
@@ -1340,6 +1329,46 @@ pub(super) mod x86 {
                 let h = round(_mm512_maskz_loadu_ps(k, hi.as_ptr().add(i0)));
                 let v = _mm512_or_si512(_mm512_srli_epi32(l, 16), h);
                 _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(i0).cast(), k, v);
+            }
+        }
+    }
+
+    /// [`super::round_bf16`] on 16 lanes, as bits (the lower half zero).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn round(x: __m512) -> __m512i {
+        let bits = _mm512_castps_si512(x);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+        let up = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
+        let nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+        let quiet = _mm512_or_si512(bits, _mm512_set1_epi32(0x0040_0000));
+        _mm512_and_si512(
+            _mm512_mask_blend_epi32(nan, up, quiet),
+            _mm512_set1_epi32(0xffff_0000u32 as i32),
+        )
+    }
+
+    /// [`super::adjacent_pairs`] on 16 values at a time (rounded, narrowed
+    /// to 16 bits as they are stored). The same bits.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn adjacent_pairs(dst: &mut [u32], src: &[f32]) {
+        let n = 2 * dst.len();
+        assert!(src.len() >= n);
+        let out = dst.as_mut_ptr().cast::<i16>();
+        for i0 in (0..n).step_by(16) {
+            let m = (n - i0).min(16);
+            let k: __mmask16 = (u32::MAX >> (32 - m)) as u16;
+            // SAFETY: values i0..i0 + m lie inside `src` and 16-bit halves
+            // i0..i0 + m inside `dst` (checked above); masked-off lanes
+            // are not touched.
+            unsafe {
+                let v =
+                    _mm512_srli_epi32(round(_mm512_maskz_loadu_ps(k, src.as_ptr().add(i0))), 16);
+                _mm512_mask_cvtepi32_storeu_epi16(out.add(i0).cast(), k, v);
             }
         }
     }
@@ -1569,7 +1598,7 @@ mod tests {
     use crate::engine::cpu::sgemm::{row_major, transposed};
     use crate::engine::cpu::values::to_bf16;
 
-    /// The AVX-512 pair conversion gives the bits of the scalar one: ties
+    /// The AVX-512 pair conversions give the bits of the scalar ones: ties
     /// to even, carries into the exponent, infinities, NaNs, denormals,
     /// every run length to 35 (masked tails).
     #[test]
@@ -1608,6 +1637,12 @@ mod tests {
                 // SAFETY: the CPU has AVX-512F (checked).
                 unsafe { x86::pairs_of(&mut b[..n], &lo, &hi) };
                 assert_eq!(a, b, "{n} pairs");
+                let both: Vec<f32> = lo.iter().chain(&hi).chain(&lo).copied().collect();
+                let (mut a, mut b) = (vec![7u32; n + 1], vec![7u32; n + 1]);
+                adjacent_pairs(&mut a[..n], &both[1..]);
+                // SAFETY: as above.
+                unsafe { x86::adjacent_pairs(&mut b[..n], &both[1..]) };
+                assert_eq!(a, b, "{n} adjacent pairs");
             }
         }
     }

@@ -100,7 +100,7 @@ pub fn pack_weight(w: &[f32], g: &ConvGeom, dst: &mut [u32]) {
         for (j, dst) in dst.chunks_exact_mut(o).enumerate() {
             let lo = &w[2 * j * o..][..o];
             if 2 * j + 1 < c {
-                pairs_of(dst, lo, &w[(2 * j + 1) * o..][..o]);
+                fast_pairs_of(dst, lo, &w[(2 * j + 1) * o..][..o]);
             } else {
                 dst.iter_mut().zip(lo).for_each(|(d, &l)| *d = pair(l, 0.0));
             }
@@ -108,12 +108,32 @@ pub fn pack_weight(w: &[f32], g: &ConvGeom, dst: &mut [u32]) {
     }
 }
 
+/// [`pairs_of`] on AVX-512 where the CPU has it (the same bits).
+fn fast_pairs_of(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { super::bf16gemm::x86::pairs_of(dst, lo, hi) };
+    }
+    pairs_of(dst, lo, hi)
+}
+
+/// [`adjacent_pairs`] on AVX-512 where the CPU has it (the same bits).
+fn fast_adjacent_pairs(dst: &mut [u32], src: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { super::bf16gemm::x86::adjacent_pairs(dst, src) };
+    }
+    adjacent_pairs(dst, src)
+}
+
 /// `w` pixels of `c` channels from `x[at..]` as channel pairs into `dst`.
 fn row_pairs(x: Values, at: usize, (w, c): (usize, usize), dst: &mut [u32]) {
     let cp = pairs(c);
     let dst = &mut dst[..w * cp];
     match x {
-        Values::F32(v) if c % 2 == 0 => adjacent_pairs(dst, &v[at..at + w * c]),
+        Values::F32(v) if c % 2 == 0 => fast_adjacent_pairs(dst, &v[at..at + w * c]),
         Values::Bf16(v) if c % 2 == 0 => {
             for (d, s) in dst.iter_mut().zip(v[at..at + w * c].chunks_exact(2)) {
                 *d = s[0] as u32 | (s[1] as u32) << 16;
@@ -256,7 +276,7 @@ pub fn weight_gradient_image(
             } else {
                 inside.fill(0.0);
             }
-            pairs_of(xq, &row[..wp * c], &row[s * c..][..wp * c]);
+            fast_pairs_of(xq, &row[..wp * c], &row[s * c..][..wp * c]);
         }
         // dy rows oy0..: positions 2q and 2q + 1 (zero past the row's end).
         for (r, dq) in dq.chunks_exact_mut(qn * o).enumerate() {
@@ -264,7 +284,7 @@ pub fn weight_gradient_image(
             for (q, dq) in dq.chunks_exact_mut(o).enumerate() {
                 let lo = &dyr[2 * q * o..][..o];
                 if 2 * q + 1 < g.ow {
-                    pairs_of(dq, lo, &dyr[(2 * q + 1) * o..][..o]);
+                    fast_pairs_of(dq, lo, &dyr[(2 * q + 1) * o..][..o]);
                 } else {
                     dq.iter_mut().zip(lo).for_each(|(d, &l)| *d = pair(l, 0.0));
                 }
@@ -808,6 +828,86 @@ mod tests {
                         .all(|(a, b)| a.to_bits() == b.to_bits())
                 );
             }
+        }
+    }
+
+    /// The grouped convolution of a batch on a bf16 kernel with a direct
+    /// twin runs it: the output is each image's [`conv_image`]; dW is the
+    /// groups' sums of [`weight_gradient_image`] added in group order; dx
+    /// is the input-gradient conv's [`conv_image`] on the flipped weight
+    /// (the scratch layout, the packing and the flip, checked bit for bit).
+    #[test]
+    fn grouped_convolutions_run_on_the_direct_kernel() {
+        use crate::engine::cpu::conv::{conv_grouped_backward, conv_grouped_forward, flip_weight};
+        use crate::engine::cpu::ops::Gemm;
+        for dot in dots() {
+            let kernel = match dot {
+                Dot16::Native => Bf16Kernel::Avx512Bf16,
+                Dot16::Model => Bf16Kernel::Avx512Bf16Model,
+            };
+            let gemm = Gemm::Bf16(kernel);
+            assert_eq!(gemm.direct16(), Some(dot));
+            let g = ConvGeom::new(3, (10, 9, 16), 32, (3, 1, 1));
+            assert!(g.grouped() && g.groups() == 3);
+            let (len, out) = (g.h * g.w * g.c, g.oh * g.ow * g.o);
+            let x = rand_values(g.b * len, 1);
+            let wt = rand_values(g.cols() * g.o, 2);
+            let dy = rand_values(g.b * out, 3);
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let mut packed = vec![0u32; packed_len(&g)];
+            pack_weight(&wt, &g, &mut packed);
+            let mut pad = vec![0u32; 1 << 16];
+            // Forward.
+            let mut scratch = vec![f32::NAN; g.group_scratch(false)];
+            let mut y = vec![f32::NAN; g.b * out];
+            conv_grouped_forward(&x, &wt, &mut y, &g, &mut scratch, gemm);
+            let mut want = vec![0f32; g.b * out];
+            for n in 0..g.b {
+                let xi = Values::F32(&x[n * len..][..len]);
+                conv_image(
+                    dot,
+                    xi,
+                    &packed,
+                    &mut want[n * out..][..out],
+                    &g,
+                    false,
+                    &mut pad,
+                );
+            }
+            assert_eq!(bits(&y), bits(&want), "{dot:?} forward");
+            // Backward: dW, and dx added to what is there.
+            let mut scratch = vec![f32::NAN; g.group_scratch(true)];
+            let mut dw = vec![f32::NAN; g.cols() * g.o];
+            let mut dx = vec![0.5f32; g.b * len];
+            conv_grouped_backward(
+                &g,
+                (Values::F32(&x), &dy),
+                &wt,
+                &mut dw,
+                Some((&mut dx, true)),
+                &mut scratch,
+                gemm,
+            );
+            let mut want_dw = vec![0f32; dw.len()];
+            for n in 0..g.b {
+                let mut part = vec![0f32; dw.len()];
+                let xi = Values::F32(&x[n * len..][..len]);
+                weight_gradient_image(dot, xi, &dy[n * out..][..out], &mut part, &g, &mut pad);
+                want_dw.iter_mut().zip(&part).for_each(|(d, p)| *d += p);
+            }
+            assert_eq!(bits(&dw), bits(&want_dw), "{dot:?} weight gradient");
+            let gd = g.input_gradient_conv().unwrap();
+            let mut wf = vec![0f32; g.cols() * g.o];
+            flip_weight(&wt, &g, &mut wf);
+            let mut packed_f = vec![0u32; packed_len(&gd)];
+            pack_weight(&wf, &gd, &mut packed_f);
+            let mut want_dx = vec![0.5f32; g.b * len];
+            for n in 0..g.b {
+                let dyi = Values::F32(&dy[n * out..][..out]);
+                let dxi = &mut want_dx[n * len..][..len];
+                conv_image(dot, dyi, &packed_f, dxi, &gd, true, &mut pad);
+            }
+            assert_eq!(bits(&dx), bits(&want_dx), "{dot:?} input gradient");
         }
     }
 
