@@ -32,7 +32,7 @@ mkdir -p "$out"
 export RESNET_REQUIRE_BF16
 RESNET_REQUIRE_BF16=$(IFS=,; echo "${kernels[*]}")
 echo "== kernels: $RESNET_REQUIRE_BF16 (results in $out)"
-cargo test --release --lib bf16gemm -- --nocapture 2>&1 | tee "$out/test-bf16gemm.txt"
+cargo test --release --lib -- bf16gemm direct16 --nocapture 2>&1 | tee "$out/test-bf16gemm.txt"
 cargo test --release --test tests precision -- --nocapture 2>&1 | tee "$out/test-precision.txt"
 cargo bench --bench sgemm 2>&1 | tee "$out/bench-sgemm.txt"
 PYTHON=$PYTHON bash tools/bench-trainer.sh "$rounds" "$out/bench-precision.jsonl" | tee "$out/table.md"
@@ -48,4 +48,9 @@ resnet20 128 32 4
 resnet50 8 224 3
 ROWS
 done
+# The small convolutions off their direct VDPBF16PS kernel (AVX512-BF16
+# only; elsewhere the variable changes nothing).
+RESNET_DIRECT_BF16=0 ./target/release/bench-trainer --model resnet20 --batch-size 128 \
+  --size 32 --steps 4 --warmup 1 --rounds "$rounds" --precision bf16 --json \
+  >>"$out/bench-kernels.jsonl"
 echo "== done: $out (commit it)"
