@@ -181,7 +181,7 @@ impl Kernels {
                     Bf16Kernel::Avx512Bf16 =>
                         match crate::engine::cpu::direct16::Dot16::for_kernel(k) {
                             Some(_) =>
-                                "AVX512-BF16 (VDPBF16PS), small convolutions on its direct kernel,",
+                                "AVX512-BF16 (VDPBF16PS), small convolutions on its direct kernel",
                             None => "AVX512-BF16 (VDPBF16PS)",
                         },
                     Bf16Kernel::AmxModel => "TDPBF16PS model in plain Rust (test)",
