@@ -644,60 +644,55 @@ mod tests {
             .collect()
     }
 
+    /// Calls `f(xi, wi, yi)` for each product of the definition: input
+    /// element `xi` times weight element `wi`, into output element `yi`.
+    fn for_each_product(g: &ConvGeom, mut f: impl FnMut(usize, usize, usize)) {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                for ky in 0..g.k {
+                    for kx in 0..g.k {
+                        let iy = (oy * g.s + ky).wrapping_sub(g.p);
+                        let ix = (ox * g.s + kx).wrapping_sub(g.p);
+                        if iy >= g.h || ix >= g.w {
+                            continue;
+                        }
+                        for ci in 0..g.c {
+                            for co in 0..g.o {
+                                f(
+                                    (iy * g.w + ix) * g.c + ci,
+                                    ((ky * g.k + kx) * g.c + ci) * g.o + co,
+                                    (oy * g.ow + ox) * g.o + co,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The definition in f64 (operands already bf16), and each output's
     /// sum of absolute products (the scale of its rounding error).
     fn reference(x: &[f32], w: &[f32], g: &ConvGeom) -> (Vec<f64>, Vec<f64>) {
         let mut y = vec![0f64; g.oh * g.ow * g.o];
         let mut size = vec![0f64; y.len()];
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                for ky in 0..g.k {
-                    for kx in 0..g.k {
-                        let iy = (oy * g.s + ky).wrapping_sub(g.p);
-                        let ix = (ox * g.s + kx).wrapping_sub(g.p);
-                        if iy >= g.h || ix >= g.w {
-                            continue;
-                        }
-                        for ci in 0..g.c {
-                            let xv = x[(iy * g.w + ix) * g.c + ci] as f64;
-                            for co in 0..g.o {
-                                let p = xv * w[((ky * g.k + kx) * g.c + ci) * g.o + co] as f64;
-                                y[(oy * g.ow + ox) * g.o + co] += p;
-                                size[(oy * g.ow + ox) * g.o + co] += p.abs();
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        for_each_product(g, |xi, wi, yi| {
+            let p = x[xi] as f64 * w[wi] as f64;
+            y[yi] += p;
+            size[yi] += p.abs();
+        });
         (y, size)
     }
 
+    /// The weight gradient's definition likewise.
     fn weight_gradient_reference(x: &[f32], dy: &[f32], g: &ConvGeom) -> (Vec<f64>, Vec<f64>) {
         let mut dw = vec![0f64; g.cols() * g.o];
         let mut size = vec![0f64; dw.len()];
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                for ky in 0..g.k {
-                    for kx in 0..g.k {
-                        let iy = (oy * g.s + ky).wrapping_sub(g.p);
-                        let ix = (ox * g.s + kx).wrapping_sub(g.p);
-                        if iy >= g.h || ix >= g.w {
-                            continue;
-                        }
-                        for ci in 0..g.c {
-                            let xv = x[(iy * g.w + ix) * g.c + ci] as f64;
-                            for co in 0..g.o {
-                                let at = ((ky * g.k + kx) * g.c + ci) * g.o + co;
-                                let p = xv * dy[(oy * g.ow + ox) * g.o + co] as f64;
-                                dw[at] += p;
-                                size[at] += p.abs();
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        for_each_product(g, |xi, wi, yi| {
+            let p = x[xi] as f64 * dy[yi] as f64;
+            dw[wi] += p;
+            size[wi] += p.abs();
+        });
         (dw, size)
     }
 
