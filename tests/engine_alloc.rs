@@ -17,6 +17,8 @@
 //! lazily would do the same, hence the engine makes them at start.
 
 use dfdx::prelude::*;
+use resnet_imagenet::engine::cpu::Cpu as CpuBackend;
+use resnet_imagenet::engine::cpu::bf16gemm::Bf16Kernel;
 use resnet_imagenet::engine::precision::Precision;
 use resnet_imagenet::engine::{Engine, Target};
 use resnet_imagenet::measure::parity::synthetic;
@@ -62,8 +64,13 @@ fn steady_state<M: Lower + TensorCollection<f32, Cpu>>(
     precision: Precision,
 ) -> usize {
     let target = Target::Cpu { threads: 2 };
-    let mut e = Engine::build(model, batch, (side, side), target, precision).unwrap();
-    let name = &format!("{name} {precision:?} ({})", e.describe());
+    let e = Engine::build(model, batch, (side, side), target, precision).unwrap();
+    counted(&format!("{name} {precision:?}"), e, (batch, side, classes))
+}
+
+/// [`steady_state`] of an engine made.
+fn counted(name: &str, mut e: Engine, (batch, side, classes): (usize, usize, usize)) -> usize {
+    let name = &format!("{name} ({})", e.describe());
     let (x, labels) = synthetic(batch, side, classes, 1);
     let gemm_calls: usize = e
         .plan()
@@ -113,4 +120,11 @@ fn the_steady_state_allocates_nothing_and_holds_no_more_memory() {
         let r50 = ResNet50::<10, f32, Cpu>::build(&dev);
         steady_state("resnet50 b2 64x64", &r50, (2, 64, 10), precision);
     }
+    // The VDPBF16PS model (any CPU): its products and its direct kernels'.
+    let r20 = ResNet20::<10, f32, Cpu>::build(&dev);
+    let plan = Engine::lower(&r20, 8, (16, 16)).unwrap();
+    let kernel = Some(Bf16Kernel::Avx512Bf16Model);
+    let cpu = CpuBackend::with_kernel(plan, 2, Precision::Bf16, kernel).unwrap();
+    let e = Engine::with_backend(&r20, Box::new(cpu)).unwrap();
+    counted("resnet20 b8 16x16 Bf16 model", e, (8, 16, 10));
 }

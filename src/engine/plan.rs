@@ -590,8 +590,10 @@ impl Plan {
 
     /// Whether most of the convolutions' arithmetic is in small ones,
     /// those computed image group by image group ([`ConvGeom::grouped`]):
-    /// the CIFAR nets'. The CPU engine computes them with its direct fp32
-    /// kernels, faster than as small products on AVX512-BF16.
+    /// the CIFAR nets'. On AVX512-BF16 with its direct `VDPBF16PS` kernels
+    /// switched off (`RESNET_DIRECT_BF16=0`), the CPU engine computes such
+    /// a net's bf16 step on its direct fp32 kernels, faster there than as
+    /// small bf16 products.
     pub fn mostly_small_convs(&self) -> bool {
         let (mut small, mut all) = (0.0, 0.0);
         for op in &self.ops {

@@ -831,6 +831,7 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
         pairs: usize,
     ) {
         let (width, whole) = (self.width, kc / 2);
+        let dst = &mut dst[..mc.div_ceil(width) * width * pairs];
         // The same few taps at every output position, which step along
         // the map.
         let taps = Taps::new(g, first + r0, mc);
