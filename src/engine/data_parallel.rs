@@ -91,7 +91,9 @@ impl Buckets {
 /// What a data-parallel step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
-    /// This rank's loss (mean over its share).
+    /// This rank's loss (mean over its share); if some rank's loss was not
+    /// finite, the sum of the ranks' losses (NaN or infinite), the same on
+    /// every rank, so that each names the cause when it stops.
     pub loss: f32,
     /// Whether every rank's loss was finite (if not, nothing was updated).
     pub all_finite: bool,
@@ -137,11 +139,12 @@ impl Engine {
             self.joined = true;
         }
         let loss = self.forward_loss(images, labels)?;
-        let mut bad = [if loss.is_finite() { 0.0 } else { 1.0 }];
-        comm.sum_f64(&mut bad);
-        if bad[0] != 0.0 {
+        // The ranks' losses summed: not finite if any is not.
+        let mut sum = [loss as f64];
+        comm.sum_f64(&mut sum);
+        if !sum[0].is_finite() {
             return Ok(StepStats {
-                loss,
+                loss: sum[0] as f32,
                 all_finite: false,
                 allreduce_s: 0.0,
                 wait_s: 0.0,
