@@ -145,6 +145,27 @@ pub fn weight_gradient_image(x: Values, dy: &[f32], dw: &mut [f32], g: &ConvGeom
     let _ = wp;
 }
 
+/// 16-lane registers across the output channels of a tile of the AVX-512
+/// kernels (here and in [`super::direct16`]).
+#[cfg(target_arch = "x86_64")]
+pub(super) fn lanes(o: usize) -> usize {
+    if o.is_multiple_of(64) {
+        4
+    } else if o.is_multiple_of(32) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Pixels (conv) or input channels (weight gradient) per tile of the
+/// AVX-512 kernels with `v` registers across the outputs: 8-16
+/// accumulators of the 32 registers.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn per_tile(v: usize) -> usize {
+    if v == 4 { 4 } else { 8 }
+}
+
 /// Copies image `x` into `pad` with `g.p` zeros around it; returns the
 /// padded width. Checks what the kernels rely on.
 fn pad_image(x: Values, g: &ConvGeom, pad: &mut [f32]) -> usize {
@@ -341,6 +362,7 @@ mod avx2 {
 /// [`avx2`], so both give the same bits.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::{lanes, per_tile};
     use crate::engine::plan::ConvGeom;
     use std::arch::x86_64::*;
 
@@ -366,17 +388,6 @@ mod avx512 {
         (usize, usize, usize, usize),
     );
 
-    /// 16-lane registers across the output channels of a tile.
-    fn lanes(o: usize) -> usize {
-        if o.is_multiple_of(64) {
-            4
-        } else if o.is_multiple_of(32) {
-            2
-        } else {
-            1
-        }
-    }
-
     /// Calls `$f::<V, N>` for the `N` (a literal of the list) equal to `$n`.
     macro_rules! by_count {
         ($n:expr, $f:ident::<$v:literal>, [$($c:literal)*], $args:expr) => {
@@ -397,12 +408,6 @@ mod avx512 {
                 _ => by_count!($n, $f::<1>, [1 2 3 4 5 6 7 8], $args),
             }
         };
-    }
-
-    /// Pixels (conv) or input channels (weight gradient) per tile with `v`
-    /// registers across the outputs: 16-32 accumulators of the 32 registers.
-    fn per_tile(v: usize) -> usize {
-        if v == 4 { 4 } else { 8 }
     }
 
     #[target_feature(enable = "avx512f")]

@@ -396,24 +396,9 @@ mod model {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{ConvGeom, pairs};
+    // The fp32 direct kernels' register blocking.
+    use crate::engine::cpu::direct::{lanes, per_tile};
     use std::arch::x86_64::*;
-
-    /// 16-lane registers across the output channels of a tile.
-    fn lanes(o: usize) -> usize {
-        if o.is_multiple_of(64) {
-            4
-        } else if o.is_multiple_of(32) {
-            2
-        } else {
-            1
-        }
-    }
-
-    /// Pixels (forward) or input channels (weight gradient) per tile with
-    /// `v` registers across the outputs: 8-16 accumulators.
-    fn per_tile(v: usize) -> usize {
-        if v == 4 { 4 } else { 8 }
-    }
 
     /// Calls `$f::<V, N>` for `V = $v` registers and a tile of `N = $n`.
     macro_rules! by_lanes {
