@@ -306,8 +306,8 @@ pub enum Op {
         cols: Option<BufId>,
         /// im2col and column-gradient scratch of the backward pass (where
         /// the backend reads the windows in place, the flipped weight
-        /// alone or the columns' gradient; of a single tap whose input is
-        /// read from `x_bf16`, that input widened to f32).
+        /// alone or the columns' gradient; of a single tap, not pointwise,
+        /// whose input is read from `x_bf16`, that input widened to f32).
         bcols: Option<BufId>,
         /// `x` as its writer also stores it in 16 bits, which backward
         /// reads instead of `x` ([`Plan::with_16_bit_activations`]).
@@ -866,7 +866,9 @@ impl Plan {
     ///
     /// A BatchNorm's input is stored so only where a convolution writes it
     /// and the BatchNorm alone reads it; a single-tap convolution reading
-    /// its input from 16 bits gets a backward scratch to widen it into. In
+    /// its input from 16 bits gets a backward scratch to widen it into
+    /// (but a pointwise one, whose weight gradient reads the 16 bits
+    /// where they lie). In
     /// evaluation too the BatchNorm normalises its rounded input (as
     /// autocast's does). A plan that already has 16-bit buffers is
     /// returned as it is.
@@ -914,8 +916,10 @@ impl Plan {
                 })
             };
             for i in 0..p.ops.len() {
-                let (x, single_tap) = match &p.ops[i] {
-                    Op::Conv { x, g, .. } => (*x, g.single_tap().is_some()),
+                let (x, widens) = match &p.ops[i] {
+                    // A pointwise conv reads its 16-bit input as a window
+                    // of one tap; other single-tap convs widen it.
+                    Op::Conv { x, g, .. } => (*x, g.single_tap().is_some() && !g.is_pointwise()),
                     Op::BatchNorm { y, relu: true, .. } => {
                         let copy = copy_of(&mut p.bufs, *y);
                         if let Op::BatchNorm { y_bf16, .. } = &mut p.ops[i] {
@@ -934,7 +938,7 @@ impl Plan {
                 {
                     *y_bf16 = Some(copy);
                 }
-                let widened = single_tap.then(|| {
+                let widened = widens.then(|| {
                     let (name, len) = (format!("{} widened", p.bufs[x].name), p.bufs[x].len);
                     push_buf(&mut p.bufs, name, len, Elem::F32)
                 });

@@ -88,7 +88,10 @@ pub fn round_slice_bf16(v: &mut [f32]) {
 }
 
 fn round_chunk(v: &mut [f32]) {
-    v.iter_mut().for_each(|x| *x = round_bf16(*x));
+    super::cpu::simd::vectorised(
+        #[inline(always)]
+        || v.iter_mut().for_each(|x| *x = round_bf16(*x)),
+    );
 }
 
 /// Whether every value of `v` is a bf16 value (low 16 bits zero).

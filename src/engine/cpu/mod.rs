@@ -10,6 +10,8 @@
 //! - [`sgemm`]: the packed fp32 matrix product.
 //! - [`bf16gemm`]: the bf16 matrix product on AMX or AVX512-BF16 (bf16 runs
 //!   on a CPU that has them).
+//! - [`simd`]: the element-wise loops compiled for AVX-512 or AVX2 where
+//!   the CPU has them.
 //!
 //! Results do not depend on the number of threads (every reduction has an
 //! order fixed by the plan), so exact resume holds whatever `--threads`.
@@ -20,6 +22,7 @@ pub mod direct;
 pub mod direct16;
 pub mod ops;
 pub mod sgemm;
+pub mod simd;
 pub mod values;
 
 pub use ops::{
