@@ -16,6 +16,7 @@ pub(super) fn tap_block(g: &ConvGeom, tap: usize) -> std::ops::Range<usize> {
 
 /// Calls `f(tap, pixel)` for each tap `ky * k + kx` of output `(oy, ox)`'s
 /// window that falls inside the image, `pixel = iy * w + ix`.
+#[inline(always)]
 pub(super) fn for_each_tap(g: &ConvGeom, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
     for ky in 0..g.k {
         let iy = (oy * g.s + ky) as isize - g.p as isize;

@@ -394,18 +394,19 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
             let (x, saved) = (mem.r(x), mem.w(saved));
             // What is normalised (and what backward reads): the input, or
             // it rounded to bf16 and stored in 16 bits.
+            let mut m64 = [0f64; MAX_CHANNELS];
+            let mut sq = [0f64; MAX_CHANNELS];
+            let (m64, sq) = (&mut m64[..c], &mut sq[..c]);
+            // In training, the mean's sums of the rounded input are taken
+            // as it is rounded (one pass over it fewer).
+            let mut summed = false;
             let xs = match x_bf16 {
                 Some(b) => {
                     let x16 = mem.w16(b);
-                    x16.par_chunks_mut(CHUNK_ROWS * c)
-                        .zip(x.par_chunks(CHUNK_ROWS * c))
-                        .for_each(|(d, s)| {
-                            vectorised(
-                                #[inline(always)]
-                                || d.iter_mut().zip(s).for_each(|(d, &v)| *d = to_bf16(v)),
-                            )
-                        });
-                    Values::Bf16(x16)
+                    let sums = train.then_some((&mut *t.partial, &mut *m64));
+                    summed = train;
+                    round_rows(x, x16, (rows, c), sums);
+                    Values::Bf16(&*x16)
                 }
                 None => Values::F32(x),
             };
@@ -413,12 +414,9 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
             let (ms, vs) = (&plan.states[mean], &plan.states[var]);
             let (scale, shift) = saved.split_at_mut(c);
             if train {
-                let mut m64 = [0f64; MAX_CHANNELS];
-                let mut sq = [0f64; MAX_CHANNELS];
-                let (m64, sq) = (&mut m64[..c], &mut sq[..c]);
                 match xs {
-                    Values::F32(x) => moments(x, (rows, c), t.partial, m64, sq),
-                    Values::Bf16(x) => moments(x, (rows, c), t.partial, m64, sq),
+                    Values::F32(x) => moments(x, (rows, c), t.partial, summed, m64, sq),
+                    Values::Bf16(x) => moments(x, (rows, c), t.partial, summed, m64, sq),
                 }
                 let n = rows as f64;
                 let unbias = n / (n - 1.0);
@@ -463,23 +461,27 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                 .zip(x.par_chunks(per_in))
                 .enumerate()
                 .for_each(|(n, ((y, arg), x))| {
-                    for oy in 0..g.oh {
-                        for ox in 0..g.ow {
-                            let o = (oy * g.ow + ox) * c;
-                            let (yo, ao) = (&mut y[o..o + c], &mut arg[o..o + c]);
-                            yo.fill(f32::NEG_INFINITY);
-                            for_each_tap(&g, oy, ox, |_, pixel| {
-                                let at = pixel * c;
-                                for ch in 0..c {
-                                    let v = x[at + ch];
-                                    if v > yo[ch] {
-                                        yo[ch] = v;
-                                        ao[ch] = f32::from_bits((at + ch) as u32);
-                                    }
+                    vectorised(
+                        #[inline(always)]
+                        || {
+                            for oy in 0..g.oh {
+                                for ox in 0..g.ow {
+                                    let o = (oy * g.ow + ox) * c;
+                                    let (yo, ao) = (&mut y[o..o + c], &mut arg[o..o + c]);
+                                    yo.fill(f32::NEG_INFINITY);
+                                    for_each_tap(
+                                        &g,
+                                        oy,
+                                        ox,
+                                        #[inline(always)]
+                                        |_, pixel| {
+                                            max_rows(yo, ao, &x[pixel * c..][..c], pixel * c)
+                                        },
+                                    );
                                 }
-                            });
-                        }
-                    }
+                            }
+                        },
+                    );
                     if let Some(p) = y16 {
                         // SAFETY: image n's outputs belong to this task alone.
                         let d = unsafe {
@@ -548,28 +550,90 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
     }
 }
 
-/// Per-channel mean of `x` (`rows x c`) into `mean` and sum of squared
-/// deviations from it into `sq`, f64, in the fixed chunks of
-/// [`chunk_sums`].
-fn moments<X: AsF32>(
-    x: &[X],
+/// `y = max(y, x)` lane by lane, `arg` (the index `at + lane` as f32
+/// bits) where `x` is greater (the first maximum wins; a NaN never does).
+/// Selects, not branches, so the loop vectorises.
+#[inline(always)]
+fn max_rows(y: &mut [f32], arg: &mut [f32], x: &[f32], at: usize) {
+    for (ch, ((y, a), &v)) in y.iter_mut().zip(arg.iter_mut()).zip(x).enumerate() {
+        let up = v > *y;
+        *y = if up { v } else { *y };
+        *a = if up {
+            f32::from_bits((at + ch) as u32)
+        } else {
+            *a
+        };
+    }
+}
+
+/// `x` (`rows x c`) rounded to bf16 into `x16`; with `sums`, the
+/// per-channel sums of the rounded values into its second slice, as
+/// [`moments`] takes them (the same bits), in the same pass.
+fn round_rows(
+    x: &[f32],
+    x16: &mut [u16],
     (rows, c): (usize, usize),
-    partial: &mut [f64],
-    mean: &mut [f64],
-    sq: &mut [f64],
+    sums: Option<(&mut [f64], &mut [f64])>,
 ) {
+    let (x, x16) = (&x[..rows * c], &mut x16[..rows * c]);
+    let Some((partial, sum)) = sums else {
+        x16.par_chunks_mut(CHUNK_ROWS * c)
+            .zip(x.par_chunks(CHUNK_ROWS * c))
+            .for_each(|(d, s)| {
+                vectorised(
+                    #[inline(always)]
+                    || d.iter_mut().zip(s).for_each(|(d, &v)| *d = to_bf16(v)),
+                )
+            });
+        return;
+    };
+    let out = SendPtr(x16.as_mut_ptr());
     chunk_sums(
         rows,
         c,
         partial,
-        mean,
+        sum,
         #[inline(always)]
         |r, acc| {
-            for row in x[r.start * c..r.end * c].chunks_exact(c) {
-                acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v.f32());
+            let span = r.start * c..r.end * c;
+            // SAFETY: each call has rows of `x16` of its own (chunk_sums covers
+            // each row once), which nothing else touches until it returns.
+            let d =
+                unsafe { std::slice::from_raw_parts_mut(out.get().add(span.start), span.len()) };
+            for (d, row) in d.chunks_exact_mut(c).zip(x[span].chunks_exact(c)) {
+                d.iter_mut().zip(row).for_each(|(d, &v)| *d = to_bf16(v));
+                acc.iter_mut().zip(&*d).for_each(|(a, &v)| *a += v.f32());
             }
         },
     );
+}
+
+/// Per-channel mean of `x` (`rows x c`) into `mean` and sum of squared
+/// deviations from it into `sq`, f64, in the fixed chunks of
+/// [`chunk_sums`]; `summed`: `mean` holds the sums already
+/// ([`round_rows`]).
+fn moments<X: AsF32>(
+    x: &[X],
+    (rows, c): (usize, usize),
+    partial: &mut [f64],
+    summed: bool,
+    mean: &mut [f64],
+    sq: &mut [f64],
+) {
+    if !summed {
+        chunk_sums(
+            rows,
+            c,
+            partial,
+            mean,
+            #[inline(always)]
+            |r, acc| {
+                for row in x[r.start * c..r.end * c].chunks_exact(c) {
+                    acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v.f32());
+                }
+            },
+        );
+    }
     let n = rows as f64;
     mean.iter_mut().for_each(|m| *m /= n);
     let mut m32 = [0f32; MAX_CHANNELS];
@@ -628,35 +692,29 @@ fn normalize<X: AsF32>(
         .enumerate()
         .for_each(|(i, (ys, xs))| {
             let rs = residual.map(|r| &r[i * chunk..i * chunk + xs.len()]);
+            // SAFETY: chunk i's elements of y16 (as long as y) belong to
+            // this task alone.
+            let d = y16.map(|p| unsafe {
+                std::slice::from_raw_parts_mut(p.get().add(i * chunk), ys.len())
+            });
             vectorised(
                 #[inline(always)]
-                || normalize_rows(ys, xs, rs, (mean, k, beta), relu, round),
+                || normalize_rows(ys, d, xs, rs, (mean, k, beta), relu, round),
             );
-            if let Some(p) = y16 {
-                // SAFETY: chunk i's elements of y16 (as long as y) belong
-                // to this task alone.
-                let d = unsafe { std::slice::from_raw_parts_mut(p.get().add(i * chunk), ys.len()) };
-                // Already bf16 values: their high halves.
-                vectorised(
-                    #[inline(always)]
-                    || {
-                        d.iter_mut()
-                            .zip(&*ys)
-                            .for_each(|(d, y)| *d = (y.to_bits() >> 16) as u16)
-                    },
-                );
-            }
         });
 }
 
 /// Rows of [`normalize`] (`c = mean.len()` wide): `y = (x - mean) * k +
-/// beta (+ r)`, ReLU'd if `relu`, rounded to bf16 if `round`. A function
+/// beta (+ r)`, ReLU'd if `relu`, rounded to bf16 if `round`, and, with
+/// `y16` (then `round`), its bf16 bits there, each row as it is made (in
+/// cache, not read back from memory). A function
 /// of its own: its slices are arguments, which the compiler knows do not
 /// overlap, and its flags values, so the loops vectorise; inlined only into
 /// [`vectorised`].
 #[inline(always)]
 fn normalize_rows<X: AsF32>(
     y: &mut [f32],
+    mut y16: Option<&mut [u16]>,
     x: &[X],
     residual: Option<&[f32]>,
     (mean, k, beta): (&[f32], &[f32], &[f32]),
@@ -682,6 +740,13 @@ fn normalize_rows<X: AsF32>(
                     *y = if round { round_bf16(v) } else { v };
                 }
             }
+        }
+        if let Some(d) = y16.as_deref_mut() {
+            // Already bf16 values: their high halves.
+            let d = &mut d[j * c..(j + 1) * c];
+            d.iter_mut()
+                .zip(&*yr)
+                .for_each(|(d, y)| *d = (y.to_bits() >> 16) as u16);
         }
     }
 }
