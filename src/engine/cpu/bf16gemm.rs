@@ -352,8 +352,15 @@ unsafe fn multiply_raw(
         #[cfg(target_arch = "x86_64")]
         Bf16Kernel::Amx => run::<x86::Amx>(job, m, threads),
         #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Avx512Bf16 if job.a.rows_along_k() => {
+            run::<x86::Avx512Bf16Rows>(job, m, threads)
+        }
+        #[cfg(target_arch = "x86_64")]
         Bf16Kernel::Avx512Bf16 => run::<x86::Avx512Bf16>(job, m, threads),
         Bf16Kernel::AmxModel => run::<Model<AmxLayout>>(job, m, threads),
+        Bf16Kernel::Avx512Bf16Model if job.a.rows_along_k() => {
+            run::<Model<VnniRowLayout>>(job, m, threads)
+        }
         Bf16Kernel::Avx512Bf16Model => run::<Model<VnniLayout>>(job, m, threads),
         #[allow(unreachable_patterns)]
         _ => unreachable!("runs_here checked"),
@@ -390,6 +397,7 @@ pub fn pack_only(
         (Bf16Kernel::Amx | Bf16Kernel::AmxModel, true) => {
             run::<PackOnly<AmxLayout, true>>(&job, m, threads)
         }
+        (_, false) if a.rows_along_k() => run::<PackOnly<VnniRowLayout, false>>(&job, m, threads),
         (_, false) => run::<PackOnly<VnniLayout, false>>(&job, m, threads),
         (_, true) => run::<PackOnly<VnniLayout, true>>(&job, m, threads),
     }
@@ -485,6 +493,12 @@ trait Layout {
     const NR: usize;
     /// Where pair `p` (k = 2p, 2p+1) of row `i` lies in an A strip.
     fn a_at(p: usize, i: usize) -> usize;
+    /// Where pair `p` of row `i` lies in an A strip of `pairs` pairs:
+    /// [`Layout::a_at`] but for a layout whose rows run along the pairs.
+    fn a_in(p: usize, i: usize, pairs: usize) -> usize {
+        let _ = pairs;
+        Self::a_at(p, i)
+    }
     /// Where pair `p` of column `j` lies in a B strip.
     fn b_at(p: usize, j: usize) -> usize;
     /// `a_at(p, i)` is contiguous over runs of this many rows `i` (from a
@@ -630,7 +644,7 @@ fn pack_a<L: Layout>(
 ) {
     let strips = Strips {
         width: L::MR,
-        at: L::a_at,
+        at: move |p, i| L::a_in(p, i, pairs),
         run_i: L::A_RUN_I,
         run_p: L::A_RUN_P,
     };
@@ -1233,6 +1247,46 @@ impl Layout for VnniLayout {
     const ORDER: Order = Order::UpperFirst;
 }
 
+/// [`VnniLayout`] with each A strip's rows along the pairs (`i * pairs +
+/// p`): where A's rows are contiguous along k (a matrix stored by rows, the
+/// im2col rows of an NHWC input) they are packed as runs, with no
+/// transposition; the kernel broadcasts from 12 rows. The same sums in the
+/// same order as [`VnniLayout`]'s, so the same bits.
+struct VnniRowLayout;
+
+impl Layout for VnniRowLayout {
+    const MR: usize = 12;
+    const NR: usize = 32;
+    /// As [`Layout::a_in`] with a whole k block ([`KC`]) of pairs.
+    fn a_at(p: usize, i: usize) -> usize {
+        i * (KC / 2) + p
+    }
+    fn a_in(p: usize, i: usize, pairs: usize) -> usize {
+        i * pairs + p
+    }
+    fn b_at(p: usize, j: usize) -> usize {
+        p * 32 + j
+    }
+    const A_RUN_I: usize = 1;
+    const A_RUN_P: usize = usize::MAX;
+    const B_RUN_J: usize = 32;
+    const B_RUN_P: usize = 1;
+    const KSTEP: usize = 2;
+    const ORDER: Order = Order::UpperFirst;
+}
+
+impl Lhs<'_> {
+    /// Whether each row's k are contiguous (packed best in
+    /// [`VnniRowLayout`]).
+    fn rows_along_k(&self) -> bool {
+        match self {
+            Lhs::Mat(m) => m.cs == 1 && m.rs != 1,
+            Lhs::Im2col { .. } => true,
+            Lhs::Im2colT { .. } => false,
+        }
+    }
+}
+
 /// A bf16 dot-product instruction as the Intel SDM defines it, in plain
 /// Rust on its kernel's layout `L`, additions in its [`Order`], each
 /// rounded to fp32 (a product of two bf16 is exact in fp32). Denormals are
@@ -1270,7 +1324,8 @@ impl<L: Layout> Dot for Model<L> {
         for i in 0..L::MR {
             for j in 0..L::NR {
                 let dot = |p: usize| {
-                    let ((a0, a1), (b0, b1)) = (halves(a[L::a_at(p, i)]), halves(b[L::b_at(p, j)]));
+                    let a = a[L::a_in(p, i, pairs)];
+                    let ((a0, a1), (b0, b1)) = (halves(a), halves(b[L::b_at(p, j)]));
                     (a0 * b0, a1 * b1)
                 };
                 let c = &mut acc[i * L::NR + j];
@@ -1303,7 +1358,7 @@ impl<L: Layout> Dot for Model<L> {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
-    use super::{AmxLayout, Dot, VnniLayout, store};
+    use super::{AmxLayout, Dot, VnniLayout, VnniRowLayout, store};
     use crate::engine::cpu::sgemm::x86::store_12x32;
     use std::arch::asm;
     use std::arch::x86_64::*;
@@ -1559,12 +1614,34 @@ pub(super) mod x86 {
             edge: (usize, usize),
         ) {
             // SAFETY: the caller's contract.
-            unsafe { tile_avx512bf16(pairs, a, b, c, ldc, add, edge) }
+            unsafe { tile_avx512bf16::<false>(pairs, a, b, c, ldc, add, edge) }
         }
     }
 
+    /// [`Avx512Bf16`] on [`VnniRowLayout`]: A's 12 rows each along the
+    /// pairs.
+    pub struct Avx512Bf16Rows;
+
+    impl Dot for Avx512Bf16Rows {
+        type L = VnniRowLayout;
+        unsafe fn tile(
+            pairs: usize,
+            a: *const u32,
+            b: *const u32,
+            c: *mut f32,
+            ldc: usize,
+            add: bool,
+            edge: (usize, usize),
+        ) {
+            // SAFETY: the caller's contract.
+            unsafe { tile_avx512bf16::<true>(pairs, a, b, c, ldc, add, edge) }
+        }
+    }
+
+    /// The 12 x 32 tile; `ROWS`: A's strip on [`VnniRowLayout`] (row `i` at
+    /// `i * pairs`), else on [`VnniLayout`].
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn tile_avx512bf16(
+    unsafe fn tile_avx512bf16<const ROWS: bool>(
         pairs: usize,
         a: *const u32,
         b: *const u32,
@@ -1580,9 +1657,9 @@ pub(super) mod x86 {
                 let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * 32).cast()));
                 let b1: __m512bh =
                     std::mem::transmute(_mm512_loadu_si512(b.add(p * 32 + 16).cast()));
-                let ap = a.add(p * 12);
                 for i in 0..12 {
-                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i) as i32));
+                    let at = if ROWS { i * pairs + p } else { p * 12 + i };
+                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(at) as i32));
                     acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, b0);
                     acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], ai, b1);
                 }
@@ -1866,11 +1943,17 @@ mod tests {
             VnniLayout::B_RUN_J,
             VnniLayout::B_RUN_P,
         );
+        check(
+            VnniRowLayout::MR,
+            |p, i| VnniRowLayout::a_in(p, i, 48),
+            VnniRowLayout::A_RUN_I,
+            VnniRowLayout::A_RUN_P,
+        );
     }
 
     /// The vectorised packing gives the bits of the one-pair-at-a-time
-    /// definition (which rounds each value with `round_bf16`), for both
-    /// layouts, as A and as B, from row-major, transposed and strided
+    /// definition (which rounds each value with `round_bf16`), for every
+    /// layout, as A and as B, from row-major, transposed and strided
     /// operands, on blocks with partial strips, odd and padded depths and
     /// offsets, with NaN, infinities, halfway cases and denormals among the
     /// values; the AVX-512 build and the portable one alike. Every element
@@ -1922,7 +2005,7 @@ mod tests {
                     (r0, mc),
                     (p0, kc),
                     AmxLayout::MR,
-                    AmxLayout::a_at,
+                    |p, i, _| AmxLayout::a_at(p, i),
                     (AmxLayout::A_RUN_I, AmxLayout::A_RUN_P),
                     16,
                 );
@@ -1932,7 +2015,7 @@ mod tests {
                     (r0, mc),
                     (p0, kc),
                     AmxLayout::NR,
-                    AmxLayout::b_at,
+                    |p, i, _| AmxLayout::b_at(p, i),
                     (AmxLayout::B_RUN_J, AmxLayout::B_RUN_P),
                     16,
                 );
@@ -1942,7 +2025,7 @@ mod tests {
                     (r0, mc),
                     (p0, kc),
                     VnniLayout::MR,
-                    VnniLayout::a_at,
+                    |p, i, _| VnniLayout::a_at(p, i),
                     (VnniLayout::A_RUN_I, VnniLayout::A_RUN_P),
                     1,
                 );
@@ -1951,8 +2034,18 @@ mod tests {
                     x,
                     (r0, mc),
                     (p0, kc),
+                    VnniRowLayout::MR,
+                    VnniRowLayout::a_in,
+                    (VnniRowLayout::A_RUN_I, VnniRowLayout::A_RUN_P),
+                    1,
+                );
+                check_packing(
+                    what,
+                    x,
+                    (r0, mc),
+                    (p0, kc),
                     VnniLayout::NR,
-                    VnniLayout::b_at,
+                    |p, i, _| VnniLayout::b_at(p, i),
                     (VnniLayout::B_RUN_J, VnniLayout::B_RUN_P),
                     1,
                 );
@@ -1967,17 +2060,17 @@ mod tests {
         rows: (usize, usize),
         ks: (usize, usize),
         width: usize,
-        at: fn(usize, usize) -> usize,
+        at: fn(usize, usize, usize) -> usize,
         (run_i, run_p): (usize, usize),
         kstep_pairs: usize,
     ) {
+        let pairs = ks.1.div_ceil(2).next_multiple_of(kstep_pairs);
         let strips = Strips {
             width,
-            at,
+            at: move |p, i| at(p, i, pairs),
             run_i,
             run_p,
         };
-        let pairs = ks.1.div_ceil(2).next_multiple_of(kstep_pairs);
         let len = rows.1.div_ceil(width) * width * pairs;
         let garbage = || vec![0xdead_beef_u32; len + 5];
         let mut want = garbage();
