@@ -353,10 +353,10 @@ unsafe fn multiply_raw(
         Bf16Kernel::Amx => run::<x86::Amx>(job, m, threads),
         #[cfg(target_arch = "x86_64")]
         Bf16Kernel::Avx512Bf16 if job.a.rows_along_k() => {
-            run::<x86::Avx512Bf16Rows>(job, m, threads)
+            run::<x86::Avx512Bf16<VnniRowLayout>>(job, m, threads)
         }
         #[cfg(target_arch = "x86_64")]
-        Bf16Kernel::Avx512Bf16 => run::<x86::Avx512Bf16>(job, m, threads),
+        Bf16Kernel::Avx512Bf16 => run::<x86::Avx512Bf16<VnniLayout>>(job, m, threads),
         Bf16Kernel::AmxModel => run::<Model<AmxLayout>>(job, m, threads),
         Bf16Kernel::Avx512Bf16Model if job.a.rows_along_k() => {
             run::<Model<VnniRowLayout>>(job, m, threads)
@@ -491,17 +491,13 @@ struct Job<'a> {
 trait Layout {
     const MR: usize;
     const NR: usize;
-    /// Where pair `p` (k = 2p, 2p+1) of row `i` lies in an A strip.
-    fn a_at(p: usize, i: usize) -> usize;
-    /// Where pair `p` of row `i` lies in an A strip of `pairs` pairs:
-    /// [`Layout::a_at`] but for a layout whose rows run along the pairs.
-    fn a_in(p: usize, i: usize, pairs: usize) -> usize {
-        let _ = pairs;
-        Self::a_at(p, i)
-    }
+    /// Where pair `p` (k = 2p, 2p+1) of row `i` lies in an A strip of
+    /// `pairs` pairs (which only a layout whose rows run along the pairs
+    /// needs).
+    fn a_at(p: usize, i: usize, pairs: usize) -> usize;
     /// Where pair `p` of column `j` lies in a B strip.
     fn b_at(p: usize, j: usize) -> usize;
-    /// `a_at(p, i)` is contiguous over runs of this many rows `i` (from a
+    /// `a_at(p, i, _)` is contiguous over runs of this many rows `i` (from a
     /// multiple of it), and over runs of [`Layout::A_RUN_P`] pairs `p`.
     const A_RUN_I: usize;
     /// See [`Layout::A_RUN_I`].
@@ -644,7 +640,7 @@ fn pack_a<L: Layout>(
 ) {
     let strips = Strips {
         width: L::MR,
-        at: move |p, i| L::a_in(p, i, pairs),
+        at: move |p, i| L::a_at(p, i, pairs),
         run_i: L::A_RUN_I,
         run_p: L::A_RUN_P,
     };
@@ -1211,7 +1207,7 @@ struct AmxLayout;
 impl Layout for AmxLayout {
     const MR: usize = 32;
     const NR: usize = 32;
-    fn a_at(p: usize, i: usize) -> usize {
+    fn a_at(p: usize, i: usize, _pairs: usize) -> usize {
         (p / 16) * 32 * 16 + i * 16 + p % 16
     }
     fn b_at(p: usize, j: usize) -> usize {
@@ -1233,7 +1229,7 @@ struct VnniLayout;
 impl Layout for VnniLayout {
     const MR: usize = 12;
     const NR: usize = 32;
-    fn a_at(p: usize, i: usize) -> usize {
+    fn a_at(p: usize, i: usize, _pairs: usize) -> usize {
         p * 12 + i
     }
     fn b_at(p: usize, j: usize) -> usize {
@@ -1257,11 +1253,7 @@ struct VnniRowLayout;
 impl Layout for VnniRowLayout {
     const MR: usize = 12;
     const NR: usize = 32;
-    /// As [`Layout::a_in`] with a whole k block ([`KC`]) of pairs.
-    fn a_at(p: usize, i: usize) -> usize {
-        i * (KC / 2) + p
-    }
-    fn a_in(p: usize, i: usize, pairs: usize) -> usize {
+    fn a_at(p: usize, i: usize, pairs: usize) -> usize {
         i * pairs + p
     }
     fn b_at(p: usize, j: usize) -> usize {
@@ -1324,7 +1316,7 @@ impl<L: Layout> Dot for Model<L> {
         for i in 0..L::MR {
             for j in 0..L::NR {
                 let dot = |p: usize| {
-                    let a = a[L::a_in(p, i, pairs)];
+                    let a = a[L::a_at(p, i, pairs)];
                     let ((a0, a1), (b0, b1)) = (halves(a), halves(b[L::b_at(p, j)]));
                     (a0 * b0, a1 * b1)
                 };
@@ -1358,7 +1350,7 @@ impl<L: Layout> Dot for Model<L> {
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
-    use super::{AmxLayout, Dot, VnniLayout, VnniRowLayout, store};
+    use super::{AmxLayout, Dot, Layout, store};
     use crate::engine::cpu::sgemm::x86::store_12x32;
     use std::arch::asm;
     use std::arch::x86_64::*;
@@ -1599,11 +1591,12 @@ pub(super) mod x86 {
     }
 
     /// 12 rows x 32 columns: 24 accumulators of 16 lanes, one `VDPBF16PS`
-    /// per row, column half and pair.
-    pub struct Avx512Bf16;
+    /// per row, column half and pair; A's strips on layout `L`
+    /// ([`super::VnniLayout`] or [`super::VnniRowLayout`]).
+    pub struct Avx512Bf16<L>(std::marker::PhantomData<L>);
 
-    impl Dot for Avx512Bf16 {
-        type L = VnniLayout;
+    impl<L: Layout> Dot for Avx512Bf16<L> {
+        type L = L;
         unsafe fn tile(
             pairs: usize,
             a: *const u32,
@@ -1614,34 +1607,14 @@ pub(super) mod x86 {
             edge: (usize, usize),
         ) {
             // SAFETY: the caller's contract.
-            unsafe { tile_avx512bf16::<false>(pairs, a, b, c, ldc, add, edge) }
+            unsafe { tile_avx512bf16::<L>(pairs, a, b, c, ldc, add, edge) }
         }
     }
 
-    /// [`Avx512Bf16`] on [`VnniRowLayout`]: A's 12 rows each along the
-    /// pairs.
-    pub struct Avx512Bf16Rows;
-
-    impl Dot for Avx512Bf16Rows {
-        type L = VnniRowLayout;
-        unsafe fn tile(
-            pairs: usize,
-            a: *const u32,
-            b: *const u32,
-            c: *mut f32,
-            ldc: usize,
-            add: bool,
-            edge: (usize, usize),
-        ) {
-            // SAFETY: the caller's contract.
-            unsafe { tile_avx512bf16::<true>(pairs, a, b, c, ldc, add, edge) }
-        }
-    }
-
-    /// The 12 x 32 tile; `ROWS`: A's strip on [`VnniRowLayout`] (row `i` at
-    /// `i * pairs`), else on [`VnniLayout`].
+    /// The 12 x 32 tile of [`Avx512Bf16`] on layout `L` (12 rows, B's
+    /// pairs 32 columns each, in runs of 16).
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn tile_avx512bf16<const ROWS: bool>(
+    unsafe fn tile_avx512bf16<L: Layout>(
         pairs: usize,
         a: *const u32,
         b: *const u32,
@@ -1650,16 +1623,17 @@ pub(super) mod x86 {
         add: bool,
         edge: (usize, usize),
     ) {
+        const { assert!(L::MR == 12 && L::NR == 32 && L::B_RUN_J.is_multiple_of(16)) };
         let mut acc = [_mm512_setzero_ps(); 24];
         for p in 0..pairs {
             // SAFETY: p < pairs, so the reads lie inside the strips.
             unsafe {
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * 32).cast()));
-                let b1: __m512bh =
-                    std::mem::transmute(_mm512_loadu_si512(b.add(p * 32 + 16).cast()));
+                let (b0, b1) = (b.add(L::b_at(p, 0)), b.add(L::b_at(p, 16)));
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b0.cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b1.cast()));
                 for i in 0..12 {
-                    let at = if ROWS { i * pairs + p } else { p * 12 + i };
-                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(at) as i32));
+                    let ai = *a.add(L::a_at(p, i, pairs)) as i32;
+                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(ai));
                     acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, b0);
                     acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], ai, b1);
                 }
@@ -1893,7 +1867,10 @@ mod tests {
         let mut seen = vec![false; pairs * mr];
         for p in 0..pairs {
             for i in 0..mr {
-                assert!(!std::mem::replace(&mut seen[AmxLayout::a_at(p, i)], true));
+                assert!(!std::mem::replace(
+                    &mut seen[AmxLayout::a_at(p, i, pairs)],
+                    true
+                ));
             }
         }
         let mut seen = vec![false; pairs * nr];
@@ -1921,7 +1898,7 @@ mod tests {
         }
         check(
             AmxLayout::MR,
-            AmxLayout::a_at,
+            |p, i| AmxLayout::a_at(p, i, 48),
             AmxLayout::A_RUN_I,
             AmxLayout::A_RUN_P,
         );
@@ -1933,7 +1910,7 @@ mod tests {
         );
         check(
             VnniLayout::MR,
-            VnniLayout::a_at,
+            |p, i| VnniLayout::a_at(p, i, 48),
             VnniLayout::A_RUN_I,
             VnniLayout::A_RUN_P,
         );
@@ -1945,7 +1922,7 @@ mod tests {
         );
         check(
             VnniRowLayout::MR,
-            |p, i| VnniRowLayout::a_in(p, i, 48),
+            |p, i| VnniRowLayout::a_at(p, i, 48),
             VnniRowLayout::A_RUN_I,
             VnniRowLayout::A_RUN_P,
         );
@@ -2005,7 +1982,7 @@ mod tests {
                     (r0, mc),
                     (p0, kc),
                     AmxLayout::MR,
-                    |p, i, _| AmxLayout::a_at(p, i),
+                    AmxLayout::a_at,
                     (AmxLayout::A_RUN_I, AmxLayout::A_RUN_P),
                     16,
                 );
@@ -2025,7 +2002,7 @@ mod tests {
                     (r0, mc),
                     (p0, kc),
                     VnniLayout::MR,
-                    |p, i, _| VnniLayout::a_at(p, i),
+                    VnniLayout::a_at,
                     (VnniLayout::A_RUN_I, VnniLayout::A_RUN_P),
                     1,
                 );
@@ -2035,7 +2012,7 @@ mod tests {
                     (r0, mc),
                     (p0, kc),
                     VnniRowLayout::MR,
-                    VnniRowLayout::a_in,
+                    VnniRowLayout::a_at,
                     (VnniRowLayout::A_RUN_I, VnniRowLayout::A_RUN_P),
                     1,
                 );

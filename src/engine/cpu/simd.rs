@@ -30,9 +30,15 @@ impl Width {
             if std::env::var("RESNET_SIMD").is_ok_and(|v| v == "baseline") {
                 return Width::Baseline;
             }
-            detect()
+            cpu()
         })
     }
+}
+
+/// The widest this CPU has, detected once.
+fn cpu() -> Width {
+    static CPU: std::sync::OnceLock<Width> = std::sync::OnceLock::new();
+    *CPU.get_or_init(detect)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -67,9 +73,9 @@ pub fn at<R>(width: Width, f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     match width {
         // SAFETY: `detect` found the features on this CPU.
-        Width::Avx512 if detect() == Width::Avx512 => return unsafe { x86::avx512(f) },
+        Width::Avx512 if cpu() == Width::Avx512 => return unsafe { x86::avx512(f) },
         // SAFETY: as above; an AVX-512 CPU has AVX2.
-        Width::Avx2 if detect() != Width::Baseline => return unsafe { x86::avx2(f) },
+        Width::Avx2 if cpu() != Width::Baseline => return unsafe { x86::avx2(f) },
         _ => {}
     }
     let _ = width;
@@ -126,7 +132,7 @@ mod tests {
             let same = y.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{width:?} differs from the baseline");
         }
-        if detect() == Width::Baseline {
+        if cpu() == Width::Baseline {
             println!("skipped the AVX2 and AVX-512 widths: this CPU has neither");
         }
     }
