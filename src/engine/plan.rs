@@ -312,6 +312,11 @@ pub enum Op {
         /// `x` as its writer also stores it in 16 bits, which backward
         /// reads instead of `x` ([`Plan::with_16_bit_activations`]).
         x_bf16: Option<BufId>,
+        /// The output rounded to bf16 and stored in 16 bits: its
+        /// BatchNorm's `x_bf16`, which that BatchNorm reads instead of `y`
+        /// ([`Plan::with_16_bit_activations`]). Where the product can round
+        /// as it stores, `y` is not written at all.
+        y_bf16: Option<BufId>,
     },
     /// Training-mode BatchNorm over `rows x c`, then `+ residual`, then ReLU
     /// (each optional); evaluation uses the running statistics.
@@ -346,9 +351,11 @@ pub enum Op {
         dy: BufId,
         /// The batch's mean and 1/std per channel (`2c`), kept for backward.
         saved: BufId,
-        /// The input rounded to bf16 and stored in 16 bits by forward,
-        /// which normalises it, and read by backward instead of `x` (which
-        /// then lives only until forward) ([`Plan::with_16_bit_activations`]).
+        /// The input rounded to bf16 and stored in 16 bits by the
+        /// convolution that writes it (its `y_bf16`); forward normalises it
+        /// and backward reads it, instead of `x` (which then lives only
+        /// until forward, if it is written at all)
+        /// ([`Plan::with_16_bit_activations`]).
         x_bf16: Option<BufId>,
         /// The output also stored in 16 bits by forward, for its readers in
         /// backward (this op's ReLU, the convolution that reads it).
@@ -463,9 +470,13 @@ impl Op {
                 cols,
                 bcols,
                 x_bf16,
+                y_bf16,
                 ..
             } => (
-                [Some(*x), Some(*y), *cols].into_iter().flatten().collect(),
+                [Some(*x), Some(*y), *cols, *y_bf16]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
                 [Some(x_bf16.unwrap_or(*x)), d(dx), Some(*dy), *bcols]
                     .into_iter()
                     .flatten()
@@ -834,9 +845,10 @@ impl Plan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored16 {
     /// Each BatchNorm's input (its convolution's output), rounded to bf16
-    /// by the BatchNorm's forward, which normalises the rounded values, as
-    /// PyTorch's autocast stores a convolution's output in bf16. The f32
-    /// output then lives only from the convolution to its BatchNorm.
+    /// by the convolution (as it stores it, where its product can), and
+    /// the rounded values normalised, as PyTorch's autocast stores a
+    /// convolution's output in bf16. The f32 output then lives only from
+    /// the convolution to its BatchNorm, if it is written at all.
     pub bn_inputs: bool,
     /// The outputs backward reads (a BatchNorm's, for its ReLU and the
     /// convolution that reads it; a max pool's): already bf16 values in a
@@ -900,6 +912,13 @@ impl Plan {
                     let copy = add(&mut p.bufs, x);
                     if let Op::BatchNorm { x_bf16, .. } = &mut p.ops[i] {
                         *x_bf16 = Some(copy);
+                    }
+                    for op in &mut p.ops {
+                        if let Op::Conv { y, y_bf16, .. } = op
+                            && *y == x
+                        {
+                            *y_bf16 = Some(copy);
+                        }
                     }
                 }
             }

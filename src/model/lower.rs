@@ -91,6 +91,7 @@ fn conv(
         cols,
         bcols,
         x_bf16: None,
+        y_bf16: None,
     });
     y
 }

@@ -238,6 +238,51 @@ pub fn matmul_im2col(
     }
 }
 
+/// [`matmul`] with C rounded to bf16 as it is stored, into 16 bits: `dst
+/// (m x n) = round_bf16(a b)`, the bits of [`matmul`] then rounded
+/// ([`crate::engine::precision::round_bf16`]), with no f32 C written: each
+/// tile is made in a buffer of this thread's and rounded from there. Needs
+/// a product of one k block ([`stores_bf16`]).
+///
+/// # Panics
+/// If `k` is more than one block, an operand's last element lies outside
+/// its slice, or `kernel` does not run here.
+pub fn matmul_bf16_out(
+    kernel: Bf16Kernel,
+    dst: &mut [u16],
+    a: Mat,
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+    threads: usize,
+) {
+    assert!(
+        stores_bf16(k),
+        "matmul_bf16_out: depth {k} is more than one block"
+    );
+    assert!(
+        dst.len() >= m * n,
+        "matmul_bf16_out: C holds {} < {m} x {n}",
+        dst.len()
+    );
+    sgemm::check_operands(a, b, (m, n, k));
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst[..m * n].fill(0);
+        return;
+    }
+    let c = Out::Bf16(super::SendPtr(dst.as_mut_ptr()));
+    // SAFETY: C's m x n elements lie inside `dst`, which this call borrows
+    // mutably; the operands hold theirs (checked above).
+    unsafe { multiply_raw(kernel, c, n, false, Lhs::Mat(a), b, (m, n, k), threads) }
+}
+
+/// Whether [`matmul_bf16_out`] takes a product of depth `k`: one k block.
+pub fn stores_bf16(k: usize) -> bool {
+    k <= KC
+}
+
 /// Whether [`matmul_im2col`] takes a convolution of geometry `g`: an even
 /// number of channels.
 pub fn fuses_im2col(g: &ConvGeom) -> bool {
@@ -294,7 +339,7 @@ fn multiply(
     (m, n, k): (usize, usize, usize),
     threads: usize,
 ) {
-    let c = super::SendPtr(dst.as_mut_ptr());
+    let c = Out::F32(super::SendPtr(dst.as_mut_ptr()));
     // SAFETY: the callers checked C's m x n elements inside `dst`, which
     // this call borrows mutably.
     unsafe { multiply_raw(kernel, c, n, accumulate, a, b, (m, n, k), threads) }
@@ -320,7 +365,7 @@ pub(super) unsafe fn multiply_into(
     mnk: (usize, usize, usize),
 ) {
     // SAFETY: the caller's contract.
-    unsafe { multiply_raw(kernel, c, ldc, false, a, b, mnk, 1) }
+    unsafe { multiply_raw(kernel, Out::F32(c), ldc, false, a, b, mnk, 1) }
 }
 
 /// # Safety
@@ -328,7 +373,7 @@ pub(super) unsafe fn multiply_into(
 #[allow(clippy::too_many_arguments)]
 unsafe fn multiply_raw(
     kernel: Bf16Kernel,
-    c: super::SendPtr,
+    c: Out,
     ldc: usize,
     accumulate: bool,
     a: Lhs,
@@ -382,7 +427,7 @@ pub fn pack_only(
 ) {
     let mut c = [0f32; 0];
     let job = Job {
-        c: super::SendPtr(c.as_mut_ptr()),
+        c: Out::F32(super::SendPtr(c.as_mut_ptr())),
         accumulate: false,
         a,
         b,
@@ -476,9 +521,18 @@ pub enum Lhs<'a> {
     },
 }
 
+/// Where a product's C lies, and how it is stored.
+#[derive(Clone, Copy)]
+enum Out {
+    /// f32, added to or stored.
+    F32(super::SendPtr),
+    /// Rounded to bf16 and stored in 16 bits ([`matmul_bf16_out`]).
+    Bf16(super::SendPtr<u16>),
+}
+
 /// One product: `C (row stride ldc) [+]= A B`, all but its row count.
 struct Job<'a> {
-    c: super::SendPtr,
+    c: Out,
     accumulate: bool,
     a: Lhs<'a>,
     b: Mat<'a>,
@@ -588,6 +642,13 @@ fn k_step(k: usize, kstep: usize) -> usize {
 fn block<K: Dot>(job: &Job, rows: Range<usize>, cols: Range<usize>, pack: &mut Packing) {
     let (k, ldc) = (job.k, job.ldc);
     let step = k_step(k, K::L::KSTEP);
+    // A 16-bit C's tile, made here in f32 and rounded as it is stored.
+    let mut tile = [0f32; TILE_MAX];
+    assert!(K::L::MR * K::L::NR <= TILE_MAX);
+    assert!(
+        matches!(job.c, Out::F32(_)) || step >= k,
+        "a 16-bit C of one k block"
+    );
     for p0 in (0..k).step_by(step) {
         let kc = step.min(k - p0);
         let pairs = kc.next_multiple_of(K::L::KSTEP) / 2;
@@ -607,18 +668,66 @@ fn block<K: Dot>(job: &Job, rows: Range<usize>, cols: Range<usize>, pack: &mut P
                         let nr = nr_max.min(nc - jr);
                         let bp = b[jr * pairs..][..nr_max * pairs].as_ptr();
                         let at = (r0 + ir) * ldc + c0 + jr;
+                        let edge = (mr, nr);
                         // SAFETY: the strips hold pairs * MR and pairs * NR
                         // pairs (sliced above), pairs is a multiple of
                         // KSTEP / 2; the tile's rows r0+ir..+mr and columns
                         // c0+jr..+nr lie inside C (m x n, checked by
                         // `matmul`), and this task alone writes them; `run`
-                        // ran `begin` on this thread.
-                        unsafe { K::tile(pairs, ap, bp, job.c.get().add(at), ldc, add, (mr, nr)) };
+                        // ran `begin` on this thread; a 16-bit C is made in
+                        // `tile` (MR x NR, row stride NR), one k block.
+                        unsafe {
+                            match job.c {
+                                Out::F32(c) => {
+                                    K::tile(pairs, ap, bp, c.get().add(at), ldc, add, edge)
+                                }
+                                Out::Bf16(c) => {
+                                    K::tile(pairs, ap, bp, tile.as_mut_ptr(), nr_max, false, edge);
+                                    narrow_tile(
+                                        &tile[..mr * nr_max],
+                                        nr_max,
+                                        c.get().add(at),
+                                        ldc,
+                                        nr,
+                                    );
+                                }
+                            }
+                        };
                     }
                 }
             }
         }
     }
+}
+
+/// Most elements of a kernel's tile (AMX's 32 x 32).
+const TILE_MAX: usize = 32 * 32;
+
+/// The first `nr` columns of the rows of `tile` (row stride `ld`), each
+/// rounded to bf16, into the 16-bit C at `c` (row stride `ldc`).
+///
+/// # Safety
+/// Those rows and columns of C lie inside one allocation that this thread
+/// alone writes.
+unsafe fn narrow_tile(tile: &[f32], ld: usize, c: *mut u16, ldc: usize, nr: usize) {
+    for (i, row) in tile.chunks(ld).enumerate() {
+        // SAFETY: row i's first nr elements lie inside C (the caller's
+        // contract).
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), nr) };
+        narrow(dst, &row[..nr]);
+    }
+}
+
+/// `src` rounded to bf16, as bit patterns, into `dst` (as long).
+pub(super) fn narrow(dst: &mut [u16], src: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { x86::narrow(dst, src) };
+    }
+    dst.iter_mut()
+        .zip(src)
+        .for_each(|(d, &v)| *d = (round_bf16(v).to_bits() >> 16) as u16);
 }
 
 /// Two values as one pair of bf16: `lo` (the even k) in the lower half.
@@ -1396,8 +1505,8 @@ pub(super) mod x86 {
         )
     }
 
-    /// [`super::adjacent_pairs`] on 16 values at a time (rounded, narrowed
-    /// to 16 bits as they are stored). The same bits.
+    /// [`super::adjacent_pairs`] on 16 values at a time: [`narrow`] into
+    /// the pairs' halves. The same bits.
     ///
     /// # Safety
     /// The CPU has AVX-512F.
@@ -1405,14 +1514,29 @@ pub(super) mod x86 {
     #[inline]
     pub unsafe fn adjacent_pairs(dst: &mut [u32], src: &[f32]) {
         let n = 2 * dst.len();
+        // SAFETY: `dst`'s n halves are its memory as u16 (same
+        // allocation, alignment 4 >= 2), borrowed mutably here.
+        let halves = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast(), n) };
+        // SAFETY: the CPU has AVX-512F (the caller's contract).
+        unsafe { narrow(halves, &src[..n]) }
+    }
+
+    /// [`super::narrow`] on 16 values at a time (rounded, narrowed to 16
+    /// bits as they are stored). The same bits.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn narrow(dst: &mut [u16], src: &[f32]) {
+        let n = dst.len();
         assert!(src.len() >= n);
-        let out = dst.as_mut_ptr().cast::<i16>();
+        let out = dst.as_mut_ptr();
         for i0 in (0..n).step_by(16) {
             let m = (n - i0).min(16);
             let k: __mmask16 = (u32::MAX >> (32 - m)) as u16;
-            // SAFETY: values i0..i0 + m lie inside `src` and 16-bit halves
-            // i0..i0 + m inside `dst` (checked above); masked-off lanes
-            // are not touched.
+            // SAFETY: values i0..i0 + m lie inside `src` and `dst`
+            // (checked above); masked-off lanes are not touched.
             unsafe {
                 let v =
                     _mm512_srli_epi32(round(_mm512_maskz_loadu_ps(k, src.as_ptr().add(i0))), 16);
@@ -1849,6 +1973,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A product stored in 16 bits is the f32 product rounded, bit for
+    /// bit, on every kernel that runs here, edge tiles and 1 and 3
+    /// threads included; a depth of more than one k block is refused.
+    #[test]
+    fn a_product_stored_in_16_bits_is_the_f32_product_rounded() {
+        for kernel in Bf16Kernel::ALL {
+            if !kernel.testable() {
+                eprintln!("{}: not tested here: {:?}", kernel.name(), kernel.why_not());
+                continue;
+            }
+            for (m, n, k) in [(50, 70, 64), (13, 33, 7), (200, 256, 512), (1, 1, 1)] {
+                let (ad, bd) = (values(m * k, 3), values(k * n, 4));
+                let (a, b) = (row_major(&ad, k), row_major(&bd, n));
+                let mut c = vec![0f32; m * n];
+                matmul(kernel, &mut c, false, a, b, (m, n, k), 2);
+                for threads in [1, 3] {
+                    let mut c16 = vec![0xdeadu16; m * n + 1];
+                    matmul_bf16_out(kernel, &mut c16, a, b, (m, n, k), threads);
+                    for (i, (&w, &v)) in c16.iter().zip(&c).enumerate() {
+                        assert_eq!(
+                            w,
+                            (round_bf16(v).to_bits() >> 16) as u16,
+                            "{} {m}x{n}x{k} on {threads}: C[{i}]",
+                            kernel.name()
+                        );
+                    }
+                    assert_eq!(c16[m * n], 0xdead, "written past C");
+                }
+            }
+        }
+        assert!(stores_bf16(KC) && !stores_bf16(KC + 1));
+        let r = std::panic::catch_unwind(|| {
+            let (ad, bd) = (values(KC + 2, 1), values(KC + 2, 2));
+            let mut c16 = vec![0u16; 1];
+            let (a, b) = (row_major(&ad, KC + 2), row_major(&bd, 1));
+            matmul_bf16_out(Bf16Kernel::AmxModel, &mut c16, a, b, (1, 1, KC + 2), 1)
+        });
+        assert!(r.is_err(), "two k blocks into 16 bits");
     }
 
     #[test]

@@ -206,6 +206,36 @@ impl Gemm {
         }
     }
 
+    /// Whether [`Gemm::matmul_bf16_out`] takes a product of depth `k`: on
+    /// a bf16 kernel, one of one k block.
+    pub fn stores_bf16(self, k: usize) -> bool {
+        matches!(self, Gemm::Bf16(_)) && bf16gemm::stores_bf16(k)
+    }
+
+    /// `dst (m x n) = round_bf16(a b)` in 16 bits, no f32 product written
+    /// ([`bf16gemm::matmul_bf16_out`]): the bits of [`Gemm::matmul`]
+    /// rounded.
+    ///
+    /// # Panics
+    /// If not [`Gemm::stores_bf16`]`(k)`.
+    pub fn matmul_bf16_out(
+        self,
+        dst: &mut [u16],
+        a: Mat,
+        b: Mat,
+        mnk: (usize, usize, usize),
+        threads: usize,
+    ) {
+        assert!(
+            self.stores_bf16(mnk.2),
+            "{self:?} stores no bf16 product of depth {}",
+            mnk.2
+        );
+        if let Gemm::Bf16(k) = self {
+            bf16gemm::matmul_bf16_out(k, dst, a, b, mnk, threads)
+        }
+    }
+
     /// `dst (rows x o) = [dst +] im2col(x) w` for a convolution of geometry
     /// `g` (`w`: `k*k*c x o`): where the kernel reads windows
     /// ([`Gemm::reads_windows`]) the columns are never made (`cols` may be
@@ -333,38 +363,46 @@ pub const MAX_CHANNELS: usize = 2048;
 pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
     match *op {
         Op::Conv {
-            g, x, y, w, cols, ..
-        } if g.grouped() => {
-            operand(mem, x, t);
-            let cols = mem.w(cols.expect("a grouped conv has scratch"));
-            conv_grouped_forward(
-                mem.r(x),
-                param(plan, t.weights, w),
-                mem.w(y),
-                &g,
-                cols,
-                t.gemm,
-            );
-        }
-        Op::Conv {
-            g, x, y, w, cols, ..
+            g,
+            x,
+            y,
+            w,
+            cols,
+            y_bf16,
+            ..
         } => {
             operand(mem, x, t);
             let (x, w) = (mem.r(x), param(plan, t.weights, w));
+            let mnk = (g.rows(), g.o, g.c);
             match g.single_tap() {
-                // The input itself times the one tap's block.
+                _ if g.grouped() => {
+                    let cols = mem.w(cols.expect("a grouped conv has scratch"));
+                    conv_grouped_forward(x, w, mem.w(y), &g, cols, t.gemm);
+                }
+                // The input itself times the one tap's block, rounded as
+                // it is stored where the output is kept in 16 bits.
+                Some(tap) if y_bf16.is_some() && t.gemm.stores_bf16(g.c) => {
+                    let y16 = mem.w16(y_bf16.expect("matched"));
+                    let w = row_major(&w[tap_block(&g, tap)], g.o);
+                    t.gemm
+                        .matmul_bf16_out(y16, row_major(x, g.c), w, mnk, t.threads);
+                    return;
+                }
                 Some(tap) => t.gemm.matmul(
                     mem.w(y),
                     false,
                     row_major(x, g.c),
                     row_major(&w[tap_block(&g, tap)], g.o),
-                    (g.rows(), g.o, g.c),
+                    mnk,
                     t.threads,
                 ),
                 None => {
                     let cols = cols.map(|c| mem.w(c));
                     t.gemm.conv(mem.w(y), false, x, &g, w, cols, t.threads);
                 }
+            }
+            if let Some(y16) = y_bf16 {
+                round_rows(mem.r(y), mem.w16(y16), (g.rows(), g.o));
             }
         }
         Op::BatchNorm {
@@ -397,17 +435,9 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
             let mut m64 = [0f64; MAX_CHANNELS];
             let mut sq = [0f64; MAX_CHANNELS];
             let (m64, sq) = (&mut m64[..c], &mut sq[..c]);
-            // In training, the mean's sums of the rounded input are taken
-            // as it is rounded (one pass over it fewer).
-            let mut summed = false;
+            // The input rounded to bf16 by its convolution, or as it is.
             let xs = match x_bf16 {
-                Some(b) => {
-                    let x16 = mem.w16(b);
-                    let sums = train.then_some((&mut *t.partial, &mut *m64));
-                    summed = train;
-                    round_rows(x, x16, (rows, c), sums);
-                    Values::Bf16(&*x16)
-                }
+                Some(b) => mem.values(b),
                 None => Values::F32(x),
             };
             let (gamma, beta) = (param(plan, t.params, gamma), param(plan, t.params, beta));
@@ -415,8 +445,8 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
             let (scale, shift) = saved.split_at_mut(c);
             if train {
                 match xs {
-                    Values::F32(x) => moments(x, (rows, c), t.partial, summed, m64, sq),
-                    Values::Bf16(x) => moments(x, (rows, c), t.partial, summed, m64, sq),
+                    Values::F32(x) => moments(x, (rows, c), t.partial, m64, sq),
+                    Values::Bf16(x) => moments(x, (rows, c), t.partial, m64, sq),
                 }
                 let n = rows as f64;
                 let unbias = n / (n - 1.0);
@@ -566,74 +596,41 @@ fn max_rows(y: &mut [f32], arg: &mut [f32], x: &[f32], at: usize) {
     }
 }
 
-/// `x` (`rows x c`) rounded to bf16 into `x16`; with `sums`, the
-/// per-channel sums of the rounded values into its second slice, as
-/// [`moments`] takes them (the same bits), in the same pass.
-fn round_rows(
-    x: &[f32],
-    x16: &mut [u16],
-    (rows, c): (usize, usize),
-    sums: Option<(&mut [f64], &mut [f64])>,
-) {
+/// `x` (`rows x c`) rounded to bf16 into `x16`, on the pool.
+fn round_rows(x: &[f32], x16: &mut [u16], (rows, c): (usize, usize)) {
     let (x, x16) = (&x[..rows * c], &mut x16[..rows * c]);
-    let Some((partial, sum)) = sums else {
-        x16.par_chunks_mut(CHUNK_ROWS * c)
-            .zip(x.par_chunks(CHUNK_ROWS * c))
-            .for_each(|(d, s)| {
-                vectorised(
-                    #[inline(always)]
-                    || d.iter_mut().zip(s).for_each(|(d, &v)| *d = to_bf16(v)),
-                )
-            });
-        return;
-    };
-    let out = SendPtr(x16.as_mut_ptr());
-    chunk_sums(
-        rows,
-        c,
-        partial,
-        sum,
-        #[inline(always)]
-        |r, acc| {
-            let span = r.start * c..r.end * c;
-            // SAFETY: each call has rows of `x16` of its own (chunk_sums covers
-            // each row once), which nothing else touches until it returns.
-            let d =
-                unsafe { std::slice::from_raw_parts_mut(out.get().add(span.start), span.len()) };
-            for (d, row) in d.chunks_exact_mut(c).zip(x[span].chunks_exact(c)) {
-                d.iter_mut().zip(row).for_each(|(d, &v)| *d = to_bf16(v));
-                acc.iter_mut().zip(&*d).for_each(|(a, &v)| *a += v.f32());
-            }
-        },
-    );
+    x16.par_chunks_mut(CHUNK_ROWS * c)
+        .zip(x.par_chunks(CHUNK_ROWS * c))
+        .for_each(|(d, s)| {
+            vectorised(
+                #[inline(always)]
+                || d.iter_mut().zip(s).for_each(|(d, &v)| *d = to_bf16(v)),
+            )
+        });
 }
 
 /// Per-channel mean of `x` (`rows x c`) into `mean` and sum of squared
 /// deviations from it into `sq`, f64, in the fixed chunks of
-/// [`chunk_sums`]; `summed`: `mean` holds the sums already
-/// ([`round_rows`]).
+/// [`chunk_sums`].
 fn moments<X: AsF32>(
     x: &[X],
     (rows, c): (usize, usize),
     partial: &mut [f64],
-    summed: bool,
     mean: &mut [f64],
     sq: &mut [f64],
 ) {
-    if !summed {
-        chunk_sums(
-            rows,
-            c,
-            partial,
-            mean,
-            #[inline(always)]
-            |r, acc| {
-                for row in x[r.start * c..r.end * c].chunks_exact(c) {
-                    acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v.f32());
-                }
-            },
-        );
-    }
+    chunk_sums(
+        rows,
+        c,
+        partial,
+        mean,
+        #[inline(always)]
+        |r, acc| {
+            for row in x[r.start * c..r.end * c].chunks_exact(c) {
+                acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v.f32());
+            }
+        },
+    );
     let n = rows as f64;
     mean.iter_mut().for_each(|m| *m /= n);
     let mut m32 = [0f32; MAX_CHANNELS];

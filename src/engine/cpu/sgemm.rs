@@ -323,16 +323,12 @@ pub(super) fn checked(
     if m == 0 || n == 0 {
         return false;
     }
-    let last = |x: Mat, r: usize, c: usize| (r - 1) * x.rs + (c - 1) * x.cs;
     assert!(
         dst.len() >= m * n,
         "matmul: C holds {} < {m} x {n}",
         dst.len()
     );
-    assert!(
-        k == 0 || (last(a, m, k) < a.data.len() && last(b, k, n) < b.data.len()),
-        "matmul: an operand is shorter than {m} x {k} x {n}"
-    );
+    check_operands(a, b, (m, n, k));
     if k == 0 {
         if !accumulate {
             dst[..m * n].fill(0.0);
@@ -340,6 +336,22 @@ pub(super) fn checked(
         return false;
     }
     true
+}
+
+/// Checks that `a` holds its `m x k` and `b` its `k x n` elements (none
+/// if `k` is 0).
+///
+/// # Panics
+/// If one does not.
+pub(super) fn check_operands(a: Mat, b: Mat, (m, n, k): (usize, usize, usize)) {
+    let last = |x: Mat, r: usize, c: usize| (r - 1) * x.rs + (c - 1) * x.cs;
+    assert!(
+        m == 0
+            || n == 0
+            || k == 0
+            || (last(a, m, k) < a.data.len() && last(b, k, n) < b.data.len()),
+        "matmul: an operand is shorter than {m} x {k} x {n}"
+    );
 }
 
 /// Makes this thread's packing buffers now (the engine runs it on each
@@ -856,10 +868,14 @@ pub(super) mod x86 {
     /// Adds the `mr x nr` corner of a 12 x 32 tile held in 24 registers
     /// (row `i`: `acc[2i]`, `acc[2i + 1]`) to, or stores it in, C at `c`.
     ///
+    /// Not a `#[target_feature]` function but always inlined, into the
+    /// AVX-512 tiles that call it: so the accumulators stay in registers
+    /// (called, the compiler spilled all 24 to a zeroed stack array at
+    /// every tile).
+    ///
     /// # Safety
     /// The tile's `mr x nr` corner lies inside C; the CPU has AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
+    #[inline(always)]
     pub(in crate::engine::cpu) unsafe fn store_12x32(
         acc: &[__m512; 24],
         c: *mut f32,
