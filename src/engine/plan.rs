@@ -473,7 +473,7 @@ impl Op {
                 y_bf16,
                 ..
             } => (
-                [Some(*x), Some(*y), *cols, *y_bf16]
+                [Some(*x), Some(*y), *cols, *y_bf16, *x_bf16]
                     .into_iter()
                     .flatten()
                     .collect(),

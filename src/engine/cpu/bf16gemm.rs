@@ -214,7 +214,8 @@ pub fn matmul(
 /// [`matmul`] of the im2col matrix of `x` (NHWC, geometry `g`: rows the
 /// output positions, columns the window's taps by channels) and `w` (`k*k*c
 /// x o`): `dst (rows x o) = [dst +] im2col(x) w`, bf16 operands, with the
-/// columns never made: each row's pairs are read from `x` as A is packed.
+/// columns never made: each row's pairs are read from `x` as A is packed
+/// (from 16 bits, copied as they lie).
 /// Bit for bit [`matmul`] of the columns. Needs `g.c` even (a pair never
 /// spans two taps; [`fuses_im2col`]).
 ///
@@ -225,7 +226,7 @@ pub fn matmul_im2col(
     kernel: Bf16Kernel,
     dst: &mut [f32],
     accumulate: bool,
-    x: &[f32],
+    x: Values,
     g: &ConvGeom,
     w: Mat,
     threads: usize,
@@ -250,7 +251,7 @@ pub fn matmul_im2col(
 pub fn matmul_bf16_out(
     kernel: Bf16Kernel,
     dst: &mut [u16],
-    a: Mat,
+    a: Lhs,
     b: Mat,
     (m, n, k): (usize, usize, usize),
     threads: usize,
@@ -264,7 +265,19 @@ pub fn matmul_bf16_out(
         "matmul_bf16_out: C holds {} < {m} x {n}",
         dst.len()
     );
-    sgemm::check_operands(a, b, (m, n, k));
+    match a {
+        Lhs::Mat(a) => sgemm::check_operands(a, b, (m, n, k)),
+        Lhs::Im2col { x, g } => {
+            assert!(fuses_im2col(&g), "matmul_bf16_out: {} channels (odd)", g.c);
+            assert_eq!(
+                (m, k),
+                (g.rows(), g.cols()),
+                "matmul_bf16_out: im2col's shape"
+            );
+            sgemm::checked_im2col(&mut [], true, x.len(), &g, b, (0, n, k));
+        }
+        Lhs::Im2colT { .. } => panic!("matmul_bf16_out: a weight gradient's operand"),
+    }
     if m == 0 || n == 0 {
         return;
     }
@@ -275,7 +288,7 @@ pub fn matmul_bf16_out(
     let c = Out::Bf16(super::SendPtr(dst.as_mut_ptr()));
     // SAFETY: C's m x n elements lie inside `dst`, which this call borrows
     // mutably; the operands hold theirs (checked above).
-    unsafe { multiply_raw(kernel, c, n, false, Lhs::Mat(a), b, (m, n, k), threads) }
+    unsafe { multiply_raw(kernel, c, n, false, a, b, (m, n, k), threads) }
 }
 
 /// Whether [`matmul_bf16_out`] takes a product of depth `k`: one k block.
@@ -468,7 +481,13 @@ pub fn pack_conv_only(
             let a = sgemm::row_major(cols, g.cols());
             pack_only(kernel, Lhs::Mat(a), w, mnk, threads, false)
         }
-        None => pack_only(kernel, Lhs::Im2col { x, g: *g }, w, mnk, threads, false),
+        None => {
+            let a = Lhs::Im2col {
+                x: Values::F32(x),
+                g: *g,
+            };
+            pack_only(kernel, a, w, mnk, threads, false)
+        }
     }
 }
 
@@ -504,8 +523,8 @@ pub enum Lhs<'a> {
     /// The im2col matrix of `x` (NHWC) under `g`, read where it lies
     /// ([`matmul_im2col`]).
     Im2col {
-        /// The convolution's input.
-        x: &'a [f32],
+        /// The convolution's input (`c` even).
+        x: Values<'a>,
         /// Its geometry.
         g: ConvGeom,
     },
@@ -912,7 +931,7 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     fn strip_of_im2col<const AVX512: bool>(
         self,
         strip: &mut [u32],
-        x: &[f32],
+        x: Values,
         g: &ConvGeom,
         (top, rows): (usize, usize),
         (p0, kc): (usize, usize),
@@ -1162,12 +1181,17 @@ fn im2col_runs(
 /// Pairs of row `r` of the im2col matrix of `x` under `g`, from column `k0`
 /// (even) on, into `dst`. `g.c` is even, so a pair never spans two taps.
 #[inline(always)]
-fn im2col_pairs(x: &[f32], g: &ConvGeom, r: usize, k0: usize, dst: &mut [u32]) {
+fn im2col_pairs(x: Values, g: &ConvGeom, r: usize, k0: usize, dst: &mut [u32]) {
     im2col_runs(g, r, (k0, 2 * dst.len()), |at, src, n| {
         let d = &mut dst[at / 2..][..n / 2];
-        match src {
-            Some(src) => adjacent_pairs(d, &x[src..][..n]),
-            None => d.fill(0),
+        match (src, x) {
+            (Some(src), Values::F32(x)) => adjacent_pairs(d, &x[src..][..n]),
+            // Already bf16: the pairs as they lie.
+            (Some(src), Values::Bf16(x)) => d
+                .iter_mut()
+                .zip(x[src..][..n].chunks_exact(2))
+                .for_each(|(d, h)| *d = h[0] as u32 | (h[1] as u32) << 16),
+            (None, _) => d.fill(0),
         }
     });
 }
@@ -1992,7 +2016,7 @@ mod tests {
                 matmul(kernel, &mut c, false, a, b, (m, n, k), 2);
                 for threads in [1, 3] {
                     let mut c16 = vec![0xdeadu16; m * n + 1];
-                    matmul_bf16_out(kernel, &mut c16, a, b, (m, n, k), threads);
+                    matmul_bf16_out(kernel, &mut c16, Lhs::Mat(a), b, (m, n, k), threads);
                     for (i, (&w, &v)) in c16.iter().zip(&c).enumerate() {
                         assert_eq!(
                             w,
@@ -2010,6 +2034,7 @@ mod tests {
             let (ad, bd) = (values(KC + 2, 1), values(KC + 2, 2));
             let mut c16 = vec![0u16; 1];
             let (a, b) = (row_major(&ad, KC + 2), row_major(&bd, 1));
+            let a = Lhs::Mat(a);
             matmul_bf16_out(Bf16Kernel::AmxModel, &mut c16, a, b, (1, 1, KC + 2), 1)
         });
         assert!(r.is_err(), "two k blocks into 16 bits");
@@ -2292,6 +2317,7 @@ mod tests {
             (2, (8, 8, 32), 16, (1, 2, 0)),
             (1, (12, 12, 4), 8, (7, 2, 3)),
             (1, (3, 5, 66), 33, (3, 1, 1)),
+            (2, (6, 6, 48), 40, (1, 1, 0)),
         ];
         for_each_conv(&geoms, |g, x, cols, kernel| {
             let (o, kc) = (g.o, g.cols());
@@ -2309,8 +2335,33 @@ mod tests {
                     (g.rows(), o, kc),
                     threads,
                 );
-                matmul_im2col(kernel, &mut got, accumulate, x, g, wm, threads);
+                let mut got16 = got.clone();
+                matmul_im2col(kernel, &mut got, accumulate, Values::F32(x), g, wm, threads);
                 assert!(bits(&got) == bits(&want), "{}: {g:?}", kernel.name());
+                // The input already in 16 bits: the same bits.
+                let x16: Vec<u16> = x
+                    .iter()
+                    .map(|&v| super::super::values::to_bf16(v))
+                    .collect();
+                let x16 = Values::Bf16(&x16);
+                matmul_im2col(kernel, &mut got16, accumulate, x16, g, wm, threads);
+                assert!(
+                    bits(&got16) == bits(&want),
+                    "{} from 16 bits: {g:?}",
+                    kernel.name()
+                );
+                // And stored in 16 bits, the product rounded, where one k
+                // block holds it.
+                if !accumulate && stores_bf16(kc) {
+                    let mut out = vec![0u16; g.rows() * o];
+                    let a = Lhs::Im2col { x: x16, g: *g };
+                    matmul_bf16_out(kernel, &mut out, a, wm, (g.rows(), o, kc), threads);
+                    let want16: Vec<u16> = want
+                        .iter()
+                        .map(|&v| super::super::values::to_bf16(v))
+                        .collect();
+                    assert!(out == want16, "{} into 16 bits: {g:?}", kernel.name());
+                }
             }
         });
     }

@@ -221,7 +221,7 @@ impl Gemm {
     pub fn matmul_bf16_out(
         self,
         dst: &mut [u16],
-        a: Mat,
+        a: bf16gemm::Lhs,
         b: Mat,
         mnk: (usize, usize, usize),
         threads: usize,
@@ -241,31 +241,34 @@ impl Gemm {
     /// ([`Gemm::reads_windows`]) the columns are never made (`cols` may be
     /// `None`): it reads each window from `x` as it packs it (no columns
     /// written and read back; the same bits); otherwise they are made in
-    /// `cols` and multiplied.
+    /// `cols` and multiplied. A bf16 kernel reads `x` from 16 bits as well
+    /// (the same bits as the f32 values they stand for).
     ///
     /// # Panics
-    /// If the columns are to be made and `cols` is `None`.
+    /// If the columns are to be made and `cols` is `None`, or the fp32
+    /// kernel is given 16-bit values.
     #[allow(clippy::too_many_arguments)]
     pub fn conv(
         self,
         dst: &mut [f32],
         accumulate: bool,
-        x: &[f32],
+        x: Values,
         g: &ConvGeom,
         w: &[f32],
         cols: Option<&mut [f32]>,
         threads: usize,
     ) {
         let w = row_major(w, g.o);
-        match self {
-            Gemm::Fp32 => sgemm::matmul_im2col(dst, accumulate, x, g, w, threads),
-            Gemm::Bf16(k) if self.reads_windows(g) => {
+        match (self, x) {
+            (Gemm::Fp32, Values::F32(x)) => sgemm::matmul_im2col(dst, accumulate, x, g, w, threads),
+            (Gemm::Fp32, Values::Bf16(_)) => panic!("the fp32 kernels read f32 inputs"),
+            (Gemm::Bf16(k), x) if self.reads_windows(g) => {
                 bf16gemm::matmul_im2col(k, dst, accumulate, x, g, w, threads)
             }
-            Gemm::Bf16(_) => {
+            (Gemm::Bf16(_), x) => {
                 let cols = cols
                     .expect("scratch for the columns of a bf16 product with an odd channel count");
-                super::conv::im2col(Values::F32(x), g, cols);
+                super::conv::im2col(x, g, cols);
                 let kc = g.cols();
                 self.matmul(
                     dst,
@@ -368,37 +371,50 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
             y,
             w,
             cols,
+            x_bf16,
             y_bf16,
             ..
         } => {
             operand(mem, x, t);
-            let (x, w) = (mem.r(x), param(plan, t.weights, w));
+            let (xf, w) = (mem.r(x), param(plan, t.weights, w));
+            // A bf16 kernel that reads the windows packs them from the
+            // input's 16-bit copy where its writer keeps one: the same
+            // bits, half the bytes, nothing to round.
+            let xv = match x_bf16 {
+                Some(b) if t.gemm.bf16().is_some() && t.gemm.reads_windows(&g) => mem.values(b),
+                _ => Values::F32(xf),
+            };
             let mnk = (g.rows(), g.o, g.c);
             match g.single_tap() {
                 _ if g.grouped() => {
                     let cols = mem.w(cols.expect("a grouped conv has scratch"));
-                    conv_grouped_forward(x, w, mem.w(y), &g, cols, t.gemm);
+                    conv_grouped_forward(xf, w, mem.w(y), &g, cols, t.gemm);
                 }
-                // The input itself times the one tap's block, rounded as
-                // it is stored where the output is kept in 16 bits.
-                Some(tap) if y_bf16.is_some() && t.gemm.stores_bf16(g.c) => {
+                // Where the output is kept in 16 bits, rounded as it is
+                // stored, if the product can.
+                _ if y_bf16.is_some()
+                    && t.gemm.stores_bf16(g.cols())
+                    && t.gemm.reads_windows(&g) =>
+                {
                     let y16 = mem.w16(y_bf16.expect("matched"));
-                    let w = row_major(&w[tap_block(&g, tap)], g.o);
+                    let a = bf16gemm::Lhs::Im2col { x: xv, g };
+                    let w = row_major(w, g.o);
                     t.gemm
-                        .matmul_bf16_out(y16, row_major(x, g.c), w, mnk, t.threads);
+                        .matmul_bf16_out(y16, a, w, (g.rows(), g.o, g.cols()), t.threads);
                     return;
                 }
-                Some(tap) => t.gemm.matmul(
+                // The input itself times the one tap's block.
+                Some(tap) if matches!(xv, Values::F32(_)) => t.gemm.matmul(
                     mem.w(y),
                     false,
-                    row_major(x, g.c),
+                    row_major(xf, g.c),
                     row_major(&w[tap_block(&g, tap)], g.o),
                     mnk,
                     t.threads,
                 ),
-                None => {
+                _ => {
                     let cols = cols.map(|c| mem.w(c));
-                    t.gemm.conv(mem.w(y), false, x, &g, w, cols, t.threads);
+                    t.gemm.conv(mem.w(y), false, xv, &g, w, cols, t.threads);
                 }
             }
             if let Some(y16) = y_bf16 {
@@ -954,8 +970,15 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                     let (dcols, wf) = cols.split_at_mut(cols.len() - kc * o);
                     flip_weight(w, &g, wf);
                     let dcols = Some(dcols).filter(|d| !d.is_empty());
-                    t.gemm
-                        .conv(mem.w(buf), accumulate, dy, &gd, wf, dcols, t.threads);
+                    t.gemm.conv(
+                        mem.w(buf),
+                        accumulate,
+                        Values::F32(dy),
+                        &gd,
+                        wf,
+                        dcols,
+                        t.threads,
+                    );
                 }
                 // dx by columns: dcols = dy W^T, scattered back.
                 Some(cols) => {
