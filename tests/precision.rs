@@ -457,6 +457,7 @@ fn stored_16_bit<M: Network<Cpu> + Clone>(name: &str, batch: usize, side: usize)
     let inputs = Stored16 {
         bn_inputs: true,
         outputs: false,
+        gradients: false,
     };
     for kernel in [None, Some(Bf16Kernel::AmxModel)] {
         let which = kernel.map_or("fp32 kernels", |k| k.name());

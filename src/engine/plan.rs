@@ -317,6 +317,10 @@ pub enum Op {
         /// ([`Plan::with_16_bit_activations`]). Where the product can round
         /// as it stores, `y` is not written at all.
         y_bf16: Option<BufId>,
+        /// `dy` as its BatchNorm stores it in 16 bits (its `dx_bf16`), which
+        /// backward reads instead of `dy` where the products run on a bf16
+        /// kernel ([`Plan::with_16_bit_activations`]).
+        dy_bf16: Option<BufId>,
     },
     /// Training-mode BatchNorm over `rows x c`, then `+ residual`, then ReLU
     /// (each optional); evaluation uses the running statistics.
@@ -360,6 +364,10 @@ pub enum Op {
         /// The output also stored in 16 bits by forward, for its readers in
         /// backward (this op's ReLU, the convolution that reads it).
         y_bf16: Option<BufId>,
+        /// `dx` (a convolution's output gradient) stored in 16 bits instead
+        /// of `dx`, where the products run on a bf16 kernel (its
+        /// convolution's `dy_bf16`).
+        dx_bf16: Option<BufId>,
     },
     /// Max pooling, `k x k` window, stride `s`, padding `p` (padding never wins).
     MaxPool {
@@ -471,16 +479,23 @@ impl Op {
                 bcols,
                 x_bf16,
                 y_bf16,
+                dy_bf16,
                 ..
             } => (
                 [Some(*x), Some(*y), *cols, *y_bf16, *x_bf16]
                     .into_iter()
                     .flatten()
                     .collect(),
-                [Some(x_bf16.unwrap_or(*x)), d(dx), Some(*dy), *bcols]
-                    .into_iter()
-                    .flatten()
-                    .collect(),
+                [
+                    Some(x_bf16.unwrap_or(*x)),
+                    d(dx),
+                    Some(*dy),
+                    *bcols,
+                    *dy_bf16,
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
             ),
             Op::BatchNorm {
                 x,
@@ -492,6 +507,7 @@ impl Op {
                 saved,
                 x_bf16,
                 y_bf16,
+                dx_bf16,
                 ..
             } => {
                 let r = residual.map(|r| r.0);
@@ -505,6 +521,7 @@ impl Op {
                         Some(x_bf16.unwrap_or(*x)),
                         relu.then_some(y_bf16.unwrap_or(*y)),
                         d(dx),
+                        *dx_bf16,
                         Some(*dy),
                         dr,
                         Some(*saved),
@@ -855,6 +872,13 @@ pub struct Stored16 {
     /// bf16 step, so the same bits in half the memory. The f32 output
     /// then lives only until its last reader in forward.
     pub outputs: bool,
+    /// Each convolution's output gradient, which its BatchNorm writes
+    /// rounded to bf16 (as PyTorch's autocast keeps the gradient of a bf16
+    /// tensor in bf16): the same bits in half the memory, read by the
+    /// convolution's backward where its products run on a bf16 kernel
+    /// (the fp32 kernels read the f32 copy, which is then written instead).
+    /// Not of the small convolutions on the direct kernels (`grouped`).
+    pub gradients: bool,
 }
 
 impl Stored16 {
@@ -862,11 +886,13 @@ impl Stored16 {
     pub const NONE: Stored16 = Stored16 {
         bn_inputs: false,
         outputs: false,
+        gradients: false,
     };
     /// Both.
     pub const ALL: Stored16 = Stored16 {
         bn_inputs: true,
         outputs: true,
+        gradients: true,
     };
 }
 
@@ -920,6 +946,26 @@ impl Plan {
                             *y_bf16 = Some(copy);
                         }
                     }
+                }
+            }
+        }
+        if which.gradients {
+            for i in 0..p.ops.len() {
+                let Op::Conv { g, dy, .. } = p.ops[i] else {
+                    continue;
+                };
+                let writer = p.ops.iter().position(|op| {
+                    matches!(op, Op::BatchNorm { dx: Some(GradOut { buf, accumulate: false }), .. } if *buf == dy)
+                });
+                let Some(writer) = writer.filter(|_| !g.grouped()) else {
+                    continue;
+                };
+                let copy = add(&mut p.bufs, dy);
+                if let Op::BatchNorm { dx_bf16, .. } = &mut p.ops[writer] {
+                    *dx_bf16 = Some(copy);
+                }
+                if let Op::Conv { dy_bf16, .. } = &mut p.ops[i] {
+                    *dy_bf16 = Some(copy);
                 }
             }
         }

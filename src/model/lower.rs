@@ -92,6 +92,7 @@ fn conv(
         bcols,
         x_bf16: None,
         y_bf16: None,
+        dy_bf16: None,
     });
     y
 }
@@ -131,6 +132,7 @@ fn batch_norm<const C: usize, E: Dtype, D: Device<E>>(
         saved,
         x_bf16: None,
         y_bf16: None,
+        dx_bf16: None,
     });
     y
 }

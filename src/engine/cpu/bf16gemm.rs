@@ -207,7 +207,15 @@ pub fn matmul(
     threads: usize,
 ) {
     if sgemm::checked(dst, accumulate, a, b, (m, n, k)) {
-        multiply(kernel, dst, accumulate, Lhs::Mat(a), b, (m, n, k), threads);
+        multiply(
+            kernel,
+            dst,
+            accumulate,
+            Lhs::Mat(a),
+            Rhs::F32(b),
+            (m, n, k),
+            threads,
+        );
     }
 }
 
@@ -235,7 +243,7 @@ pub fn matmul_im2col(
     let mnk = (g.rows(), g.o, g.cols());
     if sgemm::checked_im2col(dst, accumulate, x.len(), g, w, mnk) {
         let a = Lhs::Im2col { x, g: *g };
-        multiply(kernel, dst, accumulate, a, w, mnk, threads);
+        multiply(kernel, dst, accumulate, a, Rhs::F32(w), mnk, threads);
     }
 }
 
@@ -276,7 +284,9 @@ pub fn matmul_bf16_out(
             );
             sgemm::checked_im2col(&mut [], true, x.len(), &g, b, (0, n, k));
         }
-        Lhs::Im2colT { .. } => panic!("matmul_bf16_out: a weight gradient's operand"),
+        Lhs::Im2colT { .. } | Lhs::Mat16(_) => {
+            panic!("matmul_bf16_out: a weight gradient's operand")
+        }
     }
     if m == 0 || n == 0 {
         return;
@@ -288,7 +298,51 @@ pub fn matmul_bf16_out(
     let c = Out::Bf16(super::SendPtr(dst.as_mut_ptr()));
     // SAFETY: C's m x n elements lie inside `dst`, which this call borrows
     // mutably; the operands hold theirs (checked above).
-    unsafe { multiply_raw(kernel, c, n, false, a, b, (m, n, k), threads) }
+    unsafe { multiply_raw(kernel, c, n, false, a, Rhs::F32(b), (m, n, k), threads) }
+}
+
+/// `dst (m x n) = a b` of any left and right operand, one thread (a part
+/// of a weight gradient).
+///
+/// # Panics
+/// If an operand's last element lies outside its slice (a [`Lhs::Mat`]
+/// and [`Rhs::F32`] are checked; the others index their slices), `dst` is
+/// short, or `kernel` does not run here.
+pub(super) fn matmul_lhs(
+    kernel: Bf16Kernel,
+    dst: &mut [f32],
+    a: Lhs,
+    b: Rhs,
+    (m, n, k): (usize, usize, usize),
+) {
+    assert!(
+        dst.len() >= m * n,
+        "matmul: C holds {} < {m} x {n}",
+        dst.len()
+    );
+    if let (Lhs::Mat(a), Rhs::F32(b)) = (a, b) {
+        return matmul(kernel, dst, false, a, b, (m, n, k), 1);
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst[..m * n].fill(0.0);
+        return;
+    }
+    if let Lhs::Mat(a) = a {
+        assert!(
+            (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
+            "matmul: A short"
+        );
+    }
+    if let Rhs::Bf16(b) = b {
+        assert!(
+            (k - 1) * b.rs + (n - 1) * b.cs < b.data.len(),
+            "matmul: B short"
+        );
+    }
+    multiply(kernel, dst, false, a, b, (m, n, k), 1)
 }
 
 /// Whether [`matmul_bf16_out`] takes a product of depth `k`: one k block.
@@ -322,7 +376,7 @@ pub fn matmul_im2col_t(
     x: Values,
     g: &ConvGeom,
     (first, m): (usize, usize),
-    (dy, n): (Mat, usize),
+    (dy, n): (Rhs, usize),
     threads: usize,
 ) {
     assert!(
@@ -332,7 +386,23 @@ pub fn matmul_im2col_t(
         g.cols()
     );
     let mnk = (m, n, g.rows());
-    if sgemm::checked_im2col(dst, accumulate, x.len(), g, dy, mnk) {
+    let dy_mat = match dy {
+        Rhs::F32(dy) => dy,
+        Rhs::Bf16(dy) => {
+            let k = g.rows();
+            assert!(
+                m == 0 || n == 0 || k == 0 || (k - 1) * dy.rs + (n - 1) * dy.cs < dy.data.len(),
+                "matmul_im2col_t: dy is shorter than {k} x {n}"
+            );
+            // Checked: any matrix the check can index.
+            Mat {
+                data: &[0.0],
+                rs: 0,
+                cs: 0,
+            }
+        }
+    };
+    if sgemm::checked_im2col(dst, accumulate, x.len(), g, dy_mat, mnk) {
         let a = Lhs::Im2colT { x, g: *g, first };
         multiply(kernel, dst, accumulate, a, dy, mnk, threads);
     }
@@ -348,7 +418,7 @@ fn multiply(
     dst: &mut [f32],
     accumulate: bool,
     a: Lhs,
-    b: Mat,
+    b: Rhs,
     (m, n, k): (usize, usize, usize),
     threads: usize,
 ) {
@@ -374,7 +444,7 @@ pub(super) unsafe fn multiply_into(
     c: super::SendPtr,
     ldc: usize,
     a: Lhs,
-    b: Mat,
+    b: Rhs,
     mnk: (usize, usize, usize),
 ) {
     // SAFETY: the caller's contract.
@@ -390,7 +460,7 @@ unsafe fn multiply_raw(
     ldc: usize,
     accumulate: bool,
     a: Lhs,
-    b: Mat,
+    b: Rhs,
     (m, n, k): (usize, usize, usize),
     threads: usize,
 ) {
@@ -443,7 +513,7 @@ pub fn pack_only(
         c: Out::F32(super::SendPtr(c.as_mut_ptr())),
         accumulate: false,
         a,
-        b,
+        b: Rhs::F32(b),
         k,
         n,
         ldc: n,
@@ -515,11 +585,45 @@ pub fn reserve() {
     with_packing(|_| ());
 }
 
+/// A matrix of bf16 values in 16 bits (bit patterns), as [`Mat`] is of
+/// f32: element `(i, j)` at `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct Mat16<'a> {
+    /// The elements.
+    pub data: &'a [u16],
+    /// Row stride.
+    pub rs: usize,
+    /// Column stride.
+    pub cs: usize,
+}
+
+/// The right operand of a bf16 product: f32 values (rounded as they are
+/// packed) or bf16 ones in 16 bits (packed as they are).
+#[derive(Clone, Copy)]
+pub enum Rhs<'a> {
+    /// f32.
+    F32(Mat<'a>),
+    /// 16 bits.
+    Bf16(Mat16<'a>),
+}
+
+impl<'a> Rhs<'a> {
+    /// The matrix, if of f32.
+    pub fn as_f32(self) -> Option<Mat<'a>> {
+        match self {
+            Rhs::F32(m) => Some(m),
+            Rhs::Bf16(_) => None,
+        }
+    }
+}
+
 /// The left operand of a bf16 product.
 #[derive(Clone, Copy)]
 pub enum Lhs<'a> {
     /// A matrix.
     Mat(Mat<'a>),
+    /// A matrix in 16 bits (as packed for B: [`Rhs::Bf16`]).
+    Mat16(Mat16<'a>),
     /// The im2col matrix of `x` (NHWC) under `g`, read where it lies
     /// ([`matmul_im2col`]).
     Im2col {
@@ -554,7 +658,7 @@ struct Job<'a> {
     c: Out,
     accumulate: bool,
     a: Lhs<'a>,
-    b: Mat<'a>,
+    b: Rhs<'a>,
     k: usize,
     n: usize,
     ldc: usize,
@@ -783,27 +887,39 @@ fn pack_a<L: Layout>(
 /// [`Layout::b_at`]): B's transpose packed as A is.
 fn pack_b<L: Layout>(
     dst: &mut [u32],
-    b: Mat,
+    b: Rhs,
     ks: (usize, usize),
     cols: (usize, usize),
     pairs: usize,
     by_element: bool,
 ) {
-    let bt = Mat {
-        data: b.data,
-        rs: b.cs,
-        cs: b.rs,
-    };
     let strips = Strips {
         width: L::NR,
         at: L::b_at,
         run_i: L::B_RUN_J,
         run_p: L::B_RUN_P,
     };
-    if by_element {
-        strips.pack_by_element(dst, bt, cols, ks, pairs)
-    } else {
-        strips.pack(dst, Lhs::Mat(bt), cols, ks, pairs)
+    match b {
+        Rhs::F32(b) => {
+            let bt = Mat {
+                data: b.data,
+                rs: b.cs,
+                cs: b.rs,
+            };
+            if by_element {
+                strips.pack_by_element(dst, bt, cols, ks, pairs)
+            } else {
+                strips.pack(dst, Lhs::Mat(bt), cols, ks, pairs)
+            }
+        }
+        Rhs::Bf16(b) => {
+            let bt = Mat16 {
+                data: b.data,
+                rs: b.cs,
+                cs: b.rs,
+            };
+            strips.pack(dst, Lhs::Mat16(bt), cols, ks, pairs)
+        }
     }
 }
 
@@ -881,6 +997,7 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
             let rows = (r0 + q * width, width.min(mc - q * width));
             match x {
                 Lhs::Mat(x) => self.strip_of_mat::<AVX512>(strip, x, rows, ks, pairs),
+                Lhs::Mat16(x) => self.strip_of_mat16(strip, x, rows, ks, pairs),
                 Lhs::Im2col { x, g } => {
                     self.strip_of_im2col::<AVX512>(strip, x, &g, rows, ks, pairs)
                 }
@@ -922,6 +1039,49 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
             }
         }
         let odd = |i: usize| x.data[(top + i) * x.rs + (p0 + kc - 1) * x.cs];
+        self.pad(strip, (rows, kc), pairs, odd);
+    }
+
+    /// [`Strips::strip_of_mat`] of a matrix in 16 bits: its pairs copied
+    /// (interleaved where they run across rows), nothing to round.
+    #[inline(always)]
+    fn strip_of_mat16(
+        self,
+        strip: &mut [u32],
+        x: Mat16,
+        (top, rows): (usize, usize),
+        (p0, kc): (usize, usize),
+        pairs: usize,
+    ) {
+        let (at, whole) = (self.at, kc / 2);
+        let pair = |lo: u16, hi: u16| lo as u32 | (hi as u32) << 16;
+        if x.rs == 1 && self.run_i > 1 {
+            // Each column's rows are contiguous, and so is the layout
+            // along them: runs of two columns interleaved.
+            let col = |c: usize| &x.data[top + (p0 + c) * x.cs..][..rows];
+            for p in 0..whole {
+                let (c0, c1) = (col(2 * p), col(2 * p + 1));
+                for i0 in (0..rows).step_by(self.run_i) {
+                    let n = self.run_i.min(rows - i0);
+                    let d = &mut strip[at(p, i0)..][..n];
+                    d.iter_mut()
+                        .zip(c0[i0..][..n].iter().zip(&c1[i0..][..n]))
+                        .for_each(|(d, (&lo, &hi))| *d = pair(lo, hi));
+                }
+            }
+        } else {
+            for i in 0..rows {
+                let row = (top + i) * x.rs + p0 * x.cs;
+                for p in 0..whole {
+                    let e = row + 2 * p * x.cs;
+                    strip[at(p, i)] = pair(x.data[e], x.data[e + x.cs]);
+                }
+            }
+        }
+        let odd = |i: usize| {
+            let b = x.data[(top + i) * x.rs + (p0 + kc - 1) * x.cs];
+            f32::from_bits((b as u32) << 16)
+        };
         self.pad(strip, (rows, kc), pairs, odd);
     }
 
@@ -1406,6 +1566,7 @@ impl Lhs<'_> {
     fn rows_along_k(&self) -> bool {
         match self {
             Lhs::Mat(m) => m.cs == 1 && m.rs != 1,
+            Lhs::Mat16(m) => m.cs == 1 && m.rs != 1,
             Lhs::Im2col { .. } => true,
             Lhs::Im2colT { .. } => false,
         }
@@ -2419,7 +2580,19 @@ mod tests {
                     // x as f32, and as the bf16 it is rounded to, in 16
                     // bits (a bf16 step's saved activations).
                     let x16: Vec<u16> = x.iter().map(|&v| to_bf16(v)).collect();
-                    for x in [Values::F32(x), Values::Bf16(&x16)] {
+                    // dy likewise.
+                    let dy16: Vec<u16> = dy.iter().map(|&v| to_bf16(v)).collect();
+                    let dy16 = Rhs::Bf16(Mat16 {
+                        data: &dy16,
+                        rs: g.o,
+                        cs: 1,
+                    });
+                    let inputs = [
+                        (Values::F32(x), Rhs::F32(dym)),
+                        (Values::Bf16(&x16), Rhs::F32(dym)),
+                        (Values::Bf16(&x16), dy16),
+                    ];
+                    for (x, dy) in inputs {
                         let mut got = got.clone();
                         matmul_im2col_t(
                             kernel,
@@ -2428,7 +2601,7 @@ mod tests {
                             x,
                             g,
                             block,
-                            (dym, g.o),
+                            (dy, g.o),
                             threads,
                         );
                         assert!(

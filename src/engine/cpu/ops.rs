@@ -900,10 +900,19 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             dy,
             bcols,
             x_bf16,
+            dy_bf16,
             ..
         } => {
-            operand(mem, dy, t);
-            let (x, dy) = (mem.values(x_bf16.unwrap_or(x)), mem.r(dy));
+            // dy from its 16-bit copy where its BatchNorm wrote that
+            // instead ([`reads_16_bit_gradient`]).
+            let dy = match dy_bf16 {
+                Some(b) if reads_16_bit_gradient(t.gemm) => mem.values(b),
+                _ => {
+                    operand(mem, dy, t);
+                    Values::F32(mem.r(dy))
+                }
+            };
+            let x = mem.values(x_bf16.unwrap_or(x));
             let mut cols = bcols.map(|b| mem.w(b));
             let (rows, kc, o) = (g.rows(), g.cols(), g.o);
             let tap = g.single_tap();
@@ -951,18 +960,27 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                 (None, None) => panic!("a conv of several taps has backward scratch"),
                 (Some(_), _) => None,
             };
+            // `dst [+]= dy b` (rows x n): dy's rows along its channels.
+            let dy_times = |dst: &mut [f32], accumulate: bool, b: Mat, n: usize| match dy {
+                Values::F32(dy) => {
+                    let a = row_major(dy, o);
+                    t.gemm
+                        .matmul(dst, accumulate, a, b, (rows, n, o), t.threads)
+                }
+                Values::Bf16(_) => {
+                    // dy's rows as the windows of a pointwise convolution
+                    // of o channels.
+                    let kernel = t.gemm.bf16().expect("16-bit dy on a bf16 kernel");
+                    let gp = ConvGeom::new(g.b, (g.oh, g.ow, o), n, (1, 1, 0));
+                    bf16gemm::matmul_im2col(kernel, dst, accumulate, dy, &gp, b, t.threads)
+                }
+            };
             match cols {
                 // dx = dy W^T (of the one tap's block).
                 None => {
                     let tap = tap.expect("a conv without columns has a single tap");
-                    t.gemm.matmul(
-                        mem.w(buf),
-                        accumulate,
-                        row_major(dy, o),
-                        transposed(&w[tap_block(&g, tap)], o),
-                        (rows, g.c, o),
-                        t.threads,
-                    )
+                    let wt = transposed(&w[tap_block(&g, tap)], o);
+                    dy_times(mem.w(buf), accumulate, wt, g.c)
                 }
                 // dx as the forward of the input-gradient conv.
                 Some(cols) if g.input_gradient_conv().is_some() => {
@@ -970,20 +988,12 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                     let (dcols, wf) = cols.split_at_mut(cols.len() - kc * o);
                     flip_weight(w, &g, wf);
                     let dcols = Some(dcols).filter(|d| !d.is_empty());
-                    t.gemm.conv(
-                        mem.w(buf),
-                        accumulate,
-                        Values::F32(dy),
-                        &gd,
-                        wf,
-                        dcols,
-                        t.threads,
-                    );
+                    t.gemm
+                        .conv(mem.w(buf), accumulate, dy, &gd, wf, dcols, t.threads);
                 }
                 // dx by columns: dcols = dy W^T, scattered back.
                 Some(cols) => {
-                    t.gemm
-                        .matmul(cols, false, row_major(dy, o), wt, (rows, kc, o), t.threads);
+                    dy_times(cols, false, wt, kc);
                     col2im(cols, &g, mem.w(buf), accumulate);
                 }
             }
@@ -1002,12 +1012,17 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
             saved,
             x_bf16,
             y_bf16,
+            dx_bf16,
             ..
         } => {
             let (x, y) = (
                 mem.values(x_bf16.unwrap_or(x)),
                 mem.values(y_bf16.unwrap_or(y)),
             );
+            // dx in 16 bits instead, for a convolution that reads it so.
+            let dx16 = dx_bf16
+                .filter(|_| reads_16_bit_gradient(t.gemm))
+                .map(|b| mem.w16(b));
             let bn = BnBackward {
                 rows,
                 c,
@@ -1016,7 +1031,10 @@ pub fn backward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors) {
                 saved: mem.r(saved),
                 gamma: param(plan, t.params, gamma),
                 grads: (gamma, beta),
-                dx: dx.map(|d| (mem.w(d.buf), d.accumulate)),
+                dx: dx
+                    .filter(|_| dx16.is_none())
+                    .map(|d| (mem.w(d.buf), d.accumulate)),
+                dx16,
                 dr: residual
                     .and_then(|(_, d)| d)
                     .map(|d| (mem.w(d.buf), d.accumulate)),
@@ -1139,6 +1157,9 @@ struct BnBackward<'a> {
     /// The gradients' parameters (gamma, beta).
     grads: (usize, usize),
     dx: Option<(&'a mut [f32], bool)>,
+    /// The input's gradient rounded to bf16 in 16 bits, instead of `dx`
+    /// (written, never added to).
+    dx16: Option<&'a mut [u16]>,
     /// The residual's gradient.
     dr: Option<(&'a mut [f32], bool)>,
     round_dx: bool,
@@ -1158,6 +1179,7 @@ impl BnBackward<'_> {
             gamma: gam,
             grads: (gamma, beta),
             dx,
+            dx16,
             dr,
             round_dx,
         } = self;
@@ -1214,6 +1236,7 @@ impl BnBackward<'_> {
         let chunk = CHUNK_ROWS * c;
         let dr = dr.map(|(d, acc)| (SendPtr(d.as_mut_ptr()), acc));
         let dxo = dx.map(|(d, acc)| (SendPtr(d.as_mut_ptr()), acc));
+        let dx16 = dx16.map(|d| SendPtr(d.as_mut_ptr()));
         // Each chunk writes its own rows of dx and of the residual's gradient.
         (0..rows.div_ceil(CHUNK_ROWS))
             .into_par_iter()
@@ -1243,8 +1266,34 @@ impl BnBackward<'_> {
                         || input_gradient_rows(part(p), (xs, ys, dys), co, flags),
                     );
                 }
+                if let Some(p) = dx16 {
+                    // SAFETY: as `part`, of the 16-bit gradient (as long).
+                    let d = unsafe { std::slice::from_raw_parts_mut(p.get().add(start), len) };
+                    vectorised(
+                        #[inline(always)]
+                        || {
+                            // Row by row through an f32 row, rounded, then
+                            // narrowed (the bits of the rounded f32 dx).
+                            let mut row = [0f32; MAX_CHANNELS];
+                            let row = &mut row[..c];
+                            for (r, d) in d.chunks_exact_mut(c).enumerate() {
+                                let span = r * c..(r + 1) * c;
+                                let xyg = (&xs[span.clone()], &ys[span.clone()], &dys[span]);
+                                input_gradient_rows(row, xyg, co, (relu, true, false));
+                                d.iter_mut().zip(&*row).for_each(|(d, &v)| *d = to_bf16(v));
+                            }
+                        },
+                    );
+                }
             });
     }
+}
+
+/// Whether a convolution's backward reads its output gradient from the
+/// 16-bit copy its BatchNorm writes instead of the f32 one, where the plan
+/// keeps one (`dy_bf16`): on a bf16 kernel. The BatchNorm asks the same.
+fn reads_16_bit_gradient(gemm: Gemm) -> bool {
+    gemm.bf16().is_some()
 }
 
 /// dW's rows or columns per part of [`weight_gradient`] (of `len`, among
@@ -1316,33 +1365,53 @@ pub(super) enum Columns<'a> {
 /// operand the parts share once (`dy`, or the columns), so the threads
 /// pack it once each and no more. Each output element is one product over
 /// all rows, on the tiles of one product ([`wgrad_part`]), so the result
-/// does not depend on the threads.
+/// does not depend on the threads. A bf16 kernel reads `dy` from 16 bits
+/// as well (the same bits as the f32 values they stand for).
+///
+/// # Panics
+/// If the fp32 kernel is given a 16-bit `dy`.
 pub(super) fn weight_gradient(
     gemm: Gemm,
     dw: &mut [f32],
     cols: Columns,
-    dy: &[f32],
+    dy: Values,
     (rows, kc, o): (usize, usize, usize),
 ) {
+    // dy's columns j0.. (row stride o) as a product's right operand.
+    let dy_from = |j0: usize| match dy {
+        Values::F32(d) => bf16gemm::Rhs::F32(Mat {
+            data: &d[j0..],
+            rs: o,
+            cs: 1,
+        }),
+        Values::Bf16(d) => bf16gemm::Rhs::Bf16(bf16gemm::Mat16 {
+            data: &d[j0..],
+            rs: o,
+            cs: 1,
+        }),
+    };
+    fn f32_dy(b: bf16gemm::Rhs) -> Mat {
+        b.as_f32().expect("the fp32 kernels read an f32 dy")
+    }
     // dst (m x n, row stride n) = the columns k0..k0 + m of cols, transposed,
     // times dy's columns j0..j0 + n.
     let product = |dst: &mut [f32], (k0, m): (usize, usize), (j0, n): (usize, usize)| {
-        let dy = Mat {
-            data: &dy[j0..],
-            rs: o,
-            cs: 1,
-        };
-        match cols {
-            Columns::Made(cols) => {
+        let dy = dy_from(j0);
+        match (cols, gemm) {
+            (Columns::Made(cols), Gemm::Fp32) => {
                 let a = transposed(&cols[k0..], kc);
-                gemm.matmul(dst, false, a, dy, (m, n, rows), 1)
+                sgemm::matmul(dst, false, a, f32_dy(dy), (m, n, rows), 1)
             }
-            Columns::InPlace(x, g) => match gemm {
-                Gemm::Fp32 => sgemm::matmul_im2col_t(dst, false, x, &g, (k0, m), (dy, n), 1),
-                Gemm::Bf16(kernel) => {
-                    bf16gemm::matmul_im2col_t(kernel, dst, false, x, &g, (k0, m), (dy, n), 1)
-                }
-            },
+            (Columns::Made(cols), Gemm::Bf16(kernel)) => {
+                let a = bf16gemm::Lhs::Mat(transposed(&cols[k0..], kc));
+                bf16gemm::matmul_lhs(kernel, dst, a, dy, (m, n, rows))
+            }
+            (Columns::InPlace(x, g), Gemm::Fp32) => {
+                sgemm::matmul_im2col_t(dst, false, x, &g, (k0, m), (f32_dy(dy), n), 1)
+            }
+            (Columns::InPlace(x, g), Gemm::Bf16(kernel)) => {
+                bf16gemm::matmul_im2col_t(kernel, dst, false, x, &g, (k0, m), (dy, n), 1)
+            }
         }
     };
     let threads = rayon::current_num_threads();
@@ -1373,11 +1442,7 @@ pub(super) fn weight_gradient(
     let block = wgrad_part(o, threads);
     (0..o.div_ceil(block)).into_par_iter().for_each(|i| {
         let (j0, n) = (i * block, block.min(o - i * block));
-        let dy = Mat {
-            data: &dy[j0..],
-            rs: o,
-            cs: 1,
-        };
+        let dy = dy_from(j0);
         // SAFETY: block i writes dW's columns j0..j0 + n of its kc rows
         // (row stride o >= n), inside `dw` (checked above, borrowed
         // mutably here) and apart from every other block's; the operands
@@ -1387,7 +1452,7 @@ pub(super) fn weight_gradient(
             match (cols, gemm) {
                 (Columns::Made(cols), Gemm::Fp32) => {
                     let a = sgemm::Lhs::Mat(transposed(cols, kc));
-                    sgemm::multiply_into(c, o, a, dy, (kc, n, rows))
+                    sgemm::multiply_into(c, o, a, f32_dy(dy), (kc, n, rows))
                 }
                 (Columns::Made(cols), Gemm::Bf16(k)) => {
                     let a = bf16gemm::Lhs::Mat(transposed(cols, kc));
@@ -1395,7 +1460,7 @@ pub(super) fn weight_gradient(
                 }
                 (Columns::InPlace(x, g), Gemm::Fp32) => {
                     let a = sgemm::Lhs::Im2colT { x, g, first: 0 };
-                    sgemm::multiply_into(c, o, a, dy, (kc, n, rows))
+                    sgemm::multiply_into(c, o, a, f32_dy(dy), (kc, n, rows))
                 }
                 (Columns::InPlace(x, g), Gemm::Bf16(k)) => {
                     let a = bf16gemm::Lhs::Im2colT { x, g, first: 0 };
@@ -1537,11 +1602,20 @@ mod tests {
                 let a = transposed(&cols, kc);
                 gemm.matmul(&mut want, false, a, row_major(&dy, o), (kc, o, rows), 1);
                 let inputs = [Columns::Made(&cols), Columns::InPlace(Values::F32(&x), g)];
-                for (i, columns) in inputs.into_iter().enumerate() {
+                // dy also in 16 bits, rounded, on a bf16 kernel: the same bits.
+                let dy16: Vec<u16> = dy.iter().map(|&v| to_bf16(v)).collect();
+                let dys = match gemm {
+                    Gemm::Fp32 => vec![Values::F32(&dy)],
+                    Gemm::Bf16(_) => vec![Values::F32(&dy), Values::Bf16(&dy16)],
+                };
+                let cases = dys
+                    .iter()
+                    .flat_map(|&d| inputs.iter().map(move |&c| (c, d)));
+                for (i, (columns, dy)) in cases.enumerate() {
                     let got = pools.each_ref().map(|pool| {
                         let mut got = vec![f32::NAN; kc * o];
                         pool.install(|| {
-                            weight_gradient(gemm, &mut got, columns, &dy, (rows, kc, o))
+                            weight_gradient(gemm, &mut got, columns, dy, (rows, kc, o))
                         });
                         bits(&got)
                     });
