@@ -442,7 +442,10 @@ fn step_bits(e: &mut Engine, x: &[f32], labels: &[u32]) -> Vec<u32> {
 /// kernel's model (16-bit windows read in place), with grouped, wide and
 /// single-tap convolutions (ResNet-18 at 32x32 ends on a 1x1 map;
 /// ResNet-50's 1x1 convolutions). Their f32 buffers then live only in
-/// forward, and the arena shrinks at each step.
+/// forward, and the arena shrinks at each step. With everything in 16 bits
+/// (`Stored16::ALL`) a bf16 kernel also reads each convolution's output
+/// gradient from 16 bits, and a BatchNorm output that only such readers
+/// take is not written in f32 at all: still the same bits.
 fn stored_16_bit<M: Network<Cpu> + Clone>(name: &str, batch: usize, side: usize) {
     use resnet_imagenet::engine::plan::{Elem, Stored16};
     let dev = Cpu::seed_from_u64(8);

@@ -368,6 +368,9 @@ pub enum Op {
         /// of `dx`, where the products run on a bf16 kernel (its
         /// convolution's `dy_bf16`).
         dx_bf16: Option<BufId>,
+        /// The residual's 16-bit copy (its writer's `y_bf16`), which
+        /// forward reads instead of the residual.
+        residual_bf16: Option<BufId>,
     },
     /// Max pooling, `k x k` window, stride `s`, padding `p` (padding never wins).
     MaxPool {
@@ -467,7 +470,7 @@ impl Op {
     }
 
     /// (buffers used in forward, buffers used in backward).
-    fn uses(&self) -> (Vec<BufId>, Vec<BufId>) {
+    pub(crate) fn uses(&self) -> (Vec<BufId>, Vec<BufId>) {
         let d = |g: &Option<GradOut>| g.map(|g| g.buf);
         match self {
             Op::Conv {
@@ -508,15 +511,24 @@ impl Op {
                 x_bf16,
                 y_bf16,
                 dx_bf16,
+                residual_bf16,
                 ..
             } => {
                 let r = residual.map(|r| r.0);
                 let dr = residual.and_then(|r| d(&r.1));
                 (
-                    [Some(*x), Some(*y), r, Some(*saved), *x_bf16, *y_bf16]
-                        .into_iter()
-                        .flatten()
-                        .collect(),
+                    [
+                        Some(*x),
+                        Some(*y),
+                        r,
+                        Some(*saved),
+                        *x_bf16,
+                        *y_bf16,
+                        *residual_bf16,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
                     [
                         Some(x_bf16.unwrap_or(*x)),
                         relu.then_some(y_bf16.unwrap_or(*y)),
@@ -1013,6 +1025,17 @@ impl Plan {
                         assert!(bcols.is_none(), "a single-tap conv has no backward scratch");
                         *bcols = Some(w);
                     }
+                }
+            }
+            // A residual read from its copy where there is one.
+            for op in &mut p.ops {
+                if let Op::BatchNorm {
+                    residual: Some((r, _)),
+                    residual_bf16,
+                    ..
+                } = op
+                {
+                    *residual_bf16 = copies.get(r).copied();
                 }
             }
         }

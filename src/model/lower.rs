@@ -133,6 +133,7 @@ fn batch_norm<const C: usize, E: Dtype, D: Device<E>>(
         x_bf16: None,
         y_bf16: None,
         dx_bf16: None,
+        residual_bf16: None,
     });
     y
 }

@@ -103,6 +103,8 @@ pub struct Cpu {
     gemm: ops::Gemm,
     /// Buffers stored rounded in bf16 by their writer ([`ops::rounded_at_write`]).
     rounded: Vec<bool>,
+    /// Buffers some op reads as f32 ([`ops::read_as_f32`]).
+    read_as_f32: Vec<bool>,
     grads: Aligned,
     /// Gradients summed over ranks (empty until a data-parallel step).
     summed: Aligned,
@@ -259,6 +261,7 @@ impl Cpu {
             precision,
             gemm,
             rounded: ops::rounded_at_write(&plan),
+            read_as_f32: ops::read_as_f32(&plan, gemm),
             grads: Aligned::zeros(plan.params_len),
             summed: Aligned::zeros(0),
             velocity: Aligned::zeros(plan.params_len),
@@ -332,6 +335,7 @@ impl Cpu {
                 weights: if copy { &self.weights } else { &self.params },
                 bf16,
                 rounded: &self.rounded,
+                read_as_f32: &self.read_as_f32,
                 grads: &mut self.grads,
                 states: &mut self.states,
                 partial: &mut self.partial,

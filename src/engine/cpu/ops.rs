@@ -94,6 +94,9 @@ pub struct Tensors<'a> {
     /// convolution's output gradient), so the product that reads it needs
     /// no pass of its own ([`rounded_at_write`]).
     pub rounded: &'a [bool],
+    /// By buffer: whether an op reads it as f32 in this step
+    /// ([`read_as_f32`]).
+    pub read_as_f32: &'a [bool],
     /// Their gradients (flat, same offsets).
     pub grads: &'a mut [f32],
     /// Running statistics (flat).
@@ -125,6 +128,57 @@ fn operand(mem: &Mem, id: BufId, t: &Tensors) {
     if t.bf16 && !t.rounded[id] {
         round_slice_bf16(mem.w(id));
     }
+}
+
+/// Whether a convolution's forward reads its input from the 16-bit copy
+/// its writer keeps, where the plan has one (`x_bf16`): a bf16 kernel that
+/// reads the windows, not a small convolution on the direct kernels.
+fn reads_16_bit_input(g: &ConvGeom, gemm: Gemm) -> bool {
+    gemm.bf16().is_some() && gemm.reads_windows(g) && !g.grouped()
+}
+
+/// The buffers some op reads as f32 in a step whose products run on
+/// `gemm`: a BatchNorm output with a 16-bit copy that none reads is not
+/// written in f32 at all (every reader takes the copy).
+pub fn read_as_f32(plan: &Plan, gemm: Gemm) -> Vec<bool> {
+    let mut r = vec![false; plan.bufs.len()];
+    for op in &plan.ops {
+        match op {
+            Op::Conv { g, x, x_bf16, .. } => {
+                if x_bf16.is_none() || !reads_16_bit_input(g, gemm) {
+                    r[*x] = true;
+                }
+            }
+            Op::BatchNorm {
+                x,
+                y,
+                relu,
+                residual,
+                x_bf16,
+                y_bf16,
+                residual_bf16,
+                ..
+            } => {
+                if x_bf16.is_none() {
+                    r[*x] = true;
+                }
+                if *relu && y_bf16.is_none() {
+                    r[*y] = true;
+                }
+                if let (Some((res, _)), None) = (residual, residual_bf16) {
+                    r[*res] = true;
+                }
+            }
+            // Every other op reads its inputs as f32.
+            other => {
+                let (forward, backward) = other.uses();
+                for b in forward.into_iter().chain(backward) {
+                    r[b] = true;
+                }
+            }
+        }
+    }
+    r
 }
 
 /// The buffers whose writer stores them rounded in bf16 (see
@@ -381,7 +435,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
             // input's 16-bit copy where its writer keeps one: the same
             // bits, half the bytes, nothing to round.
             let xv = match x_bf16 {
-                Some(b) if t.gemm.bf16().is_some() && t.gemm.reads_windows(&g) => mem.values(b),
+                Some(b) if reads_16_bit_input(&g, t.gemm) => mem.values(b),
                 _ => Values::F32(xf),
             };
             let mnk = (g.rows(), g.o, g.c);
@@ -437,11 +491,15 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
             saved,
             x_bf16,
             y_bf16,
+            residual_bf16,
             ..
         } => {
             let round = t.bf16 && t.rounded[y];
+            // No f32 output where it has a 16-bit copy and nothing reads
+            // the f32 one (read_as_f32).
+            let f32_out = y_bf16.is_none() || t.read_as_f32[y];
             let out = Out {
-                y: mem.w(y),
+                y: f32_out.then(|| mem.w(y)),
                 y16: y_bf16.map(|b| mem.w16(b)),
                 round,
             };
@@ -484,7 +542,7 @@ pub fn forward(op: &Op, plan: &Plan, mem: &Mem, t: &mut Tensors, train: bool) {
                     shift[ch] = (1.0 / (rv + epsilon).sqrt()) as f32;
                 }
             }
-            let residual = residual.map(|r| mem.r(r.0));
+            let residual = residual.map(|r| mem.values(residual_bf16.unwrap_or(r.0)));
             let stats = (&*scale, &*shift);
             match xs {
                 Values::F32(x) => normalize(x, out, c, residual, relu, stats, (gamma, beta)),
@@ -670,11 +728,11 @@ fn moments<X: AsF32>(
     );
 }
 
-/// Where BatchNorm's forward writes its output: `y`, rounded to bf16 if
-/// `round`, and the same values in 16 bits into `y16` if there is one
-/// (which needs `round`).
+/// Where BatchNorm's forward writes its output: `y` (unless nothing reads
+/// it as f32), rounded to bf16 if `round`, and the same values in 16 bits
+/// into `y16` if there is one (which needs `round`; and one of the two).
 struct Out<'a> {
-    y: &'a mut [f32],
+    y: Option<&'a mut [f32]>,
     y16: Option<&'a mut [u16]>,
     round: bool,
 }
@@ -685,7 +743,24 @@ fn normalize<X: AsF32>(
     x: &[X],
     out: Out,
     c: usize,
-    residual: Option<&[f32]>,
+    residual: Option<Values>,
+    relu: bool,
+    stats: (&[f32], &[f32]),
+    affine: (&[f32], &[f32]),
+) {
+    match residual {
+        None => normalize_with::<X, f32>(x, out, c, None, relu, stats, affine),
+        Some(Values::F32(r)) => normalize_with(x, out, c, Some(r), relu, stats, affine),
+        Some(Values::Bf16(r)) => normalize_with(x, out, c, Some(r), relu, stats, affine),
+    }
+}
+
+/// [`normalize`] with the residual as stored.
+fn normalize_with<X: AsF32, R: AsF32>(
+    x: &[X],
+    out: Out,
+    c: usize,
+    residual: Option<&[R]>,
     relu: bool,
     (mean, rstd): (&[f32], &[f32]),
     (gamma, beta): (&[f32], &[f32]),
@@ -699,6 +774,30 @@ fn normalize<X: AsF32>(
         .for_each(|(k, (r, g))| *k = r * g);
     let (k, mean, beta) = (&*k, &mean[..c], &beta[..c]);
     let chunk = CHUNK_ROWS * c;
+    let Some(y) = y else {
+        // 16 bits alone: each row made in an f32 row here.
+        let y16 = y16.expect("an output");
+        return y16
+            .par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .enumerate()
+            .for_each(|(i, (d, xs))| {
+                let rs = residual.map(|r| &r[i * chunk..i * chunk + xs.len()]);
+                vectorised(
+                    #[inline(always)]
+                    || {
+                        let mut row = [0f32; MAX_CHANNELS];
+                        let row = &mut row[..c];
+                        for (j, (d, xr)) in
+                            d.chunks_exact_mut(c).zip(xs.chunks_exact(c)).enumerate()
+                        {
+                            let rr = rs.map(|r| &r[j * c..(j + 1) * c]);
+                            normalize_rows(row, Some(d), xr, rr, (mean, k, beta), relu, round)
+                        }
+                    },
+                );
+            });
+    };
     let y16 = y16.map(|y| SendPtr(y.as_mut_ptr()));
     y.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk))
@@ -725,11 +824,11 @@ fn normalize<X: AsF32>(
 /// overlap, and its flags values, so the loops vectorise; inlined only into
 /// [`vectorised`].
 #[inline(always)]
-fn normalize_rows<X: AsF32>(
+fn normalize_rows<X: AsF32, R: AsF32>(
     y: &mut [f32],
     mut y16: Option<&mut [u16]>,
     x: &[X],
-    residual: Option<&[f32]>,
+    residual: Option<&[R]>,
     (mean, k, beta): (&[f32], &[f32], &[f32]),
     relu: bool,
     round: bool,
@@ -741,7 +840,7 @@ fn normalize_rows<X: AsF32>(
             Some(r) => {
                 let r = &r[j * c..(j + 1) * c];
                 for (((y, &x), ((&m, &k), &b)), &r) in lanes.zip(r) {
-                    let v = (x.f32() - m) * k + b + r;
+                    let v = (x.f32() - m) * k + b + r.f32();
                     let v = if relu { v.max(0.0) } else { v };
                     *y = if round { round_bf16(v) } else { v };
                 }
