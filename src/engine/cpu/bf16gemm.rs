@@ -29,7 +29,7 @@
 
 use super::conv::{Position, tap_runs};
 use super::sgemm::{self, Mat};
-use super::values::Values;
+use super::values::{Values, to_bf16};
 use crate::engine::plan::ConvGeom;
 use crate::engine::precision::{Kernels, round_bf16};
 use std::cell::RefCell;
@@ -331,16 +331,10 @@ pub(super) fn matmul_lhs(
         return;
     }
     if let Lhs::Mat(a) = a {
-        assert!(
-            (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
-            "matmul: A short"
-        );
+        assert!(a.holds(m, k), "matmul: A short");
     }
     if let Rhs::Bf16(b) = b {
-        assert!(
-            (k - 1) * b.rs + (n - 1) * b.cs < b.data.len(),
-            "matmul: B short"
-        );
+        assert!(b.holds(k, n), "matmul: B short");
     }
     multiply(kernel, dst, false, a, b, (m, n, k), 1)
 }
@@ -391,7 +385,7 @@ pub fn matmul_im2col_t(
         Rhs::Bf16(dy) => {
             let k = g.rows();
             assert!(
-                m == 0 || n == 0 || k == 0 || (k - 1) * dy.rs + (n - 1) * dy.cs < dy.data.len(),
+                m == 0 || n == 0 || k == 0 || dy.holds(k, n),
                 "matmul_im2col_t: dy is shorter than {k} x {n}"
             );
             // Checked: any matrix the check can index.
@@ -595,6 +589,13 @@ pub struct Mat16<'a> {
     pub rs: usize,
     /// Column stride.
     pub cs: usize,
+}
+
+impl Mat16<'_> {
+    /// Whether its `rows x cols` elements (both not zero) lie in `data`.
+    fn holds(self, rows: usize, cols: usize) -> bool {
+        (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
 }
 
 /// The right operand of a bf16 product: f32 values (rounded as they are
@@ -848,9 +849,7 @@ pub(super) fn narrow(dst: &mut [u16], src: &[f32]) {
         // SAFETY: the CPU has AVX-512F.
         return unsafe { x86::narrow(dst, src) };
     }
-    dst.iter_mut()
-        .zip(src)
-        .for_each(|(d, &v)| *d = (round_bf16(v).to_bits() >> 16) as u16);
+    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = to_bf16(v));
 }
 
 /// Two values as one pair of bf16: `lo` (the even k) in the lower half.

@@ -40,6 +40,13 @@ pub struct Mat<'a> {
     pub(crate) cs: usize,
 }
 
+impl Mat<'_> {
+    /// Whether its `rows x cols` elements (both not zero) lie in `data`.
+    pub(crate) fn holds(self, rows: usize, cols: usize) -> bool {
+        (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
 /// `data` as a row-major matrix of `cols` columns.
 pub fn row_major(data: &[f32], cols: usize) -> Mat<'_> {
     Mat {
@@ -344,12 +351,8 @@ pub(super) fn checked(
 /// # Panics
 /// If one does not.
 pub(super) fn check_operands(a: Mat, b: Mat, (m, n, k): (usize, usize, usize)) {
-    let last = |x: Mat, r: usize, c: usize| (r - 1) * x.rs + (c - 1) * x.cs;
     assert!(
-        m == 0
-            || n == 0
-            || k == 0
-            || (last(a, m, k) < a.data.len() && last(b, k, n) < b.data.len()),
+        m == 0 || n == 0 || k == 0 || (a.holds(m, k) && b.holds(k, n)),
         "matmul: an operand is shorter than {m} x {k} x {n}"
     );
 }
