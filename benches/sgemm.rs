@@ -13,6 +13,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use resnet_imagenet::engine::cpu::bf16gemm::{self, Bf16Kernel};
 use resnet_imagenet::engine::cpu::ops;
 use resnet_imagenet::engine::cpu::sgemm::{self, Mat};
+use resnet_imagenet::engine::cpu::values::Values;
+use resnet_imagenet::engine::precision::round_bf16;
 use std::time::Duration;
 
 /// `(name, m, n, k, A transposed)`, C row-major `m x n`.
@@ -28,6 +30,13 @@ const SHAPES: &[(&str, usize, usize, usize, bool)] = &[
     // CIFAR ResNet-20, b128: a stride-2 conv's input gradient by columns.
     ("r20_dcols", 128 * 16 * 16, 9 * 16, 32, false),
 ];
+
+/// `v` rounded to bf16, as bit patterns.
+fn to_16_bits(v: &[f32]) -> Vec<u16> {
+    v.iter()
+        .map(|&x| (round_bf16(x).to_bits() >> 16) as u16)
+        .collect()
+}
 
 fn values(len: usize) -> Vec<f32> {
     (0..len).map(|i| (i % 17) as f32 * 0.01 - 0.08).collect()
@@ -135,7 +144,7 @@ fn products(c: &mut Criterion) {
                                 bf16gemm::pack_only(
                                     kernel,
                                     bf16gemm::Lhs::Mat(am),
-                                    bm,
+                                    bf16gemm::Rhs::F32(bm),
                                     (m, n, k),
                                     threads,
                                     by_element,
@@ -168,6 +177,10 @@ fn conv_operands(c: &mut Criterion) {
         let w = values(g.cols() * g.o);
         let wm = sgemm::row_major(&w, g.o);
         let dy = values(g.rows() * g.o);
+        // As the engine keeps a bf16 step's activations and gradients.
+        let (x16, dy16) = (to_16_bits(&x), to_16_bits(&dy));
+        let (x, dy) = (Values::F32(&x), Values::F32(&dy));
+        let (x16, dy16) = (Values::Bf16(&x16), Values::Bf16(&dy16));
         let mut cols = vec![0f32; g.rows() * g.cols()];
         let mut grp = c.benchmark_group(format!("bf16conv/{name}"));
         grp.sample_size(10)
@@ -181,7 +194,7 @@ fn conv_operands(c: &mut Criterion) {
                 |bch| {
                     bch.iter(|| {
                         pool.install(|| {
-                            bf16gemm::pack_conv_only(kernel, &x, &g, wm, Some(&mut cols), threads)
+                            bf16gemm::pack_conv_only(kernel, x, &g, wm, Some(&mut cols), threads)
                         })
                     })
                 },
@@ -190,7 +203,17 @@ fn conv_operands(c: &mut Criterion) {
                 BenchmarkId::new(format!("{}-pack-in-place", kernel.name()), &shape),
                 |bch| {
                     bch.iter(|| {
-                        pool.install(|| bf16gemm::pack_conv_only(kernel, &x, &g, wm, None, threads))
+                        pool.install(|| bf16gemm::pack_conv_only(kernel, x, &g, wm, None, threads))
+                    })
+                },
+            );
+            grp.bench_function(
+                BenchmarkId::new(format!("{}-pack-in-place-16bit", kernel.name()), &shape),
+                |bch| {
+                    bch.iter(|| {
+                        pool.install(|| {
+                            bf16gemm::pack_conv_only(kernel, x16, &g, wm, None, threads)
+                        })
                     })
                 },
             );
@@ -202,7 +225,7 @@ fn conv_operands(c: &mut Criterion) {
                 |bch| {
                     bch.iter(|| {
                         pool.install(|| {
-                            ops::pack_weight_gradient_only(kernel, &x, &g, &dy, Some(&mut cols))
+                            ops::pack_weight_gradient_only(kernel, x, &g, dy, Some(&mut cols))
                         })
                     })
                 },
@@ -211,7 +234,18 @@ fn conv_operands(c: &mut Criterion) {
                 BenchmarkId::new(format!("{}-wgrad-pack-in-place", kernel.name()), &wshape),
                 |bch| {
                     bch.iter(|| {
-                        pool.install(|| ops::pack_weight_gradient_only(kernel, &x, &g, &dy, None))
+                        pool.install(|| ops::pack_weight_gradient_only(kernel, x, &g, dy, None))
+                    })
+                },
+            );
+            grp.bench_function(
+                BenchmarkId::new(
+                    format!("{}-wgrad-pack-in-place-16bit", kernel.name()),
+                    &wshape,
+                ),
+                |bch| {
+                    bch.iter(|| {
+                        pool.install(|| ops::pack_weight_gradient_only(kernel, x16, &g, dy16, None))
                     })
                 },
             );

@@ -29,7 +29,7 @@
 
 use super::conv::{Position, tap_runs};
 use super::sgemm::{self, Mat};
-use super::values::{Values, to_bf16};
+use super::values::{AsF32, Values, to_bf16};
 use crate::engine::plan::ConvGeom;
 use crate::engine::precision::{Kernels, round_bf16};
 use std::cell::RefCell;
@@ -497,7 +497,7 @@ unsafe fn multiply_raw(
 pub fn pack_only(
     kernel: Bf16Kernel,
     a: Lhs,
-    b: Mat,
+    b: Rhs,
     (m, n, k): (usize, usize, usize),
     threads: usize,
     by_element: bool,
@@ -507,7 +507,7 @@ pub fn pack_only(
         c: Out::F32(super::SendPtr(c.as_mut_ptr())),
         accumulate: false,
         a,
-        b: Rhs::F32(b),
+        b,
         k,
         n,
         ldc: n,
@@ -532,7 +532,7 @@ pub fn pack_only(
 #[doc(hidden)]
 pub fn pack_conv_only(
     kernel: Bf16Kernel,
-    x: &[f32],
+    x: Values,
     g: &ConvGeom,
     w: Mat,
     cols: Option<&mut [f32]>,
@@ -541,16 +541,13 @@ pub fn pack_conv_only(
     let mnk = (g.rows(), g.o, g.cols());
     match cols {
         Some(cols) => {
-            super::conv::im2col(Values::F32(x), g, cols);
+            super::conv::im2col(x, g, cols);
             let a = sgemm::row_major(cols, g.cols());
-            pack_only(kernel, Lhs::Mat(a), w, mnk, threads, false)
+            pack_only(kernel, Lhs::Mat(a), Rhs::F32(w), mnk, threads, false)
         }
         None => {
-            let a = Lhs::Im2col {
-                x: Values::F32(x),
-                g: *g,
-            };
-            pack_only(kernel, a, w, mnk, threads, false)
+            let a = Lhs::Im2col { x, g: *g };
+            pack_only(kernel, a, Rhs::F32(w), mnk, threads, false)
         }
     }
 }
@@ -948,18 +945,22 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     /// [`Strips::pack_by_element`]; it converts along whichever direction
     /// `x` is contiguous in (vector loads and rounding), then stores whole
     /// runs where the layout is contiguous the same way and goes through a
-    /// 16 x 16 tile where it is not. On AVX-512 CPUs compiled for them.
+    /// 16 x 16 tile where it is not. On AVX-512 CPUs (F, BW, VL) compiled
+    /// for them.
     fn pack(self, dst: &mut [u32], x: Lhs, rows: (usize, usize), ks: (usize, usize), pairs: usize) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU has AVX-512F, BW and VL.
             return unsafe { self.pack_avx512(dst, x, rows, ks, pairs) };
         }
         self.pack_runs::<false>(dst, x, rows, ks, pairs)
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     fn pack_avx512(
         self,
         dst: &mut [u32],
@@ -971,8 +972,8 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
         self.pack_runs::<true>(dst, x, rows, ks, pairs)
     }
 
-    /// [`Strips::pack`]; `AVX512`: transpose tiles with AVX-512F (only
-    /// inside a function compiled for it, on a CPU that has it).
+    /// [`Strips::pack`]; `AVX512`: with AVX-512F, BW and VL (only inside a
+    /// function compiled for them, on a CPU that has them).
     #[inline(always)]
     fn pack_runs<const AVX512: bool>(
         self,
@@ -1020,7 +1021,7 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
             // Each column's rows are contiguous.
             let col = |c: usize| &x.data[top + (p0 + c) * x.cs..][..rows];
             for pb in (0..whole).step_by(T) {
-                self.pack_columns::<AVX512>(strip, rows, (pb, T.min(whole - pb)), col);
+                self.pack_columns::<AVX512, f32>(strip, rows, (pb, T.min(whole - pb)), col);
             }
         } else if x.cs == 1 {
             // Each row's k are contiguous: its pairs are adjacent values.
@@ -1054,19 +1055,11 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     ) {
         let (at, whole) = (self.at, kc / 2);
         let pair = |lo: u16, hi: u16| lo as u32 | (hi as u32) << 16;
-        if x.rs == 1 && self.run_i > 1 {
-            // Each column's rows are contiguous, and so is the layout
-            // along them: runs of two columns interleaved.
+        if x.rs == 1 {
+            // Each column's rows are contiguous.
             let col = |c: usize| &x.data[top + (p0 + c) * x.cs..][..rows];
-            for p in 0..whole {
-                let (c0, c1) = (col(2 * p), col(2 * p + 1));
-                for i0 in (0..rows).step_by(self.run_i) {
-                    let n = self.run_i.min(rows - i0);
-                    let d = &mut strip[at(p, i0)..][..n];
-                    d.iter_mut()
-                        .zip(c0[i0..][..n].iter().zip(&c1[i0..][..n]))
-                        .for_each(|(d, (&lo, &hi))| *d = pair(lo, hi));
-                }
+            for pb in (0..whole).step_by(T) {
+                self.pack_columns::<false, u16>(strip, rows, (pb, T.min(whole - pb)), col);
             }
         } else {
             for i in 0..rows {
@@ -1127,6 +1120,27 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
         (p0, kc): (usize, usize),
         pairs: usize,
     ) {
+        match x {
+            Values::F32(_) => {
+                self.pack_im2col_t_of::<AVX512, f32>(dst, (x, g, first), (r0, mc), (p0, kc), pairs)
+            }
+            Values::Bf16(_) => {
+                self.pack_im2col_t_of::<AVX512, u16>(dst, (x, g, first), (r0, mc), (p0, kc), pairs)
+            }
+        }
+    }
+
+    /// [`Strips::pack_im2col_t`] through columns of `E`: f32, or the 16
+    /// bits of a 16-bit input as they lie (no widening, no rounding).
+    #[inline(always)]
+    fn pack_im2col_t_of<const AVX512: bool, E: Half>(
+        self,
+        dst: &mut [u32],
+        (x, g, first): (Values, &ConvGeom, usize),
+        (r0, mc): (usize, usize),
+        (p0, kc): (usize, usize),
+        pairs: usize,
+    ) {
         let (width, whole) = (self.width, kc / 2);
         let dst = &mut dst[..mc.div_ceil(width) * width * pairs];
         // The same few taps at every output position, which step along
@@ -1137,7 +1151,7 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
             || (0..mc.div_ceil(width)).map(move |q| (q * width, width.min(mc - q * width)));
         // 16 pairs of columns of all the block's rows gathered at a time,
         // then each strip's packed as a matrix's contiguous columns are.
-        let mut block = [0f32; 2 * T * GATHER];
+        let mut block = [E::default(); 2 * T * GATHER];
         for pb in (0..whole).step_by(T) {
             let np = T.min(whole - pb);
             for col in block.chunks_exact_mut(mc).take(2 * np) {
@@ -1146,15 +1160,15 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
             }
             for ((top, rows), strip) in strips().zip(dst.chunks_exact_mut(width * pairs)) {
                 let col = |c: usize| &block[(c - 2 * pb) * mc + top..][..rows];
-                self.pack_columns::<AVX512>(strip, rows, (pb, np), col);
+                self.pack_columns::<AVX512, E>(strip, rows, (pb, np), col);
             }
         }
-        let mut last = [0f32; GATHER];
+        let mut last = [E::default(); GATHER];
         if kc % 2 == 1 {
             taps.gather(x, g, at, &mut last[..mc]);
         }
         for ((top, rows), strip) in strips().zip(dst.chunks_exact_mut(width * pairs)) {
-            self.pad(strip, (rows, kc), pairs, |i| last[top + i]);
+            self.pad(strip, (rows, kc), pairs, |i| last[top + i].f32());
         }
     }
 
@@ -1164,29 +1178,25 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     /// where the layout runs along the rows, else by 16 x 16 tiles
     /// transposed.
     #[inline(always)]
-    fn pack_columns<'c, const AVX512: bool>(
+    fn pack_columns<'c, const AVX512: bool, E: Half + 'c>(
         self,
         strip: &mut [u32],
         rows: usize,
         (pb, np): (usize, usize),
-        col: impl Fn(usize) -> &'c [f32],
+        col: impl Fn(usize) -> &'c [E],
     ) {
         let at = self.at;
         if self.run_i > 1 {
             for p in pb..pb + np {
                 let (c0, c1) = (col(2 * p), col(2 * p + 1));
-                for i0 in (0..rows).step_by(self.run_i) {
+                // (Not `step_by`: it divides, once per pair here.)
+                let mut i0 = 0;
+                while i0 < rows {
                     let n = self.run_i.min(rows - i0);
                     let (d, lo, hi) =
                         (&mut strip[at(p, i0)..][..n], &c0[i0..][..n], &c1[i0..][..n]);
-                    #[cfg(target_arch = "x86_64")]
-                    if AVX512 {
-                        // SAFETY: `AVX512` is set only inside a function
-                        // compiled for AVX-512F, on a CPU that has it.
-                        unsafe { x86::pairs_of(d, lo, hi) };
-                        continue;
-                    }
-                    pairs_of(d, lo, hi);
+                    E::pairs::<AVX512>(d, lo, hi);
+                    i0 += n;
                 }
             }
         } else {
@@ -1197,7 +1207,7 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
                 let ni = T.min(rows - i0);
                 for (pp, t) in t.chunks_exact_mut(T).take(np).enumerate() {
                     let (c0, c1) = (col(2 * (pb + pp)), col(2 * (pb + pp) + 1));
-                    pairs_of(&mut t[..ni], &c0[i0..][..ni], &c1[i0..][..ni]);
+                    E::pairs::<AVX512>(&mut t[..ni], &c0[i0..][..ni], &c1[i0..][..ni]);
                 }
                 let tt = transpose::<AVX512>(&t);
                 for (ii, row) in tt.chunks_exact(T).take(ni).enumerate() {
@@ -1380,12 +1390,12 @@ impl Taps {
     /// These columns of the im2col row of output position `at`, from `x`
     /// (zeros where a tap lies in the padding), into `dst`.
     #[inline(always)]
-    fn gather(&self, x: Values, g: &ConvGeom, at: Position, dst: &mut [f32]) {
+    fn gather<E: Half>(&self, x: Values, g: &ConvGeom, at: Position, dst: &mut [E]) {
         for &(out, tap, ch, n) in &self.runs[..self.count] {
             let d = &mut dst[out..][..n];
             match at.source(g, tap, ch) {
-                Some(src) => x.read(src, d),
-                None => d.fill(0.0),
+                Some(src) => E::read(x, src, d),
+                None => d.fill(E::default()),
             }
         }
     }
@@ -1422,6 +1432,68 @@ pub(super) fn pairs_of(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
 pub(super) fn adjacent_pairs(dst: &mut [u32], src: &[f32]) {
     for (d, v) in dst.iter_mut().zip(src.chunks_exact(2)) {
         *d = pair(v[0], v[1]);
+    }
+}
+
+/// What a strip's pairs are made from: f32 values (rounded to bf16 as
+/// they are paired) or bf16 ones in 16 bits (paired as they lie).
+trait Half: AsF32 + Default + 'static {
+    /// `dst[i]` = the pair `(lo[i], hi[i])`; `AVX512`: with AVX-512F, BW
+    /// and VL (only inside a function compiled for them, on a CPU that has
+    /// them).
+    fn pairs<const AVX512: bool>(dst: &mut [u32], lo: &[Self], hi: &[Self]);
+    /// `x[at..at + dst.len()]` as this element.
+    fn read(x: Values, at: usize, dst: &mut [Self]);
+}
+
+impl Half for f32 {
+    #[inline(always)]
+    fn pairs<const AVX512: bool>(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if AVX512 {
+            // SAFETY: `AVX512` is set only inside a function compiled for
+            // AVX-512F, on a CPU that has it.
+            return unsafe { x86::pairs_of(dst, lo, hi) };
+        }
+        pairs_of(dst, lo, hi)
+    }
+
+    #[inline(always)]
+    fn read(x: Values, at: usize, dst: &mut [f32]) {
+        x.read(at, dst)
+    }
+}
+
+impl Half for u16 {
+    #[inline(always)]
+    fn pairs<const AVX512: bool>(dst: &mut [u32], lo: &[u16], hi: &[u16]) {
+        #[cfg(target_arch = "x86_64")]
+        if AVX512 {
+            // SAFETY: `AVX512` is set only inside a function compiled for
+            // AVX-512F, BW and VL, on a CPU that has them.
+            return unsafe { x86::pairs16(dst, lo, hi) };
+        }
+        dst.iter_mut()
+            .zip(lo.iter().zip(hi))
+            .for_each(|(d, (&lo, &hi))| *d = lo as u32 | (hi as u32) << 16);
+    }
+
+    #[inline(always)]
+    fn read(x: Values, at: usize, dst: &mut [u16]) {
+        match x {
+            // A loop, not `copy_from_slice`: the runs are a few dozen
+            // values, shorter than a call to `memmove` is worth.
+            Values::Bf16(v) => {
+                let n = dst.len();
+                dst.iter_mut().zip(&v[at..][..n]).for_each(|(d, &v)| *d = v)
+            }
+            Values::F32(v) => {
+                let n = dst.len();
+                dst.iter_mut()
+                    .zip(&v[at..][..n])
+                    .for_each(|(d, &v)| *d = to_bf16(v))
+            }
+        }
     }
 }
 
@@ -1669,6 +1741,32 @@ pub(super) mod x86 {
                 let l = round(_mm512_maskz_loadu_ps(k, lo.as_ptr().add(i0)));
                 let h = round(_mm512_maskz_loadu_ps(k, hi.as_ptr().add(i0)));
                 let v = _mm512_or_si512(_mm512_srli_epi32(l, 16), h);
+                _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(i0).cast(), k, v);
+            }
+        }
+    }
+
+    /// `dst[i] = lo[i] | hi[i] << 16`, 16 lanes at a time (masked: the
+    /// runs are 12 or 32 pairs long).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, BW and VL.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    pub unsafe fn pairs16(dst: &mut [u32], lo: &[u16], hi: &[u16]) {
+        let n = dst.len();
+        assert!(lo.len() >= n && hi.len() >= n);
+        for i0 in (0..n).step_by(16) {
+            let m = (n - i0).min(16);
+            let k: __mmask16 = (u32::MAX >> (32 - m)) as u16;
+            // SAFETY: lanes i0..i0 + m lie inside the slices (checked
+            // above); masked-off lanes are not touched.
+            unsafe {
+                let l =
+                    _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, lo.as_ptr().add(i0).cast()));
+                let h =
+                    _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, hi.as_ptr().add(i0).cast()));
+                let v = _mm512_or_si512(l, _mm512_slli_epi32(h, 16));
                 _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(i0).cast(), k, v);
             }
         }
@@ -1942,8 +2040,8 @@ pub(super) mod x86 {
                 for i in 0..12 {
                     let ai = *a.add(L::a_at(p, i, pairs)) as i32;
                     let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(ai));
-                    acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], ai, b0);
-                    acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], ai, b1);
+                    acc[2 * i] = _mm512_dpbf16_ps(acc[2 * i], b0, ai);
+                    acc[2 * i + 1] = _mm512_dpbf16_ps(acc[2 * i + 1], b1, ai);
                 }
             }
         }

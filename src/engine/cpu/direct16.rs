@@ -511,7 +511,7 @@ mod x86 {
                         for (p, acc) in acc.iter_mut().enumerate() {
                             let a = bcast(xr.add(p * s * cp + j));
                             for (acc, &b) in acc.iter_mut().zip(&b) {
-                                *acc = _mm512_dpbf16_ps(*acc, a, b);
+                                *acc = _mm512_dpbf16_ps(*acc, b, a);
                             }
                         }
                     }
@@ -599,7 +599,7 @@ mod x86 {
                     for (i, acc) in acc.iter_mut().enumerate() {
                         let a = bcast(xv.add(i));
                         for (acc, &d) in acc.iter_mut().zip(&d) {
-                            *acc = _mm512_dpbf16_ps(*acc, a, d);
+                            *acc = _mm512_dpbf16_ps(*acc, d, a);
                         }
                     }
                 }

@@ -1579,22 +1579,29 @@ pub(super) fn weight_gradient(
 #[doc(hidden)]
 pub fn pack_weight_gradient_only(
     kernel: Bf16Kernel,
-    x: &[f32],
+    x: Values,
     g: &ConvGeom,
-    dy: &[f32],
+    dy: Values,
     cols: Option<&mut [f32]>,
 ) {
     let (rows, kc, o) = (g.rows(), g.cols(), g.o);
     let cols = cols.map(|cols| {
-        im2col(Values::F32(x), g, cols);
+        im2col(x, g, cols);
         &*cols
     });
     wgrad_parts(kc, rayon::current_num_threads()).for_each(|(k0, m)| {
-        let dy = row_major(dy, o);
+        let dy = match dy {
+            Values::F32(d) => bf16gemm::Rhs::F32(row_major(d, o)),
+            Values::Bf16(d) => bf16gemm::Rhs::Bf16(bf16gemm::Mat16 {
+                data: d,
+                rs: o,
+                cs: 1,
+            }),
+        };
         let a = match cols {
             Some(cols) => bf16gemm::Lhs::Mat(transposed(&cols[k0..], kc)),
             None => bf16gemm::Lhs::Im2colT {
-                x: Values::F32(x),
+                x,
                 g: *g,
                 first: k0,
             },
