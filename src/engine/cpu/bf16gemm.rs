@@ -33,6 +33,7 @@ use super::values::{AsF32, Values, to_bf16};
 use crate::engine::plan::ConvGeom;
 use crate::engine::precision::{Kernels, round_bf16};
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Largest k block (elements; a multiple of every kernel's [`Layout::KSTEP`]).
@@ -990,18 +991,24 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
             assert!(mc <= GATHER, "a block of {mc} rows");
             return self.pack_im2col_t::<AVX512>(dst, (x, &g, first), (r0, mc), ks, pairs);
         }
+        // An im2col matrix's columns are the same taps in every strip.
+        let taps = match x {
+            Lhs::Im2col { g, .. } => Some(Taps::new(&g, ks.0, ks.1)),
+            _ => None,
+        };
         for (q, strip) in dst[..mc.div_ceil(width) * width * pairs]
             .chunks_exact_mut(width * pairs)
             .enumerate()
         {
             let rows = (r0 + q * width, width.min(mc - q * width));
-            match x {
-                Lhs::Mat(x) => self.strip_of_mat::<AVX512>(strip, x, rows, ks, pairs),
-                Lhs::Mat16(x) => self.strip_of_mat16(strip, x, rows, ks, pairs),
-                Lhs::Im2col { x, g } => {
-                    self.strip_of_im2col::<AVX512>(strip, x, &g, rows, ks, pairs)
+            match (x, &taps) {
+                (Lhs::Mat(x), _) => self.strip_of_mat::<AVX512>(strip, x, rows, ks, pairs),
+                (Lhs::Mat16(x), _) => self.strip_of_mat16(strip, x, rows, ks, pairs),
+                (Lhs::Im2col { x, g }, Some(taps)) => {
+                    self.strip_of_im2col::<AVX512>(strip, (x, &g, taps), rows, ks.1, pairs)
                 }
-                Lhs::Im2colT { .. } => unreachable!("packed above"),
+                (Lhs::Im2col { .. }, None) => unreachable!("taps made above"),
+                (Lhs::Im2colT { .. }, _) => unreachable!("packed above"),
             }
         }
     }
@@ -1078,30 +1085,40 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     }
 
     /// One strip of [`Strips::pack_runs`] of the im2col matrix of `x` under
-    /// `g` ([`Lhs::Im2col`]): its rows (output positions) `top..top + rows`.
+    /// `g` ([`Lhs::Im2col`]), `kc` of its columns (`taps`): its rows
+    /// (output positions) `top..top + rows`.
     #[inline(always)]
     fn strip_of_im2col<const AVX512: bool>(
         self,
         strip: &mut [u32],
-        x: Values,
-        g: &ConvGeom,
+        (x, g, taps): (Values, &ConvGeom, &Taps),
         (top, rows): (usize, usize),
-        (p0, kc): (usize, usize),
+        kc: usize,
         pairs: usize,
     ) {
         let whole = kc / 2;
-        // Up to 16 rows' pairs at a time made in `rows16` (a window's
-        // position is worked out once per row), then placed.
-        let mut rows16 = [0u32; T * KC / 2];
-        for i0 in (0..rows).step_by(T) {
-            let ni = T.min(rows - i0);
-            for (ii, row) in rows16.chunks_exact_mut(whole).take(ni).enumerate() {
-                im2col_pairs(x, g, top + i0 + ii, p0, row);
+        // The same taps at every position, which steps along the map.
+        let mut at = Position::new(g, top);
+        if self.run_p >= whole {
+            // Each row's pairs are contiguous in the strip: made there.
+            for i in 0..rows {
+                taps.pairs(x, g, at, &mut strip[(self.at)(0, i)..][..whole]);
+                at.step(g);
             }
-            let fill = |i: usize, pb: usize, d: &mut [u32]| {
-                d.copy_from_slice(&rows16[(i - i0) * whole + pb..][..d.len()])
-            };
-            self.pack_filled::<AVX512>(strip, (i0, ni), whole, fill);
+        } else {
+            // Up to 16 rows' pairs at a time made in `rows16`, then placed.
+            let mut rows16 = [0u32; T * KC / 2];
+            for i0 in (0..rows).step_by(T) {
+                let ni = T.min(rows - i0);
+                for row in rows16.chunks_exact_mut(whole).take(ni) {
+                    taps.pairs(x, g, at, row);
+                    at.step(g);
+                }
+                let fill = |i: usize, pb: usize, d: &mut [u32]| {
+                    d.copy_from_slice(&rows16[(i - i0) * whole + pb..][..d.len()])
+                };
+                self.pack_filled::<AVX512>(strip, (i0, ni), whole, fill);
+            }
         }
         // k is even (c is): no odd last pair.
         self.pad(strip, (rows, kc), pairs, |_| 0.0);
@@ -1331,67 +1348,65 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
     }
 }
 
-/// Walks row `r` of the im2col matrix of `x` under `g` (output position
-/// `r`: its window's taps by channels), columns `k0..k0 + len`, a tap at a
-/// time: `f(at, src, n)` for each run of `n` columns from `k0 + at`, `src`
-/// where they start in `x` (contiguous there), `None` where the tap lies in
-/// the padding (zeros).
-#[inline(always)]
-fn im2col_runs(
-    g: &ConvGeom,
-    r: usize,
-    ks: (usize, usize),
-    mut f: impl FnMut(usize, Option<usize>, usize),
-) {
-    let pos = Position::new(g, r);
-    tap_runs(g, ks, |at, tap, ch, n| f(at, pos.source(g, tap, ch), n));
-}
-
-/// Pairs of row `r` of the im2col matrix of `x` under `g`, from column `k0`
-/// (even) on, into `dst`. `g.c` is even, so a pair never spans two taps.
-#[inline(always)]
-fn im2col_pairs(x: Values, g: &ConvGeom, r: usize, k0: usize, dst: &mut [u32]) {
-    im2col_runs(g, r, (k0, 2 * dst.len()), |at, src, n| {
-        let d = &mut dst[at / 2..][..n / 2];
-        match (src, x) {
-            (Some(src), Values::F32(x)) => adjacent_pairs(d, &x[src..][..n]),
-            // Already bf16: the pairs as they lie.
-            (Some(src), Values::Bf16(x)) => d
-                .iter_mut()
-                .zip(x[src..][..n].chunks_exact(2))
-                .for_each(|(d, h)| *d = h[0] as u32 | (h[1] as u32) << 16),
-            (None, _) => d.fill(0),
-        }
-    });
-}
-
-/// Columns `k0..k0 + len` (`len` <= [`GATHER`]) of an im2col matrix as
-/// runs of one tap each: `(at, (tap row, tap column), first channel, n)`
-/// ([`tap_runs`]).
+/// Columns `k0..k0 + len` (`len` <= [`KC`]) of an im2col matrix as runs
+/// of one tap each: `(at, (tap row, tap column), first channel, n)`
+/// ([`tap_runs`]): worked out once for every output position.
 struct Taps {
-    runs: [(usize, (usize, usize), usize, usize); GATHER],
+    /// The first `count` are written.
+    runs: [MaybeUninit<TapRun>; TAP_RUNS],
     count: usize,
 }
+
+/// A run of [`Taps`]: `(at, (tap row, tap column), first channel, n)`.
+type TapRun = (usize, (usize, usize), usize, usize);
+
+/// Most runs of [`Taps`]: one a tap when a tap holds one channel, and one
+/// more for a part tap at each end.
+const TAP_RUNS: usize = KC + 2;
 
 impl Taps {
     /// The taps of columns `k0..k0 + len` under `g`.
     fn new(g: &ConvGeom, k0: usize, len: usize) -> Self {
+        // Not zeroed first: the array is as large as a few rows' pairs.
         let mut taps = Taps {
-            runs: [(0, (0, 0), 0, 0); GATHER],
+            runs: [const { MaybeUninit::uninit() }; TAP_RUNS],
             count: 0,
         };
         tap_runs(g, (k0, len), |at, tap, ch, n| {
-            taps.runs[taps.count] = (at, tap, ch, n);
+            taps.runs[taps.count].write((at, tap, ch, n));
             taps.count += 1;
         });
         taps
+    }
+
+    /// The runs.
+    #[inline(always)]
+    fn runs(&self) -> &[TapRun] {
+        // SAFETY: the first `count` are written (`new`), and
+        // `MaybeUninit<T>` has `T`'s layout.
+        unsafe { std::slice::from_raw_parts(self.runs.as_ptr().cast(), self.count) }
+    }
+
+    /// These columns (`len` even, from an even `k0`, `g.c` even: no pair
+    /// spans two taps) of the im2col row of output position `at` as pairs,
+    /// from `x` (zeros where a tap lies in the padding), into `dst`.
+    #[inline(always)]
+    fn pairs(&self, x: Values, g: &ConvGeom, at: Position, dst: &mut [u32]) {
+        for &(out, tap, ch, n) in self.runs() {
+            let d = &mut dst[out / 2..][..n / 2];
+            match (at.source(g, tap, ch), x) {
+                (Some(src), Values::F32(x)) => adjacent_pairs(d, &x[src..][..n]),
+                (Some(src), Values::Bf16(x)) => copy_pairs(d, &x[src..][..n]),
+                (None, _) => d.fill(0),
+            }
+        }
     }
 
     /// These columns of the im2col row of output position `at`, from `x`
     /// (zeros where a tap lies in the padding), into `dst`.
     #[inline(always)]
     fn gather<E: Half>(&self, x: Values, g: &ConvGeom, at: Position, dst: &mut [E]) {
-        for &(out, tap, ch, n) in &self.runs[..self.count] {
+        for &(out, tap, ch, n) in self.runs() {
             let d = &mut dst[out..][..n];
             match at.source(g, tap, ch) {
                 Some(src) => E::read(x, src, d),
@@ -1493,6 +1508,24 @@ impl Half for u16 {
                     .zip(&v[at..][..n])
                     .for_each(|(d, &v)| *d = to_bf16(v))
             }
+        }
+    }
+}
+
+/// `dst[p]` = the pair `src[2p], src[2p + 1]` of bf16 values in 16 bits,
+/// the lower half the first: on a little-endian CPU, the bits as they lie.
+#[inline(always)]
+fn copy_pairs(dst: &mut [u32], src: &[u16]) {
+    let src = &src[..2 * dst.len()];
+    if cfg!(target_endian = "little") {
+        for (p, d) in dst.iter_mut().enumerate() {
+            // SAFETY: 2p + 1 < src.len() (sliced above); an unaligned read
+            // of the two values' four bytes.
+            *d = unsafe { src.as_ptr().add(2 * p).cast::<u32>().read_unaligned() };
+        }
+    } else {
+        for (d, h) in dst.iter_mut().zip(src.chunks_exact(2)) {
+            *d = h[0] as u32 | (h[1] as u32) << 16;
         }
     }
 }
