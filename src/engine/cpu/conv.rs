@@ -247,16 +247,32 @@ pub(super) fn conv_grouped_forward(
 /// The weight of [`ConvGeom::input_gradient_conv`]:
 /// `wf[(tap * o + co) * c + ci] = w[(flip(tap) * c + ci) * o + co]`,
 /// `flip` the window turned by 180 degrees.
+///
+/// Each tap's block is a transpose: made 32 rows by 16 channels at a time
+/// (the rows' reads share cache lines), blocks of rows in parallel (a
+/// ResNet-50 stage-4 3x3 weight is 9 MiB).
 pub(super) fn flip_weight(w: &[f32], g: &ConvGeom, wf: &mut [f32]) {
+    const ROWS: usize = 32;
     let (kk, c, o) = (g.k * g.k, g.c, g.o);
-    for tap in 0..kk {
-        for co in 0..o {
-            let row = &mut wf[(tap * o + co) * c..][..c];
-            for (ci, v) in row.iter_mut().enumerate() {
-                *v = w[((kk - 1 - tap) * c + ci) * o + co];
-            }
-        }
+    if c == 0 {
+        return;
     }
+    let w = &w[..kk * c * o];
+    wf[..kk * o * c]
+        .par_chunks_mut(ROWS * c)
+        .enumerate()
+        .for_each(|(b, dst)| {
+            for c0 in (0..c).step_by(16) {
+                let cs = c0..(c0 + 16).min(c);
+                for (i, row) in dst.chunks_exact_mut(c).enumerate() {
+                    let (tap, co) = ((b * ROWS + i) / o, (b * ROWS + i) % o);
+                    let src = &w[(kk - 1 - tap) * c * o + co..];
+                    for ci in cs.clone() {
+                        row[ci] = src[ci * o];
+                    }
+                }
+            }
+        });
 }
 
 /// Backward of a grouped conv: dW, and dx (written or added to) if asked.
@@ -419,4 +435,41 @@ pub(super) fn conv_grouped_backward(
                 d.iter_mut().zip(part).for_each(|(d, v)| *d += v);
             }
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flipped weight is its definition, element by element: channel
+    /// counts past and short of a 16-channel block, outputs short of and
+    /// past a 32-row block (rows of two taps in one block), 1x1 to 5x5.
+    #[test]
+    fn flip_weight_is_its_definition() {
+        for (c, o, k) in [
+            (3, 5, 3),
+            (16, 32, 3),
+            (20, 40, 3),
+            (33, 7, 5),
+            (1, 1, 1),
+            (64, 64, 1),
+        ] {
+            let g = ConvGeom::new(1, (6, 6, c), o, (k, 1, k / 2));
+            let kk = k * k;
+            let w: Vec<f32> = (0..kk * c * o).map(|i| i as f32).collect();
+            let mut wf = vec![f32::NAN; kk * c * o];
+            flip_weight(&w, &g, &mut wf);
+            for tap in 0..kk {
+                for co in 0..o {
+                    for ci in 0..c {
+                        assert_eq!(
+                            wf[(tap * o + co) * c + ci],
+                            w[((kk - 1 - tap) * c + ci) * o + co],
+                            "c {c} o {o} k {k}: tap {tap}, out {co}, in {ci}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
