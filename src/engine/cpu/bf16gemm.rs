@@ -1141,9 +1141,65 @@ impl<F: Fn(usize, usize) -> usize + Copy> Strips<F> {
             Values::F32(_) => {
                 self.pack_im2col_t_of::<AVX512, f32>(dst, (x, g, first), (r0, mc), (p0, kc), pairs)
             }
+            Values::Bf16(x16) if self.run_i >= self.width => {
+                self.pack_im2col_t_16::<AVX512>(dst, (x16, g, first), (r0, mc), (p0, kc), pairs)
+            }
             Values::Bf16(_) => {
                 self.pack_im2col_t_of::<AVX512, u16>(dst, (x, g, first), (r0, mc), (p0, kc), pairs)
             }
+        }
+    }
+
+    /// [`Strips::pack_im2col_t`] of a 16-bit input on a layout whose
+    /// strips keep a pair's rows together (`run_i >= width`): each pair of
+    /// output positions' tap runs are paired straight from `x` into the
+    /// strips they fall in, nothing gathered first.
+    #[inline(always)]
+    fn pack_im2col_t_16<const AVX512: bool>(
+        self,
+        dst: &mut [u32],
+        (x, g, first): (&[u16], &ConvGeom, usize),
+        (r0, mc): (usize, usize),
+        (p0, kc): (usize, usize),
+        pairs: usize,
+    ) {
+        let (width, whole) = (self.width, kc / 2);
+        let dst = &mut dst[..mc.div_ceil(width) * width * pairs];
+        let taps = Taps::new(g, first + r0, mc);
+        let zeros = [0u16; GATHER];
+        let mut at = Position::new(g, p0);
+        for p in 0..whole {
+            let at1 = {
+                let mut a = at;
+                a.step(g);
+                a
+            };
+            for &(out, tap, ch, n) in taps.runs() {
+                let read = |a: Position| match a.source(g, tap, ch) {
+                    Some(src) => &x[src..][..n],
+                    None => &zeros[..n],
+                };
+                let (lo, hi) = (read(at), read(at1));
+                // Rows out..out + n, a strip's part at a time.
+                let (mut q, mut i) = (out / width, out % width);
+                let mut done = 0;
+                while done < n {
+                    let len = (width - i).min(n - done);
+                    let d = &mut dst[q * width * pairs + (self.at)(p, i)..][..len];
+                    u16::pairs::<AVX512>(d, &lo[done..][..len], &hi[done..][..len]);
+                    (q, i, done) = (q + 1, 0, done + len);
+                }
+            }
+            at = at1;
+            at.step(g);
+        }
+        let mut last = [0u16; GATHER];
+        if kc % 2 == 1 {
+            taps.gather(Values::Bf16(x), g, at, &mut last[..mc]);
+        }
+        let strips = (0..mc.div_ceil(width)).map(|q| (q * width, width.min(mc - q * width)));
+        for ((top, rows), strip) in strips.zip(dst.chunks_exact_mut(width * pairs)) {
+            self.pad(strip, (rows, kc), pairs, |i| last[top + i].f32());
         }
     }
 
