@@ -439,7 +439,7 @@ fn run<K: Kernel>(job: &Job, m: usize, threads: usize) {
 }
 
 /// Calls `f(rows, cols)` for each thread's part of an `m x n` product of
-/// depth `k` in `mr x nr` tiles: the side with more tiles split into one
+/// depth `k` in `mr x nr` tiles: the longer side split into one
 /// contiguous run of whole tiles per thread (k never split), on the
 /// current rayon pool; small products on this thread alone.
 pub(super) fn for_each_part(
@@ -457,7 +457,12 @@ pub(super) fn for_each_part(
     } else {
         1
     };
-    let by_rows = mt >= nt || mt >= 2 * threads;
+    // Split by rows, each thread packs all of B and its rows of A; by
+    // columns, all of A and its columns of B: rows where A is the taller
+    // (or B too narrow to give each thread two tiles). ResNet-50's late
+    // stages (392 rows, 512-2048 columns at b8) go by columns: bf16 step
+    // 0.685 -> 0.665 s (medians of 3 alternated, AMD EPYC, 2026-12-07).
+    let by_rows = m >= n || nt < 2 * threads;
     let parts = threads.min(if by_rows { mt } else { nt });
     if parts <= 1 {
         f(0..m, 0..n);
