@@ -1809,6 +1809,15 @@ pub(super) mod x86 {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
+    /// The 16-lane steps over `n` values: the first value of each, and the
+    /// mask of its lanes below `n` (all 16 but in the last).
+    #[inline(always)]
+    fn lanes16(n: usize) -> impl Iterator<Item = (usize, __mmask16)> {
+        (0..n)
+            .step_by(16)
+            .map(move |i0| (i0, (u32::MAX >> (32 - (n - i0).min(16))) as u16))
+    }
+
     /// [`super::pairs_of`] on 16 lanes at a time (masked loads and
     /// stores: the runs are 12 or 32 pairs long, which the compiler leaves
     /// to scalar code). The same bits: [`super::round_bf16`] on integer
@@ -1821,11 +1830,9 @@ pub(super) mod x86 {
     pub unsafe fn pairs_of(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
         let n = dst.len();
         assert!(lo.len() >= n && hi.len() >= n);
-        for i0 in (0..n).step_by(16) {
-            let m = (n - i0).min(16);
-            let k: __mmask16 = (u32::MAX >> (32 - m)) as u16;
-            // SAFETY: lanes i0..i0 + m lie inside the slices (checked
-            // above); masked-off lanes are not touched.
+        for (i0, k) in lanes16(n) {
+            // SAFETY: the lanes `k` keeps, from i0, lie inside the slices
+            // (checked above); masked-off lanes are not touched.
             unsafe {
                 let l = round(_mm512_maskz_loadu_ps(k, lo.as_ptr().add(i0)));
                 let h = round(_mm512_maskz_loadu_ps(k, hi.as_ptr().add(i0)));
@@ -1845,11 +1852,9 @@ pub(super) mod x86 {
     pub unsafe fn pairs16(dst: &mut [u32], lo: &[u16], hi: &[u16]) {
         let n = dst.len();
         assert!(lo.len() >= n && hi.len() >= n);
-        for i0 in (0..n).step_by(16) {
-            let m = (n - i0).min(16);
-            let k: __mmask16 = (u32::MAX >> (32 - m)) as u16;
-            // SAFETY: lanes i0..i0 + m lie inside the slices (checked
-            // above); masked-off lanes are not touched.
+        for (i0, k) in lanes16(n) {
+            // SAFETY: the lanes `k` keeps, from i0, lie inside the slices
+            // (checked above); masked-off lanes are not touched.
             unsafe {
                 let l =
                     _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, lo.as_ptr().add(i0).cast()));
@@ -1903,11 +1908,9 @@ pub(super) mod x86 {
         let n = dst.len();
         assert!(src.len() >= n);
         let out = dst.as_mut_ptr();
-        for i0 in (0..n).step_by(16) {
-            let m = (n - i0).min(16);
-            let k: __mmask16 = (u32::MAX >> (32 - m)) as u16;
-            // SAFETY: values i0..i0 + m lie inside `src` and `dst`
-            // (checked above); masked-off lanes are not touched.
+        for (i0, k) in lanes16(n) {
+            // SAFETY: the values `k` keeps, from i0, lie inside `src` and
+            // `dst` (checked above); masked-off lanes are not touched.
             unsafe {
                 let v =
                     _mm512_srli_epi32(round(_mm512_maskz_loadu_ps(k, src.as_ptr().add(i0))), 16);
